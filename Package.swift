@@ -12,12 +12,12 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         // 1. C shims: system libraries, plus typed inline wrappers where the C API is variadic or a macro.
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CLinux"),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
 
         // 2. Wire: pure Swift, no I/O.
@@ -27,9 +27,8 @@ let package = Package(
         .target(
             name: "SluiceTransport",
             dependencies: [
-                "CNGHTTP2", "COpenSSL", "SluiceWire",
+                "CLinux", "CNGHTTP2", "COpenSSL", "SluiceWire",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
 

@@ -1,0 +1,255 @@
+import CLinux
+import Glibc
+import Synchronization
+
+/// Something registered with an event loop that reacts to readiness of its file descriptor.
+/// Called on the loop's thread only.
+protocol Selectable: AnyObject {
+    func handleEvents(_ events: UInt32)
+}
+
+/// One epoll-driven thread. Everything registered with a loop (listeners, connections, timers)
+/// is touched only on that thread; other threads reach it through `execute`, which queues a
+/// closure and wakes the loop through an eventfd.
+public final class EventLoop: @unchecked Sendable {
+    public let index: Int
+    private let epollFD: Int32
+    private let wakeFD: Int32
+    private var thread: pthread_t?
+    private let pending = Mutex<[@Sendable () -> Void]>([])
+    private let running = Atomic<Bool>(true)
+    private let threadID = Atomic<UInt>(0)
+
+    // Loop-confined state.
+    private var registered: [Int32: Selectable] = [:]
+    private var timers = TimerHeap()
+    /// Runs after each iteration's I/O, tasks and timers: used to coalesce socket writes.
+    var onIterationEnd: (() -> Void)?
+
+    init(index: Int) throws {
+        self.index = index
+        epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard epollFD >= 0 else { throw TransportError.system("epoll_create1", errno) }
+        wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard wakeFD >= 0 else { throw TransportError.system("eventfd", errno) }
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.fd = wakeFD
+        guard epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event) == 0 else {
+            throw TransportError.system("epoll_ctl(eventfd)", errno)
+        }
+    }
+
+    deinit {
+        close(wakeFD)
+        close(epollFD)
+    }
+
+    public var inEventLoop: Bool { threadID.load(ordering: .relaxed) == UInt(bitPattern: Int(bitPattern: pthread_self())) }
+
+    /// Runs `task` on the loop thread soon. Safe from any thread; wakes the loop only when
+    /// the queue was empty, so a burst of submissions costs one eventfd write.
+    public func execute(_ task: @escaping @Sendable () -> Void) {
+        let wasEmpty = pending.withLock { queue in
+            queue.append(task)
+            return queue.count == 1
+        }
+        if wasEmpty { wake() }
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeFD, &one, 8)
+    }
+
+    // MARK: Registration (loop thread only)
+
+    func register(_ fd: Int32, _ handler: Selectable, events: UInt32) throws {
+        var event = epoll_event()
+        event.events = events
+        event.data.fd = fd
+        guard epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0 else {
+            throw TransportError.system("epoll_ctl(add)", errno)
+        }
+        registered[fd] = handler
+    }
+
+    func modify(_ fd: Int32, events: UInt32) {
+        var event = epoll_event()
+        event.events = events
+        event.data.fd = fd
+        _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+    }
+
+    func deregister(_ fd: Int32) {
+        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)
+        registered[fd] = nil
+    }
+
+    // MARK: Timers (loop thread only)
+
+    /// Schedules `action` on this loop after `delay`. Cancel with `cancelTimer`.
+    @discardableResult
+    func scheduleTimer(after delay: Duration, _ action: @escaping () -> Void) -> TimerID {
+        timers.schedule(at: .now + delay, action)
+    }
+
+    func cancelTimer(_ id: TimerID) {
+        timers.cancel(id)
+    }
+
+    // MARK: Running
+
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        var handle = pthread_t()
+        let result = pthread_create(&handle, &attributes, { raw in
+            let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, box.toOpaque())
+        precondition(result == 0, "pthread_create failed: \(result)")
+        thread = handle
+    }
+
+    /// Asks the loop to exit after the current iteration; `join` waits for it.
+    func stop() {
+        running.store(false, ordering: .relaxed)
+        wake()
+    }
+
+    func join() {
+        if let thread { pthread_join(thread, nil) }
+        thread = nil
+    }
+
+    private func run() {
+        threadID.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .relaxed)
+        var events = [epoll_event](repeating: epoll_event(), count: 256)
+        while running.load(ordering: .relaxed) {
+            let timeout = timers.millisecondsUntilNext(now: .now)
+            let count = epoll_wait(epollFD, &events, Int32(events.count), timeout)
+            if count < 0 {
+                if errno == EINTR { continue }
+                fatalError("epoll_wait failed: \(String(cString: strerror(errno)))")
+            }
+            for i in 0..<Int(count) {
+                let fd = events[i].data.fd
+                if fd == wakeFD {
+                    var value: UInt64 = 0
+                    _ = Glibc.read(wakeFD, &value, 8)
+                    continue
+                }
+                registered[fd]?.handleEvents(events[i].events)
+            }
+            runPendingTasks()
+            let now = ContinuousClock.now
+            // One at a time, outside the heap's mutation: actions schedule and cancel timers.
+            while let action = timers.popDue(now: now) { action() }
+            onIterationEnd?()
+        }
+        runPendingTasks()
+    }
+
+    private func runPendingTasks() {
+        // Tasks may enqueue more tasks; those run on the next iteration (after the wakeup they cause).
+        let tasks = pending.withLock { queue in
+            let taken = queue
+            queue.removeAll(keepingCapacity: true)
+            return taken
+        }
+        for task in tasks { task() }
+    }
+}
+
+public struct TimerID: Hashable, Sendable {
+    fileprivate let value: UInt64
+}
+
+/// A binary min-heap of deadlines. Cancelled timers are skipped lazily when they surface.
+struct TimerHeap {
+    private struct Entry {
+        var deadline: ContinuousClock.Instant
+        var id: UInt64
+        var action: () -> Void
+    }
+
+    private var heap: [Entry] = []
+    private var cancelled: Set<UInt64> = []
+    private var nextID: UInt64 = 0
+
+    mutating func schedule(at deadline: ContinuousClock.Instant, _ action: @escaping () -> Void) -> TimerID {
+        nextID += 1
+        heap.append(Entry(deadline: deadline, id: nextID, action: action))
+        siftUp(heap.count - 1)
+        return TimerID(value: nextID)
+    }
+
+    mutating func cancel(_ id: TimerID) {
+        cancelled.insert(id.value)
+    }
+
+    func millisecondsUntilNext(now: ContinuousClock.Instant) -> Int32 {
+        guard let first = heap.first else { return -1 }
+        let remaining = first.deadline - now
+        if remaining <= .zero { return 0 }
+        let (seconds, attoseconds) = remaining.components
+        // Round up so a timer never fires early and the loop does not spin.
+        let ms = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        return Int32(clamping: ms)
+    }
+
+    mutating func popDue(now: ContinuousClock.Instant) -> (() -> Void)? {
+        while let first = heap.first, first.deadline <= now {
+            let entry = popFirst()
+            if cancelled.remove(entry.id) != nil { continue }
+            return entry.action
+        }
+        return nil
+    }
+
+    private mutating func popFirst() -> Entry {
+        heap.swapAt(0, heap.count - 1)
+        let entry = heap.removeLast()
+        if !heap.isEmpty { siftDown(0) }
+        return entry
+    }
+
+    private mutating func siftUp(_ index: Int) {
+        var child = index
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard heap[child].deadline < heap[parent].deadline else { return }
+            heap.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    private mutating func siftDown(_ index: Int) {
+        var parent = index
+        while true {
+            let left = 2 * parent + 1
+            let right = left + 1
+            var smallest = parent
+            if left < heap.count, heap[left].deadline < heap[smallest].deadline { smallest = left }
+            if right < heap.count, heap[right].deadline < heap[smallest].deadline { smallest = right }
+            if smallest == parent { return }
+            heap.swapAt(parent, smallest)
+            parent = smallest
+        }
+    }
+}
+
+public enum TransportError: Error, CustomStringConvertible {
+    case system(String, Int32)
+    case configuration(String)
+
+    public var description: String {
+        switch self {
+        case .system(let call, let code): "\(call) failed: \(String(cString: strerror(code)))"
+        case .configuration(let message): message
+        }
+    }
+}

@@ -1,0 +1,327 @@
+import CLinux
+import CNGHTTP2
+import COpenSSL
+import Glibc
+import Logging
+import SluiceWire
+
+/// One accepted connection: a socket (optionally TLS), an nghttp2 server session and its
+/// streams. Lives on one event loop and is touched only from that loop's thread.
+///
+/// Output follows nghttpd: `nghttp2_session_mem_send` fills frames that go straight to the
+/// socket; whatever the socket refuses waits in `pendingOutput`, and no new frames are pulled
+/// from nghttp2 until it has drained, so a slow reader bounds the connection's memory.
+final class HTTP2Connection: Selectable {
+    let fd: Int32
+    unowned let loop: EventLoop
+    unowned let server: HTTP2Server
+    let logger: Logger
+    private var tls: OpaquePointer?
+    private var tlsHandshakeDone = false
+    private(set) var session: OpaquePointer?
+    var streams: [Int32: HTTP2Stream] = [:]
+    private var pendingOutput: [UInt8] = []
+    private var pendingOutputIndex = 0
+    private var wantsWritable = false
+    private var closed = false
+    private var flushScheduled = false
+    /// Bytes of the client preface checked so far (cleartext only), to answer HTTP/1.1 clearly.
+    private var prefaceBytesChecked = 0
+    var lastActivity = ContinuousClock.now
+    private(set) var draining = false
+
+    private static let clientPreface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+    init(fd: Int32, loop: EventLoop, server: HTTP2Server, tlsContext: TLSContext?) throws {
+        self.fd = fd
+        self.loop = loop
+        self.server = server
+        self.logger = server.logger
+        if let tlsContext {
+            guard let ssl = SSL_new(tlsContext.context) else {
+                throw TransportError.configuration("TLS: SSL_new failed: \(TLSContext.lastError())")
+            }
+            SSL_set_fd(ssl, fd)
+            SSL_set_accept_state(ssl)
+            tls = ssl
+        } else {
+            tlsHandshakeDone = true
+        }
+        try makeSession()
+        try loop.register(fd, self, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
+    }
+
+    private func makeSession() throws {
+        var callbacks: OpaquePointer?
+        nghttp2_session_callbacks_new(&callbacks)
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        HTTP2Connection.installCallbacks(callbacks)
+
+        var option: OpaquePointer?
+        nghttp2_option_new(&option)
+        defer { nghttp2_option_del(option) }
+        let limits = server.configuration.limits
+        // Rapid Reset (CVE-2023-44487) and CONTINUATION flood (CVE-2024-28182) guards, backported by Debian.
+        _ = nghttp2_option_set_stream_reset_rate_limit(option, 1000, 33)
+        nghttp2_option_set_max_continuations(option, 8)
+        nghttp2_option_set_max_settings(option, 32)
+        nghttp2_option_set_max_outbound_ack(option, 1000)
+        nghttp2_option_set_max_deflate_dynamic_table_size(option, 4096)
+
+        var session: OpaquePointer?
+        let rv = nghttp2_session_server_new2(&session, callbacks, Unmanaged.passUnretained(self).toOpaque(), option)
+        guard rv == 0, let session else {
+            throw TransportError.configuration("nghttp2_session_server_new2 failed: \(String(cString: nghttp2_strerror(rv)))")
+        }
+        self.session = session
+        var settings = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: UInt32(limits.maxStreamsPerConnection)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(limits.maxHeaderListSize)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: 1 << 20),
+        ]
+        nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+        // A larger connection window lets many streams upload their requests without stalling.
+        nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 16 << 20)
+    }
+
+    // MARK: Readiness
+
+    func handleEvents(_ events: UInt32) {
+        if events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 && events & EPOLLIN.rawValue == 0 {
+            close(reason: "socket error or hang-up")
+            return
+        }
+        if !tlsHandshakeDone {
+            continueHandshake()
+            if closed || !tlsHandshakeDone { return }
+        }
+        if events & EPOLLIN.rawValue != 0 { readAvailable() }
+        if closed { return }
+        // Reading may have queued frames (SETTINGS ACK, WINDOW_UPDATE, responses); EPOLLOUT means room again.
+        flushNow()
+    }
+
+    private func continueHandshake() {
+        guard let tls else { return }
+        let rv = SSL_do_handshake(tls)
+        if rv == 1 {
+            tlsHandshakeDone = true
+            var protocolName: UnsafePointer<UInt8>?
+            var length: UInt32 = 0
+            SSL_get0_alpn_selected(tls, &protocolName, &length)
+            guard length == 2, let protocolName, protocolName[0] == UInt8(ascii: "h"), protocolName[1] == UInt8(ascii: "2") else {
+                close(reason: "TLS client did not negotiate ALPN h2")
+                return
+            }
+            updateInterest(wantWrite: false)
+            return
+        }
+        switch SSL_get_error(tls, rv) {
+        case SSL_ERROR_WANT_READ: updateInterest(wantWrite: false)
+        case SSL_ERROR_WANT_WRITE: updateInterest(wantWrite: true)
+        default:
+            ERR_clear_error()
+            close(reason: "TLS handshake failed")
+        }
+    }
+
+    private func readAvailable() {
+        let buffer = server.readBuffer(for: loop)
+        // A bounded number of reads per wakeup keeps one busy connection from starving the loop.
+        for _ in 0..<8 {
+            let count = receive(into: buffer)
+            if count > 0 {
+                lastActivity = .now
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
+                if prefaceBytesChecked < Self.clientPreface.count, tls == nil, !checkPreface(bytes) { return }
+                let consumed = nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), count)
+                if consumed < 0 {
+                    logger.debug("closing connection: \(String(cString: nghttp2_strerror(Int32(consumed))))")
+                    flushNow()
+                    close(reason: "protocol error")
+                    return
+                }
+                if count < buffer.count { return }
+            } else if count == 0 {
+                close(reason: "peer closed the connection")
+                return
+            } else {
+                return
+            }
+        }
+    }
+
+    /// Returns bytes read, 0 at EOF, -1 when nothing is available now (or after a fatal error, which closes).
+    private func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        if let tls {
+            let rv = SSL_read(tls, buffer.baseAddress, Int32(buffer.count))
+            if rv > 0 { return Int(rv) }
+            switch SSL_get_error(tls, rv) {
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return -1
+            case SSL_ERROR_ZERO_RETURN: return 0
+            default:
+                ERR_clear_error()
+                return 0
+            }
+        }
+        while true {
+            let rv = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if rv >= 0 { return rv }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return -1 }
+            return 0
+        }
+    }
+
+    /// An HTTP/1.1 client on the cleartext port gets a short answer instead of a silent hang.
+    private func checkPreface(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        for byte in bytes {
+            guard prefaceBytesChecked < Self.clientPreface.count else { break }
+            if byte != Self.clientPreface[prefaceBytesChecked] {
+                let body = "This port speaks HTTP/2 only (h2c with prior knowledge). Use an HTTP/2 client, e.g. curl --http2-prior-knowledge, or a gRPC/Connect client.\n"
+                let response = "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n\(body)"
+                _ = response.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+                close(reason: "HTTP/1.1 request on the HTTP/2 port")
+                return false
+            }
+            prefaceBytesChecked += 1
+        }
+        return true
+    }
+
+    // MARK: Output
+
+    private var pendingOutputIsEmpty: Bool { pendingOutputIndex == pendingOutput.count }
+
+    /// Coalesces flushes requested while the loop processes a batch of tasks.
+    func scheduleFlush() {
+        guard !flushScheduled, !closed else { return }
+        flushScheduled = true
+        server.enqueueFlush(self, on: loop)
+    }
+
+    func flushNow() {
+        flushScheduled = false
+        guard !closed, tlsHandshakeDone, let session else { return }
+        if !writePendingOutput() { return }
+        while true {
+            var data: UnsafePointer<UInt8>?
+            let length = nghttp2_session_mem_send(session, &data)
+            if length < 0 {
+                close(reason: "nghttp2 send failed: \(String(cString: nghttp2_strerror(Int32(length))))")
+                return
+            }
+            if length == 0 { break }
+            let written = transmit(UnsafeRawBufferPointer(start: data, count: length))
+            if written < 0 { return }
+            if written < length {
+                pendingOutput.removeAll(keepingCapacity: true)
+                pendingOutput.append(contentsOf: UnsafeRawBufferPointer(start: data! + written, count: length - written))
+                pendingOutputIndex = 0
+                updateInterest(wantWrite: true)
+                return
+            }
+        }
+        updateInterest(wantWrite: false)
+        if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
+            close(reason: "session finished")
+        }
+    }
+
+    /// Returns true when everything previously refused by the socket is now written.
+    private func writePendingOutput() -> Bool {
+        guard !pendingOutputIsEmpty else { return true }
+        let written = pendingOutput.withUnsafeBytes { all in
+            transmit(UnsafeRawBufferPointer(rebasing: all[pendingOutputIndex...]))
+        }
+        if written < 0 { return false }
+        pendingOutputIndex += written
+        if pendingOutputIsEmpty {
+            pendingOutput.removeAll(keepingCapacity: pendingOutput.capacity <= 1 << 20)
+            pendingOutputIndex = 0
+            return true
+        }
+        updateInterest(wantWrite: true)
+        return false
+    }
+
+    /// Bytes accepted by the socket (possibly fewer than offered), or -1 after closing on error.
+    private func transmit(_ bytes: UnsafeRawBufferPointer) -> Int {
+        if let tls {
+            let rv = SSL_write(tls, bytes.baseAddress, Int32(bytes.count))
+            if rv > 0 { return Int(rv) }
+            switch SSL_get_error(tls, rv) {
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return 0
+            default:
+                ERR_clear_error()
+                close(reason: "TLS write failed")
+                return -1
+            }
+        }
+        var offset = 0
+        while offset < bytes.count {
+            let rv = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            if rv >= 0 {
+                offset += rv
+                continue
+            }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return offset }
+            close(reason: "write failed: \(String(cString: strerror(errno)))")
+            return -1
+        }
+        return offset
+    }
+
+    private func updateInterest(wantWrite: Bool) {
+        guard wantWrite != wantsWritable, !closed else { return }
+        wantsWritable = wantWrite
+        let base = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
+        loop.modify(fd, events: wantWrite ? base | EPOLLOUT.rawValue : base)
+    }
+
+    // MARK: Lifecycle
+
+    var activeStreamCount: Int { streams.count }
+
+    /// Graceful shutdown, step 1: tell the client no new streams are welcome soon.
+    func sendShutdownNotice() {
+        guard !closed, let session, !draining else { return }
+        draining = true
+        nghttp2_submit_shutdown_notice(session)
+        flushNow()
+    }
+
+    /// Graceful shutdown, step 2 (and idle timeout): GOAWAY naming the last stream we processed.
+    func sendGoAway(errorCode: UInt32 = NGHTTP2_NO_ERROR.rawValue) {
+        guard !closed, let session else { return }
+        draining = true
+        let lastStreamID = nghttp2_session_get_last_proc_stream_id(session)
+        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), lastStreamID, errorCode, nil, 0)
+        flushNow()
+        if !closed && streams.isEmpty && pendingOutputIsEmpty { close(reason: "GOAWAY sent, no streams left") }
+    }
+
+    func close(reason: String) {
+        guard !closed else { return }
+        closed = true
+        logger.trace("connection closed: \(reason)")
+        for stream in streams.values {
+            stream.connectionClosed()
+        }
+        streams.removeAll()
+        loop.deregister(fd)
+        if let tls {
+            SSL_free(tls)
+            self.tls = nil
+        }
+        Glibc.close(fd)
+        if let session {
+            nghttp2_session_del(session)
+            self.session = nil
+        }
+        server.connectionClosed(self, on: loop)
+    }
+
+    var isClosed: Bool { closed }
+}

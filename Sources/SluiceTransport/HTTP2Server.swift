@@ -1,0 +1,303 @@
+import CLinux
+import Glibc
+import Logging
+import SluiceWire
+import Synchronization
+
+public struct HTTP2ServerConfiguration: Sendable {
+    public struct Limits: Sendable {
+        /// Advertised as SETTINGS_MAX_CONCURRENT_STREAMS.
+        public var maxStreamsPerConnection = 1000
+        /// Advertised as SETTINGS_MAX_HEADER_LIST_SIZE and enforced per request.
+        public var maxHeaderListSize = 16 * 1024
+        /// Largest request message accepted; larger ones fail with RESOURCE_EXHAUSTED.
+        public var maxMessageSize = EnvelopeDecoder.defaultMaxMessageSize
+        /// Bytes a stream may queue for a slow reader before its handler's writes suspend.
+        public var streamQueueBytes = 64 * 1024
+
+        public init() {}
+    }
+
+    public var host = "127.0.0.1"
+    /// 0 picks a free port (tests); `HTTP2Server.port` tells which.
+    public var port = 8080
+    public var eventLoops = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    public var tlsCertificatePath: String?
+    public var tlsPrivateKeyPath: String?
+    /// Connections without open streams for this long are closed with GOAWAY.
+    public var idleTimeout: Duration = .seconds(120)
+    public var limits = Limits()
+
+    public init() {}
+}
+
+/// The HTTP/2 server: one listening socket per event loop (SO_REUSEPORT lets the kernel spread
+/// connections), each connection owned by the loop that accepted it.
+public final class HTTP2Server: @unchecked Sendable {
+    public let configuration: HTTP2ServerConfiguration
+    let router: RPCRouter
+    let logger: Logger
+    private let tlsContext: TLSContext?
+    private var loops: [EventLoop] = []
+    private var contexts: [LoopContext] = []
+    public private(set) var port = 0
+    private let shutdownState = Mutex(ShutdownState())
+
+    private struct ShutdownState {
+        var started = false
+        var loopsWithConnections = 0
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        var stopped = false
+    }
+
+    public init(configuration: HTTP2ServerConfiguration, router: RPCRouter, logger: Logger) throws {
+        self.configuration = configuration
+        self.router = router
+        self.logger = logger
+        switch (configuration.tlsCertificatePath, configuration.tlsPrivateKeyPath) {
+        case (let certificate?, let key?): tlsContext = try TLSContext(certificatePath: certificate, privateKeyPath: key)
+        case (nil, nil): tlsContext = nil
+        default: throw TransportError.configuration("TLS needs both --tls-cert and --tls-key")
+        }
+    }
+
+    public var isTLS: Bool { tlsContext != nil }
+
+    /// Binds and starts every loop. Throws if the address cannot be bound.
+    public func start() throws {
+        var boundPort = configuration.port
+        for index in 0..<configuration.eventLoops {
+            let loop = try EventLoop(index: index)
+            let listenFD = try Self.listen(host: configuration.host, port: boundPort)
+            if boundPort == 0 { boundPort = Self.localPort(listenFD) }
+            let context = LoopContext(loop: loop, server: self, listenFD: listenFD)
+            loop.onIterationEnd = { [unowned context] in context.flushPending() }
+            loops.append(loop)
+            contexts.append(context)
+        }
+        port = boundPort
+        for (loop, context) in zip(loops, contexts) {
+            loop.start()
+            let bound = LoopBound(context)
+            loop.execute { bound.value.startListening() }
+        }
+    }
+
+    /// Stops accepting, lets in-flight calls finish for up to `drainTimeout`, then ends the
+    /// rest with UNAVAILABLE and stops the loops. Returns when every connection is closed.
+    public func shutdown(drainTimeout: Duration) async {
+        let first = shutdownState.withLock { state in
+            defer { state.started = true }
+            if !state.started { state.loopsWithConnections = contexts.count }
+            return !state.started
+        }
+        if first {
+            for context in contexts {
+                let bound = LoopBound(context)
+                context.loop.execute { bound.value.beginDrain(drainTimeout: drainTimeout) }
+            }
+        }
+        await waitUntilStopped()
+    }
+
+    public func waitUntilStopped() async {
+        await withCheckedContinuation { continuation in
+            let done = shutdownState.withLock { state in
+                if state.stopped { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    /// Called by a draining loop once it has no connections left.
+    fileprivate func loopDrained() {
+        let waiters = shutdownState.withLock { state -> [CheckedContinuation<Void, Never>]? in
+            state.loopsWithConnections -= 1
+            guard state.loopsWithConnections == 0 else { return nil }
+            state.stopped = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        guard let waiters else { return }
+        for loop in loops { loop.stop() }
+        for loop in loops where !loop.inEventLoop { loop.join() }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: Called by connections on their loop
+
+    func readBuffer(for loop: EventLoop) -> UnsafeMutableRawBufferPointer { contexts[loop.index].readBuffer }
+    func enqueueFlush(_ connection: HTTP2Connection, on loop: EventLoop) { contexts[loop.index].pendingFlush.append(connection) }
+    func connectionClosed(_ connection: HTTP2Connection, on loop: EventLoop) { contexts[loop.index].remove(connection) }
+    func drainingConnectionIdle(_ connection: HTTP2Connection) { contexts[connection.loop.index].drainingConnectionIdle(connection) }
+
+    // MARK: Sockets
+
+    private static func listen(host: String, port: Int) throws -> Int32 {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
+        var result: UnsafeMutablePointer<addrinfo>?
+        let rv = getaddrinfo(host, String(port), &hints, &result)
+        guard rv == 0, let info = result else {
+            throw TransportError.configuration("cannot resolve listen address \(host): \(String(cString: gai_strerror(rv)))")
+        }
+        defer { freeaddrinfo(result) }
+        let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw TransportError.system("socket", errno) }
+        var on: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, socklen_t(MemoryLayout<Int32>.size))
+        guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
+            let code = errno
+            close(fd)
+            throw TransportError.configuration("cannot listen on \(host):\(port): \(String(cString: strerror(code))). Choose another --port or stop what holds it.")
+        }
+        guard Glibc.listen(fd, 4096) == 0 else {
+            let code = errno
+            close(fd)
+            throw TransportError.system("listen", code)
+        }
+        return fd
+    }
+
+    private static func localPort(_ fd: Int32) -> Int {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
+        }
+        let family = storage.ss_family
+        let portBigEndian: UInt16 = withUnsafeBytes(of: &storage) { raw in
+            family == sa_family_t(AF_INET6)
+                ? raw.load(fromByteOffset: MemoryLayout<sockaddr_in6>.offset(of: \.sin6_port)!, as: UInt16.self)
+                : raw.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_port)!, as: UInt16.self)
+        }
+        return Int(UInt16(bigEndian: portBigEndian))
+    }
+
+    fileprivate var tls: TLSContext? { tlsContext }
+}
+
+/// Per-loop server state: the listener, its connections, and writes to coalesce.
+private final class LoopContext: Selectable {
+    unowned let loop: EventLoop
+    unowned let server: HTTP2Server
+    private var listenFD: Int32
+    private var connections: [ObjectIdentifier: HTTP2Connection] = [:]
+    var pendingFlush: [HTTP2Connection] = []
+    let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    private var draining = false
+    private var reportedDrained = false
+
+    init(loop: EventLoop, server: HTTP2Server, listenFD: Int32) {
+        self.loop = loop
+        self.server = server
+        self.listenFD = listenFD
+    }
+
+    deinit { readBuffer.deallocate() }
+
+    func startListening() {
+        do {
+            try loop.register(listenFD, self, events: EPOLLIN.rawValue)
+        } catch {
+            server.logger.critical("cannot watch the listening socket: \(error)")
+        }
+        scheduleIdleSweep()
+    }
+
+    /// Accepts every pending connection.
+    func handleEvents(_ events: UInt32) {
+        while listenFD >= 0 {
+            let fd = accept(listenFD, nil, nil)
+            if fd < 0 {
+                if errno == EINTR { continue }
+                if errno != EAGAIN && errno != EWOULDBLOCK {
+                    server.logger.warning("accept failed: \(String(cString: strerror(errno)))")
+                }
+                return
+            }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            var on: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
+            do {
+                let connection = try HTTP2Connection(fd: fd, loop: loop, server: server, tlsContext: server.tls)
+                connections[ObjectIdentifier(connection)] = connection
+                connection.flushNow()
+            } catch {
+                server.logger.warning("cannot set up a connection: \(error)")
+                close(fd)
+            }
+        }
+    }
+
+    func flushPending() {
+        guard !pendingFlush.isEmpty else { return }
+        let batch = pendingFlush
+        pendingFlush.removeAll(keepingCapacity: true)
+        for connection in batch { connection.flushNow() }
+    }
+
+    func remove(_ connection: HTTP2Connection) {
+        connections[ObjectIdentifier(connection)] = nil
+        reportIfDrained()
+    }
+
+    // MARK: Idle connections
+
+    private func scheduleIdleSweep() {
+        loop.scheduleTimer(after: .seconds(1)) { [weak self] in
+            guard let self, !self.draining else { return }
+            let cutoff = ContinuousClock.now - self.server.configuration.idleTimeout
+            for connection in self.connections.values where connection.activeStreamCount == 0 && connection.lastActivity < cutoff {
+                connection.sendGoAway()
+                if !connection.isClosed { connection.close(reason: "idle timeout") }
+            }
+            self.scheduleIdleSweep()
+        }
+    }
+
+    // MARK: Graceful shutdown
+
+    func beginDrain(drainTimeout: Duration) {
+        draining = true
+        loop.deregister(listenFD)
+        close(listenFD)
+        listenFD = -1
+        for connection in connections.values { connection.sendShutdownNotice() }
+        // About one round trip later, the real GOAWAY with the last stream we processed.
+        loop.scheduleTimer(after: .milliseconds(100)) { [weak self] in
+            guard let self else { return }
+            for connection in self.connections.values { connection.sendGoAway() }
+        }
+        loop.scheduleTimer(after: drainTimeout) { [weak self] in
+            guard let self else { return }
+            let message = "the server is shutting down and its drain timeout (\(DurationParsing.format(drainTimeout))) has passed: retry the call"
+            for connection in self.connections.values {
+                for stream in connection.streams.values { stream.end(.unavailable, message) }
+                connection.flushNow()
+            }
+            // Clients that do not read their final frames do not hold the process up.
+            self.loop.scheduleTimer(after: .seconds(1)) { [weak self] in
+                guard let self else { return }
+                for connection in self.connections.values { connection.close(reason: "shutdown") }
+            }
+        }
+        reportIfDrained()
+    }
+
+    func drainingConnectionIdle(_ connection: HTTP2Connection) {
+        connection.sendGoAway()
+    }
+
+    private func reportIfDrained() {
+        guard draining, connections.isEmpty, !reportedDrained else { return }
+        reportedDrained = true
+        server.loopDrained()
+    }
+}

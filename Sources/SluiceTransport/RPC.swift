@@ -1,0 +1,67 @@
+import SluiceWire
+
+/// Which RPC protocol a call speaks; both use the same 5-byte envelope.
+public enum RPCProtocol: Sendable {
+    /// `application/grpc*`: status in HTTP trailers.
+    case grpc
+    /// `application/connect+json`: status in a final end-stream envelope.
+    case connect
+}
+
+/// A server-streaming call as a handler sees it: the single request message has arrived.
+public struct RPCRequest: Sendable {
+    public let path: String
+    public let rpcProtocol: RPCProtocol
+    /// Header names are lower-case, as HTTP/2 requires.
+    public let headers: [(name: String, value: String)]
+    /// The request message's bytes (JSON).
+    public let message: [UInt8]
+    /// When the client's `grpc-timeout` / `connect-timeout-ms` expires.
+    public let deadline: ContinuousClock.Instant?
+
+    public init(
+        path: String, rpcProtocol: RPCProtocol, headers: [(name: String, value: String)], message: [UInt8],
+        deadline: ContinuousClock.Instant?
+    ) {
+        self.path = path
+        self.rpcProtocol = rpcProtocol
+        self.headers = headers
+        self.message = message
+        self.deadline = deadline
+    }
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.name == name }?.value
+    }
+}
+
+/// Sends response messages of one call. `write` suspends while the client is not reading
+/// and more than the stream's queue capacity is waiting (backpressure), and throws once the
+/// call is over (client reset, deadline, shutdown).
+public struct RPCResponseWriter: Sendable {
+    let outbound: StreamOutbound
+
+    public func write(_ message: some Collection<UInt8>) async throws {
+        try await outbound.write(message)
+    }
+}
+
+/// A method handler. Returning ends the call with OK; throwing `RPCError` ends it with that
+/// status; any other error ends it with INTERNAL.
+public typealias RPCHandler = @Sendable (RPCRequest, RPCResponseWriter) async throws -> Void
+
+/// Maps `/package.Service/Method` paths to handlers.
+public struct RPCRouter: Sendable {
+    private var handlers: [String: RPCHandler] = [:]
+
+    public init() {}
+
+    public mutating func register(_ path: String, _ handler: @escaping RPCHandler) {
+        precondition(path.hasPrefix("/") && path.dropFirst().contains("/"), "RPC paths look like /package.Service/Method")
+        handlers[path] = handler
+    }
+
+    func handler(for path: String) -> RPCHandler? {
+        handlers[path]
+    }
+}

@@ -1,0 +1,190 @@
+import SluiceWire
+import Synchronization
+
+/// The bounded queue between a handler (any thread) and its HTTP/2 stream (loop thread).
+///
+/// The handler appends whole envelopes; the loop's data provider drains bytes, coalescing
+/// whatever is queued into as few DATA frames as nghttp2 allows. When more than
+/// `capacity` bytes wait, the handler suspends until the loop has drained below half of it,
+/// so a client that stops reading costs at most `capacity` bytes per stream.
+final class StreamOutbound: Sendable {
+    struct Drained {
+        var byteCount: Int
+        var endOfStream: Bool
+        var status: (code: StatusCode, message: String)?
+    }
+
+    private struct State {
+        var buffer: [UInt8] = []
+        var readIndex = 0
+        /// Set when the handler is done (or the call was ended for it); nothing more is queued after.
+        var status: (code: StatusCode, message: String)?
+        var producerWaiting: CheckedContinuation<Void, any Error>?
+        /// Set by the loop when the stream is gone: writes fail from then on.
+        var closedReason: RPCError?
+        /// True while the loop is not going to look at this queue again unless woken.
+        var loopIdle = true
+        var messagesWritten = 0
+    }
+
+    let capacity: Int
+    private let state = Mutex(State())
+    private let wakeLoop: @Sendable () -> Void
+    private let endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
+
+    /// - Parameters:
+    ///   - wakeLoop: asks the owning loop to look at this stream again (resume its data).
+    ///   - endStreamEnvelope: for Connect, the final envelope to queue when the call ends.
+    init(
+        capacity: Int,
+        endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?,
+        wakeLoop: @escaping @Sendable () -> Void
+    ) {
+        self.capacity = capacity
+        self.endStreamEnvelope = endStreamEnvelope
+        self.wakeLoop = wakeLoop
+    }
+
+    // MARK: Producer side (handler, any thread)
+
+    func write(_ payload: some Collection<UInt8>) async throws {
+        let mustWait: Bool = try state.withLock { state in
+            if let reason = state.closedReason { throw reason }
+            guard state.status == nil else {
+                throw RPCError(.internal, "a message was written after the call ended")
+            }
+            EnvelopeEncoder.append(payload, to: &state.buffer)
+            state.messagesWritten += 1
+            return state.buffer.count - state.readIndex > capacity
+        }
+        notifyLoopIfIdle()
+        if mustWait { try await waitForRoom() }
+    }
+
+    private func waitForRoom() async throws {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let resumeNow: Result<Void, any Error>? = state.withLock { state in
+                    if let reason = state.closedReason { return .failure(reason) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if state.buffer.count - state.readIndex <= capacity / 2 { return .success(()) }
+                    state.producerWaiting = continuation
+                    return nil
+                }
+                if let resumeNow { continuation.resume(with: resumeNow) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state in
+                defer { state.producerWaiting = nil }
+                return state.producerWaiting
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Ends the call with `code`. Queued messages are still delivered, then the status.
+    /// Returns false if the call had already ended.
+    @discardableResult
+    func finish(_ code: StatusCode, _ message: String) -> Bool {
+        let accepted = state.withLock { state -> Bool in
+            guard state.status == nil, state.closedReason == nil else { return false }
+            state.status = (code, message)
+            if let endStreamEnvelope {
+                state.buffer.append(contentsOf: endStreamEnvelope(code, message))
+            }
+            return true
+        }
+        if accepted { notifyLoopIfIdle() }
+        return accepted
+    }
+
+    var messagesWritten: Int { state.withLock { $0.messagesWritten } }
+
+    private func notifyLoopIfIdle() {
+        let wasIdle = state.withLock { state in
+            defer { state.loopIdle = false }
+            return state.loopIdle
+        }
+        if wasIdle { wakeLoop() }
+    }
+
+    // MARK: Consumer side (loop thread)
+
+    /// Ends the call at once with `code`, dropping what is still queued (deadline, shutdown).
+    /// Returns false if the call had already ended.
+    func abort(_ code: StatusCode, _ message: String) -> Bool {
+        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, any Error>?) in
+            guard state.status == nil, state.closedReason == nil else { return (false, nil) }
+            state.buffer.removeAll()
+            state.readIndex = 0
+            state.status = (code, message)
+            if let endStreamEnvelope {
+                state.buffer.append(contentsOf: endStreamEnvelope(code, message))
+            }
+            state.closedReason = RPCError(code, message)
+            defer { state.producerWaiting = nil }
+            return (true, state.producerWaiting)
+        }
+        waiter?.resume(throwing: RPCError(code, message))
+        return accepted
+    }
+
+    /// The stream is gone (reset by the client, connection closed): fail the producer.
+    func close(_ reason: RPCError) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+            if state.closedReason == nil { state.closedReason = reason }
+            state.buffer = []
+            state.readIndex = 0
+            defer { state.producerWaiting = nil }
+            return state.producerWaiting
+        }
+        waiter?.resume(throwing: reason)
+    }
+
+    /// What the loop should do before any DATA: nil while nothing is known yet,
+    /// otherwise whether the response is a bare status (gRPC trailers-only) or has a body.
+    func responseShape(trailersOnlyAllowed: Bool) -> (trailersOnly: Bool, status: (code: StatusCode, message: String)?)? {
+        state.withLock { state in
+            let queued = state.buffer.count - state.readIndex
+            if let status = state.status, queued == 0, trailersOnlyAllowed {
+                return (true, status)
+            }
+            if queued > 0 || state.status != nil { return (false, nil) }
+            state.loopIdle = true
+            return nil
+        }
+    }
+
+    /// Copies up to `into.count` queued bytes. When nothing is queued and the call is still
+    /// running, marks the loop idle (the data provider then defers until woken).
+    func drain(into destination: UnsafeMutableRawBufferPointer) -> Drained {
+        let (drained, waiter) = state.withLock { state -> (Drained, CheckedContinuation<Void, any Error>?) in
+            let queued = state.buffer.count - state.readIndex
+            let count = min(queued, destination.count)
+            if count > 0 {
+                state.buffer.withUnsafeBytes { source in
+                    destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[state.readIndex..<state.readIndex + count]))
+                }
+                state.readIndex += count
+                if state.readIndex == state.buffer.count {
+                    state.buffer.removeAll(keepingCapacity: state.buffer.capacity <= 4 * capacity)
+                    state.readIndex = 0
+                } else if state.readIndex > capacity {
+                    state.buffer.removeFirst(state.readIndex)
+                    state.readIndex = 0
+                }
+            }
+            let remaining = state.buffer.count - state.readIndex
+            var waiter: CheckedContinuation<Void, any Error>?
+            if remaining <= capacity / 2 {
+                waiter = state.producerWaiting
+                state.producerWaiting = nil
+            }
+            let end = remaining == 0 && state.status != nil
+            if remaining == 0 && state.status == nil { state.loopIdle = true }
+            return (Drained(byteCount: count, endOfStream: end, status: end ? state.status : nil), waiter)
+        }
+        waiter?.resume()
+        return drained
+    }
+}

@@ -1,0 +1,242 @@
+import SluiceWire
+
+/// Token counts as the Messages API reports them. Every field is optional because `message_delta` sends only
+/// what changed; its counts are cumulative, so a present field replaces the previous value.
+public struct AnthropicUsage: Sendable, Equatable {
+    public var inputTokens: Int?
+    public var outputTokens: Int?
+    public var cacheCreationInputTokens: Int?
+    public var cacheReadInputTokens: Int?
+
+    public init(
+        inputTokens: Int? = nil,
+        outputTokens: Int? = nil,
+        cacheCreationInputTokens: Int? = nil,
+        cacheReadInputTokens: Int? = nil
+    ) {
+        self.inputTokens = inputTokens
+        self.outputTokens = outputTokens
+        self.cacheCreationInputTokens = cacheCreationInputTokens
+        self.cacheReadInputTokens = cacheReadInputTokens
+    }
+
+    /// Takes every field `newer` carries.
+    public mutating func update(with newer: AnthropicUsage) {
+        inputTokens = newer.inputTokens ?? inputTokens
+        outputTokens = newer.outputTokens ?? outputTokens
+        cacheCreationInputTokens = newer.cacheCreationInputTokens ?? cacheCreationInputTokens
+        cacheReadInputTokens = newer.cacheReadInputTokens ?? cacheReadInputTokens
+    }
+
+    /// The API's `usage` object, with only the known fields.
+    public var jsonValue: JSONValue {
+        var object: [String: JSONValue] = [:]
+        let fields: [(String, Int?)] = [
+            ("input_tokens", inputTokens),
+            ("output_tokens", outputTokens),
+            ("cache_creation_input_tokens", cacheCreationInputTokens),
+            ("cache_read_input_tokens", cacheReadInputTokens),
+        ]
+        for case let (key, value?) in fields { object[key] = .number(Double(value)) }
+        return .object(object)
+    }
+}
+
+/// The `content_block` of a `content_block_start` event.
+public enum AnthropicContentBlock: Sendable, Equatable {
+    /// Initial text (normally empty).
+    case text(String)
+    case toolUse(id: String, name: String)
+    /// Initial thinking text (normally empty).
+    case thinking(String)
+    case redactedThinking(data: String)
+    /// A block type Sluice doesn't model (server tool use, search results, …), kept whole.
+    case other(type: String, raw: JSONValue)
+}
+
+/// The `delta` of a `content_block_delta` event.
+public enum AnthropicDelta: Sendable, Equatable {
+    case text(String)
+    /// A fragment of a tool's input JSON; fragments split anywhere, even inside a token.
+    case inputJSON(String)
+    case thinking(String)
+    case signature(String)
+    case citation(JSONValue)
+    case other(type: String, raw: JSONValue)
+}
+
+/// One event of a streamed Messages API response.
+public enum AnthropicEvent: Sendable, Equatable {
+    case messageStart(id: String, model: String, role: String, usage: AnthropicUsage)
+    case contentBlockStart(index: Int, block: AnthropicContentBlock)
+    case contentBlockDelta(index: Int, delta: AnthropicDelta)
+    case contentBlockStop(index: Int)
+    case messageDelta(stopReason: String?, stopSequence: String?, usage: AnthropicUsage)
+    case messageStop
+    case ping
+    /// A mid-stream error (after HTTP 200), e.g. `overloaded_error`.
+    case error(type: String, message: String, requestID: String?)
+    /// An event type this version doesn't know; the API may add new ones, which clients must ignore.
+    case unknown(event: String)
+}
+
+public struct AnthropicDecodingError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The SSE event name whose payload was malformed.
+    public var event: String
+    public var reason: String
+
+    public init(event: String, reason: String) {
+        self.event = event
+        self.reason = reason
+    }
+
+    public var description: String { "malformed Anthropic '\(event)' event: \(reason)" }
+}
+
+extension AnthropicEvent {
+    /// Decodes one SSE event. The SSE event name decides the type; an unnamed event falls back to the
+    /// payload's `type`. Unknown event, block and delta types decode to `.unknown` / `.other`.
+    public static func decode(_ sse: SSEEvent) throws(AnthropicDecodingError) -> AnthropicEvent {
+        let name = sse.event
+        switch name {
+        case "ping": return .ping
+        case "message_stop": return .messageStop
+        case "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+            "message_delta", "error":
+            break
+        case "message":
+            // Unnamed event: dispatch on the payload's own `type`, if it parses.
+            guard let type = (try? JSONValue(parsing: sse.data))?["type"]?.stringValue, type != "message" else {
+                return .unknown(event: name)
+            }
+            return try decode(SSEEvent(event: type, data: sse.data, id: sse.id, retry: sse.retry))
+        default:
+            return .unknown(event: name)
+        }
+
+        let json: JSONValue
+        do throws(JSONParseError) {
+            json = try JSONValue(parsing: sse.data)
+        } catch {
+            throw AnthropicDecodingError(event: name, reason: error.description)
+        }
+        guard let root = json.objectValue else {
+            throw AnthropicDecodingError(event: name, reason: "payload is not a JSON object")
+        }
+        let payload = Payload(event: name, root: root)
+
+        switch name {
+        case "message_start":
+            let message = try payload.object("message")
+            return .messageStart(
+                id: try payload.string("id", in: message),
+                model: try payload.string("model", in: message),
+                role: try payload.optionalString("role", in: message) ?? "assistant",
+                usage: try payload.usage(message["usage"])
+            )
+        case "content_block_start":
+            let block = try payload.object("content_block")
+            return .contentBlockStart(index: try payload.index(), block: try payload.contentBlock(block))
+        case "content_block_delta":
+            let delta = try payload.object("delta")
+            return .contentBlockDelta(index: try payload.index(), delta: try payload.delta(delta))
+        case "content_block_stop":
+            return .contentBlockStop(index: try payload.index())
+        case "message_delta":
+            let delta = try payload.object("delta")
+            return .messageDelta(
+                stopReason: try payload.optionalString("stop_reason", in: delta),
+                stopSequence: try payload.optionalString("stop_sequence", in: delta),
+                usage: try payload.usage(root["usage"])
+            )
+        default: // "error"
+            let error = try payload.object("error")
+            return .error(
+                type: try payload.string("type", in: error),
+                message: try payload.optionalString("message", in: error) ?? "",
+                requestID: try payload.optionalString("request_id", in: root)
+            )
+        }
+    }
+}
+
+/// Field access that reports which event and field were wrong.
+private struct Payload {
+    let event: String
+    let root: [String: JSONValue]
+
+    func failure(_ reason: String) -> AnthropicDecodingError {
+        AnthropicDecodingError(event: event, reason: reason)
+    }
+
+    func object(_ key: String) throws(AnthropicDecodingError) -> [String: JSONValue] {
+        guard let object = root[key]?.objectValue else { throw failure("'\(key)' is missing or not an object") }
+        return object
+    }
+
+    func string(_ key: String, in object: [String: JSONValue]) throws(AnthropicDecodingError) -> String {
+        guard let value = object[key]?.stringValue else { throw failure("'\(key)' is missing or not a string") }
+        return value
+    }
+
+    /// Absent and `null` are both nil; any other non-string is malformed.
+    func optionalString(_ key: String, in object: [String: JSONValue]) throws(AnthropicDecodingError) -> String? {
+        switch object[key] {
+        case nil, .null?: return nil
+        case .string(let value)?: return value
+        default: throw failure("'\(key)' is not a string")
+        }
+    }
+
+    func index() throws(AnthropicDecodingError) -> Int {
+        guard let index = root["index"]?.intValue, index >= 0 else {
+            throw failure("'index' is missing or not a non-negative integer")
+        }
+        return index
+    }
+
+    func usage(_ value: JSONValue?) throws(AnthropicDecodingError) -> AnthropicUsage {
+        guard let value, value != .null else { return AnthropicUsage() }
+        guard let object = value.objectValue else { throw failure("'usage' is not an object") }
+        func count(_ key: String) throws(AnthropicDecodingError) -> Int? {
+            switch object[key] {
+            case nil, .null?: return nil
+            case let number?:
+                guard let count = number.intValue, count >= 0 else { throw failure("'usage.\(key)' is not a count") }
+                return count
+            }
+        }
+        return AnthropicUsage(
+            inputTokens: try count("input_tokens"),
+            outputTokens: try count("output_tokens"),
+            cacheCreationInputTokens: try count("cache_creation_input_tokens"),
+            cacheReadInputTokens: try count("cache_read_input_tokens")
+        )
+    }
+
+    func contentBlock(_ block: [String: JSONValue]) throws(AnthropicDecodingError) -> AnthropicContentBlock {
+        switch try string("type", in: block) {
+        case "text": .text(try optionalString("text", in: block) ?? "")
+        case "tool_use": .toolUse(id: try string("id", in: block), name: try string("name", in: block))
+        case "thinking": .thinking(try optionalString("thinking", in: block) ?? "")
+        case "redacted_thinking": .redactedThinking(data: try string("data", in: block))
+        case let type: .other(type: type, raw: .object(block))
+        }
+    }
+
+    func delta(_ delta: [String: JSONValue]) throws(AnthropicDecodingError) -> AnthropicDelta {
+        switch try string("type", in: delta) {
+        case "text_delta": .text(try string("text", in: delta))
+        case "input_json_delta": .inputJSON(try string("partial_json", in: delta))
+        case "thinking_delta": .thinking(try string("thinking", in: delta))
+        case "signature_delta": .signature(try string("signature", in: delta))
+        case "citations_delta":
+            if let citation = delta["citation"], citation != .null {
+                .citation(citation)
+            } else {
+                throw failure("'citation' is missing")
+            }
+        case let type: .other(type: type, raw: .object(delta))
+        }
+    }
+}

@@ -1,0 +1,192 @@
+import SluiceWire
+
+/// Why a call to the Anthropic API failed, whether trying again may succeed, and what to tell our client.
+///
+/// `retryable` says the failure is transient (the official SDKs would retry it); whether a retry is still
+/// possible (nothing sent to our client yet, or a continuation can resume) is the caller's decision.
+/// Messages are safe to show clients: upstream text is truncated, stripped of control characters and of
+/// anything that looks like an Anthropic API key, and request headers are never included.
+public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Equatable, CaseIterable {
+        case connectionFailed
+        case connectionReset
+        /// The stream ended before `message_stop`.
+        case streamEndedEarly
+        case httpStatus
+        /// An `event: error` inside a 200 response.
+        case errorEvent
+        case idleTimeout
+        case firstByteTimeout
+        case invalidResponse
+        case cancelled
+    }
+
+    public var kind: Kind
+    public var retryable: Bool
+    public var message: String
+    public var httpStatus: Int?
+    /// The API's error type, e.g. `overloaded_error`.
+    public var errorType: String?
+    public var retryAfter: Duration?
+    public var requestID: String?
+
+    /// `retryable` defaults to the classification of `kind`, `httpStatus` and `errorType`.
+    public init(
+        _ kind: Kind,
+        message: String,
+        retryable: Bool? = nil,
+        httpStatus: Int? = nil,
+        errorType: String? = nil,
+        retryAfter: Duration? = nil,
+        requestID: String? = nil
+    ) {
+        self.kind = kind
+        self.message = Self.sanitize(message)
+        self.httpStatus = httpStatus
+        self.errorType = errorType
+        self.retryAfter = retryAfter
+        self.requestID = requestID
+        self.retryable = retryable ?? Self.isRetryable(kind: kind, httpStatus: httpStatus, errorType: errorType)
+    }
+
+    public var description: String { message }
+
+    /// A non-2xx response. Reads the API's error body (`{"type":"error","error":{"type","message"},"request_id"}`)
+    /// when present, and the `request-id`, `retry-after-ms` (preferred), `retry-after` (seconds; HTTP dates are
+    /// ignored) and `x-should-retry` (overrides the status, as in the SDKs) headers, case-insensitively.
+    public static func http(status: Int, body: [UInt8], headers: [(String, String)]) -> UpstreamFailure {
+        func header(_ name: String) -> String? {
+            headers.first { $0.0.lowercased() == name }?.1.trimmingSpaces()
+        }
+        let json = try? JSONValue(parsing: body)
+        let errorType = json?["error"]?["type"]?.stringValue
+        let upstreamMessage = json?["error"]?["message"]?.stringValue
+        let requestID = header("request-id") ?? json?["request_id"]?.stringValue
+        let retryAfter = header("retry-after-ms").flatMap { parseSeconds($0, scale: 1e-3) }
+            ?? header("retry-after").flatMap { parseSeconds($0, scale: 1) }
+        let retryable: Bool? = switch header("x-should-retry")?.lowercased() {
+        case "true": true
+        case "false": false
+        default: nil
+        }
+
+        var detail = errorType.map { " \($0)" } ?? ""
+        if let upstreamMessage, !upstreamMessage.isEmpty {
+            detail += ": \(upstreamMessage)"
+        } else if json == nil, !body.isEmpty {
+            detail += ": \(String(decoding: body.prefix(maxMessageLength), as: UTF8.self))"
+        }
+        var message = status == 401
+            ? "Anthropic API rejected Sluice's credentials (HTTP 401\(detail)); the operator should check ANTHROPIC_API_KEY"
+            : "Anthropic API returned HTTP \(status)\(detail)"
+        if let requestID { message += " (request-id \(requestID))" }
+
+        return UpstreamFailure(
+            .httpStatus, message: message, retryable: retryable, httpStatus: status, errorType: errorType,
+            retryAfter: retryAfter, requestID: requestID
+        )
+    }
+
+    /// An `event: error` received mid-stream.
+    public static func errorEvent(type: String, message: String, requestID: String? = nil) -> UpstreamFailure {
+        var text = "Anthropic API stream error \(type)"
+        if !message.isEmpty { text += ": \(message)" }
+        if let requestID { text += " (request-id \(requestID))" }
+        return UpstreamFailure(.errorEvent, message: text, errorType: type, requestID: requestID)
+    }
+
+    /// The status to end our client's call with.
+    ///
+    /// Transient upstream trouble (5xx, 529, overload, connection loss, stalls) is UNAVAILABLE, which gRPC
+    /// clients may retry; 429 is RESOURCE_EXHAUSTED; a rejected request keeps its meaning (INVALID_ARGUMENT,
+    /// PERMISSION_DENIED, NOT_FOUND). 401 and 402 concern Sluice's own key and account, which the client can't
+    /// fix, so they are INTERNAL (the message tells the operator what to check). A garbled upstream response
+    /// is INTERNAL; an unknown error type is UNKNOWN.
+    public var grpcStatus: StatusCode {
+        switch kind {
+        case .connectionFailed, .connectionReset, .streamEndedEarly, .idleTimeout, .firstByteTimeout: .unavailable
+        case .invalidResponse: .internal
+        case .cancelled: .cancelled
+        case .httpStatus: httpStatus.map(Self.grpcStatus(httpStatus:)) ?? .unknown
+        case .errorEvent: errorType.flatMap { Self.errorTypeStatus[$0] }.map(Self.grpcStatus(httpStatus:)) ?? .unknown
+        }
+    }
+
+    // MARK: - Classification
+
+    /// The HTTP status the API documents for each error type; mid-stream errors are classified like it.
+    static let errorTypeStatus: [String: Int] = [
+        "invalid_request_error": 400,
+        "authentication_error": 401,
+        "billing_error": 402,
+        "permission_error": 403,
+        "not_found_error": 404,
+        "request_too_large": 413,
+        "rate_limit_error": 429,
+        "api_error": 500,
+        "timeout_error": 504,
+        "overloaded_error": 529,
+    ]
+
+    private static func isRetryable(kind: Kind, httpStatus: Int?, errorType: String?) -> Bool {
+        switch kind {
+        case .connectionFailed, .connectionReset, .streamEndedEarly, .idleTimeout, .firstByteTimeout: true
+        case .invalidResponse, .cancelled: false
+        case .httpStatus: httpStatus.map(isRetryable(httpStatus:)) ?? false
+        case .errorEvent: errorType.flatMap { errorTypeStatus[$0] }.map(isRetryable(httpStatus:)) ?? false
+        }
+    }
+
+    /// The SDKs' rule: 408, 409, 429 and every 5xx (529 included).
+    private static func isRetryable(httpStatus: Int) -> Bool {
+        [408, 409, 429].contains(httpStatus) || (500...599).contains(httpStatus)
+    }
+
+    private static func grpcStatus(httpStatus: Int) -> StatusCode {
+        switch httpStatus {
+        case 400, 413: .invalidArgument
+        case 401, 402: .internal
+        case 403: .permissionDenied
+        case 404: .notFound
+        case 408: .unavailable
+        case 409: .aborted
+        case 429: .resourceExhausted
+        case 500...599: .unavailable
+        case 400...499: .invalidArgument
+        default: .unknown
+        }
+    }
+
+    // MARK: - Parsing and sanitizing
+
+    /// Retry delays past this are clamped: nobody waits longer, and it keeps `Duration` far from overflow.
+    private static let maxRetryAfterSeconds = 86_400.0
+    private static let maxMessageLength = 512
+
+    /// Non-negative decimal digits with an optional fraction, times `scale` seconds.
+    private static func parseSeconds(_ text: String, scale: Double) -> Duration? {
+        let parts = text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        let isDigits = { (part: Substring) in !part.isEmpty && part.allSatisfy { $0.isASCII && $0.isNumber } }
+        guard parts.allSatisfy(isDigits), let value = Double(text) else { return nil }
+        return .seconds(Swift.min(value * scale, maxRetryAfterSeconds))
+    }
+
+    /// Redacts Anthropic API keys, replaces control characters, and truncates.
+    static func sanitize(_ text: String) -> String {
+        var result = text.replacing(#/sk-ant-[A-Za-z0-9_\-]*/#, with: "sk-ant-[REDACTED]")
+        result = String(String.UnicodeScalarView(result.unicodeScalars.map {
+            $0.properties.generalCategory == .control ? " " : $0
+        }))
+        if result.count > maxMessageLength { result = String(result.prefix(maxMessageLength)) + "…" }
+        return result
+    }
+}
+
+extension String {
+    fileprivate func trimmingSpaces() -> String {
+        var trimmed = Substring(self)
+        while trimmed.first == " " || trimmed.first == "\t" { trimmed.removeFirst() }
+        while trimmed.last == " " || trimmed.last == "\t" { trimmed.removeLast() }
+        return String(trimmed)
+    }
+}
