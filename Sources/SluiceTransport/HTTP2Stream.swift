@@ -15,6 +15,9 @@ final class HTTP2Stream {
 
     private var rpcProtocol: RPCProtocol = .grpc
     private var handler: RPCHandler?
+    /// Set for plain HTTP routes; the request body is collected whole into `requestBody`.
+    private var httpHandler: HTTPHandler?
+    private var requestBody: [UInt8] = []
     private var decoder: EnvelopeDecoder
     private var requestMessage: [UInt8]?
     private var deadline: ContinuousClock.Instant?
@@ -54,6 +57,12 @@ final class HTTP2Stream {
     }
 
     func headersComplete() {
+        let target = (path ?? "").split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        if let route = target.first, let httpHandler = connection.server.router.httpHandler(for: String(route)) {
+            self.httpHandler = httpHandler
+            outbound = makeOutbound(framing: .raw, endStreamEnvelope: nil)
+            return
+        }
         guard method == "POST" else {
             respondPlain(status: 405, extraHeaders: [("allow", "POST")], body: "\(method ?? "this method") is not allowed: RPCs use POST.\n")
             return
@@ -76,14 +85,7 @@ final class HTTP2Stream {
                 EnvelopeEncoder.encode(ConnectEndStream.body(status: code, message: message), flags: .endStream)
             }
         }
-        let box = LoopBound(connection)
-        let streamID = id
-        outbound = StreamOutbound(
-            capacity: connection.server.configuration.limits.streamQueueBytes,
-            endStreamEnvelope: connectEnvelope
-        ) { [loop = connection.loop] in
-            loop.execute { box.value.streamHasOutput(streamID) }
-        }
+        outbound = makeOutbound(framing: .envelope, endStreamEnvelope: connectEnvelope)
 
         let encodingHeader = rpcProtocol == .grpc ? "grpc-encoding" : "connect-content-encoding"
         if let encoding = header(encodingHeader), encoding != "identity" {
@@ -96,6 +98,20 @@ final class HTTP2Stream {
         }
         self.handler = handler
         if !startDeadline() { return }
+    }
+
+    private func makeOutbound(
+        framing: StreamOutbound.Framing, endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
+    ) -> StreamOutbound {
+        let box = LoopBound(connection)
+        let streamID = id
+        return StreamOutbound(
+            capacity: connection.server.configuration.limits.streamQueueBytes,
+            framing: framing,
+            endStreamEnvelope: endStreamEnvelope
+        ) { [loop = connection.loop] in
+            loop.execute { box.value.streamHasOutput(streamID) }
+        }
     }
 
     private func startDeadline() -> Bool {
@@ -116,6 +132,15 @@ final class HTTP2Stream {
 
     func receiveData(_ bytes: UnsafeRawBufferPointer) {
         guard !requestHandled else { return }
+        if httpHandler != nil {
+            let limit = connection.server.configuration.limits.maxMessageSize
+            guard requestBody.count + bytes.count <= limit else {
+                respondPlain(status: 413, extraHeaders: [], body: "The request body exceeds the limit of \(limit) bytes.\n")
+                return
+            }
+            requestBody.append(contentsOf: bytes)
+            return
+        }
         decoder.append(bytes)
         do {
             while let envelope = try decoder.next() {
@@ -133,6 +158,10 @@ final class HTTP2Stream {
     func endOfRequest() {
         requestComplete = true
         guard !requestHandled else { return }
+        if let httpHandler {
+            runHTTPHandler(httpHandler)
+            return
+        }
         if let description = decoder.partialMessageDescription {
             fail(.invalidArgument, description)
             return
@@ -154,6 +183,33 @@ final class HTTP2Stream {
                 outbound.finish(.cancelled, "the call was cancelled")
             } catch {
                 outbound.finish(.internal, "internal error: \(error)")
+            }
+        }
+    }
+
+    private func runHTTPHandler(_ handler: @escaping HTTPHandler) {
+        guard let outbound else { return }
+        requestHandled = true
+        let target = (path ?? "/").split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let request = HTTPRequest(
+            method: method ?? "GET", path: String(target[0]), query: target.count > 1 ? String(target[1]) : nil,
+            headers: contentType.map { [("content-type", $0)] + headers } ?? headers, body: requestBody
+        )
+        requestBody = []
+        let writer = HTTPResponseWriter(outbound: outbound)
+        handlerTask = Task {
+            do {
+                try await handler(request, writer)
+                if outbound.head == nil { try? outbound.setHead([(":status", "204")]) }
+                outbound.finish(.ok, "")
+            } catch is HTTPStreamReset {
+                outbound.finish(.aborted, "reset by the handler")
+            } catch {
+                if outbound.head == nil {
+                    try? outbound.setHead([(":status", "500"), ("content-type", "text/plain; charset=utf-8")])
+                    try? await outbound.write(Array("internal error: \(error)\n".utf8))
+                }
+                outbound.finish(.internal, "\(error)")
             }
         }
     }
@@ -214,8 +270,10 @@ final class HTTP2Stream {
         guard let session = connection.session else { return }
         if responseSubmitted {
             nghttp2_session_resume_data(session, id)
-        } else if let outbound, let shape = outbound.responseShape(trailersOnlyAllowed: rpcProtocol == .grpc) {
-            if shape.trailersOnly, let status = shape.status {
+        } else if let outbound, let shape = outbound.responseShape(trailersOnlyAllowed: httpHandler == nil && rpcProtocol == .grpc) {
+            if httpHandler != nil {
+                submitResponse(headers: outbound.head ?? [(":status", "500")], withBody: true)
+            } else if shape.trailersOnly, let status = shape.status {
                 submitResponse(headers: [(":status", "200"), ("content-type", contentType ?? "application/grpc")] + statusHeaders(status), withBody: false)
             } else {
                 submitResponse(headers: responseHeaders(), withBody: true)
@@ -266,6 +324,10 @@ final class HTTP2Stream {
         }
         guard let outbound else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
         let drained = outbound.drain(into: buffer)
+        if httpHandler != nil, drained.endOfStream, let status = drained.status, status.code != .ok {
+            // Deliver what was queued, then reset instead of ending cleanly.
+            return drained.byteCount > 0 ? drained.byteCount : Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
         if drained.endOfStream {
             flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
             if rpcProtocol == .grpc, let status = drained.status, let session = connection.session {

@@ -50,9 +50,10 @@ public struct RPCResponseWriter: Sendable {
 /// status; any other error ends it with INTERNAL.
 public typealias RPCHandler = @Sendable (RPCRequest, RPCResponseWriter) async throws -> Void
 
-/// Maps `/package.Service/Method` paths to handlers.
+/// Maps `/package.Service/Method` paths to RPC handlers, and other paths to plain HTTP handlers.
 public struct RPCRouter: Sendable {
     private var handlers: [String: RPCHandler] = [:]
+    private var httpHandlers: [String: HTTPHandler] = [:]
 
     public init() {}
 
@@ -61,7 +62,52 @@ public struct RPCRouter: Sendable {
         handlers[path] = handler
     }
 
+    /// Serves any method on `path` (without query) as plain HTTP instead of an RPC.
+    public mutating func registerHTTP(_ path: String, _ handler: @escaping HTTPHandler) {
+        httpHandlers[path] = handler
+    }
+
     func handler(for path: String) -> RPCHandler? {
         handlers[path]
     }
+
+    func httpHandler(for path: String) -> HTTPHandler? {
+        httpHandlers[path]
+    }
 }
+
+/// A plain HTTP request (health, metrics, the simulator's Messages API): body fully received.
+public struct HTTPRequest: Sendable {
+    public let method: String
+    /// The path without its query.
+    public let path: String
+    public let query: String?
+    public let headers: [(name: String, value: String)]
+    public let body: [UInt8]
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.name == name }?.value
+    }
+}
+
+/// Sends a plain HTTP response: `head` first, then body bytes with backpressure.
+public struct HTTPResponseWriter: Sendable {
+    let outbound: StreamOutbound
+
+    public func head(status: Int, headers: [(String, String)] = []) throws {
+        try outbound.setHead([(":status", String(status))] + headers.map { ($0.0.lowercased(), $0.1) })
+    }
+
+    public func write(_ bytes: some Collection<UInt8>) async throws {
+        try await outbound.write(bytes)
+    }
+}
+
+/// Thrown by an HTTP handler to reset its stream (RST_STREAM INTERNAL_ERROR) instead of
+/// ending it cleanly: how the simulator cuts a response off mid-way.
+public struct HTTPStreamReset: Error {
+    public init() {}
+}
+
+/// A plain HTTP handler. Returning ends the body; a handler must call `head` first.
+public typealias HTTPHandler = @Sendable (HTTPRequest, HTTPResponseWriter) async throws -> Void

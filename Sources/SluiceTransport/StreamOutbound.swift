@@ -25,9 +25,19 @@ final class StreamOutbound: Sendable {
         /// True while the loop is not going to look at this queue again unless woken.
         var loopIdle = true
         var messagesWritten = 0
+        /// Plain HTTP responses: status and headers, set by the handler before its body.
+        var head: [(String, String)]?
+    }
+
+    enum Framing {
+        /// gRPC / Connect: every write is one enveloped message.
+        case envelope
+        /// Plain HTTP: writes are body bytes as they are.
+        case raw
     }
 
     let capacity: Int
+    let framing: Framing
     private let state = Mutex(State())
     private let wakeLoop: @Sendable () -> Void
     private let endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
@@ -37,10 +47,12 @@ final class StreamOutbound: Sendable {
     ///   - endStreamEnvelope: for Connect, the final envelope to queue when the call ends.
     init(
         capacity: Int,
+        framing: Framing = .envelope,
         endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?,
         wakeLoop: @escaping @Sendable () -> Void
     ) {
         self.capacity = capacity
+        self.framing = framing
         self.endStreamEnvelope = endStreamEnvelope
         self.wakeLoop = wakeLoop
     }
@@ -53,7 +65,13 @@ final class StreamOutbound: Sendable {
             guard state.status == nil else {
                 throw RPCError(.internal, "a message was written after the call ended")
             }
-            EnvelopeEncoder.append(payload, to: &state.buffer)
+            guard framing == .envelope || state.head != nil else {
+                throw RPCError(.internal, "an HTTP handler wrote body bytes before its status and headers")
+            }
+            switch framing {
+            case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
+            case .raw: state.buffer.append(contentsOf: payload)
+            }
             state.messagesWritten += 1
             return state.buffer.count - state.readIndex > capacity
         }
@@ -99,6 +117,18 @@ final class StreamOutbound: Sendable {
     }
 
     var messagesWritten: Int { state.withLock { $0.messagesWritten } }
+
+    /// Plain HTTP: the response status and headers. Only the first call counts.
+    func setHead(_ headers: [(String, String)]) throws {
+        try state.withLock { state in
+            if let reason = state.closedReason { throw reason }
+            guard state.head == nil else { throw RPCError(.internal, "an HTTP handler sent its response head twice") }
+            state.head = headers
+        }
+        notifyLoopIfIdle()
+    }
+
+    var head: [(String, String)]? { state.withLock { $0.head } }
 
     private func notifyLoopIfIdle() {
         let wasIdle = state.withLock { state in
@@ -149,7 +179,7 @@ final class StreamOutbound: Sendable {
             if let status = state.status, queued == 0, trailersOnlyAllowed {
                 return (true, status)
             }
-            if queued > 0 || state.status != nil { return (false, nil) }
+            if queued > 0 || state.status != nil || state.head != nil { return (false, nil) }
             state.loopIdle = true
             return nil
         }
