@@ -1,0 +1,155 @@
+import SluiceWire
+import Synchronization
+import Testing
+
+@testable import SluiceTransport
+
+@Suite struct StreamOutboundTests {
+    final class WakeCounter: Sendable {
+        let count = Atomic<Int>(0)
+        func wake() { count.add(1, ordering: .relaxed) }
+        var value: Int { count.load(ordering: .relaxed) }
+    }
+
+    private func makeOutbound(capacity: Int = 64, connect: Bool = false, counter: WakeCounter) -> StreamOutbound {
+        var endStream: (@Sendable (StatusCode, String) -> [UInt8])?
+        if connect {
+            endStream = { code, message in
+                EnvelopeEncoder.encode(ConnectEndStream.body(status: code, message: message), flags: .endStream)
+            }
+        }
+        return StreamOutbound(capacity: capacity, endStreamEnvelope: endStream, wakeLoop: { counter.wake() })
+    }
+
+    private func drainAll(_ outbound: StreamOutbound, chunk: Int = 16) -> (bytes: [UInt8], last: StreamOutbound.Drained) {
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: chunk)
+        while true {
+            let drained = buffer.withUnsafeMutableBytes { outbound.drain(into: $0) }
+            bytes += buffer[0..<drained.byteCount]
+            if drained.endOfStream || drained.byteCount == 0 { return (bytes, drained) }
+        }
+    }
+
+    @Test func queuedMessagesAreCoalescedInOrderThenStatus() async throws {
+        let counter = WakeCounter()
+        let outbound = makeOutbound(capacity: 1024, counter: counter)
+        try await outbound.write(Array("one".utf8))
+        try await outbound.write(Array("two".utf8))
+        #expect(counter.value == 1, "a burst of writes wakes the loop once")
+        outbound.finish(.ok, "")
+        let (bytes, last) = drainAll(outbound, chunk: 1024)
+        #expect(bytes == EnvelopeEncoder.encode(Array("one".utf8)) + EnvelopeEncoder.encode(Array("two".utf8)))
+        #expect(last.endOfStream)
+        #expect(last.status?.code == .ok)
+    }
+
+    @Test func drainingEmptyQueueMarksLoopIdleSoTheNextWriteWakesIt() async throws {
+        let counter = WakeCounter()
+        let outbound = makeOutbound(capacity: 1024, counter: counter)
+        try await outbound.write([1])
+        _ = drainAll(outbound)
+        #expect(counter.value == 1)
+        try await outbound.write([2])
+        #expect(counter.value == 2)
+    }
+
+    @Test func writerSuspendsAboveCapacityUntilTheLoopDrains() async throws {
+        let counter = WakeCounter()
+        let outbound = makeOutbound(capacity: 64, counter: counter)
+        let written = Atomic<Int>(0)
+        let producer = Task {
+            for _ in 0..<10 {
+                try await outbound.write([UInt8](repeating: 7, count: 40))
+                written.add(1, ordering: .relaxed)
+            }
+            outbound.finish(.ok, "")
+        }
+        // The producer can queue at most capacity + one message before it must wait.
+        var total: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 8)
+        var maxQueuedMessages = 0
+        while true {
+            await Task.yield()
+            let drained = buffer.withUnsafeMutableBytes { outbound.drain(into: $0) }
+            total += buffer[0..<drained.byteCount]
+            maxQueuedMessages = max(maxQueuedMessages, written.load(ordering: .relaxed) - total.count / 45)
+            if drained.endOfStream { break }
+        }
+        try await producer.value
+        #expect(total.count == 10 * 45)
+        #expect(maxQueuedMessages <= 3, "queue stayed bounded: at most \(maxQueuedMessages) messages ahead")
+    }
+
+    @Test func closingFailsAWaitingWriter() async throws {
+        let counter = WakeCounter()
+        let outbound = makeOutbound(capacity: 8, counter: counter)
+        let producer = Task { try await outbound.write([UInt8](repeating: 1, count: 100)) }
+        await #expect(throws: (any Error).self) {
+            // The first write queues above capacity and waits; closing must release it with an error.
+            Task { outbound.close(RPCError(.cancelled, "gone")) }
+            try await producer.value
+        }
+        await #expect(throws: RPCError.self) { try await outbound.write([1]) }
+    }
+
+    @Test func abortDropsQueuedMessagesAndReportsTheStatus() async throws {
+        let counter = WakeCounter()
+        let outbound = makeOutbound(capacity: 1024, counter: counter)
+        try await outbound.write([UInt8](repeating: 1, count: 100))
+        #expect(outbound.abort(.deadlineExceeded, "too slow"))
+        let (bytes, last) = drainAll(outbound)
+        #expect(bytes.isEmpty)
+        #expect(last.status?.code == .deadlineExceeded)
+        #expect(!outbound.abort(.cancelled, "again"), "a call ends once")
+    }
+
+    @Test func anImmediateErrorIsTrailersOnlyForGRPC() {
+        let outbound = makeOutbound(counter: WakeCounter())
+        #expect(outbound.responseShape(trailersOnlyAllowed: true) == nil, "nothing is known before the handler acts")
+        outbound.finish(.unimplemented, "no such method")
+        let shape = outbound.responseShape(trailersOnlyAllowed: true)
+        #expect(shape?.trailersOnly == true)
+        #expect(shape?.status?.code == .unimplemented)
+    }
+
+    @Test func connectEndsWithAnEndStreamEnvelope() async throws {
+        let outbound = makeOutbound(connect: true, counter: WakeCounter())
+        try await outbound.write(Array("{}".utf8))
+        outbound.finish(.resourceExhausted, "full")
+        #expect(outbound.responseShape(trailersOnlyAllowed: false)?.trailersOnly == false)
+        var decoder = EnvelopeDecoder()
+        decoder.append(drainAll(outbound).bytes)
+        #expect(try decoder.next() == Envelope(flags: [], payload: Array("{}".utf8)))
+        let end = try #require(try decoder.next())
+        #expect(end.flags == .endStream)
+        #expect(try ConnectEndStream.parse(end.payload) == (.resourceExhausted, "full"))
+    }
+
+    @Test func rawFramingNeedsAHeadBeforeBody() async throws {
+        let outbound = StreamOutbound(capacity: 64, framing: .raw, endStreamEnvelope: nil, wakeLoop: {})
+        await #expect(throws: RPCError.self) { try await outbound.write([1]) }
+        try outbound.setHead([(":status", "200")])
+        try await outbound.write(Array("hello".utf8))
+        outbound.finish(.ok, "")
+        #expect(drainAll(outbound).bytes == Array("hello".utf8))
+    }
+}
+
+@Suite struct TimerHeapTests {
+    @Test func firesInDeadlineOrderAndSkipsCancelled() {
+        var heap = TimerHeap()
+        let start = ContinuousClock.now
+        var fired: [Int] = []
+        for (label, offset) in [(3, 30), (1, 10), (4, 40), (2, 20)] {
+            let id = heap.schedule(at: start + .milliseconds(offset)) { fired.append(label) }
+            if label == 4 { heap.cancel(id) }
+        }
+        #expect(heap.millisecondsUntilNext(now: start) == 10)
+        while let action = heap.popDue(now: start + .milliseconds(25)) { action() }
+        #expect(fired == [1, 2])
+        while let action = heap.popDue(now: start + .seconds(1)) { action() }
+        #expect(fired == [1, 2, 3])
+        #expect(heap.millisecondsUntilNext(now: start) == -1)
+    }
+}
