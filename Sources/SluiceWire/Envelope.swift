@@ -27,16 +27,18 @@ public enum EnvelopeEncoder {
 
     public static func encode(_ payload: some Collection<UInt8>, flags: EnvelopeFlags = []) -> [UInt8] {
         var buffer: [UInt8] = []
+        buffer.reserveCapacity(headerSize + payload.count)
         append(payload, flags: flags, to: &buffer)
         return buffer
     }
 
     /// Appends an envelope to `buffer`, so several messages can share one write.
     public static func append(_ payload: some Collection<UInt8>, flags: EnvelopeFlags = [], to buffer: inout [UInt8]) {
+        // No reserveCapacity here: it allocates exactly, which would defeat the array's geometric
+        // growth and make a loop of appends quadratic.
         let count = payload.count
         precondition(count <= Int(UInt32.max), "an envelope payload cannot exceed 4 GiB")
         let length = UInt32(count)
-        buffer.reserveCapacity(buffer.count + headerSize + count)
         buffer.append(flags.rawValue)
         buffer.append(UInt8(truncatingIfNeeded: length >> 24))
         buffer.append(UInt8(truncatingIfNeeded: length >> 16))
