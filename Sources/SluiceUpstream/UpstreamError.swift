@@ -62,8 +62,9 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
         let errorType = json?["error"]?["type"]?.stringValue
         let upstreamMessage = json?["error"]?["message"]?.stringValue
         let requestID = header("request-id") ?? json?["request_id"]?.stringValue
-        let retryAfter = header("retry-after-ms").flatMap { parseSeconds($0, scale: 1e-3) }
-            ?? header("retry-after").flatMap { parseSeconds($0, scale: 1) }
+        let retryAfterMilliseconds = header("retry-after-ms").flatMap(parseDecimal)
+        let retryAfter = retryAfterMilliseconds.map { Duration.milliseconds(min($0, maxRetryAfterSeconds * 1000)) }
+            ?? header("retry-after").flatMap(parseDecimal).map { Duration.seconds(min($0, maxRetryAfterSeconds)) }
         let retryable: Bool? = switch header("x-should-retry")?.lowercased() {
         case "true": true
         case "false": false
@@ -77,7 +78,8 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
             detail += ": \(String(decoding: body.prefix(maxMessageLength), as: UTF8.self))"
         }
         var message = status == 401
-            ? "Anthropic API rejected Sluice's credentials (HTTP 401\(detail)); the operator should check ANTHROPIC_API_KEY"
+            ? "Anthropic API rejected Sluice's credentials (HTTP 401\(detail));"
+                + " the operator should check ANTHROPIC_API_KEY"
             : "Anthropic API returned HTTP \(status)\(detail)"
         if let requestID { message += " (request-id \(requestID))" }
 
@@ -115,7 +117,7 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
     // MARK: - Classification
 
     /// The HTTP status the API documents for each error type; mid-stream errors are classified like it.
-    static let errorTypeStatus: [String: Int] = [
+    private static let errorTypeStatus: [String: Int] = [
         "invalid_request_error": 400,
         "authentication_error": 401,
         "billing_error": 402,
@@ -163,16 +165,15 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
     private static let maxRetryAfterSeconds = 86_400.0
     private static let maxMessageLength = 512
 
-    /// Non-negative decimal digits with an optional fraction, times `scale` seconds.
-    private static func parseSeconds(_ text: String, scale: Double) -> Duration? {
+    /// ASCII digits with an optional fraction; nothing that `Double` alone would also take (`inf`, `1e3`, `-1`).
+    private static func parseDecimal(_ text: String) -> Double? {
         let parts = text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
         let isDigits = { (part: Substring) in !part.isEmpty && part.allSatisfy { $0.isASCII && $0.isNumber } }
-        guard parts.allSatisfy(isDigits), let value = Double(text) else { return nil }
-        return .seconds(Swift.min(value * scale, maxRetryAfterSeconds))
+        return parts.allSatisfy(isDigits) ? Double(text) : nil
     }
 
     /// Redacts Anthropic API keys, replaces control characters, and truncates.
-    static func sanitize(_ text: String) -> String {
+    private static func sanitize(_ text: String) -> String {
         var result = text.replacing(#/sk-ant-[A-Za-z0-9_\-]*/#, with: "sk-ant-[REDACTED]")
         result = String(String.UnicodeScalarView(result.unicodeScalars.map {
             $0.properties.generalCategory == .control ? " " : $0
