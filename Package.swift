@@ -12,6 +12,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // 1. C shims: system libraries, plus typed inline wrappers where the C API is variadic or a macro.
@@ -41,25 +43,40 @@ let package = Package(
             ]
         ),
 
+        // 5. Engine: scheduler, jobs, retries, replay.
+        .target(
+            name: "SluiceEngine",
+            dependencies: [
+                "SluiceUpstream", "SluiceWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+
         // 6. Service and executable.
         .target(
             name: "SluiceService",
             dependencies: [
-                "SluiceUpstream", "SluiceTransport", "SluiceWire",
+                "SluiceEngine", "SluiceUpstream", "SluiceTransport", "SluiceWire",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .executableTarget(
             name: "sluice",
             dependencies: [
-                "SluiceService", "SluiceTransport", "SluiceWire",
+                "SluiceService", "SluiceEngine", "SluiceUpstream", "SluiceTransport", "SluiceWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
         .testTarget(name: "SluiceWireTests", dependencies: ["SluiceWire"]),
         .testTarget(name: "SluiceTransportTests", dependencies: ["SluiceTransport", "SluiceService", "SluiceWire"]),
-        .testTarget(name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceWire"]),
+        .testTarget(name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceTransport", "SluiceWire"]),
+        .testTarget(name: "SluiceEngineTests", dependencies: ["SluiceEngine", "SluiceUpstream", "SluiceWire"]),
     ]
 )

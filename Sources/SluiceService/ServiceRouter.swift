@@ -1,10 +1,18 @@
+import Prometheus
+import SluiceEngine
 import SluiceTransport
 
-/// Every RPC method Sluice serves.
+/// Every route Sluice serves.
 public enum ServiceRouter {
-    public static func make() -> RPCRouter {
+    public static func make(
+        engine: StreamEngine, authentication: CallerAuthentication, registry: PrometheusCollectorRegistry,
+        isDraining: @escaping @Sendable () -> Bool
+    ) -> RPCRouter {
         var router = RPCRouter()
         SyntheticService.register(in: &router)
+        StreamingService(engine: engine, authentication: authentication).register(in: &router)
+        HealthService(isDraining: isDraining).register(in: &router)
+        MetricsService(registry: registry, engine: engine).register(in: &router)
         return router
     }
 }

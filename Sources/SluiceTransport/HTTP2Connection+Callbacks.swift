@@ -92,6 +92,7 @@ extension HTTP2Connection {
 
     func streamClosed() {
         lastActivity = .now
-        if draining && streams.isEmpty { server.drainingConnectionIdle(self) }
+        // A draining connection sends its final GOAWAY (and then closes) once its last stream is done.
+        if draining && streams.isEmpty { scheduleFlush() }
     }
 }

@@ -29,6 +29,9 @@ final class HTTP2Connection: Selectable {
     private var prefaceBytesChecked = 0
     var lastActivity = ContinuousClock.now
     private(set) var draining = false
+    private var finalGoAwaySent = false
+    /// True while nghttp2 is running our callbacks: no flushing or closing from in there.
+    private var inNGHTTP2Call = false
 
     private static let clientPreface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
 
@@ -134,7 +137,9 @@ final class HTTP2Connection: Selectable {
                 lastActivity = .now
                 let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
                 if prefaceBytesChecked < Self.clientPreface.count, tls == nil, !checkPreface(bytes) { return }
+                inNGHTTP2Call = true
                 let consumed = nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), count)
+                inNGHTTP2Call = false
                 if consumed < 0 {
                     logger.debug("closing connection: \(String(cString: nghttp2_strerror(Int32(consumed))))")
                     flushNow()
@@ -203,10 +208,15 @@ final class HTTP2Connection: Selectable {
     func flushNow() {
         flushScheduled = false
         guard !closed, tlsHandshakeDone, let session else { return }
+        // nghttp2 callbacks run inside mem_send/mem_recv; whatever they want flushed waits for the loop.
+        guard !inNGHTTP2Call else { return scheduleFlush() }
+        if draining && streams.isEmpty && !finalGoAwaySent { submitFinalGoAway() }
         if !writePendingOutput() { return }
         while true {
             var data: UnsafePointer<UInt8>?
+            inNGHTTP2Call = true
             let length = nghttp2_session_mem_send(session, &data)
+            inNGHTTP2Call = false
             if length < 0 {
                 close(reason: "nghttp2 send failed: \(String(cString: nghttp2_strerror(Int32(length))))")
                 return
@@ -293,13 +303,20 @@ final class HTTP2Connection: Selectable {
     }
 
     /// Graceful shutdown, step 2 (and idle timeout): GOAWAY naming the last stream we processed.
-    func sendGoAway(errorCode: UInt32 = NGHTTP2_NO_ERROR.rawValue) {
-        guard !closed, let session else { return }
+    /// nghttp2 then stops wanting to read or write once the remaining streams finish, and
+    /// `flushNow` closes the connection.
+    func sendGoAway() {
+        guard !closed else { return }
         draining = true
-        let lastStreamID = nghttp2_session_get_last_proc_stream_id(session)
-        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), lastStreamID, errorCode, nil, 0)
+        submitFinalGoAway()
         flushNow()
-        if !closed && streams.isEmpty && pendingOutputIsEmpty { close(reason: "GOAWAY sent, no streams left") }
+    }
+
+    private func submitFinalGoAway() {
+        guard let session, !finalGoAwaySent else { return }
+        finalGoAwaySent = true
+        let lastStreamID = nghttp2_session_get_last_proc_stream_id(session)
+        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), lastStreamID, NGHTTP2_NO_ERROR.rawValue, nil, 0)
     }
 
     func close(reason: String) {

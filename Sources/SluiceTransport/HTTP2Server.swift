@@ -63,6 +63,9 @@ public final class HTTP2Server: @unchecked Sendable {
 
     public var isTLS: Bool { tlsContext != nil }
 
+    /// True once shutdown has begun (readiness probes then fail).
+    public var isDraining: Bool { shutdownState.withLock { $0.started } }
+
     /// Binds and starts every loop. Throws if the address cannot be bound.
     public func start() throws {
         var boundPort = configuration.port
@@ -131,7 +134,6 @@ public final class HTTP2Server: @unchecked Sendable {
     func readBuffer(for loop: EventLoop) -> UnsafeMutableRawBufferPointer { contexts[loop.index].readBuffer }
     func enqueueFlush(_ connection: HTTP2Connection, on loop: EventLoop) { contexts[loop.index].pendingFlush.append(connection) }
     func connectionClosed(_ connection: HTTP2Connection, on loop: EventLoop) { contexts[loop.index].remove(connection) }
-    func drainingConnectionIdle(_ connection: HTTP2Connection) { contexts[connection.loop.index].drainingConnectionIdle(connection) }
 
     // MARK: Sockets
 
@@ -226,9 +228,9 @@ private final class LoopContext: Selectable {
             var on: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
             do {
+                // Nothing is sent before the client speaks: an HTTP/1.1 client must get a clean HTTP/1.1 answer.
                 let connection = try HTTP2Connection(fd: fd, loop: loop, server: server, tlsContext: server.tls)
                 connections[ObjectIdentifier(connection)] = connection
-                connection.flushNow()
             } catch {
                 server.logger.warning("cannot set up a connection: \(error)")
                 close(fd)
@@ -256,7 +258,6 @@ private final class LoopContext: Selectable {
             let cutoff = ContinuousClock.now - self.server.configuration.idleTimeout
             for connection in self.connections.values where connection.activeStreamCount == 0 && connection.lastActivity < cutoff {
                 connection.sendGoAway()
-                if !connection.isClosed { connection.close(reason: "idle timeout") }
             }
             self.scheduleIdleSweep()
         }
@@ -289,10 +290,6 @@ private final class LoopContext: Selectable {
             }
         }
         reportIfDrained()
-    }
-
-    func drainingConnectionIdle(_ connection: HTTP2Connection) {
-        connection.sendGoAway()
     }
 
     private func reportIfDrained() {

@@ -50,7 +50,9 @@ final class HTTP2Stream {
         switch name {
         case ":method": method = value
         case ":path": path = value
-        case "content-type": contentType = value
+        case "content-type":
+            contentType = value
+            headers.append((name, value))
         default: if !name.hasPrefix(":") { headers.append((name, value)) }
         }
         return true
@@ -193,7 +195,7 @@ final class HTTP2Stream {
         let target = (path ?? "/").split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
         let request = HTTPRequest(
             method: method ?? "GET", path: String(target[0]), query: target.count > 1 ? String(target[1]) : nil,
-            headers: contentType.map { [("content-type", $0)] + headers } ?? headers, body: requestBody
+            headers: headers, body: requestBody
         )
         requestBody = []
         let writer = HTTPResponseWriter(outbound: outbound)
@@ -238,13 +240,13 @@ final class HTTP2Stream {
     /// The stream closed (completed, or reset by the client).
     func closed(errorCode: UInt32) {
         cancelDeadline()
-        outbound?.close(RPCError(.cancelled, "the client cancelled the call (RST_STREAM \(errorCode))"))
+        outbound?.close(RPCError(.cancelled, "the client cancelled the call (RST_STREAM \(errorCode))"), disconnect: .reset(errorCode: errorCode))
         handlerTask?.cancel()
     }
 
     func connectionClosed() {
         cancelDeadline()
-        outbound?.close(RPCError(.cancelled, "the client's connection closed"))
+        outbound?.close(RPCError(.cancelled, "the client's connection closed"), disconnect: .connectionLost)
         handlerTask?.cancel()
     }
 
@@ -330,7 +332,7 @@ final class HTTP2Stream {
         }
         if drained.endOfStream {
             flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
-            if rpcProtocol == .grpc, let status = drained.status, let session = connection.session {
+            if httpHandler == nil, rpcProtocol == .grpc, let status = drained.status, let session = connection.session {
                 flags.pointee |= NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
                 withNameValues(statusHeaders(status)) { nva, count in
                     _ = nghttp2_submit_trailer(session, id, nva, count)

@@ -44,6 +44,17 @@ public struct RPCResponseWriter: Sendable {
     public func write(_ message: some Collection<UInt8>) async throws {
         try await outbound.write(message)
     }
+
+    /// Set when the client left before the call ended: it reset the stream, or its connection closed.
+    public var disconnect: RPCDisconnect? { outbound.disconnect }
+}
+
+/// How a client left a call early.
+public enum RPCDisconnect: Sendable, Equatable {
+    /// RST_STREAM from the client (gRPC clients cancel with CANCEL, 0x8).
+    case reset(errorCode: UInt32)
+    /// The connection closed under the call.
+    case connectionLost
 }
 
 /// A method handler. Returning ends the call with OK; throwing `RPCError` ends it with that

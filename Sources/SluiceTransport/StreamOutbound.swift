@@ -22,6 +22,7 @@ final class StreamOutbound: Sendable {
         var producerWaiting: CheckedContinuation<Void, any Error>?
         /// Set by the loop when the stream is gone: writes fail from then on.
         var closedReason: RPCError?
+        var disconnect: RPCDisconnect?
         /// True while the loop is not going to look at this queue again unless woken.
         var loopIdle = true
         var messagesWritten = 0
@@ -118,6 +119,9 @@ final class StreamOutbound: Sendable {
 
     var messagesWritten: Int { state.withLock { $0.messagesWritten } }
 
+    /// How the client left before the call ended, if it did.
+    var disconnect: RPCDisconnect? { state.withLock { $0.disconnect } }
+
     /// Plain HTTP: the response status and headers. Only the first call counts.
     func setHead(_ headers: [(String, String)]) throws {
         try state.withLock { state in
@@ -160,9 +164,10 @@ final class StreamOutbound: Sendable {
     }
 
     /// The stream is gone (reset by the client, connection closed): fail the producer.
-    func close(_ reason: RPCError) {
+    func close(_ reason: RPCError, disconnect: RPCDisconnect) {
         let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
             if state.closedReason == nil { state.closedReason = reason }
+            if state.status == nil { state.disconnect = disconnect }
             state.buffer = []
             state.readIndex = 0
             defer { state.producerWaiting = nil }

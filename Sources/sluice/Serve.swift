@@ -2,39 +2,79 @@ import ArgumentParser
 import Dispatch
 import Glibc
 import Logging
+import Metrics
+import Prometheus
+import SluiceEngine
 import SluiceService
 import SluiceTransport
+import SluiceUpstream
 import SluiceWire
+import Synchronization
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the Sluice server.")
+    static let configuration = CommandConfiguration(
+        abstract: "Run the Sluice server.",
+        discussion: """
+            Upstream: the real Anthropic API when ANTHROPIC_API_KEY (or --api-key-file) is set, otherwise the \
+            built-in simulator. Callers: bearer tokens from --keys-file or SLUICE_API_KEYS (comma-separated).
+            """
+    )
 
-    @Option(help: "Address to listen on. Binding beyond loopback exposes the server.")
+    // MARK: Listening
+    @Option(help: "Address to listen on. Beyond loopback, caller keys are required unless --allow-unauthenticated.")
     var host = "127.0.0.1"
-
     @Option(help: "TCP port to listen on (0 picks a free one).")
     var port = 8080
-
     @Option(help: "Event-loop threads (default: one per core).")
     var eventLoops: Int?
-
-    @Option(help: "PEM certificate chain; with --tls-key, serves TLS with ALPN h2.")
+    @Option(help: "PEM certificate chain; with --tls-key, serves TLS 1.2+ with ALPN h2.")
     var tlsCert: String?
-
     @Option(help: "PEM private key for --tls-cert.")
     var tlsKey: String?
-
     @Option(help: "SETTINGS_MAX_CONCURRENT_STREAMS advertised to each client connection.")
     var maxStreamsPerConnection = 1000
-
     @Option(help: "Largest request message in bytes.")
     var maxMessageSize = 4 * 1024 * 1024
-
     @Option(help: "Close connections that have had no open stream for this long.")
     var idleTimeout = CLIDuration(.seconds(120))
-
     @Option(help: "On SIGTERM/SIGINT, how long in-flight streams may finish before they are cancelled.")
     var drainTimeout = CLIDuration(.seconds(30))
+
+    // MARK: Scheduler
+    @Option(help: "Streams talking to the upstream at once.")
+    var maxActive = 256
+    @Option(help: "Streams waiting for a slot, beyond which calls fail with RESOURCE_EXHAUSTED.")
+    var maxQueued = 1024
+    @Option(help: "Longest wait in the queue.")
+    var queueTimeout = CLIDuration(.seconds(30))
+    @Option(help: "Streams one caller key may run at once (default: no per-key limit).")
+    var maxActivePerKey: Int?
+    @Option(help: "Longest a stream may run.")
+    var maxStreamDuration = CLIDuration(.seconds(600))
+    @Option(help: "Retries of an interrupted upstream stream.")
+    var maxRetries = 3
+    @Option(help: "How long a stream whose client vanished keeps running, awaiting Resume.")
+    var abandonGrace = CLIDuration(.seconds(30))
+    @Option(help: "Replay buffer per stream, in bytes (what Resume can replay).")
+    var replayBufferBytes = 1 << 20
+
+    // MARK: Upstream
+    @Option(help: "Anthropic API base URL.")
+    var upstreamURL = UpstreamConfiguration.defaultBaseURL
+    @Option(help: "File holding the Anthropic API key (instead of ANTHROPIC_API_KEY). Never pass the key itself as a flag.")
+    var apiKeyFile: String?
+    @Option(help: "CA bundle for verifying the upstream's TLS certificate (default: the system's).")
+    var caBundle: String?
+    @Option(help: "Give up on an upstream attempt that sends no first byte for this long.")
+    var firstTokenTimeout = CLIDuration(.seconds(60))
+    @Option(help: "Give up on an upstream attempt that sends nothing but pings for this long.")
+    var upstreamIdleTimeout = CLIDuration(.seconds(30))
+
+    // MARK: Callers
+    @Option(help: "File of caller bearer tokens, one per line, # comments.")
+    var keysFile: String?
+    @Flag(help: "Allow binding beyond loopback without caller keys.")
+    var allowUnauthenticated = false
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
@@ -44,6 +84,10 @@ struct Serve: AsyncParsableCommand {
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("TLS needs both --tls-cert and --tls-key") }
         if maxStreamsPerConnection < 1 { throw ValidationError("--max-streams-per-connection must be at least 1") }
         if maxMessageSize < 1 { throw ValidationError("--max-message-size must be at least 1") }
+        if maxActive < 1 { throw ValidationError("--max-active must be at least 1") }
+        if maxQueued < 0 { throw ValidationError("--max-queued must be 0 or more") }
+        if let maxActivePerKey, maxActivePerKey < 1 { throw ValidationError("--max-active-per-key must be at least 1") }
+        if maxRetries < 0 { throw ValidationError("--max-retries must be 0 or more") }
     }
 
     func run() async throws {
@@ -54,6 +98,45 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "sluice")
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+
+        let environment = UpstreamConfiguration.processEnvironment()
+        let tokens = try callerTokens(environment: environment)
+        if tokens.isEmpty && !Self.isLoopback(host) && !allowUnauthenticated {
+            throw ValidationError(
+                "refusing to listen on \(host) without caller keys: set --keys-file or SLUICE_API_KEYS, or pass --allow-unauthenticated"
+            )
+        }
+
+        // The upstream: the real API with a key, otherwise the simulator on a private loopback port.
+        var upstreamConfiguration = UpstreamConfiguration(
+            baseURL: upstreamURL, apiKey: try UpstreamConfiguration.loadAPIKey(environment: environment, keyFile: apiKeyFile),
+            caBundlePath: caBundle, firstByteTimeout: firstTokenTimeout.duration, idleTimeout: upstreamIdleTimeout.duration
+        )
+        var simulatorServer: HTTP2Server?
+        if upstreamConfiguration.apiKey == nil {
+            var router = RPCRouter()
+            AnthropicSimulator().register(in: &router)
+            var simulatorConfiguration = HTTP2ServerConfiguration()
+            simulatorConfiguration.port = 0
+            simulatorConfiguration.eventLoops = 1
+            let server = try HTTP2Server(configuration: simulatorConfiguration, router: router, logger: logger)
+            try server.start()
+            upstreamConfiguration.baseURL = "http://127.0.0.1:\(server.port)"
+            simulatorServer = server
+        }
+        let upstream = try UpstreamClient(configuration: upstreamConfiguration, logger: logger)
+
+        var engineConfiguration = EngineConfiguration()
+        engineConfiguration.limits = Admission.Limits(maxActive: maxActive, maxQueued: maxQueued, maxActivePerKey: maxActivePerKey)
+        engineConfiguration.queueTimeout = queueTimeout.duration
+        engineConfiguration.retry.maxRetries = maxRetries
+        engineConfiguration.maxStreamDuration = maxStreamDuration.duration
+        engineConfiguration.abandonGrace = abandonGrace.duration
+        engineConfiguration.replayBufferBytes = replayBufferBytes
+        engineConfiguration.upstreamIsSimulator = simulatorServer != nil
+        let engine = StreamEngine(configuration: engineConfiguration, upstream: upstream, logger: logger)
 
         var configuration = HTTP2ServerConfiguration()
         configuration.host = host
@@ -65,11 +148,23 @@ struct Serve: AsyncParsableCommand {
         configuration.limits.maxStreamsPerConnection = maxStreamsPerConnection
         configuration.limits.maxMessageSize = maxMessageSize
 
-        let server = try HTTP2Server(configuration: configuration, router: ServiceRouter.make(), logger: logger)
+        let serverReference = ServerReference()
+        let router = ServiceRouter.make(
+            engine: engine, authentication: CallerAuthentication(tokens: tokens), registry: registry,
+            isDraining: { serverReference.isDraining }
+        )
+        let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
+        serverReference.set(server)
         try server.start()
+
         let scheme = server.isTLS ? "https (TLS, ALPN h2)" : "h2c (HTTP/2 cleartext, prior knowledge)"
-        print("sluice listening on \(host):\(server.port) \(scheme) with \(configuration.eventLoops) event loops; max \(maxStreamsPerConnection) streams per connection")
-        fflush(nil)  // flush stdout now: scripts wait for this line
+        let upstreamDescription =
+            simulatorServer != nil ? "built-in simulator (no ANTHROPIC_API_KEY set)" : "Anthropic API at \(upstreamConfiguration.baseURL)"
+        let perKey = maxActivePerKey.map { ", \($0) per key" } ?? ""
+        print(
+            "sluice listening on \(host):\(server.port) \(scheme); upstream: \(upstreamDescription); limits: \(maxActive) active\(perKey), \(maxQueued) queued, \(maxStreamsPerConnection) streams per connection; callers: \(tokens.isEmpty ? "unauthenticated" : "\(tokens.count) keys")"
+        )
+        fflush(nil)  // scripts wait for this line
 
         let drainTimeout = self.drainTimeout.duration
         let signals = [SIGTERM, SIGINT].map { signalNumber in
@@ -84,8 +179,43 @@ struct Serve: AsyncParsableCommand {
         }
         await server.waitUntilStopped()
         signals.forEach { $0.cancel() }
+        upstream.shutdown()
+        await simulatorServer?.shutdown(drainTimeout: .zero)
         logger.notice("stopped")
     }
+
+    private func callerTokens(environment: [String: String]) throws -> [String] {
+        var tokens: [String] = []
+        if let keysFile {
+            guard let file = fopen(keysFile, "r") else {
+                throw ValidationError("cannot read --keys-file \(keysFile): \(String(cString: strerror(errno)))")
+            }
+            defer { fclose(file) }
+            var text = ""
+            var buffer = [CChar](repeating: 0, count: 4096)
+            while fgets(&buffer, Int32(buffer.count), file) != nil {
+                text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            tokens += CallerAuthentication.parseKeysFile(text)
+        }
+        if let fromEnvironment = environment["SLUICE_API_KEYS"] {
+            tokens += fromEnvironment.split(separator: ",").map { String($0.trimmingPrefix(while: \.isWhitespace)) }.map {
+                String($0.reversed().drop { $0.isWhitespace }.reversed())
+            }.filter { !$0.isEmpty }
+        }
+        return tokens
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
+    }
+}
+
+/// Lets routes ask the server, created after them, whether it is draining.
+final class ServerReference: Sendable {
+    private let server = Mutex<HTTP2Server?>(nil)
+    func set(_ value: HTTP2Server) { server.withLock { $0 = value } }
+    var isDraining: Bool { server.withLock { $0?.isDraining ?? false } }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -87,7 +87,7 @@ import Testing
         let producer = Task { try await outbound.write([UInt8](repeating: 1, count: 100)) }
         await #expect(throws: (any Error).self) {
             // The first write queues above capacity and waits; closing must release it with an error.
-            Task { outbound.close(RPCError(.cancelled, "gone")) }
+            Task { outbound.close(RPCError(.cancelled, "gone"), disconnect: .connectionLost) }
             try await producer.value
         }
         await #expect(throws: RPCError.self) { try await outbound.write([1]) }

@@ -1,0 +1,220 @@
+import Logging
+import SluiceUpstream
+import SluiceWire
+import Synchronization
+
+/// Where the engine gets Claude's events: the libcurl client, or a fake in tests.
+/// Iteration must stop (and free the transfer) when the iterating task is cancelled.
+public protocol MessageUpstream: Sendable {
+    associatedtype Events: AsyncSequence<AnthropicEvent, UpstreamFailure>
+    func streamMessage(body: [UInt8], headers: [(String, String)]) -> Events
+}
+
+extension UpstreamClient: MessageUpstream {}
+
+public struct EngineConfiguration: Sendable {
+    public var limits = Admission.Limits(maxActive: 256, maxQueued: 1024)
+    public var queueTimeout: Duration = .seconds(30)
+    public var retry = RetryPolicy()
+    public var maxStreamDuration: Duration = .seconds(600)
+    /// A detached stream (its client's connection vanished) keeps running this long, awaiting `Resume`.
+    public var abandonGrace: Duration = .seconds(30)
+    public var replayBufferBytes = 1 << 20
+    /// Finished streams stay resumable this long.
+    public var retention: Duration = .seconds(60)
+    /// The upstream is the simulator: requests may carry a `simulation` scenario.
+    public var upstreamIsSimulator = true
+
+    public init() {}
+}
+
+/// Runs streams: admission, the upstream attempts with retries, and the registry that lets
+/// clients resume, cancel and abandon them.
+public final class StreamEngine: Sendable {
+    public let configuration: EngineConfiguration
+    public let scheduler: Scheduler
+    let upstream: any MessageUpstream
+    let logger: Logger
+    let metrics = EngineMetrics()
+    private let streams = Mutex<[String: StreamRecord]>([:])
+    private let sweeper = Mutex<Task<Void, Never>?>(nil)
+
+    final class StreamRecord: Sendable {
+        let channel: StreamChannel
+        let owner: String
+        let job = Mutex<Task<Void, Never>?>(nil)
+        let cancelReason = Mutex<RPCError?>(nil)
+        let finishedAt = Mutex<ContinuousClock.Instant?>(nil)
+
+        init(channel: StreamChannel, owner: String) {
+            self.channel = channel
+            self.owner = owner
+        }
+
+        func cancel(_ reason: RPCError) {
+            cancelReason.withLock { if $0 == nil { $0 = reason } }
+            job.withLock { $0 }?.cancel()
+        }
+    }
+
+    public init(configuration: EngineConfiguration, upstream: any MessageUpstream, logger: Logger) {
+        self.configuration = configuration
+        self.scheduler = Scheduler(limits: configuration.limits, queueTimeout: configuration.queueTimeout)
+        self.upstream = upstream
+        self.logger = logger
+        let sweepTask = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                self?.sweep()
+            }
+        }
+        sweeper.withLock { $0 = sweepTask }
+    }
+
+    deinit {
+        sweeper.withLock { $0?.cancel() }
+    }
+
+    // MARK: Starting and finding streams
+
+    /// Starts a stream for `caller`; returns its channel (events from seq 1).
+    public func start(_ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?) throws(RPCError) -> StreamChannel {
+        if request.simulation != nil && !configuration.upstreamIsSimulator {
+            throw RPCError(.invalidArgument, "'simulation' is only accepted when Sluice runs on its simulator; this server talks to the real Anthropic API")
+        }
+        let admitted: Scheduler.Admitted
+        do {
+            admitted = try scheduler.admit(key: caller)
+        } catch {
+            metrics.rejected()
+            throw error
+        }
+        let streamID = Self.makeStreamID()
+        let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes)
+        let record = StreamRecord(channel: channel, owner: caller)
+        streams.withLock { $0[streamID] = record }
+        let limit = ContinuousClock.now + configuration.maxStreamDuration
+        let effectiveDeadline = deadline.map { min($0, limit) } ?? limit
+        let deadlineIsClients = deadline.map { $0 <= limit } ?? false
+        let job = Task {
+            await self.run(request, record: record, admitted: admitted, deadline: effectiveDeadline, deadlineIsClients: deadlineIsClients)
+        }
+        record.job.withLock { $0 = job }
+        return channel
+    }
+
+    /// The stream `streamID`, if `caller` owns it. Unknown and foreign streams look the same,
+    /// so callers cannot probe for other callers' stream ids.
+    public func channel(_ streamID: String, caller: String) throws(RPCError) -> StreamChannel {
+        try record(streamID, caller: caller).channel
+    }
+
+    /// Ends a stream at once: its job is cancelled and its client gets `stream_error` CANCELLED.
+    public func cancel(_ streamID: String, caller: String, reason: String) throws(RPCError) {
+        try record(streamID, caller: caller).cancel(RPCError(.cancelled, reason))
+    }
+
+    private func record(_ streamID: String, caller: String) throws(RPCError) -> StreamRecord {
+        guard let record = streams.withLock({ $0[streamID] }), record.owner == caller else {
+            throw RPCError(.notFound, "no stream \(streamID) for this caller (it never existed, belongs to another key, or finished more than \(DurationParsing.format(configuration.retention)) ago)")
+        }
+        return record
+    }
+
+    public var streamCount: Int { streams.withLock { $0.count } }
+
+    static func makeStreamID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let value = generator.next() as UInt64
+        let hex = String(value, radix: 16)
+        return "st_" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    // MARK: Housekeeping
+
+    /// Cancels streams whose client vanished longer than the grace ago; forgets finished ones after the retention.
+    private func sweep() {
+        let now = ContinuousClock.now
+        let records = streams.withLock { Array($0) }
+        for (id, record) in records {
+            if let finishedAt = record.finishedAt.withLock({ $0 }) {
+                if now - finishedAt > configuration.retention { streams.withLock { _ = $0.removeValue(forKey: id) } }
+            } else if let detached = record.channel.detachedSince, now - detached > configuration.abandonGrace {
+                metrics.abandoned()
+                record.cancel(RPCError(.cancelled, "the client disconnected and did not resume within \(DurationParsing.format(configuration.abandonGrace)) (--abandon-grace)"))
+            }
+        }
+    }
+
+    // MARK: Running a stream
+
+    private func run(
+        _ request: SendMessageRequest, record: StreamRecord, admitted: Scheduler.Admitted, deadline: ContinuousClock.Instant,
+        deadlineIsClients: Bool
+    ) async {
+        let channel = record.channel
+        let started = ContinuousClock.now
+        var outcome: RPCError?
+        var retries = 0
+        do {
+            let slot: Scheduler.Slot
+            switch admitted {
+            case .running(let running):
+                slot = running
+            case .queued(let ticket, let position):
+                channel.emit(.streamQueued(position: position))
+                slot = try await withDeadline(deadline, clients: deadlineIsClients) {
+                    try await self.scheduler.waitForSlot(ticket: ticket, key: record.owner) { position in
+                        channel.emit(.streamQueued(position: position))
+                    }
+                }
+            }
+            defer { slot.release() }
+            retries = try await withDeadline(deadline, clients: deadlineIsClients) {
+                var attempts = StreamAttempts(engine: self, request: request, channel: channel, startedAt: started)
+                return try await attempts.run()
+            }
+        } catch let error as RPCError {
+            outcome = error
+        } catch {
+            outcome = record.cancelReason.withLock { $0 } ?? RPCError(.cancelled, "the stream was cancelled")
+        }
+        if let cancelReason = record.cancelReason.withLock({ $0 }), outcome != nil { outcome = cancelReason }
+        if let outcome {
+            channel.emit(.streamError(error: outcome.message, details: ["code": .string(outcome.code.name)]))
+        }
+        channel.finish(outcome)
+        record.finishedAt.withLock { $0 = .now }
+        metrics.finished(outcome?.code ?? .ok)
+        logger.info(
+            "stream finished",
+            metadata: [
+                "stream_id": "\(channel.streamID)", "caller": "\(record.owner)", "status": "\((outcome?.code ?? .ok).name)",
+                "retries": "\(retries)", "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
+            ]
+        )
+    }
+
+    private func withDeadline<T: Sendable>(
+        _ deadline: ContinuousClock.Instant, clients: Bool, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(until: deadline)
+                let why = clients ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed" : "the stream reached --max-stream-duration \(DurationParsing.format(self.configuration.maxStreamDuration))"
+                throw RPCError(.deadlineExceeded, why)
+            }
+            defer { group.cancelAll() }
+            guard let result = try await group.next(), let value = result else { throw CancellationError() }
+            return value
+        }
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}

@@ -1,0 +1,79 @@
+import SluiceWire
+
+/// One event of a Sluice stream, as sent to clients (one JSON object per frame).
+/// `seq` and `stream_id` are added by the stream's channel when the event is recorded.
+public enum StreamEvent: Sendable, Equatable {
+    case streamQueued(position: Int)
+    case messageStart(id: String, role: String, model: String)
+    case messageDelta(id: String, delta: String)
+    case messageStop(id: String, stopReason: String?)
+    case messageRestart(id: String, reason: String)
+    case upstreamRetry(attempt: Int, reason: String, delayMilliseconds: Int, mode: RetryMode)
+    case toolStart(id: String, name: String, input: JSONValue)
+    case toolProgress(id: String, message: String, percentage: Int?)
+    case toolComplete(id: String, output: JSONValue)
+    case toolError(id: String, error: String)
+    case streamError(error: String, details: JSONValue?)
+    case streamComplete(usage: JSONValue)
+
+    public var type: String {
+        switch self {
+        case .streamQueued: "stream_queued"
+        case .messageStart: "message_start"
+        case .messageDelta: "message_delta"
+        case .messageStop: "message_stop"
+        case .messageRestart: "message_restart"
+        case .upstreamRetry: "upstream_retry"
+        case .toolStart: "tool_start"
+        case .toolProgress: "tool_progress"
+        case .toolComplete: "tool_complete"
+        case .toolError: "tool_error"
+        case .streamError: "stream_error"
+        case .streamComplete: "stream_complete"
+        }
+    }
+
+    /// The event's own fields (without `stream_id`, `seq`, `type`).
+    var fields: [String: JSONValue] {
+        switch self {
+        case .streamQueued(let position): ["position": .number(Double(position))]
+        case .messageStart(let id, let role, let model): ["id": .string(id), "role": .string(role), "model": .string(model)]
+        case .messageDelta(let id, let delta): ["id": .string(id), "delta": .string(delta)]
+        case .messageStop(let id, let stopReason): ["id": .string(id), "stop_reason": stopReason.map(JSONValue.string) ?? .null]
+        case .messageRestart(let id, let reason): ["id": .string(id), "reason": .string(reason)]
+        case .upstreamRetry(let attempt, let reason, let delay, let mode):
+            [
+                "attempt": .number(Double(attempt)), "reason": .string(reason),
+                "delay_ms": .number(Double(delay)), "mode": .string(mode.rawValue),
+            ]
+        case .toolStart(let id, let name, let input): ["id": .string(id), "name": .string(name), "input": input]
+        case .toolProgress(let id, let message, let percentage):
+            percentage.map { ["id": .string(id), "message": .string(message), "percentage": .number(Double($0))] }
+                ?? ["id": .string(id), "message": .string(message)]
+        case .toolComplete(let id, let output): ["id": .string(id), "output": output]
+        case .toolError(let id, let error): ["id": .string(id), "error": .string(error)]
+        case .streamError(let error, let details):
+            details.map { ["error": .string(error), "details": $0] } ?? ["error": .string(error)]
+        case .streamComplete(let usage): ["usage": usage]
+        }
+    }
+
+    /// The JSON bytes of the frame.
+    public func encoded(streamID: String, seq: Int) -> [UInt8] {
+        var object = fields
+        object["stream_id"] = .string(streamID)
+        object["seq"] = .number(Double(seq))
+        object["type"] = .string(type)
+        return JSONValue.object(object).serialized()
+    }
+}
+
+/// How a retry continues the interrupted message.
+public enum RetryMode: String, Sendable {
+    /// Nothing reached the client yet: the retry is invisible in the text.
+    case transparent
+    /// The partial text is sent back as assistant prefill; the rest follows with no gap and no repeat.
+    case `continue`
+    /// Continuation is impossible: `message_restart` tells the client to drop the partial message.
+    case restart
+}

@@ -1,0 +1,52 @@
+import Glibc
+import Prometheus
+import SluiceEngine
+import SluiceTransport
+
+/// `GET /metrics` in Prometheus text format: the engine's counters and histograms (recorded
+/// through swift-metrics into `registry`), plus gauges and process metrics read at scrape time.
+public struct MetricsService: Sendable {
+    let registry: PrometheusCollectorRegistry
+    let engine: StreamEngine
+
+    public init(registry: PrometheusCollectorRegistry, engine: StreamEngine) {
+        self.registry = registry
+        self.engine = engine
+    }
+
+    public func register(in router: inout RPCRouter) {
+        let active = registry.makeGauge(name: "sluice_streams_active", help: "Streams talking to the upstream now")
+        let queued = registry.makeGauge(name: "sluice_streams_queued", help: "Streams waiting for a slot")
+        let known = registry.makeGauge(name: "sluice_streams_known", help: "Streams running or retained for Resume")
+        let resident = registry.makeGauge(name: "process_resident_memory_bytes", help: "Resident memory")
+        let openFDs = registry.makeGauge(name: "process_open_fds", help: "Open file descriptors")
+        router.registerHTTP("/metrics") { _, writer in
+            active.set(Double(engine.scheduler.active))
+            queued.set(Double(engine.scheduler.queued))
+            known.set(Double(engine.streamCount))
+            resident.set(Double(Self.residentBytes()))
+            openFDs.set(Double(Self.openFileDescriptors()))
+            try writer.head(status: 200, headers: [("content-type", "text/plain; version=0.0.4; charset=utf-8")])
+            try await writer.write(registry.emitToBuffer())
+        }
+    }
+
+    /// Resident set size, from the second field of /proc/self/statm (in pages).
+    static func residentBytes() -> Int {
+        guard let file = fopen("/proc/self/statm", "r") else { return 0 }
+        defer { fclose(file) }
+        var buffer = [CChar](repeating: 0, count: 128)
+        guard fgets(&buffer, Int32(buffer.count), file) != nil else { return 0 }
+        let fields = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
+        guard fields.count >= 2, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    static func openFileDescriptors() -> Int {
+        guard let directory = opendir("/proc/self/fd") else { return 0 }
+        defer { closedir(directory) }
+        var count = 0
+        while readdir(directory) != nil { count += 1 }
+        return max(0, count - 3)  // ".", ".." and the directory's own descriptor
+    }
+}

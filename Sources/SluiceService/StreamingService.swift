@@ -1,0 +1,90 @@
+import SluiceEngine
+import SluiceTransport
+import SluiceWire
+
+/// `sluice.v1.StreamingService`: SendMessage, Resume and Cancel.
+public struct StreamingService: Sendable {
+    public static let sendMessagePath = "/sluice.v1.StreamingService/SendMessage"
+    public static let resumePath = "/sluice.v1.StreamingService/Resume"
+    public static let cancelPath = "/sluice.v1.StreamingService/Cancel"
+
+    let engine: StreamEngine
+    let authentication: CallerAuthentication
+
+    public init(engine: StreamEngine, authentication: CallerAuthentication) {
+        self.engine = engine
+        self.authentication = authentication
+    }
+
+    public func register(in router: inout RPCRouter) {
+        router.register(Self.sendMessagePath) { request, writer in
+            let caller = try authentication.caller(authorization: request.header("authorization"))
+            let parsed = try SendMessageRequest(json: request.message)
+            let channel = try engine.start(parsed, caller: caller, deadline: request.deadline)
+            try await deliver(channel, after: 0, to: writer, caller: caller)
+        }
+        router.register(Self.resumePath) { request, writer in
+            let caller = try authentication.caller(authorization: request.header("authorization"))
+            let body = try JSONValue.object(request.message, method: "Resume")
+            guard let streamID = body["stream_id"]?.stringValue else {
+                throw RPCError(.invalidArgument, "Resume needs 'stream_id' (a string)")
+            }
+            let afterSeq = body["after_seq"]?.intValue ?? 0
+            guard afterSeq >= 0 else { throw RPCError(.invalidArgument, "'after_seq' must be 0 or more") }
+            let channel = try engine.channel(streamID, caller: caller)
+            try await deliver(channel, after: afterSeq, to: writer, caller: caller)
+        }
+        router.register(Self.cancelPath) { request, writer in
+            let caller = try authentication.caller(authorization: request.header("authorization"))
+            let body = try JSONValue.object(request.message, method: "Cancel")
+            guard let streamID = body["stream_id"]?.stringValue else {
+                throw RPCError(.invalidArgument, "Cancel needs 'stream_id' (a string)")
+            }
+            try engine.cancel(streamID, caller: caller, reason: "the stream was cancelled by a Cancel call")
+            try await writer.write(JSONValue.object(["stream_id": .string(streamID), "cancelled": true]).serialized())
+        }
+    }
+
+    /// Sends the channel's events after `seq` to this call until the stream ends. When the
+    /// client leaves, a reset (explicit cancel) ends the stream; a lost connection only detaches
+    /// it, and the engine keeps it for `--abandon-grace` awaiting a Resume.
+    private func deliver(_ channel: StreamChannel, after seq: Int, to writer: RPCResponseWriter, caller: String) async throws {
+        let generation = channel.attach()
+        defer { channel.detach(generation) }
+        var cursor = seq
+        do {
+            while true {
+                guard let item = try await channel.next(after: cursor, generation: generation) else {
+                    throw RPCError(.cancelled, "this call was replaced by a newer Resume of stream \(channel.streamID), or cancelled")
+                }
+                switch item {
+                case .event(let eventSeq, let bytes):
+                    try await writer.write(bytes)
+                    cursor = eventSeq
+                case .end(let error):
+                    if let error { throw error }
+                    return
+                }
+            }
+        } catch {
+            if case .reset? = writer.disconnect {
+                try? engine.cancel(channel.streamID, caller: caller, reason: "the client cancelled the call")
+            }
+            throw error
+        }
+    }
+}
+
+extension JSONValue {
+    /// Parses a small request object, or INVALID_ARGUMENT.
+    static func object(_ bytes: [UInt8], method: String) throws(RPCError) -> JSONValue {
+        let value: JSONValue
+        do {
+            value = try JSONValue(parsing: bytes)
+        } catch {
+            throw RPCError(.invalidArgument, "the \(method) request is not valid JSON: \(error)")
+        }
+        guard case .object = value else { throw RPCError(.invalidArgument, "the \(method) request must be a JSON object") }
+        return value
+    }
+}
