@@ -1,0 +1,51 @@
+# Sluice: build, run and test.
+#   make deps    install missing Debian packages (apt-get; sudo only when not root)
+#   make build   release build of the sluice executable
+#   make run     deps + build + `sluice serve $(ARGS)`, e.g. make run ARGS="--port 9000"
+#   make venv    .venv with the pinned interop test requirements
+#   make test    deps + debug build + swift test + venv + interop tests (pytest Tests/Interop)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+REQUIREMENTS := Tests/Interop/requirements.txt
+# The binary the interop tests start; override with SLUICE_BIN=/path/to/sluice.
+SLUICE_BIN ?= $(CURDIR)/.build/debug/sluice
+ARGS ?=
+APT_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev nghttp2-client curl openssl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps build run venv test
+
+deps:
+	@missing=""; \
+	for package in $(APT_PACKAGES); do \
+	  dpkg -s "$$package" >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 && ! dpkg -s python3-venv >/dev/null 2>&1; then \
+	  missing="$$missing python3-venv"; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing:$$missing"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+build:
+	swift build -c release --product sluice
+
+run: deps build
+	.build/release/sluice serve $(ARGS)
+
+venv: $(VENV)/.requirements-installed
+
+$(VENV)/.requirements-installed: $(REQUIREMENTS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r $(REQUIREMENTS)
+	touch $@
+
+test: deps
+	swift build
+	swift test
+	$(MAKE) venv
+	SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop

@@ -1,0 +1,104 @@
+"""curl (the command-line client, HTTP/2 via nghttp2) against Sluice."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+import pytest
+
+from sluice_testlib import IO_TIMEOUT, SYNTHETIC, assert_synthetic_messages, decode_envelopes, json_envelope
+
+
+def curl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", str(int(IO_TIMEOUT)), *args],
+                          capture_output=True, timeout=IO_TIMEOUT + 5)
+
+
+def header_blocks(dump: str) -> list[list[str]]:
+    """`-D` output: the response head, then (after a blank line) the trailers, if any."""
+    blocks, current = [], []
+    for line in dump.splitlines():
+        if line:
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def fields(lines: list[str]) -> dict[str, str]:
+    return {name.strip().lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)}
+
+
+def grpc_call(tmp_path, url: str, *extra: str, request: dict | None = None):
+    """POSTs a binary gRPC request; returns (status line, headers, trailers, body)."""
+    body_file, head_file, out_file = tmp_path / "request.bin", tmp_path / "head.txt", tmp_path / "body.bin"
+    body_file.write_bytes(json_envelope(request or {"frames": 3}))
+    result = curl(*extra, "-H", "content-type: application/grpc", "-H", "te: trailers",
+                  "--data-binary", f"@{body_file}", "-D", str(head_file), "-o", str(out_file), url)
+    assert result.returncode == 0, result.stderr.decode()
+    blocks = header_blocks(head_file.read_text())
+    assert len(blocks) == 2, f"expected response head and trailers, got {blocks}"
+    (status_line, *head), trailers = blocks
+    return status_line, fields(head), fields(trailers), out_file.read_bytes()
+
+
+def test_h2c_prior_knowledge_stream(server, tmp_path):
+    url = f"http://127.0.0.1:{server.port}{SYNTHETIC}"
+    status_line, headers, trailers, body = grpc_call(tmp_path, url, "--http2-prior-knowledge")
+    assert status_line.split()[:2] == ["HTTP/2", "200"]
+    assert headers["content-type"] == "application/grpc"
+    assert "grpc-status" not in headers
+    assert trailers == {"grpc-status": "0"}
+    envelopes = decode_envelopes(body)
+    assert [flags for flags, _ in envelopes] == [0, 0, 0]
+    assert_synthetic_messages([json.loads(p) for _, p in envelopes], 3)
+
+
+def test_tls_alpn_h2(tls_server, tls_cert, tmp_path):
+    url = f"https://localhost:{tls_server.port}{SYNTHETIC}"
+    status_line, _, trailers, body = grpc_call(
+        tmp_path, url, "--http2", "--cacert", tls_cert.cert, "--resolve", f"localhost:{tls_server.port}:127.0.0.1",
+        request={"frames": 5},
+    )
+    assert status_line.split()[:2] == ["HTTP/2", "200"]  # ALPN chose h2
+    assert trailers == {"grpc-status": "0"}
+    assert_synthetic_messages([json.loads(p) for _, p in decode_envelopes(body)], 5)
+
+
+def test_wrong_content_type_is_415(server):
+    result = curl("--http2-prior-knowledge", "-H", "content-type: text/plain", "--data-binary", "hello",
+                  "-w", "\n%{http_code}", f"http://127.0.0.1:{server.port}{SYNTHETIC}")
+    body, code = result.stdout.decode().rsplit("\n", 1)
+    assert code == "415"
+    assert "text/plain" in body and "application/grpc" in body
+
+
+def test_get_is_405(server):
+    result = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{server.port}{SYNTHETIC}")
+    status_line, *head = header_blocks(result.stdout.decode())[0]
+    assert status_line.split()[:2] == ["HTTP/2", "405"]
+    assert fields(head)["allow"] == "POST"
+
+
+def test_http1_request_on_h2c_port_gets_an_answer_not_a_hang(server):
+    """Raw bytes: the 505 text arrives and the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert b"HTTP/1.1 505 HTTP Version Not Supported\r\n" in received
+    assert b"HTTP/2 only" in received
+
+
+def test_http1_request_on_h2c_port_gets_505(server):
+    result = curl("--http1.1", "-i", f"http://127.0.0.1:{server.port}/")
+    assert result.returncode == 0, result.stderr.decode()
+    response = result.stdout.decode(errors="replace")
+    assert response.startswith("HTTP/1.1 505"), response[:120]
+    assert "HTTP/2 only" in response
