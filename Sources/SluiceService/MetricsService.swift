@@ -6,12 +6,27 @@ import SluiceTransport
 /// `GET /metrics` in Prometheus text format: the engine's counters and histograms (recorded
 /// through swift-metrics into `registry`), plus gauges and process metrics read at scrape time.
 public struct MetricsService: Sendable {
+    /// A gauge whose value is read at each scrape.
+    public struct SampledGauge: Sendable {
+        public var name: String
+        public var help: String
+        public var read: @Sendable () -> Double
+
+        public init(name: String, help: String, read: @escaping @Sendable () -> Double) {
+            self.name = name
+            self.help = help
+            self.read = read
+        }
+    }
+
     let registry: PrometheusCollectorRegistry
     let engine: StreamEngine
+    let sampled: [SampledGauge]
 
-    public init(registry: PrometheusCollectorRegistry, engine: StreamEngine) {
+    public init(registry: PrometheusCollectorRegistry, engine: StreamEngine, sampled: [SampledGauge] = []) {
         self.registry = registry
         self.engine = engine
+        self.sampled = sampled
     }
 
     public func register(in router: inout RPCRouter) {
@@ -20,7 +35,9 @@ public struct MetricsService: Sendable {
         let known = registry.makeGauge(name: "sluice_streams_known", help: "Streams running or retained for Resume")
         let resident = registry.makeGauge(name: "process_resident_memory_bytes", help: "Resident memory")
         let openFDs = registry.makeGauge(name: "process_open_fds", help: "Open file descriptors")
+        let sampledGauges = sampled.map { (registry.makeGauge(name: $0.name, help: $0.help), $0.read) }
         router.registerHTTP("/metrics") { _, writer in
+            for (gauge, read) in sampledGauges { gauge.set(read()) }
             active.set(Double(engine.scheduler.active))
             queued.set(Double(engine.scheduler.queued))
             known.set(Double(engine.streamCount))

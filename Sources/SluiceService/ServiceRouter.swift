@@ -6,13 +6,13 @@ import SluiceTransport
 public enum ServiceRouter {
     public static func make(
         engine: StreamEngine, authentication: CallerAuthentication, registry: PrometheusCollectorRegistry,
-        isDraining: @escaping @Sendable () -> Bool
+        sampledGauges: [MetricsService.SampledGauge] = [], isDraining: @escaping @Sendable () -> Bool
     ) -> RPCRouter {
         var router = RPCRouter()
         SyntheticService.register(in: &router)
         StreamingService(engine: engine, authentication: authentication).register(in: &router)
         HealthService(isDraining: isDraining).register(in: &router)
-        MetricsService(registry: registry, engine: engine).register(in: &router)
+        MetricsService(registry: registry, engine: engine, sampled: sampledGauges).register(in: &router)
         return router
     }
 }

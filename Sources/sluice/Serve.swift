@@ -115,9 +115,22 @@ struct Serve: AsyncParsableCommand {
             caBundlePath: caBundle, firstByteTimeout: firstTokenTimeout.duration, idleTimeout: upstreamIdleTimeout.duration
         )
         var simulatorServer: HTTP2Server?
+        var sampledGauges: [MetricsService.SampledGauge] = []
         if upstreamConfiguration.apiKey == nil {
             var router = RPCRouter()
-            AnthropicSimulator().register(in: &router)
+            let simulator = AnthropicSimulator()
+            simulator.register(in: &router)
+            sampledGauges += [
+                .init(name: "sluice_simulator_active_streams", help: "Responses the built-in simulator is streaming now") {
+                    Double(simulator.activeStreams)
+                },
+                .init(name: "sluice_simulator_aborted_streams", help: "Simulator responses ended because the client went away") {
+                    Double(simulator.abortedStreams)
+                },
+                .init(name: "sluice_simulator_requests", help: "Requests the built-in simulator received") {
+                    Double(simulator.requestCount)
+                },
+            ]
             var simulatorConfiguration = HTTP2ServerConfiguration()
             simulatorConfiguration.port = 0
             simulatorConfiguration.eventLoops = 1
@@ -127,6 +140,9 @@ struct Serve: AsyncParsableCommand {
             simulatorServer = server
         }
         let upstream = try UpstreamClient(configuration: upstreamConfiguration, logger: logger)
+        sampledGauges.append(.init(name: "sluice_upstream_open_transfers", help: "libcurl transfers to the upstream now") {
+            Double(upstream.openTransfers)
+        })
 
         var engineConfiguration = EngineConfiguration()
         engineConfiguration.limits = Admission.Limits(maxActive: maxActive, maxQueued: maxQueued, maxActivePerKey: maxActivePerKey)
@@ -151,7 +167,7 @@ struct Serve: AsyncParsableCommand {
         let serverReference = ServerReference()
         let router = ServiceRouter.make(
             engine: engine, authentication: CallerAuthentication(tokens: tokens), registry: registry,
-            isDraining: { serverReference.isDraining }
+            sampledGauges: sampledGauges, isDraining: { serverReference.isDraining }
         )
         let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
         serverReference.set(server)
