@@ -83,14 +83,16 @@ public struct SendMessageRequest: Sendable {
         self.simulation = fields["simulation"].flatMap { $0.isNull ? nil : $0 }
     }
 
-    /// The Messages API body, streaming, with `prefill` as a trailing assistant message.
-    func upstreamBody(prefill: String?) -> [UInt8] {
+    /// The Messages API body, streaming, for `conversation` (the request's messages plus earlier
+    /// tool turns), with `prefill` as a trailing assistant message.
+    func upstreamBody(conversation: [JSONValue], prefill: String?, tools: [JSONValue]) -> [UInt8] {
         var body: [String: JSONValue] = [
             "model": .string(model),
             "max_tokens": .number(Double(maxTokens)),
             "stream": .bool(true),
         ]
-        var conversation = messages
+        if !tools.isEmpty { body["tools"] = .array(tools) }
+        var conversation = conversation
         if let prefill, !prefill.isEmpty {
             conversation.append(["role": "assistant", "content": .string(prefill)])
         }

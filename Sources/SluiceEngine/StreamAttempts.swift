@@ -17,6 +17,8 @@ struct StreamAttempts {
     private var sawNonTextBlock = false
     private var stopReason: String?
     private var sawFirstToken = false
+    /// The tool calls of the turn that just completed.
+    private var pendingToolUses: [ToolUse] = []
     private var inputTokens = 0
     private var outputTokens = 0
 
@@ -27,16 +29,44 @@ struct StreamAttempts {
         self.startedAt = startedAt
     }
 
-    /// Returns the number of retries it took.
+    /// Runs turns until the model stops asking for tools; returns the number of retries it took.
     mutating func run() async throws -> Int {
-        let policy = engine.configuration.retry
+        var conversation = request.messages
         var retries = 0
+        for turn in 1... {
+            try await runTurn(conversation: conversation, retries: &retries)
+            guard stopReason == "tool_use", !pendingToolUses.isEmpty else { break }
+            guard turn < engine.configuration.maxTurns else {
+                throw RPCError(
+                    .resourceExhausted,
+                    "the model still asked for tools after \(engine.configuration.maxTurns) turns (--max-turns); the stream stops here"
+                )
+            }
+            let toolUses = pendingToolUses
+            let results = await ToolRunner(engine: engine, channel: channel, allowed: request.tools).run(toolUses)
+            var assistantContent: [JSONValue] = []
+            if !sentText.isEmpty { assistantContent.append(["type": "text", "text": .string(sentText)]) }
+            assistantContent += toolUses.map { ["type": "tool_use", "id": .string($0.id), "name": .string($0.name), "input": $0.inputJSON] }
+            conversation.append(["role": "assistant", "content": .array(assistantContent)])
+            conversation.append(["role": "user", "content": .array(results)])
+        }
+        channel.emit(.streamComplete(usage: ["input_tokens": .number(Double(inputTokens)), "output_tokens": .number(Double(outputTokens))]))
+        return retries
+    }
+
+    /// One model turn, retried until it completes or the retry budget is spent.
+    private mutating func runTurn(conversation: [JSONValue], retries: inout Int) async throws {
+        let policy = engine.configuration.retry
+        messageID = nil
+        sentText = ""
+        sawNonTextBlock = false
+        stopReason = nil
+        pendingToolUses = []
         var prefill: String?
         while true {
             do {
-                try await attempt(prefill: prefill)
-                channel.emit(.streamComplete(usage: ["input_tokens": .number(Double(inputTokens)), "output_tokens": .number(Double(outputTokens))]))
-                return retries
+                try await attempt(conversation: conversation, prefill: prefill)
+                return
             } catch {
                 if Task.isCancelled || error.kind == .cancelled { throw CancellationError() }
                 let prefillRefused = prefill != nil && error.kind == .httpStatus && error.httpStatus == 400
@@ -64,7 +94,7 @@ struct StreamAttempts {
     }
 
     /// One upstream request; returns after `message_stop`.
-    private mutating func attempt(prefill: String?) async throws(UpstreamFailure) {
+    private mutating func attempt(conversation: [JSONValue], prefill: String?) async throws(UpstreamFailure) {
         // The API refuses a prefill ending in whitespace; the continuation repeats it, so skip it once.
         var prefillSent = prefill
         var whitespaceToSkip = Substring()
@@ -75,10 +105,13 @@ struct StreamAttempts {
         }
         var headers: [(String, String)] = []
         if let simulation = request.simulation { headers.append(("sluice-simulation", simulation.serializedString)) }
-        let events = engine.upstream.streamMessage(body: request.upstreamBody(prefill: prefillSent), headers: headers)
+        let body = request.upstreamBody(conversation: conversation, prefill: prefillSent, tools: engine.toolDefinitions(request.tools))
+        let events = engine.upstream.streamMessage(body: body, headers: headers)
         var attemptOutputTokens = 0
+        var accumulator = MessageAccumulator()
         do {
             for try await event in events {
+                accumulator.apply(event)
                 switch event {
                 case .messageStart(let id, let model, let role, let usage):
                     inputTokens += usage.inputTokens ?? 0
@@ -111,6 +144,10 @@ struct StreamAttempts {
                     attemptOutputTokens = usage.outputTokens ?? attemptOutputTokens
                 case .messageStop:
                     outputTokens += attemptOutputTokens
+                    pendingToolUses = accumulator.message().content.compactMap { block in
+                        guard case .toolUse(let id, let name, let input) = block else { return nil }
+                        return ToolUse(id: id, name: name, input: input)
+                    }
                     if let messageID { channel.emit(.messageStop(id: messageID, stopReason: stopReason)) }
                     return
                 default:

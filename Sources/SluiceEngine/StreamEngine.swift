@@ -24,6 +24,12 @@ public struct EngineConfiguration: Sendable {
     public var retention: Duration = .seconds(60)
     /// The upstream is the simulator: requests may carry a `simulation` scenario.
     public var upstreamIsSimulator = true
+    /// Server tools a request may name in `tools`.
+    public var tools: [any StreamingTool] = []
+    public var toolTimeout: Duration = .seconds(60)
+    public var maxParallelTools = 4
+    /// Model turns per stream (each tool round trip is one more turn).
+    public var maxTurns = 8
 
     public init() {}
 }
@@ -36,6 +42,7 @@ public final class StreamEngine: Sendable {
     let upstream: any MessageUpstream
     let logger: Logger
     let metrics = EngineMetrics()
+    let tools: [String: any StreamingTool]
     private let streams = Mutex<[String: StreamRecord]>([:])
     private let sweeper = Mutex<Task<Void, Never>?>(nil)
 
@@ -60,6 +67,7 @@ public final class StreamEngine: Sendable {
     public init(configuration: EngineConfiguration, upstream: any MessageUpstream, logger: Logger) {
         self.configuration = configuration
         self.scheduler = Scheduler(limits: configuration.limits, queueTimeout: configuration.queueTimeout)
+        self.tools = Dictionary(configuration.tools.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         self.upstream = upstream
         self.logger = logger
         let sweepTask = Task { [weak self] in
@@ -81,6 +89,13 @@ public final class StreamEngine: Sendable {
     public func start(_ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?) throws(RPCError) -> StreamChannel {
         if request.simulation != nil && !configuration.upstreamIsSimulator {
             throw RPCError(.invalidArgument, "'simulation' is only accepted when Sluice runs on its simulator; this server talks to the real Anthropic API")
+        }
+        if let unknown = request.tools.first(where: { tools[$0] == nil }) {
+            let offered = tools.keys.sorted()
+            throw RPCError(
+                .invalidArgument,
+                "unknown tool '\(unknown)': this server offers \(offered.isEmpty ? "no tools (start it with --tool-root to offer file tools)" : offered.joined(separator: ", "))"
+            )
         }
         let admitted: Scheduler.Admitted
         do {
@@ -122,6 +137,13 @@ public final class StreamEngine: Sendable {
     }
 
     public var streamCount: Int { streams.withLock { $0.count } }
+
+    /// Tool definitions for the Messages API request.
+    func toolDefinitions(_ names: [String]) -> [JSONValue] {
+        names.compactMap { tools[$0] }.map {
+            ["name": .string($0.name), "description": .string($0.description), "input_schema": $0.inputSchema]
+        }
+    }
 
     static func makeStreamID() -> String {
         var generator = SystemRandomNumberGenerator()

@@ -14,7 +14,7 @@ import SluiceWire
 final class HTTP2Connection: Selectable {
     let fd: Int32
     unowned let loop: EventLoop
-    unowned let server: HTTP2Server
+    let server: HTTP2Server
     let logger: Logger
     private var tls: OpaquePointer?
     private var tlsHandshakeDone = false

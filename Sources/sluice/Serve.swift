@@ -58,6 +58,16 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Replay buffer per stream, in bytes (what Resume can replay).")
     var replayBufferBytes = 1 << 20
 
+    // MARK: Tools
+    @Option(help: "A directory server tools may read (repeatable). Without one, no file tool is offered.")
+    var toolRoot: [String] = []
+    @Option(help: "Longest a tool call may run.")
+    var toolTimeout = CLIDuration(.seconds(60))
+    @Option(help: "Largest file read_file returns, and largest file search_files scans, in bytes.")
+    var toolMaxBytes = 64 * 1024 * 1024
+    @Option(help: "Model turns per stream; each tool round trip is a turn.")
+    var maxTurns = 8
+
     // MARK: Upstream
     @Option(help: "Anthropic API base URL.")
     var upstreamURL = UpstreamConfiguration.defaultBaseURL
@@ -88,6 +98,8 @@ struct Serve: AsyncParsableCommand {
         if maxQueued < 0 { throw ValidationError("--max-queued must be 0 or more") }
         if let maxActivePerKey, maxActivePerKey < 1 { throw ValidationError("--max-active-per-key must be at least 1") }
         if maxRetries < 0 { throw ValidationError("--max-retries must be 0 or more") }
+        if maxTurns < 1 { throw ValidationError("--max-turns must be at least 1") }
+        if toolMaxBytes < 0 { throw ValidationError("--tool-max-bytes must be 0 or more") }
     }
 
     func run() async throws {
@@ -152,6 +164,16 @@ struct Serve: AsyncParsableCommand {
         engineConfiguration.abandonGrace = abandonGrace.duration
         engineConfiguration.replayBufferBytes = replayBufferBytes
         engineConfiguration.upstreamIsSimulator = simulatorServer != nil
+        engineConfiguration.toolTimeout = toolTimeout.duration
+        engineConfiguration.maxTurns = maxTurns
+        if !toolRoot.isEmpty {
+            let sandbox: ToolSandbox
+            do { sandbox = try ToolSandbox(roots: toolRoot) } catch { throw ValidationError("--tool-root: \(error)") }
+            engineConfiguration.tools = [
+                ReadFileTool(sandbox: sandbox, maxBytes: toolMaxBytes), ListDirectoryTool(sandbox: sandbox),
+                SearchFilesTool(sandbox: sandbox, maxBytes: toolMaxBytes),
+            ]
+        }
         let engine = StreamEngine(configuration: engineConfiguration, upstream: upstream, logger: logger)
 
         var configuration = HTTP2ServerConfiguration()
@@ -178,7 +200,7 @@ struct Serve: AsyncParsableCommand {
             simulatorServer != nil ? "built-in simulator (no ANTHROPIC_API_KEY set)" : "Anthropic API at \(upstreamConfiguration.baseURL)"
         let perKey = maxActivePerKey.map { ", \($0) per key" } ?? ""
         print(
-            "sluice listening on \(host):\(server.port) \(scheme); upstream: \(upstreamDescription); limits: \(maxActive) active\(perKey), \(maxQueued) queued, \(maxStreamsPerConnection) streams per connection; callers: \(tokens.isEmpty ? "unauthenticated" : "\(tokens.count) keys")"
+            "sluice listening on \(host):\(server.port) \(scheme); upstream: \(upstreamDescription); limits: \(maxActive) active\(perKey), \(maxQueued) queued, \(maxStreamsPerConnection) streams per connection; callers: \(tokens.isEmpty ? "unauthenticated" : "\(tokens.count) keys"); tools: \(toolRoot.isEmpty ? "none" : "read_file, list_directory, search_files in \(toolRoot.joined(separator: ", "))")"
         )
         fflush(nil)  // scripts wait for this line
 

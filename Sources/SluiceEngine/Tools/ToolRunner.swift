@@ -1,0 +1,116 @@
+import SluiceUpstream
+import SluiceWire
+
+/// A tool call the model made in a completed turn.
+struct ToolUse: Sendable {
+    var id: String
+    var name: String
+    var input: ToolInput
+
+    /// The input as sent back to the API in the assistant turn.
+    var inputJSON: JSONValue {
+        if case .parsed(let value) = input { return value }
+        return [:]
+    }
+}
+
+/// Runs one turn's tool calls (in parallel, bounded), streaming their events, and returns the
+/// `tool_result` blocks for the next request. Failures become `is_error` results: the model
+/// gets to recover and the stream goes on.
+struct ToolRunner {
+    let engine: StreamEngine
+    let channel: StreamChannel
+    /// The tools this request allowed.
+    let allowed: [String]
+
+    /// Largest tool output shown in a `tool_complete` event; the model always gets all of it.
+    static let maxEventOutputBytes = 64 * 1024
+
+    func run(_ toolUses: [ToolUse]) async -> [JSONValue] {
+        let limit = max(1, engine.configuration.maxParallelTools)
+        return await withTaskGroup(of: (Int, JSONValue).self) { group in
+            var results = [JSONValue?](repeating: nil, count: toolUses.count)
+            var next = 0
+            func startNext() {
+                guard next < toolUses.count else { return }
+                let index = next
+                let toolUse = toolUses[index]
+                next += 1
+                group.addTask { (index, await runOne(toolUse)) }
+            }
+            for _ in 0..<limit { startNext() }
+            for await (index, result) in group {
+                results[index] = result
+                startNext()
+            }
+            return results.compactMap { $0 }
+        }
+    }
+
+    private func runOne(_ toolUse: ToolUse) async -> JSONValue {
+        channel.emit(.toolStart(id: toolUse.id, name: toolUse.name, input: toolUse.inputJSON))
+        let outcome: Result<JSONValue, ToolError>
+        if let tool = engine.tools[toolUse.name], allowed.contains(toolUse.name) {
+            switch toolUse.input {
+            case .parsed(let input):
+                if let problem = ToolInputValidation.validate(input, against: tool.inputSchema) {
+                    outcome = .failure(ToolError("invalid input for \(tool.name): \(problem)"))
+                } else {
+                    outcome = await execute(tool, input: input, id: toolUse.id)
+                }
+            case .invalid(_, let error):
+                outcome = .failure(ToolError("the tool input is not valid JSON: \(error)"))
+            case .incomplete:
+                outcome = .failure(ToolError("the tool input was incomplete"))
+            }
+        } else {
+            outcome = .failure(ToolError("unknown tool '\(toolUse.name)': this stream offers \(allowed.isEmpty ? "no tools" : allowed.joined(separator: ", "))"))
+        }
+        switch outcome {
+        case .success(let output):
+            channel.emit(.toolComplete(id: toolUse.id, output: Self.eventOutput(output)))
+            return ["type": "tool_result", "tool_use_id": .string(toolUse.id), "content": .string(output.serializedString)]
+        case .failure(let error):
+            channel.emit(.toolError(id: toolUse.id, error: error.message))
+            return ["type": "tool_result", "tool_use_id": .string(toolUse.id), "content": .string(error.message), "is_error": true]
+        }
+    }
+
+    /// Runs the tool with `--tool-timeout`; cancellation of the stream cancels it too.
+    private func execute(_ tool: any StreamingTool, input: JSONValue, id: String) async -> Result<JSONValue, ToolError> {
+        let progress = ToolProgress { [channel] message, percentage in
+            channel.emit(.toolProgress(id: id, message: message, percentage: percentage))
+        }
+        let timeout = engine.configuration.toolTimeout
+        return await withTaskGroup(of: Result<JSONValue, ToolError>?.self) { group in
+            group.addTask {
+                do throws(ToolError) {
+                    return .success(try await tool.execute(input: input, progress: progress))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return Task.isCancelled ? nil : .failure(ToolError("\(tool.name) did not finish within \(DurationParsing.format(timeout)) (--tool-timeout)"))
+            }
+            defer { group.cancelAll() }
+            while let result = await group.next() {
+                if let result { return result }
+            }
+            return .failure(ToolError("cancelled"))
+        }
+    }
+
+    /// The output for the `tool_complete` event: as is, or with long text fields cut short.
+    static func eventOutput(_ output: JSONValue) -> JSONValue {
+        guard output.serialized().count > maxEventOutputBytes, case .object(var fields) = output else { return output }
+        for (key, value) in fields {
+            if case .string(let text) = value, text.utf8.count > maxEventOutputBytes / 2 {
+                fields[key] = .string(String(decoding: text.utf8.prefix(maxEventOutputBytes / 2), as: UTF8.self))
+                fields["truncated_for_event"] = true
+            }
+        }
+        return .object(fields)
+    }
+}

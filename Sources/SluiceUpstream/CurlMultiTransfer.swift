@@ -1,0 +1,379 @@
+import CCurl
+import Glibc
+import SluiceWire
+
+/// One Messages API call: its easy handle and the response parsing state.
+///
+/// Created on the caller's thread, then touched only by the multi thread (configure, callbacks, completion);
+/// other threads use it only as an identity for cancellation. libcurl's callbacks find it through the
+/// unretained pointer in CURLOPT_WRITEDATA / CURLOPT_HEADERDATA / CURLOPT_PRIVATE; `CurlMulti.active` holds
+/// the strong reference for as long as the easy handle is in the multi handle.
+final class CurlTransfer: @unchecked Sendable {
+    let channel: UpstreamEventChannel
+    private let body: [UInt8]
+    private let extraHeaders: [(String, String)]
+
+    // Multi thread only.
+    private(set) var easy: UnsafeMutableRawPointer?
+    private var headerList: UnsafeMutablePointer<curl_slist>?
+    private var errorBuffer: UnsafeMutablePointer<CChar>?
+    var startedAt = ContinuousClock.now
+    /// Last bytes or non-`ping` event: what the idle timeout measures.
+    var lastProgress = ContinuousClock.now
+    /// When the model's first output arrived (see `UpstreamConfiguration.firstByteTimeout`); nil before.
+    private(set) var firstOutputAt: ContinuousClock.Instant?
+    private var status: Int?
+    private var headers: [(String, String)] = []
+    private var headerBytes = 0
+    private(set) var responseHead: UpstreamResponseHead?
+    private var parser = SSEParser()
+    private var errorBody: [UInt8] = []
+    private var maxErrorBodyBytes = 0
+    private var sawMessageStop = false
+    /// A failure decided by Sluice (malformed stream, error event, slow consumer); takes precedence over the
+    /// CURLE_WRITE_ERROR that aborting through the write callback produces.
+    private var failure: UpstreamFailure?
+    private(set) var abortedForSlowConsumer = false
+
+    /// Response header bytes kept at most; more are dropped (the status line and `request-id` come first).
+    private static let maxHeaderBytes = 64 << 10
+    /// Headers Sluice sets itself; callers' headers with these names are ignored.
+    static let managedHeaders: Set<String> = [
+        "x-api-key", "authorization", "anthropic-version", "content-type", "accept", "content-length", "host",
+        "expect", "transfer-encoding", "connection",
+    ]
+
+    init(channel: UpstreamEventChannel, body: [UInt8], extraHeaders: [(String, String)]) {
+        self.channel = channel
+        self.body = body
+        self.extraHeaders = extraHeaders
+    }
+
+    // MARK: Setup and teardown
+
+    func configure(
+        url: String, httpVersion: Int, freshConnection: Bool, configuration: UpstreamConfiguration
+    ) throws(UpstreamFailure) {
+        maxErrorBodyBytes = configuration.maxErrorBodyBytes
+        guard let easy = curl_easy_init() else {
+            throw UpstreamFailure(.connectionFailed, message: "curl_easy_init failed")
+        }
+        self.easy = easy
+        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE))
+        buffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
+        errorBuffer = buffer
+
+        var lines = ["anthropic-version: 2023-06-01", "content-type: application/json", "accept: text/event-stream"]
+        if let key = configuration.apiKey { lines.append("x-api-key: \(key)") }
+        // libcurl adds `Expect: 100-continue` to large HTTP/1.1 POSTs; an empty value suppresses it.
+        lines.append("expect:")
+        for (name, value) in extraHeaders {
+            let lowered = name.lowercased()
+            guard !Self.managedHeaders.contains(lowered) else { continue }
+            guard Self.isToken(lowered), !value.utf8.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F })
+            else {
+                throw UpstreamFailure(
+                    .invalidResponse, message: "invalid request header '\(Self.printable(name))'", retryable: false
+                )
+            }
+            lines.append("\(lowered): \(value)")
+        }
+        for line in lines {
+            guard let list = curl_slist_append(headerList, line) else {
+                throw UpstreamFailure(.connectionFailed, message: "curl_slist_append failed")
+            }
+            headerList = list
+        }
+
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        let writeFunction: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = {
+            data, size, count, context in
+            let transfer = Unmanaged<CurlTransfer>.fromOpaque(context!).takeUnretainedValue()
+            return transfer.receiveBody(UnsafeRawBufferPointer(start: data, count: size * count))
+        }
+        let headerFunction: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = {
+            data, size, count, context in
+            let transfer = Unmanaged<CurlTransfer>.fromOpaque(context!).takeUnretainedValue()
+            return transfer.receiveHeader(UnsafeRawBufferPointer(start: data, count: size * count))
+        }
+
+        var results: [(String, CURLcode)] = [
+            ("URL", sluice_curl_easy_setopt_string(easy, CURLOPT_URL, url)),
+            ("PROTOCOLS_STR", sluice_curl_easy_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "http,https")),
+            ("HTTP_VERSION", sluice_curl_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, httpVersion)),
+            ("PIPEWAIT", sluice_curl_easy_setopt_long(easy, CURLOPT_PIPEWAIT, freshConnection ? 0 : 1)),
+            ("NOSIGNAL", sluice_curl_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)),
+            ("TCP_KEEPALIVE", sluice_curl_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)),
+            ("SSL_VERIFYPEER", sluice_curl_easy_setopt_long(easy, CURLOPT_SSL_VERIFYPEER, 1)),
+            ("SSL_VERIFYHOST", sluice_curl_easy_setopt_long(easy, CURLOPT_SSL_VERIFYHOST, 2)),
+            ("CONNECTTIMEOUT_MS", sluice_curl_easy_setopt_long(
+                easy, CURLOPT_CONNECTTIMEOUT_MS, max(1, Self.milliseconds(configuration.connectTimeout))
+            )),
+            ("POST", sluice_curl_easy_setopt_long(easy, CURLOPT_POST, 1)),
+            ("POSTFIELDSIZE_LARGE", sluice_curl_easy_setopt_offset(
+                easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count)
+            )),
+            ("COPYPOSTFIELDS", body.withUnsafeBytes { bytes in
+                // COPYPOSTFIELDS copies `POSTFIELDSIZE` bytes; an empty body still needs a valid pointer.
+                var empty: UInt8 = 0
+                return sluice_curl_easy_setopt_ptr(
+                    easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress) ?? .init(&empty)
+                )
+            }),
+            ("HTTPHEADER", sluice_curl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, headerList)),
+            ("ERRORBUFFER", sluice_curl_easy_setopt_ptr(easy, CURLOPT_ERRORBUFFER, buffer)),
+            ("WRITEFUNCTION", sluice_curl_easy_setopt_write_function(easy, writeFunction)),
+            ("WRITEDATA", sluice_curl_easy_setopt_ptr(easy, CURLOPT_WRITEDATA, context)),
+            ("HEADERFUNCTION", sluice_curl_easy_setopt_header_function(easy, headerFunction)),
+            ("HEADERDATA", sluice_curl_easy_setopt_ptr(easy, CURLOPT_HEADERDATA, context)),
+            ("PRIVATE", sluice_curl_easy_setopt_ptr(easy, CURLOPT_PRIVATE, context)),
+        ]
+        if freshConnection {
+            results.append(("FRESH_CONNECT", sluice_curl_easy_setopt_long(easy, CURLOPT_FRESH_CONNECT, 1)))
+            results.append(("FORBID_REUSE", sluice_curl_easy_setopt_long(easy, CURLOPT_FORBID_REUSE, 1)))
+        }
+        if let path = configuration.caBundlePath {
+            results.append(("CAINFO", sluice_curl_easy_setopt_string(easy, CURLOPT_CAINFO, path)))
+        }
+        if let (option, code) = results.first(where: { $0.1 != CURLE_OK }) {
+            throw UpstreamFailure(
+                .connectionFailed,
+                message: "libcurl rejected CURLOPT_\(option): \(String(cString: curl_easy_strerror(code)))",
+                retryable: false
+            )
+        }
+    }
+
+    /// Before removing the last running transfer while its response is unfinished: have libcurl close the
+    /// connection rather than keep it. libcurl 7.88 submits the stream's RST_STREAM on removal but, over TLS,
+    /// writes it only with the connection's next activity; on a connection left idle the server would go on
+    /// generating (and billing) the abandoned response. (libcurl reads CURLOPT_FORBID_REUSE when the transfer is
+    /// done.) With other transfers running, the connection is kept and their traffic flushes the RST_STREAM:
+    /// setting this on a shared connection would stop that flush until the connection closes.
+    func closeConnection() {
+        if let easy { _ = sluice_curl_easy_setopt_long(easy, CURLOPT_FORBID_REUSE, 1) }
+    }
+
+    /// Frees the easy handle and what it points at; the handle must already be out of the multi handle.
+    func release() {
+        if let easy { curl_easy_cleanup(easy) }
+        easy = nil
+        if let headerList { curl_slist_free_all(headerList) }
+        headerList = nil
+        errorBuffer?.deallocate()
+        errorBuffer = nil
+    }
+
+    deinit {
+        release()
+    }
+
+    // MARK: Callbacks (multi thread, inside curl_multi_perform)
+
+    /// The first-output phase is over: from now on the idle timeout applies.
+    private func noteOutput() {
+        guard firstOutputAt == nil else { return }
+        let now = ContinuousClock.now
+        firstOutputAt = now
+        lastProgress = now
+    }
+
+    /// One header line, CRLF included. Returns the bytes taken; anything else aborts the transfer.
+    private func receiveHeader(_ bytes: UnsafeRawBufferPointer) -> Int {
+        lastProgress = ContinuousClock.now
+        var end = bytes.count
+        while end > 0, bytes[end - 1] == UInt8(ascii: "\r") || bytes[end - 1] == UInt8(ascii: "\n") { end -= 1 }
+        let line = Substring(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[..<end]), as: UTF8.self))
+
+        if line.hasPrefix("HTTP/") {
+            // A new status line (after a 1xx, or the first one) starts a new header block.
+            let fields = line.split(separator: " ", maxSplits: 2)
+            status = fields.count >= 2 ? Int(fields[1]) : nil
+            headers = []
+            headerBytes = 0
+            return bytes.count
+        }
+        if line.isEmpty {
+            guard let status, !(100..<200).contains(status) else { return bytes.count }
+            let head = UpstreamResponseHead(status: status, headers: headers)
+            responseHead = head
+            channel.setResponseHead(head)
+            // An error response has no model output to wait for: its body is bounded by the idle timeout.
+            if !(200..<300).contains(status) { noteOutput() }
+            if (200..<300).contains(status), let type = headers.first(where: { $0.0 == "content-type" })?.1,
+                !type.lowercased().contains("text/event-stream")
+            {
+                return fail(UpstreamFailure(
+                    .invalidResponse,
+                    message: "Anthropic API answered HTTP \(status) with content-type '\(type)', not an event stream",
+                    requestID: head.requestID
+                ))
+            }
+            return bytes.count
+        }
+        headerBytes += bytes.count
+        guard headerBytes <= Self.maxHeaderBytes, let colon = line.firstIndex(of: ":") else { return bytes.count }
+        let name = line[..<colon].lowercased()
+        var value = line[line.index(after: colon)...]
+        while let first = value.first, first == " " || first == "\t" { value.removeFirst() }
+        while let last = value.last, last == " " || last == "\t" { value.removeLast() }
+        headers.append((name, String(value)))
+        return bytes.count
+    }
+
+    /// Up to CURL_MAX_WRITE_SIZE (16 KiB) of body. Returns the bytes taken; anything else aborts the transfer.
+    private func receiveBody(_ bytes: UnsafeRawBufferPointer) -> Int {
+        guard let head = responseHead else {
+            return fail(UpstreamFailure(.invalidResponse, message: "Anthropic API sent a body without a status"))
+        }
+        guard (200..<300).contains(head.status) else {
+            let room = max(0, maxErrorBodyBytes - errorBody.count)
+            errorBody.append(contentsOf: bytes.prefix(room))
+            lastProgress = ContinuousClock.now
+            return bytes.count
+        }
+        // After message_stop the call is complete; whatever follows (normally nothing) is ignored.
+        if sawMessageStop { return bytes.count }
+        // The consumer is gone: take nothing more; its cancellation, queued behind this callback, removes the handle.
+        if channel.isClosed { return bytes.count }
+
+        let events: [SSEEvent]
+        do throws(SSEParserError) {
+            events = try parser.feed(bytes)
+        } catch {
+            return fail(UpstreamFailure(
+                .invalidResponse, message: "malformed event stream from the Anthropic API: \(error)",
+                requestID: head.requestID
+            ))
+        }
+        // Bytes that complete no event are progress (an event still arriving); a chunk whose only complete
+        // events are pings is not, so a stream kept open by pings alone still hits the idle timeout.
+        var progressed = events.isEmpty
+        for sse in events {
+            let event: AnthropicEvent
+            do throws(AnthropicDecodingError) {
+                event = try AnthropicEvent.decode(sse)
+            } catch {
+                return fail(UpstreamFailure(.invalidResponse, message: error.description, requestID: head.requestID))
+            }
+            switch event {
+            case .ping:
+                break
+            case .messageStart:
+                // Sent as soon as the request is accepted; the model's first output may be far later.
+                progressed = true
+            case .error(let type, let message, let requestID):
+                return fail(.errorEvent(type: type, message: message, requestID: requestID ?? head.requestID))
+            default:
+                progressed = true
+                noteOutput()
+            }
+            switch channel.yield(event, bytes: sse.data.utf8.count + sse.event.utf8.count) {
+            case .accepted:
+                break
+            case .overflow:
+                abortedForSlowConsumer = true
+                return fail(UpstreamFailure(
+                    .streamEndedEarly,
+                    message: "consumer too slow: more than \(channel.maxBufferedBytes) bytes of Anthropic API events "
+                        + "were waiting to be read, so the upstream call was aborted",
+                    retryable: true,
+                    requestID: head.requestID
+                ))
+            case .closed:
+                return 0
+            }
+            if case .messageStop = event {
+                sawMessageStop = true
+                channel.finish(.success(()))
+                break
+            }
+        }
+        if progressed { lastProgress = ContinuousClock.now }
+        return bytes.count
+    }
+
+    /// Records `failure`, ends the consumer's stream with it at once, and returns 0 so libcurl aborts the transfer.
+    private func fail(_ failure: UpstreamFailure) -> Int {
+        if self.failure == nil { self.failure = failure }
+        channel.finish(.failure(failure))
+        return 0
+    }
+
+    // MARK: Completion
+
+    /// How the call ended, given libcurl's result for the transfer.
+    func outcome(code: CURLcode) -> Result<Void, UpstreamFailure> {
+        if let failure { return .failure(failure) }
+        if sawMessageStop { return .success(()) }
+        let requestID = responseHead?.requestID
+        if let head = responseHead, !(200..<300).contains(head.status) {
+            return .failure(.http(status: head.status, body: errorBody, headers: head.headers))
+        }
+        if code == CURLE_OK {
+            return .failure(UpstreamFailure(
+                .streamEndedEarly, message: "Anthropic API stream ended before message_stop", requestID: requestID
+            ))
+        }
+        return .failure(classify(code, requestID: requestID))
+    }
+
+    private func classify(_ code: CURLcode, requestID: String?) -> UpstreamFailure {
+        var detail = String(cString: curl_easy_strerror(code))
+        if let errorBuffer, errorBuffer.pointee != 0 {
+            let text = String(cString: errorBuffer)
+            if !text.isEmpty, text != detail { detail += ": \(text)" }
+        }
+        let started = responseHead != nil
+        switch code {
+        case CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY, CURLE_COULDNT_CONNECT:
+            return UpstreamFailure(.connectionFailed, message: "cannot connect to the Anthropic API (\(detail))")
+        case CURLE_OPERATION_TIMEDOUT where !started:
+            return UpstreamFailure(.connectionFailed, message: "timed out connecting to the Anthropic API (\(detail))")
+        case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM, CURLE_SSL_ISSUER_ERROR,
+            CURLE_SSL_PINNEDPUBKEYNOTMATCH, CURLE_SSL_CRL_BADFILE:
+            return UpstreamFailure(
+                .connectionFailed, message: "TLS verification of the Anthropic API failed (\(detail))", retryable: false
+            )
+        case CURLE_SSL_CONNECT_ERROR:
+            return UpstreamFailure(.connectionFailed, message: "TLS handshake with the Anthropic API failed (\(detail))")
+        case CURLE_WEIRD_SERVER_REPLY, CURLE_BAD_CONTENT_ENCODING, CURLE_UNSUPPORTED_PROTOCOL:
+            return UpstreamFailure(
+                .invalidResponse, message: "invalid response from the Anthropic API (\(detail))", requestID: requestID
+            )
+        case CURLE_HTTP2, CURLE_HTTP2_STREAM, CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE,
+            CURLE_GOT_NOTHING, CURLE_OPERATION_TIMEDOUT:
+            return UpstreamFailure(
+                .connectionReset, message: "connection to the Anthropic API was reset (\(detail))", requestID: requestID
+            )
+        default:
+            return started
+                ? UpstreamFailure(
+                    .connectionReset, message: "Anthropic API transfer failed (\(detail))", requestID: requestID
+                )
+                : UpstreamFailure(.connectionFailed, message: "Anthropic API request failed (\(detail))")
+        }
+    }
+
+    // MARK: Helpers
+
+    static func milliseconds(_ duration: Duration) -> Int {
+        let (seconds, attoseconds) = duration.components
+        return Int(clamping: seconds) &* 1000 + Int(attoseconds / 1_000_000_000_000_000)
+    }
+
+    /// An HTTP field name (RFC 9110 token).
+    private static func isToken(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): true
+            default: "!#$%&'*+-.^_`|~".utf8.contains(byte)
+            }
+        }
+    }
+
+    private static func printable(_ text: String) -> String {
+        String(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.prefix(64).map(Character.init))
+    }
+}

@@ -1,0 +1,315 @@
+import SluiceTransport
+import SluiceWire
+import Synchronization
+
+/// A built-in simulator of the Anthropic Messages API (`POST /v1/messages`), streaming and not, for tests,
+/// benchmarks and `sluice simulate`.
+///
+/// Responses are deterministic: the same conversation and scenario give the same bytes (ids included), and a
+/// request ending with an assistant message that is a prefix of what the simulator would say gets exactly the
+/// rest. The `sluice-simulation` request header (JSON, see `SimulationScenario` and
+/// schema/simulation.schema.json) sets the seed, length, pacing, tool calls and faults: dropped connections,
+/// stalls, `error` events and HTTP errors, optionally only for the first K attempts of the same scenario.
+public final class AnthropicSimulator: Sendable {
+    public static let messagesPath = "/v1/messages"
+
+    private let active = Atomic<Int>(0)
+    private let aborted = Atomic<Int>(0)
+    private let requests = Atomic<Int>(0)
+    private let requestIDs = Atomic<UInt64>(0)
+    private let requestIDBase: UInt64
+    private let attempts: Mutex<AttemptTable>
+
+    public convenience init() {
+        self.init(attemptCapacity: 10_000)
+    }
+
+    /// `attemptCapacity`: how many scenarios' attempt counters are kept (least recently used ones go first).
+    public init(attemptCapacity: Int) {
+        attempts = Mutex(AttemptTable(capacity: max(1, attemptCapacity)))
+        // Request ids only need to be unique, not reproducible.
+        var system = SystemRandomNumberGenerator()
+        requestIDBase = system.next()
+    }
+
+    /// Requests being served right now (streams included until their handler has returned).
+    public var activeStreams: Int { active.load(ordering: .acquiring) }
+
+    /// Requests that ended because the client went away (reset, closed connection, cancellation).
+    public var abortedStreams: Int { aborted.load(ordering: .acquiring) }
+
+    /// Requests received so far.
+    public var requestCount: Int { requests.load(ordering: .acquiring) }
+
+    /// Forgets every scenario's attempt count, so `times` faults fire again.
+    public func resetAttempts() {
+        attempts.withLock { $0.removeAll() }
+    }
+
+    public func register(in router: inout RPCRouter) {
+        router.registerHTTP(Self.messagesPath) { [self] request, writer in
+            try await serve(request, writer)
+        }
+    }
+
+    /// Serves one request; usable directly from another HTTP handler.
+    public func serve(_ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+        requests.add(1, ordering: .relaxed)
+        active.add(1, ordering: .acquiringAndReleasing)
+        defer { active.subtract(1, ordering: .acquiringAndReleasing) }
+        do {
+            try await handle(request, writer)
+        } catch let reset as HTTPStreamReset {
+            throw reset  // a simulated drop, not the client's doing
+        } catch {
+            aborted.add(1, ordering: .acquiringAndReleasing)
+            throw error
+        }
+    }
+
+    // MARK: Handling
+
+    private func handle(_ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+        let requestID = SimulatorText.identifier(
+            prefix: "req_", seed: SimulatorHash.combine(requestIDBase, requestIDs.add(1, ordering: .relaxed).newValue))
+        guard request.method == "POST" else {
+            let failure = SimulatorFailure(status: 405, type: "invalid_request_error", message: "Method \(request.method) not allowed: use POST")
+            return try await respond(failure, requestID: requestID, writer)
+        }
+        let scenarioHeader = request.header(SimulationScenario.headerName)
+        let scenario: SimulationScenario
+        let messagesRequest: MessagesRequest
+        do {
+            scenario = try SimulationScenario(header: scenarioHeader)
+            messagesRequest = try MessagesRequest.parse(request.body)
+            try Self.checkPrefill(messagesRequest, policy: scenario.prefill)
+        } catch let error as SimulationScenarioError {
+            return try await respond(.invalidRequest(error.message), requestID: requestID, writer)
+        } catch let failure as SimulatorFailure {
+            return try await respond(failure, requestID: requestID, writer)
+        }
+
+        var fault = scenario.fault
+        if let active = fault {
+            let attempt = attempts.withLock { $0.next(Self.attemptKey(scenarioHeader ?? "", messagesRequest)) }
+            if let times = active.times, attempt > times { fault = nil }
+        }
+        if let fault, fault.kind == .httpStatus {
+            return try await respond(Self.failure(for: fault), requestID: requestID, writer)
+        }
+
+        let message = SimulatedMessage(request: messagesRequest, scenario: scenario)
+        if messagesRequest.stream {
+            try await stream(message, scenario: scenario, fault: fault, requestID: requestID, writer)
+        } else {
+            try await respondWhole(message, scenario: scenario, fault: fault, requestID: requestID, writer)
+        }
+    }
+
+    private static func checkPrefill(_ request: MessagesRequest, policy: SimulationScenario.PrefillPolicy) throws(SimulatorFailure) {
+        guard let prefill = request.prefill else { return }
+        switch policy {
+        case .continue:
+            break
+        case .reject:
+            throw .invalidRequest(
+                "This model does not support assistant message prefill. The conversation must end with a user message.")
+        case .rejectTrailingWhitespace:
+            if let last = prefill.unicodeScalars.last, last.properties.isWhitespace {
+                throw .invalidRequest("messages: final assistant content cannot end with trailing whitespace")
+            }
+        }
+    }
+
+    /// "The same scenario": the header, the model, the tools and the conversation without its prefill.
+    private static func attemptKey(_ header: String, _ request: MessagesRequest) -> AttemptTable.Key {
+        var bytes = Array(header.utf8)
+        bytes.append(0)
+        bytes += JSONValue.object([
+            "model": .string(request.model), "system": request.system, "tools": .array(request.tools),
+            "messages": .array(request.conversation),
+        ]).serialized()
+        return AttemptTable.Key(
+            first: SimulatorHash.hash(bytes), second: SimulatorHash.hash(bytes, basis: 0x84222325CBF29CE4), length: bytes.count)
+    }
+
+    private static func failure(for fault: SimulationScenario.Fault) -> SimulatorFailure {
+        var failure = SimulatorFailure(
+            status: fault.status,
+            type: fault.errorType ?? SimulatorFailure.errorType(forStatus: fault.status),
+            message: fault.message ?? SimulatorFailure.defaultMessage(forStatus: fault.status)
+        )
+        if let seconds = fault.retryAfterSeconds ?? (fault.status == 429 ? 1 : nil) {
+            failure.headers.append(("retry-after", String(seconds)))
+        }
+        if let shouldRetry = fault.shouldRetry { failure.headers.append(("x-should-retry", shouldRetry ? "true" : "false")) }
+        return failure
+    }
+
+    private func respond(_ failure: SimulatorFailure, requestID: String, _ writer: HTTPResponseWriter) async throws {
+        let body = SimulatorJSON.object([
+            "type": #""error""#,
+            "error": SimulatorJSON.object(["type": SimulatorJSON.string(failure.type), "message": SimulatorJSON.string(failure.message)]),
+            "request_id": SimulatorJSON.string(requestID),
+        ])
+        try writer.head(
+            status: failure.status,
+            headers: [("content-type", "application/json"), ("request-id", requestID)] + failure.headers)
+        try await writer.write(Array(body.utf8))
+    }
+
+    private func responseHeaders(_ message: SimulatedMessage, requestID: String, contentType: String) -> [(String, String)] {
+        [("content-type", contentType), ("request-id", requestID), ("sluice-simulation-prefill", message.prefill.rawValue)]
+    }
+
+    private func respondWhole(
+        _ message: SimulatedMessage, scenario: SimulationScenario, fault: SimulationScenario.Fault?, requestID: String,
+        _ writer: HTTPResponseWriter
+    ) async throws {
+        try await Task.sleep(for: message.generationTime(tokenInterval: scenario.tokenInterval, firstTokenDelay: scenario.firstTokenDelay))
+        switch fault?.kind {
+        case .drop?:
+            throw HTTPStreamReset()
+        case .stall?:
+            while true { try await Task.sleep(for: .seconds(3600)) }
+        case .errorEvent?:
+            // Without a stream to put an error event in, the API answers with the error status instead.
+            var failure = SimulatorFailure(status: 529, type: "overloaded_error", message: "Overloaded")
+            if let type = fault?.errorType { failure.type = type }
+            if let text = fault?.message { failure.message = text }
+            return try await respond(failure, requestID: requestID, writer)
+        case .httpStatus?, nil:
+            break
+        }
+        try writer.head(status: 200, headers: responseHeaders(message, requestID: requestID, contentType: "application/json"))
+        try await writer.write(Array(message.messageJSON.utf8))
+    }
+
+    private func stream(
+        _ message: SimulatedMessage, scenario: SimulationScenario, fault: SimulationScenario.Fault?, requestID: String,
+        _ writer: HTTPResponseWriter
+    ) async throws {
+        var headers = responseHeaders(message, requestID: requestID, contentType: "text/event-stream; charset=utf-8")
+        headers.append(("cache-control", "no-cache"))
+        try writer.head(status: 200, headers: headers)
+        var emitter = EventEmitter(writer: writer, pingInterval: scenario.pingInterval)
+        var sent = 0
+        for event in message.events(tokenInterval: scenario.tokenInterval, firstTokenDelay: scenario.firstTokenDelay) {
+            if event.delay > .zero { try await emitter.pause(event.delay) }
+            if let fault, sent == fault.afterEvents { return try await emitter.trigger(fault) }
+            try await emitter.send(event.name, event.data)
+            sent += 1
+            try await emitter.pingIfDue()
+        }
+        // A fault whose after_events is at or past the end fires after the last event.
+        if let fault { try await emitter.trigger(fault) }
+    }
+}
+
+/// Writes SSE events, with a ping whenever `pingInterval` has passed since the last one.
+private struct EventEmitter {
+    let writer: HTTPResponseWriter
+    let pingInterval: Duration
+    var nextPing: ContinuousClock.Instant
+
+    init(writer: HTTPResponseWriter, pingInterval: Duration) {
+        self.writer = writer
+        self.pingInterval = pingInterval
+        nextPing = .now + pingInterval
+    }
+
+    mutating func send(_ name: String, _ data: String) async throws {
+        try await writer.write(SSEEncoder.encode(event: name, data: data))
+    }
+
+    mutating func ping() async throws {
+        try await send("ping", #"{"type":"ping"}"#)
+        nextPing = .now + pingInterval
+    }
+
+    mutating func pingIfDue() async throws {
+        if pingInterval > .zero, ContinuousClock.now >= nextPing { try await ping() }
+    }
+
+    /// Waits `duration`, pinging on schedule meanwhile. Throws `CancellationError` when the client goes away.
+    mutating func pause(_ duration: Duration) async throws {
+        let deadline = ContinuousClock.now + duration
+        while pingInterval > .zero, nextPing < deadline {
+            try await Task.sleep(until: nextPing, clock: .continuous)
+            try await ping()
+        }
+        try await Task.sleep(until: deadline, clock: .continuous)
+    }
+
+    mutating func trigger(_ fault: SimulationScenario.Fault) async throws {
+        switch fault.kind {
+        case .drop:
+            // Let the events already written leave first: some clients (curl 7.88's HTTP/2 layer) drop DATA that
+            // arrives in the same read as the RST_STREAM, which would make `after_events` unreliable.
+            try await Task.sleep(for: .milliseconds(25))
+            throw HTTPStreamReset()
+        case .stall:
+            // Nothing more (or pings only) until the client resets the stream, which cancels this task.
+            while true {
+                if fault.keepAlive, pingInterval > .zero {
+                    try await pause(.seconds(3600))
+                } else {
+                    try await Task.sleep(for: .seconds(3600))
+                }
+            }
+        case .errorEvent:
+            let error = SimulatorJSON.object([
+                "type": #""error""#,
+                "error": SimulatorJSON.object([
+                    "type": SimulatorJSON.string(fault.errorType ?? "overloaded_error"),
+                    "message": SimulatorJSON.string(fault.message ?? "Overloaded"),
+                ]),
+            ])
+            try await send("error", error)
+        case .httpStatus:
+            break  // answered before the stream started
+        }
+    }
+}
+
+/// Attempts per scenario, for faults limited to the first `times` attempts; bounded, least recently used first out.
+struct AttemptTable: Sendable {
+    struct Key: Hashable, Sendable {
+        var first: UInt64
+        var second: UInt64
+        var length: Int
+    }
+
+    private struct Entry: Sendable {
+        var attempts: Int
+        var lastUse: UInt64
+    }
+
+    let capacity: Int
+    private var entries: [Key: Entry] = [:]
+    private var clock: UInt64 = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    /// Counts one more attempt of `key`; returns its number (1 for the first).
+    mutating func next(_ key: Key) -> Int {
+        clock += 1
+        let attempts = (entries[key]?.attempts ?? 0) + 1
+        entries[key] = Entry(attempts: attempts, lastUse: clock)
+        if entries.count > capacity {
+            // Evict the least recently used quarter at once, so eviction is amortised O(1)·log.
+            let keep = max(1, capacity * 3 / 4)
+            let oldest = entries.sorted { $0.value.lastUse < $1.value.lastUse }.prefix(entries.count - keep)
+            for (key, _) in oldest { entries[key] = nil }
+        }
+        return attempts
+    }
+
+    mutating func removeAll() {
+        entries = [:]
+    }
+
+    var count: Int { entries.count }
+}

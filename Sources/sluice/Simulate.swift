@@ -1,0 +1,69 @@
+import ArgumentParser
+import Dispatch
+import Glibc
+import Logging
+import SluiceTransport
+import SluiceUpstream
+
+struct Simulate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a simulator of the Anthropic Messages API (POST /v1/messages) over h2c.",
+        discussion: """
+            Deterministic responses (streamed as SSE with "stream": true), controlled per request by the \
+            sluice-simulation header: seed, output_tokens, token_interval_ms, first_token_delay_ms, \
+            ping_interval_ms, tool_calls, tool_preamble, prefill, fault. See schema/simulation.schema.json.
+            """
+    )
+
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "TCP port to listen on (0 picks a free one).")
+    var port = 8090
+
+    @Option(help: "Event-loop threads.")
+    var eventLoops = 2
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .notice
+
+    func validate() throws {
+        if eventLoops < 1 { throw ValidationError("--event-loops must be at least 1") }
+    }
+
+    func run() async throws {
+        let logLevel = self.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = logLevel
+            return handler
+        }
+        let logger = Logger(label: "sluice.simulator")
+        signal(SIGPIPE, SIG_IGN)  // a client that vanishes must not kill the simulator
+
+        var configuration = HTTP2ServerConfiguration()
+        configuration.host = host
+        configuration.port = port
+        configuration.eventLoops = eventLoops
+        var router = RPCRouter()
+        let simulator = AnthropicSimulator()
+        simulator.register(in: &router)
+
+        let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
+        try server.start()
+        print("sluice simulator listening on \(host):\(server.port)")
+        fflush(nil)  // scripts and tests wait for this line
+
+        let signals = [SIGTERM, SIGINT].map { signalNumber in
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler {
+                Task { await server.shutdown(drainTimeout: .seconds(1)) }
+            }
+            source.resume()
+            return source
+        }
+        await server.waitUntilStopped()
+        signals.forEach { $0.cancel() }
+    }
+}
