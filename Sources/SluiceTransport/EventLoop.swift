@@ -15,7 +15,6 @@ public final class EventLoop: @unchecked Sendable {
     public let index: Int
     private let epollFD: Int32
     private let wakeFD: Int32
-    private var thread: pthread_t?
     private let pending = Mutex<[@Sendable () -> Void]>([])
     private let running = Atomic<Bool>(true)
     private let threadID = Atomic<UInt>(0)
@@ -25,6 +24,7 @@ public final class EventLoop: @unchecked Sendable {
     private var timers = TimerHeap()
     /// Runs after each iteration's I/O, tasks and timers: used to coalesce socket writes.
     var onIterationEnd: (() -> Void)?
+    private var onExit: (@Sendable () -> Void)?
 
     init(index: Int) throws {
         self.index = index
@@ -100,7 +100,9 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: Running
 
-    func start() {
+    /// Starts the loop's thread; `onExit` runs on it after the loop's last iteration.
+    func start(onExit: @escaping @Sendable () -> Void) {
+        self.onExit = onExit
         let box = Unmanaged.passRetained(self)
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
@@ -108,21 +110,18 @@ public final class EventLoop: @unchecked Sendable {
         let result = pthread_create(&handle, &attributes, { raw in
             let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
             loop.run()
+            loop.onExit?()
             return nil
         }, box.toOpaque())
         precondition(result == 0, "pthread_create failed: \(result)")
-        thread = handle
+        // Nobody joins the thread: `onExit` reports its end.
+        pthread_detach(handle)
     }
 
-    /// Asks the loop to exit after the current iteration; `join` waits for it.
+    /// Asks the loop to exit after the current iteration.
     func stop() {
         running.store(false, ordering: .relaxed)
         wake()
-    }
-
-    func join() {
-        if let thread { pthread_join(thread, nil) }
-        thread = nil
     }
 
     private func run() {

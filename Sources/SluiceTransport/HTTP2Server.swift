@@ -48,6 +48,7 @@ public final class HTTP2Server: @unchecked Sendable {
         var loopsWithConnections = 0
         var waiters: [CheckedContinuation<Void, Never>] = []
         var stopped = false
+        var runningLoops = 0
     }
 
     public init(configuration: HTTP2ServerConfiguration, router: RPCRouter, logger: Logger) throws {
@@ -74,13 +75,16 @@ public final class HTTP2Server: @unchecked Sendable {
             let listenFD = try Self.listen(host: configuration.host, port: boundPort)
             if boundPort == 0 { boundPort = Self.localPort(listenFD) }
             let context = LoopContext(loop: loop, server: self, listenFD: listenFD)
-            loop.onIterationEnd = { [unowned context] in context.flushPending() }
+            loop.onIterationEnd = { [weak context] in context?.flushPending() }
             loops.append(loop)
             contexts.append(context)
         }
         port = boundPort
+        // Peers that vanish make writes fail with EPIPE; the default SIGPIPE would kill the process.
+        signal(SIGPIPE, SIG_IGN)
+        shutdownState.withLock { $0.runningLoops = loops.count }
         for (loop, context) in zip(loops, contexts) {
-            loop.start()
+            loop.start { [weak self] in self?.loopExited() }
             let bound = LoopBound(context)
             loop.execute { bound.value.startListening() }
         }
@@ -114,19 +118,28 @@ public final class HTTP2Server: @unchecked Sendable {
         }
     }
 
-    /// Called by a draining loop once it has no connections left.
+    /// Called by a draining loop once it has no connections left; the last one stops every loop.
     fileprivate func loopDrained() {
-        let waiters = shutdownState.withLock { state -> [CheckedContinuation<Void, Never>]? in
+        let allDrained = shutdownState.withLock { state -> Bool in
             state.loopsWithConnections -= 1
-            guard state.loopsWithConnections == 0 else { return nil }
+            return state.loopsWithConnections == 0
+        }
+        if allDrained {
+            for loop in loops { loop.stop() }
+        }
+    }
+
+    /// Runs on each loop's thread as it ends; the last one releases the waiters, so nothing of the
+    /// server runs after `shutdown` returns.
+    private func loopExited() {
+        let waiters = shutdownState.withLock { state -> [CheckedContinuation<Void, Never>]? in
+            state.runningLoops -= 1
+            guard state.runningLoops == 0 else { return nil }
             state.stopped = true
             defer { state.waiters = [] }
             return state.waiters
         }
-        guard let waiters else { return }
-        for loop in loops { loop.stop() }
-        for loop in loops where !loop.inEventLoop { loop.join() }
-        for waiter in waiters { waiter.resume() }
+        for waiter in waiters ?? [] { waiter.resume() }
     }
 
     // MARK: Called by connections on their loop
