@@ -9,8 +9,10 @@ struct StreamAttempts {
     let channel: StreamChannel
     let startedAt: ContinuousClock.Instant
 
-    /// The message id shown to the client: the first attempt's, kept across retries.
-    private var messageID: String?
+    /// The id of the current turn's message, Sluice's own: `message_start` goes out before the
+    /// upstream answers, so retries before its first byte are visible in order, and the id stays
+    /// the same across every attempt of the turn.
+    private var messageID = ""
     /// Text of the current message already sent to the client (the prefill of a continuation).
     private var sentText = ""
     /// A tool_use or thinking block began: such blocks cannot be continued by prefill.
@@ -57,7 +59,8 @@ struct StreamAttempts {
     /// One model turn, retried until it completes or the retry budget is spent.
     private mutating func runTurn(conversation: [JSONValue], retries: inout Int) async throws {
         let policy = engine.configuration.retry
-        messageID = nil
+        messageID = StreamEngine.makeID(prefix: "msg_")
+        channel.emit(.messageStart(id: messageID, role: "assistant", model: request.model))
         sentText = ""
         sawNonTextBlock = false
         stopReason = nil
@@ -82,7 +85,7 @@ struct StreamAttempts {
                 let reason = Self.reason(error)
                 engine.metrics.retried(reason: error.kind.rawValue)
                 channel.emit(.upstreamRetry(attempt: retries, reason: reason, delayMilliseconds: Int(delay.milliseconds), mode: mode))
-                if mode == .restart, let messageID {
+                if mode == .restart {
                     channel.emit(.messageRestart(id: messageID, reason: reason))
                     sentText = ""
                     sawNonTextBlock = false
@@ -113,13 +116,9 @@ struct StreamAttempts {
             for try await event in events {
                 accumulator.apply(event)
                 switch event {
-                case .messageStart(let id, let model, let role, let usage):
+                case .messageStart(_, _, _, let usage):
                     inputTokens += usage.inputTokens ?? 0
                     attemptOutputTokens = usage.outputTokens ?? 0
-                    if messageID == nil {
-                        messageID = id
-                        channel.emit(.messageStart(id: id, role: role, model: model))
-                    }
                 case .contentBlockStart(_, let block):
                     switch block {
                     case .toolUse, .thinking, .redactedThinking: sawNonTextBlock = true
@@ -132,7 +131,7 @@ struct StreamAttempts {
                         delta.removeFirst()
                     }
                     whitespaceToSkip = ""
-                    guard !delta.isEmpty, let messageID else { continue }
+                    guard !delta.isEmpty else { continue }
                     if sentText.isEmpty && !sawFirstToken {
                         sawFirstToken = true
                         engine.metrics.timeToFirstToken(.now - startedAt)
@@ -148,7 +147,7 @@ struct StreamAttempts {
                         guard case .toolUse(let id, let name, let input) = block else { return nil }
                         return ToolUse(id: id, name: name, input: input)
                     }
-                    if let messageID { channel.emit(.messageStop(id: messageID, stopReason: stopReason)) }
+                    channel.emit(.messageStop(id: messageID, stopReason: stopReason))
                     return
                 default:
                     continue

@@ -104,7 +104,7 @@ public final class StreamEngine: Sendable {
             metrics.rejected()
             throw error
         }
-        let streamID = Self.makeStreamID()
+        let streamID = Self.makeID(prefix: "st_")
         let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes)
         let record = StreamRecord(channel: channel, owner: caller)
         streams.withLock { $0[streamID] = record }
@@ -145,11 +145,11 @@ public final class StreamEngine: Sendable {
         }
     }
 
-    static func makeStreamID() -> String {
+    /// `prefix` and 16 random hex digits.
+    static func makeID(prefix: String) -> String {
         var generator = SystemRandomNumberGenerator()
-        let value = generator.next() as UInt64
-        let hex = String(value, radix: 16)
-        return "st_" + String(repeating: "0", count: 16 - hex.count) + hex
+        let hex = String(generator.next() as UInt64, radix: 16)
+        return prefix + String(repeating: "0", count: 16 - hex.count) + hex
     }
 
     // MARK: Housekeeping
