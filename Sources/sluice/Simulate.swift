@@ -27,6 +27,9 @@ struct Simulate: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .notice
 
+    @Option(help: "JSON file of settings (flag names as keys); flags and SLUICE_* variables take precedence.")
+    var config: String?
+
     func validate() throws {
         if eventLoops < 1 { throw ValidationError("--event-loops must be at least 1") }
     }

@@ -1,0 +1,66 @@
+"""Settings precedence for `sluice serve`: command-line flag > SLUICE_* variable > --config file.
+
+The start-up line states the effective limits, so each test reads them from there."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+LIMITS = re.compile(r"limits: (\d+) active, (\d+) queued")
+
+
+def start_line(sluice_bin, args, env_overrides):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env.update(env_overrides)
+    proc = subprocess.Popen([sluice_bin, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            return None, proc.wait(timeout=10), proc.stderr.read()
+        return line, None, None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "sluice.json"
+    path.write_text(json.dumps({"max-active": 7, "max_queued": 9, "tool-root": [str(tmp_path)]}))
+    return str(path)
+
+
+def test_file_sets_values(sluice_bin, config_file, tmp_path):
+    line, _, _ = start_line(sluice_bin, ["serve", "--port", "0", "--config", config_file], {})
+    assert LIMITS.search(line).groups() == ("7", "9")
+    assert f"in {tmp_path}" in line
+
+
+def test_environment_beats_file_and_flags_beat_both(sluice_bin, config_file):
+    line, _, _ = start_line(sluice_bin, ["serve", "--port", "0", "--config", config_file], {"SLUICE_MAX_QUEUED": "11"})
+    assert LIMITS.search(line).groups() == ("7", "11")
+    line, _, _ = start_line(sluice_bin, ["serve", "--port", "0", "--config", config_file, "--max-queued", "13", "--max-active", "3"],
+                            {"SLUICE_MAX_QUEUED": "11"})
+    assert LIMITS.search(line).groups() == ("3", "13")
+
+
+def test_a_flag_replaces_a_repeatable_setting_from_lower_layers(sluice_bin, config_file):
+    line, _, _ = start_line(sluice_bin, ["serve", "--port", "0", "--config", config_file, "--tool-root", "/var"], {})
+    assert line.rstrip().endswith("in /var")
+
+
+def test_config_file_from_the_environment(sluice_bin, config_file):
+    line, _, _ = start_line(sluice_bin, ["serve", "--port", "0"], {"SLUICE_CONFIG": config_file})
+    assert LIMITS.search(line).groups() == ("7", "9")
+
+
+def test_unknown_settings_and_bad_files_fail_clearly(sluice_bin, tmp_path):
+    _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0"], {"SLUICE_NO_SUCH_SETTING": "1"})
+    assert code != 0 and "--no-such-setting" in stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--config", str(bad)], {})
+    assert code != 0 and "must hold a JSON object" in stderr
