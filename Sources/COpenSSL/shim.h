@@ -13,6 +13,9 @@ static inline uint64_t sluice_SSL_CTX_set_options(SSL_CTX *ctx, uint64_t options
 static inline long sluice_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_mode(ctx, mode);
 }
+static inline long sluice_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return SSL_set_tlsext_host_name(ssl, name);
+}
 /* SSL_OP_* are computed macros that Swift does not import. */
 static const uint64_t sluice_SSL_OP_NO_COMPRESSION = SSL_OP_NO_COMPRESSION;
 static const uint64_t sluice_SSL_OP_NO_RENEGOTIATION = SSL_OP_NO_RENEGOTIATION;

@@ -1,4 +1,5 @@
 import SluiceUpstream
+import Synchronization
 import SluiceWire
 
 /// One stream's upstream attempts: translates Anthropic events into Sluice events and retries
@@ -8,6 +9,8 @@ struct StreamAttempts {
     let request: SendMessageRequest
     let channel: StreamChannel
     let startedAt: ContinuousClock.Instant
+    /// Retries and tokens, readable after the stream ends however it ended.
+    let stats: StreamStats
 
     /// The id of the current turn's message, Sluice's own: `message_start` goes out before the
     /// upstream answers, so retries before its first byte are visible in order, and the id stays
@@ -21,18 +24,23 @@ struct StreamAttempts {
     private var sawFirstToken = false
     /// The tool calls of the turn that just completed.
     private var pendingToolUses: [ToolUse] = []
-    private var inputTokens = 0
-    private var outputTokens = 0
+    private var inputTokens = 0 {
+        didSet { stats.update { [inputTokens] in $0.inputTokens = inputTokens } }
+    }
+    private var outputTokens = 0 {
+        didSet { stats.update { [outputTokens] in $0.outputTokens = outputTokens } }
+    }
 
-    init(engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant) {
+    init(engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant, stats: StreamStats) {
+        self.stats = stats
         self.engine = engine
         self.request = request
         self.channel = channel
         self.startedAt = startedAt
     }
 
-    /// Runs turns until the model stops asking for tools; returns the number of retries it took.
-    mutating func run() async throws -> Int {
+    /// Runs turns until the model stops asking for tools.
+    mutating func run() async throws {
         var conversation = request.messages
         var retries = 0
         for turn in 1... {
@@ -53,7 +61,6 @@ struct StreamAttempts {
             conversation.append(["role": "user", "content": .array(results)])
         }
         channel.emit(.streamComplete(usage: ["input_tokens": .number(Double(inputTokens)), "output_tokens": .number(Double(outputTokens))]))
-        return retries
     }
 
     /// One model turn, retried until it completes or the retry budget is spent.
@@ -77,6 +84,7 @@ struct StreamAttempts {
                     throw Self.finalError(error, attempts: retries + 1)
                 }
                 retries += 1
+                stats.update { $0.retries = retries }
                 let mode: RetryMode =
                     if sentText.isEmpty && !sawNonTextBlock { .transparent }
                     else if sawNonTextBlock || prefillRefused { .restart }
@@ -194,4 +202,17 @@ extension String {
         while end > startIndex, self[index(before: end)].isWhitespace { end = index(before: end) }
         return self[..<end]
     }
+}
+
+/// What a stream cost, for its log line.
+final class StreamStats: Sendable {
+    struct Values {
+        var retries = 0
+        var inputTokens = 0
+        var outputTokens = 0
+    }
+
+    private let values = Mutex(Values())
+    func update(_ change: (inout Values) -> Void) { values.withLock { change(&$0) } }
+    var current: Values { values.withLock { $0 } }
 }

@@ -177,7 +177,7 @@ public final class StreamEngine: Sendable {
         let channel = record.channel
         let started = ContinuousClock.now
         var outcome: RPCError?
-        var retries = 0
+        let stats = StreamStats()
         do {
             let slot: Scheduler.Slot
             switch admitted {
@@ -192,9 +192,9 @@ public final class StreamEngine: Sendable {
                 }
             }
             defer { slot.release() }
-            retries = try await withDeadline(deadline, clients: deadlineIsClients) {
-                var attempts = StreamAttempts(engine: self, request: request, channel: channel, startedAt: started)
-                return try await attempts.run()
+            try await withDeadline(deadline, clients: deadlineIsClients) {
+                var attempts = StreamAttempts(engine: self, request: request, channel: channel, startedAt: started, stats: stats)
+                try await attempts.run()
             }
         } catch let error as RPCError {
             outcome = error
@@ -212,7 +212,8 @@ public final class StreamEngine: Sendable {
             "stream finished",
             metadata: [
                 "stream_id": "\(channel.streamID)", "caller": "\(record.owner)", "status": "\((outcome?.code ?? .ok).name)",
-                "retries": "\(retries)", "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
+                "retries": "\(stats.current.retries)", "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
+                "input_tokens": "\(stats.current.inputTokens)", "output_tokens": "\(stats.current.outputTokens)",
             ]
         )
     }

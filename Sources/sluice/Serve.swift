@@ -89,6 +89,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
+    @Option(help: "Log lines as human-readable text or as JSON objects.")
+    var logFormat: LogFormat = .text
+
     @Option(help: "JSON file of settings (flag names as keys); flags and SLUICE_* variables take precedence.")
     var config: String?
 
@@ -106,12 +109,7 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let logLevel = self.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
-            return handler
-        }
+        LogFormat.bootstrap(logFormat, level: logLevel)
         let logger = Logger(label: "sluice")
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))

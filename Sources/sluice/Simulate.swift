@@ -27,6 +27,9 @@ struct Simulate: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .notice
 
+    @Option(help: "Log lines as human-readable text or as JSON objects.")
+    var logFormat: LogFormat = .text
+
     @Option(help: "JSON file of settings (flag names as keys); flags and SLUICE_* variables take precedence.")
     var config: String?
 
@@ -35,12 +38,7 @@ struct Simulate: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let logLevel = self.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
-            return handler
-        }
+        LogFormat.bootstrap(logFormat, level: logLevel)
         let logger = Logger(label: "sluice.simulator")
         signal(SIGPIPE, SIG_IGN)  // a client that vanishes must not kill the simulator
 
