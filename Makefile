@@ -15,7 +15,10 @@ ARGS ?=
 APT_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev nghttp2-client curl openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run venv test
+DEPLOY_VENV := .venv-deploy
+DEPLOY_REQUIREMENTS := Tests/Deploy/requirements.txt
+
+.PHONY: deps build run venv test deploy-venv test-deploy
 
 deps:
 	@missing=""; \
@@ -49,3 +52,16 @@ test: deps
 	swift test
 	$(MAKE) venv
 	SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop
+	$(MAKE) test-deploy
+
+deploy-venv: $(DEPLOY_VENV)/.requirements-installed
+
+$(DEPLOY_VENV)/.requirements-installed: $(DEPLOY_REQUIREMENTS)
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet -r $(DEPLOY_REQUIREMENTS)
+	touch $@
+
+# Checks of deploy/: hadolint, Kubernetes and Compose schemas, ldd vs. the image's runtime packages,
+# probes against the release binary (built the Dockerfile's way into .build-deploy-static).
+test-deploy: deps deploy-venv
+	$(DEPLOY_VENV)/bin/python -m pytest Tests/Deploy

@@ -54,6 +54,8 @@ struct StreamAttempts {
             }
             let toolUses = pendingToolUses
             let results = await ToolRunner(engine: engine, channel: channel, allowed: request.tools).run(toolUses)
+            // A stream cancelled while its tools ran must not start (and pay for) another turn.
+            try Task.checkCancellation()
             var assistantContent: [JSONValue] = []
             if !sentText.isEmpty { assistantContent.append(["type": "text", "text": .string(sentText)]) }
             assistantContent += toolUses.map { ["type": "tool_use", "id": .string($0.id), "name": .string($0.name), "input": $0.inputJSON] }

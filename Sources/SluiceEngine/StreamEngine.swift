@@ -27,6 +27,8 @@ public struct EngineConfiguration: Sendable {
     /// Server tools a request may name in `tools`.
     public var tools: [any StreamingTool] = []
     public var toolTimeout: Duration = .seconds(60)
+    /// Largest tool result passed back to the model.
+    public var maxToolResultBytes = 1 << 20
     public var maxParallelTools = 4
     /// Model turns per stream (each tool round trip is one more turn).
     public var maxTurns = 8
@@ -185,9 +187,16 @@ public final class StreamEngine: Sendable {
                 slot = running
             case .queued(let ticket, let position):
                 channel.emit(.streamQueued(position: position))
+                // Updates come from whichever threads release slots, possibly out of order; a position
+                // only ever shrinks, so an update that is not smaller than the last one sent is stale.
+                let lastPosition = Mutex(position)
                 slot = try await withDeadline(deadline, clients: deadlineIsClients) {
                     try await self.scheduler.waitForSlot(ticket: ticket, key: record.owner) { position in
-                        channel.emit(.streamQueued(position: position))
+                        lastPosition.withLock { last in
+                            guard position < last else { return }
+                            last = position
+                            channel.emit(.streamQueued(position: position))
+                        }
                     }
                 }
             }

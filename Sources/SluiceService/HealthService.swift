@@ -41,7 +41,7 @@ public struct HealthService: Sendable {
     }
 
     private static func jsonService(_ message: [UInt8]) throws(RPCError) -> String {
-        let body = try JSONValue.object(message, method: "Health/Check")
+        let body = try JSONValue.requestObject(message)
         return body["service"]?.stringValue ?? ""
     }
 

@@ -17,7 +17,8 @@ public struct StreamingService: Sendable {
     }
 
     public func register(in router: inout RPCRouter) {
-        router.register(Self.sendMessagePath) { request, writer in
+        // The engine ends these streams at the deadline itself, with a stream_error event last.
+        router.register(Self.sendMessagePath, enforcesDeadline: true) { request, writer in
             let caller = try authentication.caller(authorization: request.header("authorization"))
             let parsed = try SendMessageRequest(json: request.message)
             let channel = try engine.start(parsed, caller: caller, deadline: request.deadline)
@@ -25,7 +26,7 @@ public struct StreamingService: Sendable {
         }
         router.register(Self.resumePath) { request, writer in
             let caller = try authentication.caller(authorization: request.header("authorization"))
-            let body = try JSONValue.object(request.message, method: "Resume")
+            let body = try JSONValue.requestObject(request.message)
             guard let streamID = body["stream_id"]?.stringValue else {
                 throw RPCError(.invalidArgument, "Resume needs 'stream_id' (a string)")
             }
@@ -36,7 +37,7 @@ public struct StreamingService: Sendable {
         }
         router.register(Self.cancelPath) { request, writer in
             let caller = try authentication.caller(authorization: request.header("authorization"))
-            let body = try JSONValue.object(request.message, method: "Cancel")
+            let body = try JSONValue.requestObject(request.message)
             guard let streamID = body["stream_id"]?.stringValue else {
                 throw RPCError(.invalidArgument, "Cancel needs 'stream_id' (a string)")
             }
@@ -77,14 +78,14 @@ public struct StreamingService: Sendable {
 
 extension JSONValue {
     /// Parses a small request object, or INVALID_ARGUMENT.
-    static func object(_ bytes: [UInt8], method: String) throws(RPCError) -> JSONValue {
+    static func requestObject(_ bytes: [UInt8]) throws(RPCError) -> JSONValue {
         let value: JSONValue
         do {
             value = try JSONValue(parsing: bytes)
         } catch {
-            throw RPCError(.invalidArgument, "the \(method) request is not valid JSON: \(error)")
+            throw RPCError(.invalidArgument, "the request is not valid JSON: \(error)")
         }
-        guard case .object = value else { throw RPCError(.invalidArgument, "the \(method) request must be a JSON object") }
+        guard case .object = value else { throw RPCError(.invalidArgument, "the request must be a JSON object") }
         return value
     }
 }

@@ -1,4 +1,3 @@
-import Foundation
 import SluiceTransport
 import SluiceWire
 
@@ -10,23 +9,18 @@ public enum SyntheticService {
     public static let maxFrameSize = 1 << 20
     public static let maxIntervalMilliseconds = 60_000
 
-    struct Request: Decodable {
-        var frames: Int?
-        var size: Int?
-        var intervalMilliseconds: Int?
-
-        enum CodingKeys: String, CodingKey {
-            case frames, size
-            case intervalMilliseconds = "interval_ms"
-        }
+    private static func integer(_ body: JSONValue, _ field: String, default value: Int) throws(RPCError) -> Int {
+        guard let raw = body[field], !raw.isNull else { return value }
+        guard let number = raw.intValue else { throw RPCError(.invalidArgument, "'\(field)' must be an integer") }
+        return number
     }
 
     public static func register(in router: inout RPCRouter) {
         router.register(streamPath) { request, writer in
-            let parsed = try RequestDecoding.decode(Request.self, from: request.message)
-            let frames = parsed.frames ?? 1
-            let size = parsed.size ?? 16
-            let interval = parsed.intervalMilliseconds ?? 0
+            let body = try JSONValue.requestObject(request.message)
+            let frames = try integer(body, "frames", default: 1)
+            let size = try integer(body, "size", default: 16)
+            let interval = try integer(body, "interval_ms", default: 0)
             guard (0...maxFrames).contains(frames) else {
                 throw RPCError(.invalidArgument, "frames must be between 0 and \(maxFrames), got \(frames)")
             }
@@ -52,36 +46,5 @@ public enum SyntheticService {
                 try await writer.write(frame)
             }
         }
-    }
-}
-
-/// Request decoding shared by every method: errors become INVALID_ARGUMENT saying what is wrong.
-public enum RequestDecoding {
-    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(RPCError) -> T {
-        do {
-            return try JSONDecoder().decode(T.self, from: Data(bytes))
-        } catch let DecodingError.dataCorrupted(context) where context.codingPath.isEmpty {
-            throw RPCError(.invalidArgument, "the request is not valid JSON: \(describe(context.underlyingError) ?? context.debugDescription)")
-        } catch let DecodingError.typeMismatch(expected, context) {
-            throw RPCError(.invalidArgument, "request field '\(path(context.codingPath))' must be \(expected)")
-        } catch let DecodingError.valueNotFound(expected, context) {
-            throw RPCError(.invalidArgument, "request field '\(path(context.codingPath))' must be \(expected), not null")
-        } catch let DecodingError.keyNotFound(key, context) {
-            throw RPCError(.invalidArgument, "request field '\(path(context.codingPath + [key]))' is required")
-        } catch let DecodingError.dataCorrupted(context) {
-            throw RPCError(.invalidArgument, "request field '\(path(context.codingPath))' is invalid: \(context.debugDescription)")
-        } catch {
-            throw RPCError(.invalidArgument, "the request could not be decoded: \(error)")
-        }
-    }
-
-    private static func path(_ codingPath: [any CodingKey]) -> String {
-        codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-    }
-
-    private static func describe(_ error: (any Error)?) -> String? {
-        guard let error else { return nil }
-        let nsError = error as NSError
-        return (nsError.userInfo[NSDebugDescriptionErrorKey] as? String) ?? "\(error)"
     }
 }

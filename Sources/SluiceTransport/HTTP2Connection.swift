@@ -34,6 +34,8 @@ final class HTTP2Connection: Selectable {
     private var inNGHTTP2Call = false
 
     private static let clientPreface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    /// Bytes gathered from nghttp2 before they are sent.
+    private static let gatherLimit = 64 * 1024
 
     init(fd: Int32, loop: EventLoop, server: HTTP2Server, tlsContext: TLSContext?) throws {
         self.fd = fd
@@ -211,26 +213,22 @@ final class HTTP2Connection: Selectable {
         // nghttp2 callbacks run inside mem_send/mem_recv; whatever they want flushed waits for the loop.
         guard !inNGHTTP2Call else { return scheduleFlush() }
         if draining && streams.isEmpty && !finalGoAwaySent { submitFinalGoAway() }
-        if !writePendingOutput() { return }
+        // Frames are gathered into one buffer so that a flush costs one send, not one per frame.
         while true {
-            var data: UnsafePointer<UInt8>?
-            inNGHTTP2Call = true
-            let length = nghttp2_session_mem_send(session, &data)
-            inNGHTTP2Call = false
-            if length < 0 {
-                close(reason: "nghttp2 send failed: \(String(cString: nghttp2_strerror(Int32(length))))")
-                return
+            if !writePendingOutput() { return }
+            while pendingOutput.count < Self.gatherLimit {
+                var data: UnsafePointer<UInt8>?
+                inNGHTTP2Call = true
+                let length = nghttp2_session_mem_send(session, &data)
+                inNGHTTP2Call = false
+                if length < 0 {
+                    close(reason: "nghttp2 send failed: \(String(cString: nghttp2_strerror(Int32(length))))")
+                    return
+                }
+                if length == 0 { break }
+                pendingOutput.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
             }
-            if length == 0 { break }
-            let written = transmit(UnsafeRawBufferPointer(start: data, count: length))
-            if written < 0 { return }
-            if written < length {
-                pendingOutput.removeAll(keepingCapacity: true)
-                pendingOutput.append(contentsOf: UnsafeRawBufferPointer(start: data! + written, count: length - written))
-                pendingOutputIndex = 0
-                updateInterest(wantWrite: true)
-                return
-            }
+            if pendingOutput.isEmpty { break }
         }
         updateInterest(wantWrite: false)
         if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {

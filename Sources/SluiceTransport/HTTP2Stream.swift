@@ -94,12 +94,12 @@ final class HTTP2Stream {
             fail(.unimplemented, "\(encodingHeader) '\(encoding)' is not supported: this server accepts identity only (send messages uncompressed)")
             return
         }
-        guard let path, let handler = connection.server.router.handler(for: path) else {
+        guard let path, let route = connection.server.router.handler(for: path) else {
             fail(.unimplemented, "unknown method \(path ?? "(no :path)"): this server has no such RPC")
             return
         }
-        self.handler = handler
-        if !startDeadline() { return }
+        self.handler = route.handler
+        if !startDeadline(backstop: route.enforcesDeadline ? RPCRouter.deadlineBackstop : .zero) { return }
     }
 
     private func makeOutbound(
@@ -116,7 +116,7 @@ final class HTTP2Stream {
         }
     }
 
-    private func startDeadline() -> Bool {
+    private func startDeadline(backstop: Duration) -> Bool {
         let name = rpcProtocol == .grpc ? "grpc-timeout" : "connect-timeout-ms"
         guard let value = header(name) else { return true }
         let timeout = rpcProtocol == .grpc ? Timeouts.parseGRPCTimeout(value) : Timeouts.parseConnectTimeout(value)
@@ -125,7 +125,7 @@ final class HTTP2Stream {
             return false
         }
         deadline = .now + timeout
-        deadlineTimer = connection.loop.scheduleTimer(after: timeout) { [weak self] in
+        deadlineTimer = connection.loop.scheduleTimer(after: timeout + backstop) { [weak self] in
             self?.deadlineTimer = nil
             self?.end(.deadlineExceeded, "deadline exceeded: the call ran longer than its \(name) of \(value)")
         }

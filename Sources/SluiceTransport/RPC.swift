@@ -63,22 +63,28 @@ public typealias RPCHandler = @Sendable (RPCRequest, RPCResponseWriter) async th
 
 /// Maps `/package.Service/Method` paths to RPC handlers, and other paths to plain HTTP handlers.
 public struct RPCRouter: Sendable {
-    private var handlers: [String: RPCHandler] = [:]
+    private var handlers: [String: (handler: RPCHandler, enforcesDeadline: Bool)] = [:]
     private var httpHandlers: [String: HTTPHandler] = [:]
 
     public init() {}
 
-    public mutating func register(_ path: String, _ handler: @escaping RPCHandler) {
+    /// - Parameter enforcesDeadline: the handler ends the call itself when `RPCRequest.deadline`
+    ///   passes (with its own final message); the transport then only steps in as a backstop,
+    ///   `deadlineBackstop` later, instead of cutting the call at the deadline.
+    public mutating func register(_ path: String, enforcesDeadline: Bool = false, _ handler: @escaping RPCHandler) {
         precondition(path.hasPrefix("/") && path.dropFirst().contains("/"), "RPC paths look like /package.Service/Method")
-        handlers[path] = handler
+        handlers[path] = (handler, enforcesDeadline)
     }
+
+    /// How long after the deadline the transport ends a call whose handler enforces deadlines itself.
+    public static let deadlineBackstop: Duration = .milliseconds(50)
 
     /// Serves any method on `path` (without query) as plain HTTP instead of an RPC.
     public mutating func registerHTTP(_ path: String, _ handler: @escaping HTTPHandler) {
         httpHandlers[path] = handler
     }
 
-    func handler(for path: String) -> RPCHandler? {
+    func handler(for path: String) -> (handler: RPCHandler, enforcesDeadline: Bool)? {
         handlers[path]
     }
 

@@ -399,6 +399,8 @@ struct SimulatedMessage {
     struct Event {
         var name: String
         var data: String
+        /// A text delta, which `stamp_deltas` prefixes with its send time.
+        var isTextDelta = false
         /// How long to wait before sending it.
         var delay: Duration = .zero
     }
@@ -439,10 +441,11 @@ struct SimulatedMessage {
                 data: SimulatorJSON.object(["type": #""content_block_start""#, "index": String(index), "content_block": contentBlock]),
                 delay: index == 0 ? firstTokenDelay : .zero
             ))
-            func delta(_ delta: String, tokens: Int) {
+            func delta(_ delta: String, tokens: Int, isText: Bool) {
                 events.append(Event(
                     name: "content_block_delta",
                     data: SimulatorJSON.object(["type": #""content_block_delta""#, "index": String(index), "delta": delta]),
+                    isTextDelta: isText,
                     delay: firstDelta ? .zero : tokenInterval * tokens
                 ))
                 firstDelta = false
@@ -450,11 +453,11 @@ struct SimulatedMessage {
             switch block {
             case .text(let deltas):
                 for item in deltas {
-                    delta(SimulatorJSON.object(["type": #""text_delta""#, "text": SimulatorJSON.string(item.text)]), tokens: item.tokens)
+                    delta(SimulatorJSON.object(["type": #""text_delta""#, "text": SimulatorJSON.string(item.text)]), tokens: item.tokens, isText: true)
                 }
             case .toolUse(_, _, _, let fragments):
                 for fragment in fragments {
-                    delta(SimulatorJSON.object(["type": #""input_json_delta""#, "partial_json": SimulatorJSON.string(fragment)]), tokens: 1)
+                    delta(SimulatorJSON.object(["type": #""input_json_delta""#, "partial_json": SimulatorJSON.string(fragment)]), tokens: 1, isText: false)
                 }
             }
             events.append(Event(

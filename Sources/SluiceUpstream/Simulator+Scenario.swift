@@ -59,6 +59,9 @@ public struct SimulationScenario: Sendable, Equatable {
     public var toolPreamble = true
     public var prefill = PrefillPolicy.continue
     public var fault: Fault?
+    /// Prefix each text delta with `@T<unix-ns>;`, its send time, so load tests can measure
+    /// end-to-end delivery latency (simulator emits → client receives) on one machine's clock.
+    public var stampDeltas = false
 
     public init() {}
 
@@ -80,13 +83,14 @@ public struct SimulationScenario: Sendable, Equatable {
         }
         let fields = Fields(path: "", object: root)
         try fields.allow(["seed", "output_tokens", "token_interval_ms", "first_token_delay_ms", "ping_interval_ms",
-                          "tool_calls", "tool_preamble", "prefill", "fault"])
+                          "tool_calls", "tool_preamble", "prefill", "fault", "stamp_deltas"])
         if let seed = try fields.integer("seed", in: 0...Int(1 << 53)) { self.seed = UInt64(seed) }
         if let tokens = try fields.integer("output_tokens", in: 0...Self.maxOutputTokens) { outputTokens = tokens }
         if let ms = try fields.milliseconds("token_interval_ms") { tokenInterval = ms }
         if let ms = try fields.milliseconds("first_token_delay_ms") { firstTokenDelay = ms }
         if let ms = try fields.milliseconds("ping_interval_ms") { pingInterval = ms }
         if let preamble = try fields.bool("tool_preamble") { toolPreamble = preamble }
+        if let stamp = try fields.bool("stamp_deltas") { stampDeltas = stamp }
         if let policy = try fields.string("prefill") {
             guard let parsed = PrefillPolicy(rawValue: policy) else {
                 throw fields.failure("prefill", "must be \"continue\", \"reject\" or \"reject_trailing_whitespace\"")

@@ -1,3 +1,4 @@
+import Glibc
 import SluiceTransport
 import SluiceWire
 import Synchronization
@@ -197,12 +198,27 @@ public final class AnthropicSimulator: Sendable {
         for event in message.events(tokenInterval: scenario.tokenInterval, firstTokenDelay: scenario.firstTokenDelay) {
             if event.delay > .zero { try await emitter.pause(event.delay) }
             if let fault, sent == fault.afterEvents { return try await emitter.trigger(fault) }
-            try await emitter.send(event.name, event.data)
+            try await emitter.send(event.name, scenario.stampDeltas && event.isTextDelta ? Self.stamped(event.data) : event.data)
             sent += 1
             try await emitter.pingIfDue()
         }
         // A fault whose after_events is at or past the end fires after the last event.
         if let fault { try await emitter.trigger(fault) }
+    }
+}
+
+extension AnthropicSimulator {
+    /// The text delta's data with `@T<unix-ns>;` (now, on the realtime clock) before its text.
+    static func stamped(_ data: String) -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let stamp = "@T\(Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec));"
+        // The delta object's only "text" key is the text itself (its type is the value "text_delta").
+        let marker = #""text":""#
+        guard let range = data.firstRange(of: marker) else { return data }
+        var stamped = data
+        stamped.replaceSubrange(range, with: marker + stamp)
+        return stamped
     }
 }
 

@@ -15,11 +15,16 @@ enum LayeredArguments {
         let description: String
     }
 
-    static func merge(arguments: [String], environment: [String: String]) throws -> [String] {
+    /// - Parameter knownFlags: the flags of a subcommand; other `SLUICE_*` variables are reported
+    ///   through `warn` and ignored, since the environment may hold variables meant for other programs.
+    static func merge(
+        arguments: [String], environment: [String: String], knownFlags: (String) -> Set<String>, warn: (String) -> Void
+    ) throws -> [String] {
         let subcommand = arguments.first.flatMap { layeredSubcommands.contains($0) ? $0 : nil }
         guard subcommand != nil || arguments.first.map({ $0.hasPrefix("-") }) ?? true else { return arguments }
         let commandLine = subcommand == nil ? arguments : Array(arguments.dropFirst())
-        let fromEnvironment = try environmentArguments(environment)
+        let known = knownFlags(subcommand ?? "serve")
+        let fromEnvironment = environmentArguments(environment, known: known, warn: warn)
         let configPath = value(of: "--config", in: commandLine) ?? environment["SLUICE_CONFIG"]
         let fromFile = try configPath.map(fileArguments) ?? []
 
@@ -33,11 +38,20 @@ enum LayeredArguments {
         return [subcommand ?? "serve"] + merged + commandLine
     }
 
-    private static func environmentArguments(_ environment: [String: String]) throws -> [String] {
+    private static func environmentArguments(_ environment: [String: String], known: Set<String>, warn: (String) -> Void) -> [String] {
         var result: [String] = []
         for (name, value) in environment.sorted(by: { $0.key < $1.key })
         where name.hasPrefix("SLUICE_") && !reservedVariables.contains(name) {
             let flag = "--" + name.dropFirst("SLUICE_".count).lowercased().replacingOccurrences(of: "_", with: "-")
+            guard known.contains(flag) else {
+                warn("ignoring \(name): it names no setting (\(flag) is not a flag of this command)")
+                continue
+            }
+            // Kubernetes service links for a Service named "sluice" (SLUICE_PORT=tcp://10.0.0.1:8080).
+            guard !value.hasPrefix("tcp://"), !value.hasPrefix("udp://") else {
+                warn("ignoring \(name)=\(value): a Kubernetes service link, not a setting (set enableServiceLinks: false)")
+                continue
+            }
             switch value.lowercased() {
             case "true", "1", "yes": result.append(flag)
             case "false", "0", "no": continue

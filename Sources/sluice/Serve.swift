@@ -65,6 +65,8 @@ struct Serve: AsyncParsableCommand {
     var toolTimeout = CLIDuration(.seconds(60))
     @Option(help: "Largest file read_file returns, and largest file search_files scans, in bytes.")
     var toolMaxBytes = 64 * 1024 * 1024
+    @Option(help: "Largest tool result passed back to the model, in bytes (longer ones are cut, with a note).")
+    var toolResultMaxBytes = 1 << 20
     @Option(help: "Model turns per stream; each tool round trip is a turn.")
     var maxTurns = 8
 
@@ -106,6 +108,7 @@ struct Serve: AsyncParsableCommand {
         if maxRetries < 0 { throw ValidationError("--max-retries must be 0 or more") }
         if maxTurns < 1 { throw ValidationError("--max-turns must be at least 1") }
         if toolMaxBytes < 0 { throw ValidationError("--tool-max-bytes must be 0 or more") }
+        if toolResultMaxBytes < 1 { throw ValidationError("--tool-result-max-bytes must be at least 1") }
     }
 
     func run() async throws {
@@ -167,6 +170,7 @@ struct Serve: AsyncParsableCommand {
         engineConfiguration.upstreamIsSimulator = simulatorServer != nil
         engineConfiguration.toolTimeout = toolTimeout.duration
         engineConfiguration.maxTurns = maxTurns
+        engineConfiguration.maxToolResultBytes = toolResultMaxBytes
         if !toolRoot.isEmpty {
             let sandbox: ToolSandbox
             do { sandbox = try ToolSandbox(roots: toolRoot) } catch { throw ValidationError("--tool-root: \(error)") }

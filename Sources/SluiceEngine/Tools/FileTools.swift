@@ -27,6 +27,10 @@ public struct ReadFileTool: StreamingTool {
     }
 
     public func execute(input: JSONValue, progress: ToolProgress) async throws(ToolError) -> JSONValue {
+        try await BlockingWork.run { cancellation throws(ToolError) in try read(input, progress, cancellation) }
+    }
+
+    private func read(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError) -> JSONValue {
         let path = input["path"]?.stringValue ?? ""
         let resolved = try sandbox.resolve(path, as: .file)
         // O_NOFOLLOW and O_NONBLOCK: a path swapped for a symlink or FIFO after the check fails instead of escaping or hanging.
@@ -44,26 +48,27 @@ public struct ReadFileTool: StreamingTool {
         guard length <= maxBytes else {
             throw ToolError("\(path) has \(length) bytes to read, over the limit of \(maxBytes) (--tool-max-bytes); pass offset and length to read a part")
         }
-        var bytes = [UInt8](repeating: 0, count: length)
-        var done = 0
+        var bytes: [UInt8] = []
+        // Reserved, not zero-filled: pages are touched only as chunks arrive.
+        bytes.reserveCapacity(length)
+        var chunk = [UInt8](repeating: 0, count: Self.chunkSize)
         progress.report("reading \(sandbox.displayPath(resolved))", percentage: 0)
-        while done < length {
-            if Task.isCancelled { throw ToolError("cancelled") }
-            let count = bytes.withUnsafeMutableBytes { buffer in
-                pread(fd, buffer.baseAddress! + done, min(Self.chunkSize, length - done), off_t(offset + done))
-            }
+        while bytes.count < length {
+            if cancellation.isCancelled { throw ToolError("cancelled") }
+            let wanted = min(Self.chunkSize, length - bytes.count)
+            let count = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, wanted, off_t(offset + bytes.count)) }
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { throw ToolError("reading \(path) failed: \(count == 0 ? "the file shrank" : String(cString: strerror(errno)))") }
-            if bytes[done..<done + count].contains(0) {
+            if chunk[0..<count].contains(0) {
                 throw ToolError("\(path) looks binary (it contains NUL bytes): read_file returns UTF-8 text only")
             }
-            done += count
-            progress.report("read \(done) of \(length) bytes", percentage: length == 0 ? 100 : done * 100 / length)
+            bytes += chunk[0..<count]
+            progress.report("read \(bytes.count) of \(length) bytes", percentage: bytes.count * 100 / length)
         }
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ToolError("\(path) is not valid UTF-8 text (or the range splits a character): read_file returns UTF-8 text only")
         }
-        progress.report("read \(length) bytes", percentage: 100)
+        if length == 0 { progress.report("read 0 bytes", percentage: 100) }
         return ["path": .string(sandbox.displayPath(resolved)), "offset": .number(Double(offset)), "bytes": .number(Double(length)), "content": .string(text)]
     }
 }
@@ -78,11 +83,14 @@ struct DirectoryWalker {
 
     /// Calls `visit` for every entry under `root` (breadth first); `visit` returns false to stop.
     /// `onDirectory` hears each directory as it is read.
-    static func walk(_ root: String, recursive: Bool, onDirectory: (Int) -> Void, visit: (Entry) throws(ToolError) -> Bool) throws(ToolError) {
+    static func walk(
+        _ root: String, recursive: Bool, cancellation: BlockingWork.Cancellation, onDirectory: (Int) -> Void,
+        visit: (Entry) throws(ToolError) -> Bool
+    ) throws(ToolError) {
         var pending = [root]
         var walked = 0
         while !pending.isEmpty {
-            if Task.isCancelled { throw ToolError("cancelled") }
+            if cancellation.isCancelled { throw ToolError("cancelled") }
             let directory = pending.removeFirst()
             guard let handle = opendir(directory) else { continue }
             defer { closedir(handle) }
@@ -133,11 +141,15 @@ public struct ListDirectoryTool: StreamingTool {
     }
 
     public func execute(input: JSONValue, progress: ToolProgress) async throws(ToolError) -> JSONValue {
+        try await BlockingWork.run { cancellation throws(ToolError) in try list(input, progress, cancellation) }
+    }
+
+    private func list(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError) -> JSONValue {
         let resolved = try sandbox.resolve(input["path"]?.stringValue ?? "", as: .directory)
         let limit = min(input["max_entries"]?.intValue ?? 1000, Self.entryLimit)
         var entries: [JSONValue] = []
         var truncated = false
-        try DirectoryWalker.walk(resolved, recursive: input["recursive"]?.boolValue ?? false) { walked in
+        try DirectoryWalker.walk(resolved, recursive: input["recursive"]?.boolValue ?? false, cancellation: cancellation) { walked in
             progress.report("walked \(walked) directories")
         } visit: { entry in
             guard entries.count < limit else {
@@ -179,6 +191,10 @@ public struct SearchFilesTool: StreamingTool {
     }
 
     public func execute(input: JSONValue, progress: ToolProgress) async throws(ToolError) -> JSONValue {
+        try await BlockingWork.run { cancellation throws(ToolError) in try search(input, progress, cancellation) }
+    }
+
+    private func search(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError) -> JSONValue {
         let resolved = try sandbox.resolve(input["path"]?.stringValue ?? "", as: .directory)
         let pattern = input["pattern"]?.stringValue ?? ""
         guard !pattern.isEmpty else { throw ToolError("pattern must not be empty") }
@@ -192,14 +208,14 @@ public struct SearchFilesTool: StreamingTool {
             matcher = { line in line.contains(pattern) }
         }
         var files: [String] = []
-        try DirectoryWalker.walk(resolved, recursive: true) { _ in } visit: { entry in
+        try DirectoryWalker.walk(resolved, recursive: true, cancellation: cancellation) { _ in } visit: { entry in
             let name = entry.path.split(separator: "/").last.map(String.init) ?? ""
             if entry.kind == "file", entry.size <= maxBytes, glob.map({ fnmatch($0, name, 0) == 0 }) ?? true { files.append(entry.path) }
             return true
         }
         var matches: [JSONValue] = []
         for (index, file) in files.enumerated() {
-            if Task.isCancelled { throw ToolError("cancelled") }
+            if cancellation.isCancelled { throw ToolError("cancelled") }
             progress.report("scanned \(index) of \(files.count) files", percentage: files.isEmpty ? 100 : index * 100 / files.count)
             guard matches.count < Self.matchLimit, let text = Self.readText(file) else { continue }
             for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where matcher(line) {

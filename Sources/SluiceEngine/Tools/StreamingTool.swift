@@ -38,6 +38,8 @@ public final class ToolProgress: Sendable {
         let now = ContinuousClock.now
         let clamped = percentage.map { min(max($0, 0), 100) }
         let shouldSend = state.withLock { state -> Bool in
+            // Nothing after 100 %, and percentages never go backwards.
+            if state.lastPercentage == 100 { return false }
             if let clamped, clamped < state.lastPercentage { return false }
             let isFinal = clamped == 100 && state.lastPercentage < 100
             if !isFinal, let last = state.lastSent, now - last < Self.minimumInterval { return false }

@@ -69,7 +69,7 @@ struct ToolRunner {
         switch outcome {
         case .success(let output):
             channel.emit(.toolComplete(id: toolUse.id, output: Self.eventOutput(output)))
-            return ["type": "tool_result", "tool_use_id": .string(toolUse.id), "content": .string(output.serializedString)]
+            return ["type": "tool_result", "tool_use_id": .string(toolUse.id), "content": .string(modelContent(output))]
         case .failure(let error):
             channel.emit(.toolError(id: toolUse.id, error: error.message))
             return ["type": "tool_result", "tool_use_id": .string(toolUse.id), "content": .string(error.message), "is_error": true]
@@ -100,6 +100,16 @@ struct ToolRunner {
             }
             return .failure(ToolError("cancelled"))
         }
+    }
+
+    /// The result as the model gets it: the output's JSON, cut at `--tool-result-max-bytes` (the API
+    /// limits request sizes, and every later turn carries it again) with a note saying so.
+    private func modelContent(_ output: JSONValue) -> String {
+        let text = output.serializedString
+        let limit = engine.configuration.maxToolResultBytes
+        guard text.utf8.count > limit else { return text }
+        let kept = String(decoding: text.utf8.prefix(limit), as: UTF8.self)
+        return kept + "\n[truncated by Sluice: \(limit) of \(text.utf8.count) bytes shown; read smaller parts with offset and length]"
     }
 
     /// The output for the `tool_complete` event: as is, or with long text fields cut short.

@@ -1,0 +1,256 @@
+import ArgumentParser
+import Dispatch
+import Glibc
+import SluiceTransport
+import SluiceWire
+
+struct Call: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send one message through a Sluice server and stream the answer (or resume a stream).",
+        discussion: """
+            Text goes to stdout as it arrives. Queueing, retries, restarts and tool progress go to stderr, and so \
+            does a closing summary: token usage, time to first token, total time. --json prints every event as one \
+            JSON line on stdout instead of the text. Ctrl-C cancels the call (RST_STREAM CANCEL).
+
+            Exit status: 0 when the call ends OK; otherwise its gRPC status code, 1 to 16 (1 CANCELLED, \
+            3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE — also for a server that \
+            cannot be reached — 16 UNAUTHENTICATED, …); 64 for bad flags.
+            """
+    )
+
+    @Argument(help: "The user message (not with --resume).")
+    var prompt: String?
+
+    @Option(help: "Server URL: http://host:port (h2c) or https://host:port (TLS, ALPN h2).")
+    var target = "http://127.0.0.1:8080"
+    @Option(help: "PEM CA certificates to verify an https target (default: the system's).")
+    var caCert: String?
+    @Option(help: "Model name.")
+    var model = "claude-sonnet-4-5"
+    @Option(help: "Largest answer, in tokens.")
+    var maxTokens = 1024
+    @Option(help: "System prompt.")
+    var system: String?
+    @Option(help: "Server tools the model may use, comma-separated (e.g. read_file,list_directory).")
+    var tools: String?
+    @Option(help: "Simulator scenario as JSON, e.g. '{\"output_tokens\":200,\"token_interval_ms\":20}'.")
+    var simulation: String?
+    @Option(help: "Bearer token for the server (default: $SLUICE_TOKEN).")
+    var token: String?
+    @Option(help: "Deadline of the call, sent as grpc-timeout (e.g. 30s, 2m).")
+    var timeout: CLIDuration?
+    @Flag(help: "Print every event as a JSON line instead of the text.")
+    var json = false
+    @Option(help: "Re-attach to a running stream by its id (st_…) instead of sending a message.")
+    var resume: String?
+    @Option(help: "With --resume: replay the events after this seq.")
+    var afterSeq: Int?
+
+    func validate() throws {
+        if resume == nil && prompt == nil { throw ValidationError("give a prompt, or --resume STREAM_ID") }
+        if resume != nil && prompt != nil { throw ValidationError("--resume takes no prompt") }
+        if afterSeq != nil && resume == nil { throw ValidationError("--after-seq needs --resume") }
+        if let afterSeq, afterSeq < 0 { throw ValidationError("--after-seq must be 0 or more") }
+        if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1") }
+        _ = try simulationValue()
+        do { _ = try HTTP2Target(url: target) } catch { throw ValidationError("--target: \(error)") }
+    }
+
+    private func simulationValue() throws -> JSONValue? {
+        guard let simulation else { return nil }
+        guard case .object? = try? JSONValue(parsing: simulation) else {
+            throw ValidationError("--simulation must be a JSON object, e.g. '{\"output_tokens\":200}'")
+        }
+        return try JSONValue(parsing: simulation)
+    }
+
+    private func request() throws -> (path: String, message: JSONValue) {
+        if let resume {
+            return ("/sluice.v1.StreamingService/Resume", ["stream_id": .string(resume), "after_seq": .number(Double(afterSeq ?? 0))])
+        }
+        var fields: [String: JSONValue] = [
+            "model": .string(model), "max_tokens": .number(Double(maxTokens)),
+            "messages": [["role": "user", "content": .string(prompt ?? "")]],
+        ]
+        if let system { fields["system"] = .string(system) }
+        if let tools {
+            fields["tools"] = .array(tools.split(separator: ",").map { .string(String($0.trimmingPrefix(while: \.isWhitespace))) })
+        }
+        if let simulation = try simulationValue() { fields["simulation"] = simulation }
+        return ("/sluice.v1.StreamingService/SendMessage", .object(fields))
+    }
+
+    func run() async throws {
+        var configuration = HTTP2ClientConfiguration()
+        configuration.caCertificatePath = caCert
+        let client: HTTP2Client
+        do {
+            client = try HTTP2Client(loops: 1, configuration: configuration)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let (path, message) = try request()
+        var headers: [(String, String)] = []
+        if let token = token ?? getenv("SLUICE_TOKEN").map({ String(cString: $0) }), !token.isEmpty {
+            headers.append(("authorization", "Bearer \(token)"))
+        }
+        let started = ContinuousClock.now
+        let call = try client.unaryStream(url: target, path: path, headers: headers, message: message.serialized(), timeout: timeout?.duration)
+
+        signal(SIGINT, SIG_IGN)
+        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        interrupt.setEventHandler { call.cancel() }
+        interrupt.resume()
+        defer { interrupt.cancel() }
+
+        var renderer = EventRenderer(json: json, started: started)
+        do {
+            for try await event in call { renderer.render(event) }
+        } catch {
+            // The status below says why.
+        }
+        let status = await call.status
+        renderer.finish(status, elapsed: .now - started)
+        await client.shutdown()
+        if !status.isOK { throw ExitCode(Int32(min(max(status.code.rawValue, 1), 16))) }
+    }
+}
+
+/// Turns events into text on stdout and notes on stderr (or JSON lines), and writes the summary.
+private struct EventRenderer {
+    let json: Bool
+    let started: ContinuousClock.Instant
+    private let stdoutIsTerminal = isatty(STDOUT_FILENO) == 1
+    private let stderrIsTerminal = isatty(STDERR_FILENO) == 1
+    /// Text on stdout not yet ended by a newline.
+    private var stdoutMidLine = false
+    /// A progress bar on stderr is being redrawn in place.
+    private var progressShowing = false
+    private var firstToken: Duration?
+    private var streamID: String?
+    private var lastSeq = 0
+    private var usage: JSONValue?
+    private var toolNames: [String: String] = [:]
+
+    init(json: Bool, started: ContinuousClock.Instant) {
+        self.json = json
+        self.started = started
+    }
+
+    mutating func render(_ bytes: [UInt8]) {
+        let event = (try? JSONValue(parsing: bytes)) ?? .null
+        if streamID == nil { streamID = event["stream_id"]?.stringValue }
+        lastSeq = event["seq"]?.intValue ?? lastSeq
+        let type = event["type"]?.stringValue ?? ""
+        if type == "message_delta" && firstToken == nil { firstToken = .now - started }
+        if type == "stream_complete" { usage = event["usage"] }
+        if json {
+            writeOut(String(decoding: bytes, as: UTF8.self) + "\n")
+            return
+        }
+        switch type {
+        case "message_delta":
+            endProgress()
+            let text = event["delta"]?.stringValue ?? ""
+            writeOut(text)
+            if !text.isEmpty { stdoutMidLine = !text.hasSuffix("\n") }
+        case "stream_queued":
+            note("queued at position \(event["position"]?.intValue ?? 0)")
+        case "upstream_retry":
+            let attempt = event["attempt"]?.intValue ?? 0
+            let delay = event["delay_ms"]?.intValue ?? 0
+            note("upstream retry \(attempt) in \(delay) ms (\(event["mode"]?.stringValue ?? "?")): \(event["reason"]?.stringValue ?? "")")
+        case "message_restart":
+            note("message restarted (\(event["reason"]?.stringValue ?? "")): the text that follows replaces the partial text above")
+        case "tool_start":
+            let id = event["id"]?.stringValue ?? ""
+            toolNames[id] = event["name"]?.stringValue ?? "tool"
+            progress(id: id, percentage: 0, message: "started")
+        case "tool_progress":
+            progress(id: event["id"]?.stringValue ?? "", percentage: event["percentage"]?.intValue, message: event["message"]?.stringValue ?? "")
+        case "tool_complete":
+            progress(id: event["id"]?.stringValue ?? "", percentage: 100, message: "done")
+            endProgress()
+        case "tool_error":
+            let id = event["id"]?.stringValue ?? ""
+            note("\(toolNames[id] ?? "tool") failed: \(event["error"]?.stringValue ?? "")")
+        default: break
+        }
+    }
+
+    /// `[#####     ] 50% read_file: message`, redrawn in place on a terminal.
+    private mutating func progress(id: String, percentage: Int?, message: String) {
+        breakStdoutLine()
+        let name = toolNames[id] ?? "tool"
+        let bar: String
+        if let percentage {
+            let filled = min(max(percentage, 0), 100) / 10
+            bar = "[" + String(repeating: "#", count: filled) + String(repeating: " ", count: 10 - filled) + "] \(percentage)%"
+        } else {
+            bar = "[    ??    ]"
+        }
+        let line = "\(bar) \(name): \(message)"
+        if stderrIsTerminal {
+            writeErr("\r\u{1B}[K" + line)
+            progressShowing = true
+        } else {
+            writeErr(line + "\n")
+        }
+    }
+
+    private mutating func endProgress() {
+        guard progressShowing else { return }
+        writeErr("\n")
+        progressShowing = false
+    }
+
+    private mutating func note(_ text: String) {
+        endProgress()
+        breakStdoutLine()
+        writeErr("[\(text)]\n")
+    }
+
+    /// On one terminal, a note must not land in the middle of a line of text.
+    private mutating func breakStdoutLine() {
+        guard stdoutMidLine, stdoutIsTerminal, stderrIsTerminal else { return }
+        writeOut("\n")
+        stdoutMidLine = false
+    }
+
+    mutating func finish(_ status: RPCClientStatus, elapsed: Duration) {
+        endProgress()
+        if stdoutMidLine { writeOut("\n") }
+        var parts: [String] = []
+        if let usage {
+            parts.append("\(usage["input_tokens"]?.intValue ?? 0) input + \(usage["output_tokens"]?.intValue ?? 0) output tokens")
+        }
+        if let firstToken { parts.append("first token \(Self.milliseconds(firstToken)) ms") }
+        parts.append("total \(Self.milliseconds(elapsed)) ms")
+        if let streamID { parts.append(streamID) }
+        writeErr("[\(parts.joined(separator: " · "))]\n")
+        guard !status.isOK else { return }
+        writeErr("error: \(status.code.name): \(status.message)\n")
+        if status.code == .unavailable, let streamID {
+            writeErr("the stream may still be running: sluice call --resume \(streamID) --after-seq \(lastSeq)\n")
+        }
+    }
+
+    private static func milliseconds(_ duration: Duration) -> Int {
+        Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    private func writeOut(_ text: String) { writeAll(text, to: STDOUT_FILENO) }
+    private func writeErr(_ text: String) { writeAll(text, to: STDERR_FILENO) }
+}
+
+/// Unbuffered, so each delta shows the moment it arrives (and the C `stdout` global, which Swift 6
+/// rejects as shared mutable state, is not needed).
+func writeAll(_ text: String, to fd: Int32) {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        bytes = bytes.dropFirst(written)
+    }
+}
