@@ -6,9 +6,8 @@ import SluiceWire
 
 /// One client connection: a nonblocking socket (optionally TLS), an nghttp2 client session
 /// and the streams on it. Loop-confined, like the server's `HTTP2Connection`, and driven the
-/// same way: `mem_recv` on readable, `mem_send` into the socket at the end of the loop
-/// iteration, whatever the socket refuses kept in `pendingOutput`, no flushing from inside
-/// nghttp2 callbacks.
+/// same way through `SessionIO`: `mem_recv` on readable, gathered `mem_send` at the end of the
+/// loop iteration, no flushing from inside nghttp2 callbacks.
 final class HTTP2ClientConnection: Selectable {
     private enum Phase { case connecting, handshaking, open, closed }
 
@@ -16,21 +15,18 @@ final class HTTP2ClientConnection: Selectable {
     unowned let pool: HTTP2ClientPool
     unowned let context: ClientLoopContext
     private var loop: EventLoop { context.loop }
+    /// The socket while connecting; once connected, `io` owns it.
     private var fd: Int32 = -1
+    private var io: SessionIO?
     private let addresses: [SocketAddress]
     private var nextAddress = 0
     private var phase = Phase.connecting
-    private var tls: OpaquePointer?
     private(set) var session: OpaquePointer?
     var streams: [Int32: HTTP2ClientStream] = [:]
     /// False after GOAWAY, stream-id exhaustion or a failure: no new streams go here.
     private(set) var acceptingStreams = true
     private var settingsReceived = false
-    private var pendingOutput: [UInt8] = []
-    private var pendingOutputIndex = 0
-    private var wantsWritable = false
     private var flushScheduled = false
-    private var inNGHTTP2Call = false
     /// A close decided where closing is not allowed (inside nghttp2, or while the pool is
     /// assigning streams); carried out by the next flush.
     private var closeReason: String?
@@ -158,7 +154,6 @@ final class HTTP2ClientConnection: Selectable {
                 do {
                     try loop.register(socketFD, self, events: EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue)
                     fd = socketFD
-                    wantsWritable = true
                     return nil
                 } catch {
                     failure = "\(error)"
@@ -184,10 +179,12 @@ final class HTTP2ClientConnection: Selectable {
             if connectNext() != nil { close(reason: "cannot connect to \(target): \(String(cString: strerror(error)))") }
             return
         }
+        let io = SessionIO(fd: fd, loop: loop, writableInterest: true)
+        self.io = io
         guard target.isTLS else { return connected() }
         guard let tlsContext = context.tlsContext else { return close(reason: "TLS is not configured") }
         do {
-            tls = try tlsContext.makeConnection(fd: fd, host: target.host)
+            io.tls = try tlsContext.makeConnection(fd: fd, host: target.host)
         } catch {
             return close(reason: "\(error)")
         }
@@ -196,7 +193,7 @@ final class HTTP2ClientConnection: Selectable {
     }
 
     private func continueHandshake() {
-        guard let tls else { return }
+        guard let tls = io?.tls else { return }
         let rv = SSL_do_handshake(tls)
         if rv == 1 {
             var protocolName: UnsafePointer<UInt8>?
@@ -208,8 +205,8 @@ final class HTTP2ClientConnection: Selectable {
             return connected()
         }
         switch SSL_get_error(tls, rv) {
-        case SSL_ERROR_WANT_READ: updateInterest(wantWrite: false)
-        case SSL_ERROR_WANT_WRITE: updateInterest(wantWrite: true)
+        case SSL_ERROR_WANT_READ: io?.setWritableInterest(false)
+        case SSL_ERROR_WANT_WRITE: io?.setWritableInterest(true)
         default:
             let reason = TLSClientContext.handshakeFailure(tls)
             ERR_clear_error()
@@ -244,20 +241,18 @@ final class HTTP2ClientConnection: Selectable {
     }
 
     private func readAvailable() {
+        guard let io, let session else { return }
         let buffer = context.readBuffer
         // Bounded per wakeup so one busy connection cannot starve the loop; TLS may hold decrypted
         // bytes epoll knows nothing about, so a full round asks to be called again.
         for _ in 0..<16 {
-            let count = receive(into: buffer)
+            let count = io.receive(into: buffer)
             if count > 0 {
-                inNGHTTP2Call = true
-                let consumed = nghttp2_session_mem_recv(session, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), count)
-                inNGHTTP2Call = false
-                if consumed < 0 {
-                    return close(reason: "HTTP/2 protocol error from \(target): \(String(cString: nghttp2_strerror(Int32(consumed))))")
+                if let error = io.deliver(UnsafeRawBufferPointer(rebasing: buffer[0..<count]), to: session) {
+                    return close(reason: "HTTP/2 protocol error from \(target): \(error)")
                 }
                 if closeReason != nil { return }
-                if count < buffer.count && tls == nil { return }
+                if count < buffer.count && io.tls == nil { return }
             } else if count == 0 {
                 return close(reason: "\(target) closed the connection")
             } else {
@@ -266,27 +261,6 @@ final class HTTP2ClientConnection: Selectable {
         }
         let bound = LoopBound(self)
         loop.execute { bound.value.handleEvents(EPOLLIN.rawValue) }
-    }
-
-    /// Bytes read, 0 at EOF or after a fatal error, -1 when nothing is available now.
-    private func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        if let tls {
-            let rv = SSL_read(tls, buffer.baseAddress, Int32(buffer.count))
-            if rv > 0 { return Int(rv) }
-            switch SSL_get_error(tls, rv) {
-            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return -1
-            default:
-                ERR_clear_error()
-                return 0
-            }
-        }
-        while true {
-            let rv = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if rv >= 0 { return rv }
-            if errno == EINTR { continue }
-            if errno == EAGAIN || errno == EWOULDBLOCK { return -1 }
-            return 0
-        }
     }
 
     // MARK: Output
@@ -306,82 +280,11 @@ final class HTTP2ClientConnection: Selectable {
     func flushNow() {
         flushScheduled = false
         guard phase != .closed else { return }
-        guard !inNGHTTP2Call else { return scheduleFlush() }
+        guard io?.inNGHTTP2Call != true else { return scheduleFlush() }
         if let closeReason { return close(reason: closeReason) }
-        guard phase == .open, let session else { return }
-        guard writePendingOutput() else { return }
-        while true {
-            var data: UnsafePointer<UInt8>?
-            inNGHTTP2Call = true
-            let length = nghttp2_session_mem_send(session, &data)
-            inNGHTTP2Call = false
-            if length < 0 {
-                return close(reason: "nghttp2 send failed: \(String(cString: nghttp2_strerror(Int32(length))))")
-            }
-            if length == 0 { break }
-            let written = transmit(UnsafeRawBufferPointer(start: data, count: length))
-            if written < 0 { return }
-            if written < length {
-                pendingOutput.removeAll(keepingCapacity: true)
-                pendingOutput.append(contentsOf: UnsafeRawBufferPointer(start: data! + written, count: length - written))
-                pendingOutputIndex = 0
-                return updateInterest(wantWrite: true)
-            }
-        }
+        guard phase == .open, let session, let io else { return }
+        if case .failed(let reason) = io.flush(session) { return close(reason: "writing to \(target): \(reason)") }
         if let closeReason { return close(reason: closeReason) }
-        updateInterest(wantWrite: false)
-    }
-
-    /// True when everything the socket refused earlier is now written.
-    private func writePendingOutput() -> Bool {
-        guard pendingOutputIndex < pendingOutput.count else { return true }
-        let written = pendingOutput.withUnsafeBytes { all in
-            transmit(UnsafeRawBufferPointer(rebasing: all[pendingOutputIndex...]))
-        }
-        if written < 0 { return false }
-        pendingOutputIndex += written
-        if pendingOutputIndex == pendingOutput.count {
-            pendingOutput.removeAll(keepingCapacity: pendingOutput.capacity <= 1 << 20)
-            pendingOutputIndex = 0
-            return true
-        }
-        updateInterest(wantWrite: true)
-        return false
-    }
-
-    /// Bytes the socket accepted (possibly fewer than offered), or -1 after closing on error.
-    private func transmit(_ bytes: UnsafeRawBufferPointer) -> Int {
-        if let tls {
-            let rv = SSL_write(tls, bytes.baseAddress, Int32(bytes.count))
-            if rv > 0 { return Int(rv) }
-            switch SSL_get_error(tls, rv) {
-            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return 0
-            default:
-                ERR_clear_error()
-                close(reason: "TLS write to \(target) failed")
-                return -1
-            }
-        }
-        var offset = 0
-        while offset < bytes.count {
-            let rv = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
-            if rv >= 0 {
-                offset += rv
-                continue
-            }
-            if errno == EINTR { continue }
-            if errno == EAGAIN || errno == EWOULDBLOCK { return offset }
-            close(reason: "writing to \(target) failed: \(String(cString: strerror(errno)))")
-            return -1
-        }
-        return offset
-    }
-
-    private func updateInterest(wantWrite: Bool) {
-        guard wantWrite != wantsWritable, phase != .closed, fd >= 0 else { return }
-        wantsWritable = wantWrite
-        let base = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
-        loop.modify(fd, events: wantWrite ? base | EPOLLOUT.rawValue : base)
     }
 
     // MARK: Closing
@@ -397,13 +300,13 @@ final class HTTP2ClientConnection: Selectable {
         connectTimer = nil
         let orphans = streams.values
         streams.removeAll()
-        if fd >= 0 {
+        if let io {
+            io.release()
+        } else if fd >= 0 {
             loop.deregister(fd)
             Glibc.close(fd)
-            fd = -1
         }
-        if let tls { SSL_free(tls) }
-        tls = nil
+        fd = -1
         if let session { nghttp2_session_del(session) }
         session = nil
         context.connectionCount.value.subtract(1, ordering: .relaxed)

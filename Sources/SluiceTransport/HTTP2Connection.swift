@@ -5,24 +5,16 @@ import Glibc
 import Logging
 import SluiceWire
 
-/// One accepted connection: a socket (optionally TLS), an nghttp2 server session and its
-/// streams. Lives on one event loop and is touched only from that loop's thread.
-///
-/// Output follows nghttpd: `nghttp2_session_mem_send` fills frames that go straight to the
-/// socket; whatever the socket refuses waits in `pendingOutput`, and no new frames are pulled
-/// from nghttp2 until it has drained, so a slow reader bounds the connection's memory.
+/// One accepted connection: a socket (optionally TLS, see `SessionIO`), an nghttp2 server
+/// session and its streams. Lives on one event loop and is touched only from that loop's thread.
 final class HTTP2Connection: Selectable {
-    let fd: Int32
+    private let io: SessionIO
     unowned let loop: EventLoop
     let server: HTTP2Server
     let logger: Logger
-    private var tls: OpaquePointer?
     private var tlsHandshakeDone = false
     private(set) var session: OpaquePointer?
     var streams: [Int32: HTTP2Stream] = [:]
-    private var pendingOutput: [UInt8] = []
-    private var pendingOutputIndex = 0
-    private var wantsWritable = false
     private var closed = false
     private var flushScheduled = false
     /// Bytes of the client preface checked so far (cleartext only), to answer HTTP/1.1 clearly.
@@ -30,15 +22,11 @@ final class HTTP2Connection: Selectable {
     var lastActivity = ContinuousClock.now
     private(set) var draining = false
     private var finalGoAwaySent = false
-    /// True while nghttp2 is running our callbacks: no flushing or closing from in there.
-    private var inNGHTTP2Call = false
 
     private static let clientPreface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
-    /// Bytes gathered from nghttp2 before they are sent.
-    private static let gatherLimit = 64 * 1024
 
     init(fd: Int32, loop: EventLoop, server: HTTP2Server, tlsContext: TLSContext?) throws {
-        self.fd = fd
+        self.io = SessionIO(fd: fd, loop: loop)
         self.loop = loop
         self.server = server
         self.logger = server.logger
@@ -48,7 +36,7 @@ final class HTTP2Connection: Selectable {
             }
             SSL_set_fd(ssl, fd)
             SSL_set_accept_state(ssl)
-            tls = ssl
+            io.tls = ssl
         } else {
             tlsHandshakeDone = true
         }
@@ -107,7 +95,7 @@ final class HTTP2Connection: Selectable {
     }
 
     private func continueHandshake() {
-        guard let tls else { return }
+        guard let tls = io.tls else { return }
         let rv = SSL_do_handshake(tls)
         if rv == 1 {
             tlsHandshakeDone = true
@@ -118,12 +106,12 @@ final class HTTP2Connection: Selectable {
                 close(reason: "TLS client did not negotiate ALPN h2")
                 return
             }
-            updateInterest(wantWrite: false)
+            io.setWritableInterest(false)
             return
         }
         switch SSL_get_error(tls, rv) {
-        case SSL_ERROR_WANT_READ: updateInterest(wantWrite: false)
-        case SSL_ERROR_WANT_WRITE: updateInterest(wantWrite: true)
+        case SSL_ERROR_WANT_READ: io.setWritableInterest(false)
+        case SSL_ERROR_WANT_WRITE: io.setWritableInterest(true)
         default:
             ERR_clear_error()
             close(reason: "TLS handshake failed")
@@ -134,16 +122,13 @@ final class HTTP2Connection: Selectable {
         let buffer = server.readBuffer(for: loop)
         // A bounded number of reads per wakeup keeps one busy connection from starving the loop.
         for _ in 0..<8 {
-            let count = receive(into: buffer)
+            let count = io.receive(into: buffer)
             if count > 0 {
                 lastActivity = .now
                 let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
-                if prefaceBytesChecked < Self.clientPreface.count, tls == nil, !checkPreface(bytes) { return }
-                inNGHTTP2Call = true
-                let consumed = nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), count)
-                inNGHTTP2Call = false
-                if consumed < 0 {
-                    logger.debug("closing connection: \(String(cString: nghttp2_strerror(Int32(consumed))))")
+                if prefaceBytesChecked < Self.clientPreface.count, io.tls == nil, !checkPreface(bytes) { return }
+                if let error = io.deliver(bytes, to: session!) {
+                    logger.debug("closing connection: \(error)")
                     flushNow()
                     close(reason: "protocol error")
                     return
@@ -158,28 +143,6 @@ final class HTTP2Connection: Selectable {
         }
     }
 
-    /// Returns bytes read, 0 at EOF, -1 when nothing is available now (or after a fatal error, which closes).
-    private func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        if let tls {
-            let rv = SSL_read(tls, buffer.baseAddress, Int32(buffer.count))
-            if rv > 0 { return Int(rv) }
-            switch SSL_get_error(tls, rv) {
-            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return -1
-            case SSL_ERROR_ZERO_RETURN: return 0
-            default:
-                ERR_clear_error()
-                return 0
-            }
-        }
-        while true {
-            let rv = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if rv >= 0 { return rv }
-            if errno == EINTR { continue }
-            if errno == EAGAIN || errno == EWOULDBLOCK { return -1 }
-            return 0
-        }
-    }
-
     /// An HTTP/1.1 client on the cleartext port gets a short answer instead of a silent hang.
     private func checkPreface(_ bytes: UnsafeRawBufferPointer) -> Bool {
         for byte in bytes {
@@ -187,7 +150,7 @@ final class HTTP2Connection: Selectable {
             if byte != Self.clientPreface[prefaceBytesChecked] {
                 let body = "This port speaks HTTP/2 only (h2c with prior knowledge). Use an HTTP/2 client, e.g. curl --http2-prior-knowledge, or a gRPC/Connect client.\n"
                 let response = "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n\(body)"
-                _ = response.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+                _ = response.withCString { Glibc.send(io.fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
                 close(reason: "HTTP/1.1 request on the HTTP/2 port")
                 return false
             }
@@ -197,8 +160,6 @@ final class HTTP2Connection: Selectable {
     }
 
     // MARK: Output
-
-    private var pendingOutputIsEmpty: Bool { pendingOutputIndex == pendingOutput.count }
 
     /// Coalesces flushes requested while the loop processes a batch of tasks.
     func scheduleFlush() {
@@ -211,81 +172,16 @@ final class HTTP2Connection: Selectable {
         flushScheduled = false
         guard !closed, tlsHandshakeDone, let session else { return }
         // nghttp2 callbacks run inside mem_send/mem_recv; whatever they want flushed waits for the loop.
-        guard !inNGHTTP2Call else { return scheduleFlush() }
+        guard !io.inNGHTTP2Call else { return scheduleFlush() }
         if draining && streams.isEmpty && !finalGoAwaySent { submitFinalGoAway() }
-        // Frames are gathered into one buffer so that a flush costs one send, not one per frame.
-        while true {
-            if !writePendingOutput() { return }
-            while pendingOutput.count < Self.gatherLimit {
-                var data: UnsafePointer<UInt8>?
-                inNGHTTP2Call = true
-                let length = nghttp2_session_mem_send(session, &data)
-                inNGHTTP2Call = false
-                if length < 0 {
-                    close(reason: "nghttp2 send failed: \(String(cString: nghttp2_strerror(Int32(length))))")
-                    return
-                }
-                if length == 0 { break }
-                pendingOutput.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
-            }
-            if pendingOutput.isEmpty { break }
+        switch io.flush(session) {
+        case .failed(let reason): return close(reason: reason)
+        case .blocked: return
+        case .idle: break
         }
-        updateInterest(wantWrite: false)
         if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
             close(reason: "session finished")
         }
-    }
-
-    /// Returns true when everything previously refused by the socket is now written.
-    private func writePendingOutput() -> Bool {
-        guard !pendingOutputIsEmpty else { return true }
-        let written = pendingOutput.withUnsafeBytes { all in
-            transmit(UnsafeRawBufferPointer(rebasing: all[pendingOutputIndex...]))
-        }
-        if written < 0 { return false }
-        pendingOutputIndex += written
-        if pendingOutputIsEmpty {
-            pendingOutput.removeAll(keepingCapacity: pendingOutput.capacity <= 1 << 20)
-            pendingOutputIndex = 0
-            return true
-        }
-        updateInterest(wantWrite: true)
-        return false
-    }
-
-    /// Bytes accepted by the socket (possibly fewer than offered), or -1 after closing on error.
-    private func transmit(_ bytes: UnsafeRawBufferPointer) -> Int {
-        if let tls {
-            let rv = SSL_write(tls, bytes.baseAddress, Int32(bytes.count))
-            if rv > 0 { return Int(rv) }
-            switch SSL_get_error(tls, rv) {
-            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return 0
-            default:
-                ERR_clear_error()
-                close(reason: "TLS write failed")
-                return -1
-            }
-        }
-        var offset = 0
-        while offset < bytes.count {
-            let rv = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
-            if rv >= 0 {
-                offset += rv
-                continue
-            }
-            if errno == EINTR { continue }
-            if errno == EAGAIN || errno == EWOULDBLOCK { return offset }
-            close(reason: "write failed: \(String(cString: strerror(errno)))")
-            return -1
-        }
-        return offset
-    }
-
-    private func updateInterest(wantWrite: Bool) {
-        guard wantWrite != wantsWritable, !closed else { return }
-        wantsWritable = wantWrite
-        let base = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
-        loop.modify(fd, events: wantWrite ? base | EPOLLOUT.rawValue : base)
     }
 
     // MARK: Lifecycle
@@ -325,12 +221,7 @@ final class HTTP2Connection: Selectable {
             stream.connectionClosed()
         }
         streams.removeAll()
-        loop.deregister(fd)
-        if let tls {
-            SSL_free(tls)
-            self.tls = nil
-        }
-        Glibc.close(fd)
+        io.release()
         if let session {
             nghttp2_session_del(session)
             self.session = nil

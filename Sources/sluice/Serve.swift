@@ -117,6 +117,8 @@ struct Serve: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
 
+        // Every stream may hold a client connection and an upstream transfer.
+        raiseDescriptorLimit()
         let environment = UpstreamConfiguration.processEnvironment()
         let tokens = try callerTokens(environment: environment)
         if tokens.isEmpty && !Self.isLoopback(host) && !allowUnauthenticated {

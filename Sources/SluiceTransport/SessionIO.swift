@@ -1,0 +1,158 @@
+import CLinux
+import CNGHTTP2
+import COpenSSL
+import Glibc
+
+/// The socket side of one nghttp2 session, shared by server and client connections: reads,
+/// gathered writes, TLS, and epoll interest. Loop-confined, like its connection.
+///
+/// Output follows nghttpd: frames from `nghttp2_session_mem_send` are gathered into one buffer
+/// and written with one send; what the socket refuses stays buffered, and no new frames are
+/// pulled from nghttp2 until it has drained, so a slow reader bounds the connection's memory.
+final class SessionIO {
+    enum FlushOutcome {
+        /// nghttp2 has nothing more to send and everything is written.
+        case idle
+        /// The socket is full; EPOLLOUT will call again.
+        case blocked
+        case failed(String)
+    }
+
+    let fd: Int32
+    unowned let loop: EventLoop
+    var tls: OpaquePointer?
+    /// True while nghttp2 runs the connection's callbacks: no flushing or closing from in there.
+    var inNGHTTP2Call = false
+    private var pending: [UInt8] = []
+    private var pendingIndex = 0
+    private var wantsWritable = false
+    private var released = false
+
+    /// Bytes gathered from nghttp2 before they are sent.
+    static let gatherLimit = 64 * 1024
+
+    /// - Parameter writableInterest: whether `fd` is registered for EPOLLOUT already.
+    init(fd: Int32, loop: EventLoop, writableInterest: Bool = false) {
+        self.fd = fd
+        self.loop = loop
+        self.wantsWritable = writableInterest
+    }
+
+    /// Bytes read; 0 at EOF or after a fatal error; -1 when nothing is available now.
+    func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        if let tls {
+            let rv = SSL_read(tls, buffer.baseAddress, Int32(buffer.count))
+            if rv > 0 { return Int(rv) }
+            switch SSL_get_error(tls, rv) {
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return -1
+            default:
+                ERR_clear_error()
+                return 0
+            }
+        }
+        while true {
+            let rv = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if rv >= 0 { return rv }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return -1 }
+            return 0
+        }
+    }
+
+    /// Feeds received bytes to nghttp2; returns its error, if any.
+    func deliver(_ bytes: UnsafeRawBufferPointer, to session: OpaquePointer) -> String? {
+        inNGHTTP2Call = true
+        let consumed = nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
+        inNGHTTP2Call = false
+        return consumed < 0 ? String(cString: nghttp2_strerror(Int32(consumed))) : nil
+    }
+
+    /// Writes what is buffered, then pulls and writes frames until nghttp2 has none left or the
+    /// socket is full.
+    func flush(_ session: OpaquePointer) -> FlushOutcome {
+        while true {
+            switch writePending() {
+            case .idle: break
+            case let other: return other
+            }
+            while pending.count < Self.gatherLimit {
+                var data: UnsafePointer<UInt8>?
+                inNGHTTP2Call = true
+                let length = nghttp2_session_mem_send(session, &data)
+                inNGHTTP2Call = false
+                if length < 0 { return .failed("nghttp2 send failed: \(String(cString: nghttp2_strerror(Int32(length))))") }
+                if length == 0 { break }
+                pending.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
+            }
+            if pending.isEmpty {
+                setWritableInterest(false)
+                return .idle
+            }
+        }
+    }
+
+    private func writePending() -> FlushOutcome {
+        guard pendingIndex < pending.count else { return .idle }
+        let written = pending.withUnsafeBytes { all in transmit(UnsafeRawBufferPointer(rebasing: all[pendingIndex...])) }
+        switch written {
+        case .failure(let reason): return .failed(reason.message)
+        case .success(let count): pendingIndex += count
+        }
+        guard pendingIndex == pending.count else {
+            setWritableInterest(true)
+            return .blocked
+        }
+        pending.removeAll(keepingCapacity: pending.capacity <= 1 << 20)
+        pendingIndex = 0
+        return .idle
+    }
+
+    struct WriteFailure: Error {
+        let message: String
+    }
+
+    /// Bytes the socket accepted, possibly fewer than offered.
+    private func transmit(_ bytes: UnsafeRawBufferPointer) -> Result<Int, WriteFailure> {
+        if let tls {
+            let rv = SSL_write(tls, bytes.baseAddress, Int32(bytes.count))
+            if rv > 0 { return .success(Int(rv)) }
+            switch SSL_get_error(tls, rv) {
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .success(0)
+            default:
+                ERR_clear_error()
+                return .failure(WriteFailure(message: "TLS write failed"))
+            }
+        }
+        var offset = 0
+        while offset < bytes.count {
+            let rv = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            if rv >= 0 {
+                offset += rv
+                continue
+            }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { break }
+            return .failure(WriteFailure(message: "write failed: \(String(cString: strerror(errno)))"))
+        }
+        return .success(offset)
+    }
+
+    func setWritableInterest(_ wantWrite: Bool) {
+        guard wantWrite != wantsWritable, !released else { return }
+        wantsWritable = wantWrite
+        let base = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
+        loop.modify(fd, events: wantWrite ? base | EPOLLOUT.rawValue : base)
+    }
+
+    /// Deregisters and closes the socket and frees TLS state. Idempotent.
+    func release() {
+        guard !released else { return }
+        released = true
+        loop.deregister(fd)
+        if let tls {
+            SSL_free(tls)
+            self.tls = nil
+        }
+        Glibc.close(fd)
+    }
+}
