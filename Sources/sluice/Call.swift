@@ -21,10 +21,7 @@ struct Call: AsyncParsableCommand {
     @Argument(help: "The user message (not with --resume).")
     var prompt: String?
 
-    @Option(help: "Server URL: http://host:port (h2c) or https://host:port (TLS, ALPN h2).")
-    var target = "http://127.0.0.1:8080"
-    @Option(help: "PEM CA certificates to verify an https target (default: the system's).")
-    var caCert: String?
+    @OptionGroup var server: ServerOptions
     @Option(help: "Model name.")
     var model = "claude-sonnet-4-5"
     @Option(help: "Largest answer, in tokens.")
@@ -35,8 +32,6 @@ struct Call: AsyncParsableCommand {
     var tools: String?
     @Option(help: "Simulator scenario as JSON, e.g. '{\"output_tokens\":200,\"token_interval_ms\":20}'.")
     var simulation: String?
-    @Option(help: "Bearer token for the server (default: $SLUICE_TOKEN).")
-    var token: String?
     @Option(help: "Deadline of the call, sent as grpc-timeout (e.g. 30s, 2m).")
     var timeout: CLIDuration?
     @Flag(help: "Print every event as a JSON line instead of the text.")
@@ -53,7 +48,6 @@ struct Call: AsyncParsableCommand {
         if let afterSeq, afterSeq < 0 { throw ValidationError("--after-seq must be 0 or more") }
         if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1") }
         _ = try simulationValue()
-        do { _ = try HTTP2Target(url: target) } catch { throw ValidationError("--target: \(error)") }
     }
 
     private func simulationValue() throws -> JSONValue? {
@@ -82,7 +76,7 @@ struct Call: AsyncParsableCommand {
 
     func run() async throws {
         var configuration = HTTP2ClientConfiguration()
-        configuration.caCertificatePath = caCert
+        configuration.caCertificatePath = server.caCert
         let client: HTTP2Client
         do {
             client = try HTTP2Client(loops: 1, configuration: configuration)
@@ -90,12 +84,9 @@ struct Call: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         let (path, message) = try request()
-        var headers: [(String, String)] = []
-        if let token = token ?? getenv("SLUICE_TOKEN").map({ String(cString: $0) }), !token.isEmpty {
-            headers.append(("authorization", "Bearer \(token)"))
-        }
+        let headers = server.authorizationHeaders
         let started = ContinuousClock.now
-        let call = try client.unaryStream(url: target, path: path, headers: headers, message: message.serialized(), timeout: timeout?.duration)
+        let call = try client.unaryStream(url: server.target, path: path, headers: headers, message: message.serialized(), timeout: timeout?.duration)
 
         signal(SIGINT, SIG_IGN)
         let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())

@@ -30,10 +30,7 @@ struct LoadTest: AsyncParsableCommand {
         case synthetic
     }
 
-    @Option(help: "Server URL: http://host:port (h2c) or https://host:port (TLS, ALPN h2).")
-    var target = "http://127.0.0.1:8080"
-    @Option(help: "PEM CA certificates to verify an https target (default: the system's).")
-    var caCert: String?
+    @OptionGroup var server: ServerOptions
     @Option(help: "send-message or synthetic.")
     var method = Method.synthetic
     @Option(help: "Streams to run in total (default 1000, or unlimited with --duration).")
@@ -46,8 +43,6 @@ struct LoadTest: AsyncParsableCommand {
     var rate: Double?
     @Option(help: "Per-stream deadline, sent as grpc-timeout.")
     var timeout: CLIDuration?
-    @Option(help: "Bearer token for the server (default: $SLUICE_TOKEN).")
-    var token: String?
 
     // Synthetic
     @Option(help: "synthetic: frames per stream.")
@@ -89,7 +84,6 @@ struct LoadTest: AsyncParsableCommand {
         if let simulation, case .object? = try? JSONValue(parsing: simulation) {} else if simulation != nil {
             throw ValidationError("--simulation must be a JSON object")
         }
-        do { _ = try HTTP2Target(url: target) } catch { throw ValidationError("--target: \(error)") }
     }
 
     private func request() throws -> (path: String, message: [UInt8]) {
@@ -111,7 +105,7 @@ struct LoadTest: AsyncParsableCommand {
         // Ten thousand streams need a few hundred sockets at most, but --streams-per-connection 1 needs many.
         raiseDescriptorLimit()
         var configuration = HTTP2ClientConfiguration()
-        configuration.caCertificatePath = caCert
+        configuration.caCertificatePath = server.caCert
         configuration.streamsPerConnection = streamsPerConnection
         configuration.maxConnectionsPerTarget = connections
         let client: HTTP2Client
@@ -121,13 +115,10 @@ struct LoadTest: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         let (path, message) = try request()
-        var headers: [(String, String)] = []
-        if let token = token ?? getenv("SLUICE_TOKEN").map({ String(cString: $0) }), !token.isEmpty {
-            headers.append(("authorization", "Bearer \(token)"))
-        }
+        let headers = server.authorizationHeaders
         let plan = LoadDriver.Plan(
             total: streams ?? (duration == nil ? 1000 : nil), concurrency: concurrency, rate: rate,
-            target: try HTTP2Target(url: target), path: path, headers: headers, message: message, timeout: timeout?.duration
+            target: try HTTP2Target(url: server.target), path: path, headers: headers, message: message, timeout: timeout?.duration
         )
         let driver = LoadDriver(client: client, plan: plan)
         let progress = Task { await driver.reportProgress(json: json) }
@@ -137,9 +128,9 @@ struct LoadTest: AsyncParsableCommand {
         let report = driver.report(client: client)
         await client.shutdown()
         if json {
-            print(report.json(method: method.rawValue, target: target).serializedString)
+            print(report.json(method: method.rawValue, target: server.target).serializedString)
         } else {
-            print(report.table(method: method.rawValue, target: target, eventLoops: eventLoops))
+            print(report.table(method: method.rawValue, target: server.target, eventLoops: eventLoops))
         }
         if report.failed > 0 { throw ExitCode(1) }
     }

@@ -1,0 +1,23 @@
+import ArgumentParser
+import Glibc
+import SluiceTransport
+
+/// How `call` and `loadtest` reach a Sluice server.
+struct ServerOptions: ParsableArguments {
+    @Option(help: "Server URL: http://host:port (h2c) or https://host:port (TLS, ALPN h2).")
+    var target = "http://127.0.0.1:8080"
+    @Option(help: "PEM CA certificates to verify an https target (default: the system's).")
+    var caCert: String?
+    @Option(help: "Bearer token for the server (default: $SLUICE_TOKEN).")
+    var token: String?
+
+    func validate() throws {
+        do { _ = try HTTP2Target(url: target) } catch { throw ValidationError("--target: \(error)") }
+    }
+
+    /// The `authorization` header, when a token is given here or in SLUICE_TOKEN.
+    var authorizationHeaders: [(String, String)] {
+        guard let token = token ?? getenv("SLUICE_TOKEN").map({ String(cString: $0) }), !token.isEmpty else { return [] }
+        return [("authorization", "Bearer \(token)")]
+    }
+}
