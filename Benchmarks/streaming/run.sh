@@ -3,9 +3,10 @@
 # client → engine → transport → client receives it), at 1,000 and 10,000 concurrent SendMessage
 # streams, plus the server's resident memory per stream. Writes RESULTS.md and RESULTS.json here.
 #
-# The simulator runs inside `sluice serve` (no API key) and stamps each text delta with its send
-# time ("stamp_deltas": true); `sluice loadtest` on the same machine subtracts it from the receive
-# time (both CLOCK_REALTIME). Server and load generator share this machine's cores.
+# The upstream is `sluice simulate` over TLS (ALPN h2, like the real API, so libcurl multiplexes
+# every transfer over one connection), and it stamps each text delta with its send time
+# ("stamp_deltas": true); `sluice loadtest` on the same machine subtracts it from the receive time
+# (both CLOCK_REALTIME). Simulator, server and load generator share this machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=Benchmarks/streaming
@@ -13,22 +14,32 @@ OUT=$(mktemp -d /tmp/sluice-streaming-bench.XXXXXX)
 TOKENS=${TOKENS:-40}
 INTERVAL_MS=${INTERVAL_MS:-50}
 
-# 10,000 streams need about 20,000 descriptors in the server (client streams share connections, but
-# each upstream transfer to the h2c simulator has its own: libcurl 7.88 bug 10634) and more for the client.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
 swift build -c release --product sluice >/dev/null
 BIN=$(swift build -c release --show-bin-path)/sluice
 
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1 \
+  -addext subjectAltName=IP:127.0.0.1 -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
+
 SERVER_PID=
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; }
+SIMULATOR_PID=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "$SIMULATOR_PID" ] && kill "$SIMULATOR_PID" 2>/dev/null || true
+}
 trap cleanup EXIT
+
+"$BIN" simulate --port 0 --event-loops 1 --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem" >"$OUT/simulator.out" 2>"$OUT/simulator.err" &
+SIMULATOR_PID=$!
+for _ in $(seq 100); do grep -q listening "$OUT/simulator.out" 2>/dev/null && break; sleep 0.1; done
+SIMULATOR_PORT=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/simulator.out")
+[ -n "$SIMULATOR_PORT" ] || { echo "simulator did not start: $(cat "$OUT/simulator.err")" >&2; exit 1; }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 run_level() {
   local streams=$1
   "$BIN" serve --port 0 --max-active "$streams" --max-queued 0 --max-streams-per-connection 1000 \
+    --upstream-url "https://127.0.0.1:$SIMULATOR_PORT" --upstream-is-simulator --ca-bundle "$OUT/cert.pem" \
     --log-level warning >"$OUT/server-$streams.out" 2>"$OUT/server-$streams.err" &
   SERVER_PID=$!
   local line=""
@@ -76,7 +87,8 @@ lines = [
     "",
     f"Each stream: SendMessage on the built-in simulator, {tokens} output tokens, one text delta every {interval} ms,",
     "every delta stamped with its send time by the simulator (`stamp_deltas`). All streams run at once",
-    "(`--concurrency` = streams, `--max-active` = streams); server and `sluice loadtest` share the machine.",
+    "(`--concurrency` = streams, `--max-active` = streams). The simulator (`sluice simulate`, TLS) is a separate",
+    "process; simulator, server and `sluice loadtest` share the machine's cores.",
     "",
     "| streams | ok / failed | e2e p50 ms | p90 | p99 | p99.9 | max | deltas measured | events/s | server RSS idle → peak | per stream |",
     "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",

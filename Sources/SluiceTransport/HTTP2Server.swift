@@ -207,6 +207,7 @@ private final class LoopContext: Selectable {
     let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     private var draining = false
     private var reportedDrained = false
+    private var acceptPaused = false
 
     init(loop: EventLoop, server: HTTP2Server, listenFD: Int32) {
         self.loop = loop
@@ -230,9 +231,12 @@ private final class LoopContext: Selectable {
         while listenFD >= 0 {
             let fd = accept(listenFD, nil, nil)
             if fd < 0 {
-                if errno == EINTR { continue }
-                if errno != EAGAIN && errno != EWOULDBLOCK {
-                    server.logger.warning("accept failed: \(String(cString: strerror(errno)))")
+                let code = errno
+                if code == EINTR { continue }
+                if code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM {
+                    pauseAccepting(because: code)
+                } else if code != EAGAIN && code != EWOULDBLOCK {
+                    server.logger.warning("accept failed: \(String(cString: strerror(code)))")
                 }
                 return
             }
@@ -248,6 +252,22 @@ private final class LoopContext: Selectable {
                 server.logger.warning("cannot set up a connection: \(error)")
                 close(fd)
             }
+        }
+    }
+
+    /// Out of descriptors or memory: the pending connection stays in the backlog and the listener
+    /// stays readable, so keep accepting would spin. Stop watching it for a moment instead.
+    private func pauseAccepting(because code: Int32) {
+        guard !acceptPaused else { return }
+        acceptPaused = true
+        server.logger.warning(
+            "accept failed: \(String(cString: strerror(code))); pausing new connections for 100ms (raise the open-file limit or lower the load)"
+        )
+        loop.deregister(listenFD)
+        loop.scheduleTimer(after: .milliseconds(100)) { [weak self] in
+            guard let self, self.listenFD >= 0 else { return }
+            self.acceptPaused = false
+            try? self.loop.register(self.listenFD, self, events: EPOLLIN.rawValue)
         }
     }
 
@@ -280,7 +300,7 @@ private final class LoopContext: Selectable {
 
     func beginDrain(drainTimeout: Duration) {
         draining = true
-        loop.deregister(listenFD)
+        if !acceptPaused { loop.deregister(listenFD) }
         close(listenFD)
         listenFD = -1
         for connection in connections.values { connection.sendShutdownNotice() }

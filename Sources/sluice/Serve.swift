@@ -77,6 +77,8 @@ struct Serve: AsyncParsableCommand {
     var apiKeyFile: String?
     @Option(help: "CA bundle for verifying the upstream's TLS certificate (default: the system's).")
     var caBundle: String?
+    @Flag(help: "--upstream-url is a `sluice simulate` server: no API key needed, requests may carry `simulation`.")
+    var upstreamIsSimulator = false
     @Option(help: "Give up on an upstream attempt that sends no first byte for this long.")
     var firstTokenTimeout = CLIDuration(.seconds(60))
     @Option(help: "Give up on an upstream attempt that sends nothing but pings for this long.")
@@ -134,7 +136,7 @@ struct Serve: AsyncParsableCommand {
         )
         var simulatorServer: HTTP2Server?
         var sampledGauges: [MetricsService.SampledGauge] = []
-        if upstreamConfiguration.apiKey == nil {
+        if upstreamConfiguration.apiKey == nil && !upstreamIsSimulator {
             var router = RPCRouter()
             let simulator = AnthropicSimulator()
             simulator.register(in: &router)
@@ -169,7 +171,7 @@ struct Serve: AsyncParsableCommand {
         engineConfiguration.maxStreamDuration = maxStreamDuration.duration
         engineConfiguration.abandonGrace = abandonGrace.duration
         engineConfiguration.replayBufferBytes = replayBufferBytes
-        engineConfiguration.upstreamIsSimulator = simulatorServer != nil
+        engineConfiguration.upstreamIsSimulator = simulatorServer != nil || upstreamIsSimulator
         engineConfiguration.toolTimeout = toolTimeout.duration
         engineConfiguration.maxTurns = maxTurns
         engineConfiguration.maxToolResultBytes = toolResultMaxBytes
@@ -204,7 +206,9 @@ struct Serve: AsyncParsableCommand {
 
         let scheme = server.isTLS ? "https (TLS, ALPN h2)" : "h2c (HTTP/2 cleartext, prior knowledge)"
         let upstreamDescription =
-            simulatorServer != nil ? "built-in simulator (no ANTHROPIC_API_KEY set)" : "Anthropic API at \(upstreamConfiguration.baseURL)"
+            simulatorServer != nil
+            ? "built-in simulator (no ANTHROPIC_API_KEY set)"
+            : upstreamIsSimulator ? "simulator at \(upstreamConfiguration.baseURL)" : "Anthropic API at \(upstreamConfiguration.baseURL)"
         let perKey = maxActivePerKey.map { ", \($0) per key" } ?? ""
         print(
             "sluice listening on \(host):\(server.port) \(scheme); upstream: \(upstreamDescription); limits: \(maxActive) active\(perKey), \(maxQueued) queued, \(maxStreamsPerConnection) streams per connection; callers: \(tokens.isEmpty ? "unauthenticated" : "\(tokens.count) keys"); tools: \(toolRoot.isEmpty ? "none" : "read_file, list_directory, search_files in \(toolRoot.joined(separator: ", "))")"

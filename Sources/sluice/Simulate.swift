@@ -24,6 +24,12 @@ struct Simulate: AsyncParsableCommand {
     @Option(help: "Event-loop threads.")
     var eventLoops = 2
 
+    @Option(help: "PEM certificate chain; with --tls-key, serves TLS with ALPN h2, as the real API does (libcurl then multiplexes).")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key for --tls-cert.")
+    var tlsKey: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .notice
 
@@ -35,24 +41,26 @@ struct Simulate: AsyncParsableCommand {
 
     func validate() throws {
         if eventLoops < 1 { throw ValidationError("--event-loops must be at least 1") }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("TLS needs both --tls-cert and --tls-key") }
     }
 
     func run() async throws {
         LogFormat.bootstrap(logFormat, level: logLevel)
         let logger = Logger(label: "sluice.simulator")
-        signal(SIGPIPE, SIG_IGN)  // a client that vanishes must not kill the simulator
 
         var configuration = HTTP2ServerConfiguration()
         configuration.host = host
         configuration.port = port
         configuration.eventLoops = eventLoops
+        configuration.tlsCertificatePath = tlsCert
+        configuration.tlsPrivateKeyPath = tlsKey
         var router = RPCRouter()
         let simulator = AnthropicSimulator()
         simulator.register(in: &router)
 
         let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
         try server.start()
-        print("sluice simulator listening on \(host):\(server.port)")
+        print("sluice simulator listening on \(host):\(server.port)\(server.isTLS ? " (TLS, ALPN h2)" : "")")
         fflush(nil)  // scripts and tests wait for this line
 
         let signals = [SIGTERM, SIGINT].map { signalNumber in
