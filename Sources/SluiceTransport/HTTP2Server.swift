@@ -14,6 +14,10 @@ public struct HTTP2ServerConfiguration: Sendable {
         public var maxMessageSize = EnvelopeDecoder.defaultMaxMessageSize
         /// Bytes a stream may queue for a slow reader before its handler's writes suspend.
         public var streamQueueBytes = 64 * 1024
+        /// Client connections open at once, across all loops; more are accepted and closed at once.
+        /// Running out of descriptors must not happen: libdispatch aborts the process when it cannot
+        /// open /proc files for its thread pool.
+        public var maxConnections = 10_000
 
         public init() {}
     }
@@ -42,6 +46,8 @@ public final class HTTP2Server: @unchecked Sendable {
     private var contexts: [LoopContext] = []
     public private(set) var port = 0
     private let shutdownState = Mutex(ShutdownState())
+    /// Connections open across all loops (for `maxConnections`).
+    let openConnections = Atomic<Int>(0)
 
     private struct ShutdownState {
         var started = false
@@ -245,14 +251,32 @@ private final class LoopContext: Selectable {
             var on: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
             do {
+                guard server.openConnections.add(1, ordering: .relaxed).newValue <= server.configuration.limits.maxConnections else {
+                    server.openConnections.subtract(1, ordering: .relaxed)
+                    close(fd)
+                    reportShedding()
+                    continue
+                }
                 // Nothing is sent before the client speaks: an HTTP/1.1 client must get a clean HTTP/1.1 answer.
                 let connection = try HTTP2Connection(fd: fd, loop: loop, server: server, tlsContext: server.tls)
                 connections[ObjectIdentifier(connection)] = connection
             } catch {
+                server.openConnections.subtract(1, ordering: .relaxed)
                 server.logger.warning("cannot set up a connection: \(error)")
                 close(fd)
             }
         }
+    }
+
+    private var lastShedReport: ContinuousClock.Instant?
+
+    private func reportShedding() {
+        let now = ContinuousClock.now
+        if let last = lastShedReport, now - last < .seconds(10) { return }
+        lastShedReport = now
+        server.logger.warning(
+            "closing new connections: \(server.configuration.limits.maxConnections) are open (--max-connections); raise it together with the open-file limit"
+        )
     }
 
     /// Out of descriptors or memory: the pending connection stays in the backlog and the listener
@@ -279,7 +303,9 @@ private final class LoopContext: Selectable {
     }
 
     func remove(_ connection: HTTP2Connection) {
-        connections[ObjectIdentifier(connection)] = nil
+        if connections.removeValue(forKey: ObjectIdentifier(connection)) != nil {
+            server.openConnections.subtract(1, ordering: .relaxed)
+        }
         reportIfDrained()
     }
 

@@ -35,6 +35,8 @@ struct Serve: AsyncParsableCommand {
     var maxStreamsPerConnection = 1000
     @Option(help: "Largest request message in bytes.")
     var maxMessageSize = 4 * 1024 * 1024
+    @Option(help: "Client connections open at once; more are closed on arrival (default: what the open-file limit leaves after --max-active).")
+    var maxConnections: Int?
     @Option(help: "Close connections that have had no open stream for this long.")
     var idleTimeout = CLIDuration(.seconds(120))
     @Option(help: "On SIGTERM/SIGINT, how long in-flight streams may finish before they are cancelled.")
@@ -120,7 +122,7 @@ struct Serve: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
 
         // Every stream may hold a client connection and an upstream transfer.
-        raiseDescriptorLimit()
+        let descriptorLimit = raiseDescriptorLimit()
         let environment = UpstreamConfiguration.processEnvironment()
         let tokens = try callerTokens(environment: environment)
         if tokens.isEmpty && !Self.isLoopback(host) && !allowUnauthenticated {
@@ -185,7 +187,18 @@ struct Serve: AsyncParsableCommand {
         }
         let engine = StreamEngine(configuration: engineConfiguration, upstream: upstream, logger: logger)
 
+        // Running out of descriptors aborts the process (libdispatch needs some for its thread pool):
+        // upstream transfers (two descriptors each with the in-process h2c simulator: its client and
+        // server side) and a reserve come first, connections get the rest.
+        let perTransfer = simulatorServer != nil ? 2 : 1
+        let available = descriptorLimit - Self.reservedDescriptors - maxActive * perTransfer
+        guard available >= 16 else {
+            throw ValidationError(
+                "--max-active \(maxActive) needs about \(maxActive * perTransfer + Self.reservedDescriptors + 16) open files, but the limit is \(descriptorLimit): lower --max-active or raise the limit (ulimit -n)"
+            )
+        }
         var configuration = HTTP2ServerConfiguration()
+        configuration.limits.maxConnections = min(maxConnections ?? available, available)
         configuration.host = host
         configuration.port = port
         if let eventLoops { configuration.eventLoops = eventLoops }
@@ -254,6 +267,9 @@ struct Serve: AsyncParsableCommand {
         }
         return tokens
     }
+
+    /// Descriptors kept for logs, the epoll and event fds, libcurl's own, TLS files and libdispatch.
+    static let reservedDescriptors = 128
 
     static func isLoopback(_ host: String) -> Bool {
         host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
