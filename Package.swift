@@ -8,6 +8,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "sluice", targets: ["sluice"]),
+        .library(name: "SluiceUpstream", targets: ["SluiceUpstream"]),
+        .library(name: "SluiceTransport", targets: ["SluiceTransport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
