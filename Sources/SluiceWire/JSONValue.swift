@@ -169,18 +169,7 @@ private struct JSONParser {
             index += 1
             skipWhitespace()
             members[key] = try parseValue()
-            skipWhitespace()
-            guard index < bytes.count else { throw failure("unexpected end of input") }
-            switch bytes[index] {
-            case UInt8(ascii: ","):
-                index += 1
-                skipWhitespace()
-            case UInt8(ascii: "}"):
-                index += 1
-                return .object(members)
-            default:
-                throw failure("expected ',' or '}'")
-            }
+            if try endOfContainer(closedBy: "}") { return .object(members) }
         }
     }
 
@@ -194,18 +183,24 @@ private struct JSONParser {
         }
         while true {
             elements.append(try parseValue())
+            if try endOfContainer(closedBy: "]") { return .array(elements) }
+        }
+    }
+
+    /// After a member: consumes `,` (false: another member follows) or the closing bracket (true).
+    private mutating func endOfContainer(closedBy close: Unicode.Scalar) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        guard index < bytes.count else { throw failure("unexpected end of input") }
+        switch bytes[index] {
+        case UInt8(ascii: ","):
+            index += 1
             skipWhitespace()
-            guard index < bytes.count else { throw failure("unexpected end of input") }
-            switch bytes[index] {
-            case UInt8(ascii: ","):
-                index += 1
-                skipWhitespace()
-            case UInt8(ascii: "]"):
-                index += 1
-                return .array(elements)
-            default:
-                throw failure("expected ',' or ']'")
-            }
+            return false
+        case UInt8(ascii: close):
+            index += 1
+            return true
+        default:
+            throw failure("expected ',' or '\(close)'")
         }
     }
 
