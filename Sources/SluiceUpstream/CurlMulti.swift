@@ -233,8 +233,17 @@ final class CurlMulti: @unchecked Sendable {
     private func expireTimeouts(now: ContinuousClock.Instant) -> Int32 {
         var nearest = now + .seconds(1)
         var expired: [(CurlTransfer, UpstreamFailure)] = []
+        var finished: [CurlTransfer] = []
         for transfer in active.values {
-            if transfer.firstOutputAt == nil {
+            if let stoppedAt = transfer.messageStopAt {
+                // Complete after message_stop; libcurl 7.88 sometimes never reports the stream's end
+                // (seen under load), which would hold the transfer until the idle timeout.
+                if now - stoppedAt >= Self.endOfStreamGrace {
+                    finished.append(transfer)
+                } else {
+                    nearest = min(nearest, stoppedAt + Self.endOfStreamGrace)
+                }
+            } else if transfer.firstOutputAt == nil {
                 let deadline = transfer.startedAt + configuration.firstByteTimeout
                 if deadline <= now {
                     expired.append((transfer, UpstreamFailure(
@@ -259,6 +268,9 @@ final class CurlMulti: @unchecked Sendable {
                 }
             }
         }
+        for transfer in finished {
+            remove(transfer, failure: UpstreamFailure(.cancelled, message: "retired after message_stop"))
+        }
         for (transfer, failure) in expired {
             logger.debug("Anthropic API call timed out", metadata: ["error": "\(failure.message)"])
             remove(transfer, failure: failure)
@@ -267,6 +279,9 @@ final class CurlMulti: @unchecked Sendable {
         let milliseconds = wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
         return Int32(clamping: max(1, milliseconds + 1))
     }
+
+    /// How long a transfer may stay open after `message_stop` before it is retired.
+    static let endOfStreamGrace: Duration = .seconds(1)
 
     static func format(_ duration: Duration) -> String {
         let milliseconds = duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000

@@ -30,6 +30,8 @@ final class CurlTransfer: @unchecked Sendable {
     private var errorBody: [UInt8] = []
     private var maxErrorBodyBytes = 0
     private var sawMessageStop = false
+    /// When `message_stop` arrived: the call is complete even if libcurl has not yet seen the end of the stream.
+    private(set) var messageStopAt: ContinuousClock.Instant?
     /// A failure decided by Sluice (malformed stream, error event, slow consumer); takes precedence over the
     /// CURLE_WRITE_ERROR that aborting through the write callback produces.
     private var failure: UpstreamFailure?
@@ -285,6 +287,7 @@ final class CurlTransfer: @unchecked Sendable {
             }
             if case .messageStop = event {
                 sawMessageStop = true
+                messageStopAt = .now
                 channel.finish(.success(()))
                 break
             }
