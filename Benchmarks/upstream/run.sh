@@ -85,6 +85,15 @@ SLUICE_BIN="$(cd "$ROOT" && swift build -c release --show-bin-path)/sluice"
 BENCH_BIN="$(cd "$HERE" && swift build -c release --show-bin-path)/UpstreamBench"
 [[ -x $SLUICE_BIN ]] || die "sluice binary missing: $SLUICE_BIN"
 [[ -x $BENCH_BIN ]] || die "UpstreamBench binary missing: $BENCH_BIN"
+# The source state the binaries were built from: recorded now, not at the end, since the tree may change
+# while the runs go on. Unknown when the build was skipped.
+if [[ $SKIP_BUILD != 1 ]]; then
+    GIT_COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+    GIT_DIRTY="$(git -C "$ROOT" status --porcelain -- Sources Package.swift 2>/dev/null | awk '{ print $2 }' | tr '\n' ' ')"
+else
+    GIT_COMMIT="unknown (SKIP_BUILD=1; binaries from $(date -u -r "$SLUICE_BIN" +%Y-%m-%dT%H:%M:%SZ))"
+    GIT_DIRTY=""
+fi
 
 # ----------------------------------------------------------------------------------------------
 # Simulators
@@ -169,8 +178,7 @@ export SWIFT_VERSION="$(swift --version 2>&1 | head -n1)"
 export CURL_CONFIG_VERSION="$(curl-config --version 2>/dev/null || echo unknown)"
 export LIBCURL_PACKAGE="$(dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\n' 'libcurl4*' 2>/dev/null | awk '$1 == "ii" { printf "%s%s %s", n++ ? ", " : "", $2, $3 }' || true)"
 export OPENSSL_VERSION="$(openssl version)"
-export GIT_COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
-export GIT_DIRTY="$(git -C "$ROOT" status --porcelain -- Sources Package.swift 2>/dev/null | awk '{ print $2 }' | tr '\n' ' ')"
+export GIT_COMMIT GIT_DIRTY
 export MEASURED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 rc=0
@@ -267,7 +275,7 @@ lines = [
     f"| OpenSSL | {machine['openssl']} |",
     f"| Load average before / after measuring | {machine['loadavg_before']} / {machine['loadavg_after']} |",
     f"| Busiest processes before measuring | {machine['busiest_processes_before']} |",
-    f"| Sluice commit | `{machine['git_commit']}`" + (" + uncommitted changes in " + ", ".join(f"`{p}`" for p in machine["git_dirty_files"]) if machine["git_dirty_files"] else "") + " |",
+    f"| Sluice commit (at build time) | `{machine['git_commit']}`" + (" + uncommitted changes in " + ", ".join(f"`{p}`" for p in machine["git_dirty_files"]) if machine["git_dirty_files"] else "") + " |",
     "",
     "## Method",
     "",
