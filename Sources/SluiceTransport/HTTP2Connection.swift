@@ -129,6 +129,8 @@ final class HTTP2Connection: Selectable {
                 if prefaceBytesChecked < Self.clientPreface.count, io.tls == nil, !checkPreface(bytes) { return }
                 if let error = io.deliver(bytes, to: session!) {
                     logger.debug("closing connection: \(error)")
+                    // Some fatal errors (a CONTINUATION flood, say) leave no GOAWAY queued: say why we hang up.
+                    nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR.rawValue)
                     flushNow()
                     close(reason: "protocol error")
                     return
