@@ -18,7 +18,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPLOY_VENV := .venv-deploy
 DEPLOY_REQUIREMENTS := Tests/Deploy/requirements.txt
 
-.PHONY: deps build run venv test deploy-venv test-deploy
+FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD := .build-fuzz
+
+.PHONY: deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke
 
 deps:
 	@missing=""; \
@@ -54,6 +58,7 @@ test: deps
 	swift test --no-parallel
 	$(MAKE) venv
 	SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop
+	$(MAKE) fuzz-smoke
 	$(MAKE) test-deploy
 
 deploy-venv: $(DEPLOY_VENV)/.requirements-installed
@@ -67,3 +72,20 @@ $(DEPLOY_VENV)/.requirements-installed: $(DEPLOY_REQUIREMENTS)
 # probes against the release binary (built the Dockerfile's way into .build-deploy-static).
 test-deploy: deps deploy-venv
 	$(DEPLOY_VENV)/bin/python -m pytest Tests/Deploy
+
+# libFuzzer (with AddressSanitizer) on the parsers of untrusted bytes, FUZZ_SECONDS each, starting from
+# the committed seeds in Fuzz/Corpus; new inputs and any crash land in $(FUZZ_BUILD)/.
+fuzz:
+	cd Fuzz && swift build --sanitize fuzzer --sanitize address --scratch-path ../$(FUZZ_BUILD)
+	@set -o pipefail; bin=$$(cd Fuzz && swift build --sanitize fuzzer --sanitize address --scratch-path ../$(FUZZ_BUILD) --show-bin-path); \
+	for target in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$target $(FUZZ_BUILD)/crashes; \
+	  echo "fuzzing $$target for $(FUZZ_SECONDS)s"; \
+	  $$bin/$$target -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/crashes/$$target- $(FUZZ_BUILD)/corpus/$$target Fuzz/Corpus/$$target 2>&1 \
+	    | grep -E '^(Done|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)' || exit 1; \
+	done
+
+# The short run `make test` does.
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=5

@@ -8,7 +8,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "sluice", targets: ["sluice"]),
+        .library(name: "SluiceWire", targets: ["SluiceWire"]),
         .library(name: "SluiceUpstream", targets: ["SluiceUpstream"]),
+        .library(name: "SluiceEngine", targets: ["SluiceEngine"]),
         .library(name: "SluiceTransport", targets: ["SluiceTransport"]),
     ],
     dependencies: [
