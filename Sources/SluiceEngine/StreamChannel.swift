@@ -68,8 +68,6 @@ public final class StreamChannel: Sendable {
         waiter?.resume()
     }
 
-    public var isFinished: Bool { state.withLock { $0.outcome != nil } }
-    public var lastSeq: Int { state.withLock { $0.nextSeq - 1 } }
 
     // MARK: Consumer (the attached client)
 
@@ -100,11 +98,6 @@ public final class StreamChannel: Sendable {
 
     /// Since when no client has been attached, or nil while one is.
     public var detachedSince: ContinuousClock.Instant? { state.withLock { $0.detachedSince } }
-
-    /// The first seq still buffered (later ones are all there).
-    public var oldestBufferedSeq: Int? {
-        state.withLock { state in state.head < state.events.count ? state.events[state.head].seq : nil }
-    }
 
     /// The next item after `seq`, waiting for it if needed. Returns nil when this subscription
     /// was replaced or detached, or the task was cancelled. Throws DATA_LOSS when events after

@@ -17,7 +17,6 @@ public final class EventLoop: @unchecked Sendable {
     private let wakeFD: Int32
     private let pending = Mutex<[@Sendable () -> Void]>([])
     private let running = Atomic<Bool>(true)
-    private let threadID = Atomic<UInt>(0)
 
     // Loop-confined state.
     private var registered: [Int32: Selectable] = [:]
@@ -44,8 +43,6 @@ public final class EventLoop: @unchecked Sendable {
         close(wakeFD)
         close(epollFD)
     }
-
-    public var inEventLoop: Bool { threadID.load(ordering: .relaxed) == UInt(bitPattern: Int(bitPattern: pthread_self())) }
 
     /// Runs `task` on the loop thread soon. Safe from any thread; wakes the loop only when
     /// the queue was empty, so a burst of submissions costs one eventfd write.
@@ -125,7 +122,6 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func run() {
-        threadID.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .relaxed)
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         while running.load(ordering: .relaxed) {
             let timeout = timers.millisecondsUntilNext(now: .now)

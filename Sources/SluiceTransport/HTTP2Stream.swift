@@ -257,8 +257,6 @@ final class HTTP2Stream {
 
     // MARK: Response
 
-    var isPlainResponse: Bool { plainBody != nil }
-
     private func respondPlain(status: Int, extraHeaders: [(String, String)], body: String) {
         requestHandled = true
         plainBody = Array(body.utf8)

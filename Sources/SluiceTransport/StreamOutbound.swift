@@ -25,7 +25,6 @@ final class StreamOutbound: Sendable {
         var disconnect: RPCDisconnect?
         /// True while the loop is not going to look at this queue again unless woken.
         var loopIdle = true
-        var messagesWritten = 0
         /// Plain HTTP responses: status and headers, set by the handler before its body.
         var head: [(String, String)]?
     }
@@ -61,7 +60,7 @@ final class StreamOutbound: Sendable {
     // MARK: Producer side (handler, any thread)
 
     func write(_ payload: some Collection<UInt8>) async throws {
-        let mustWait: Bool = try state.withLock { state in
+        let (mustWait, wake) = try state.withLock { state in
             if let reason = state.closedReason { throw reason }
             guard state.status == nil else {
                 throw RPCError(.internal, "a message was written after the call ended")
@@ -73,10 +72,9 @@ final class StreamOutbound: Sendable {
             case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
             case .raw: state.buffer.append(contentsOf: payload)
             }
-            state.messagesWritten += 1
-            return state.buffer.count - state.readIndex > capacity
+            return (state.buffer.count - state.readIndex > capacity, Self.claimWakeup(&state))
         }
-        notifyLoopIfIdle()
+        if wake { wakeLoop() }
         if mustWait { try await waitForRoom() }
     }
 
@@ -105,41 +103,39 @@ final class StreamOutbound: Sendable {
     /// Returns false if the call had already ended.
     @discardableResult
     func finish(_ code: StatusCode, _ message: String) -> Bool {
-        let accepted = state.withLock { state -> Bool in
-            guard state.status == nil, state.closedReason == nil else { return false }
+        let (accepted, wake) = state.withLock { state -> (Bool, Bool) in
+            guard state.status == nil, state.closedReason == nil else { return (false, false) }
             state.status = (code, message)
             if let endStreamEnvelope {
                 state.buffer.append(contentsOf: endStreamEnvelope(code, message))
             }
-            return true
+            return (true, Self.claimWakeup(&state))
         }
-        if accepted { notifyLoopIfIdle() }
+        if wake { wakeLoop() }
         return accepted
     }
-
-    var messagesWritten: Int { state.withLock { $0.messagesWritten } }
 
     /// How the client left before the call ended, if it did.
     var disconnect: RPCDisconnect? { state.withLock { $0.disconnect } }
 
     /// Plain HTTP: the response status and headers. Only the first call counts.
     func setHead(_ headers: [(String, String)]) throws {
-        try state.withLock { state in
+        let wake = try state.withLock { state in
             if let reason = state.closedReason { throw reason }
             guard state.head == nil else { throw RPCError(.internal, "an HTTP handler sent its response head twice") }
             state.head = headers
+            return Self.claimWakeup(&state)
         }
-        notifyLoopIfIdle()
+        if wake { wakeLoop() }
     }
 
     var head: [(String, String)]? { state.withLock { $0.head } }
 
-    private func notifyLoopIfIdle() {
-        let wasIdle = state.withLock { state in
-            defer { state.loopIdle = false }
-            return state.loopIdle
-        }
-        if wasIdle { wakeLoop() }
+    /// Under the lock that queued something: true when the loop must be woken, that is when it
+    /// was idle; it is no longer, so a burst of writes wakes it once.
+    private static func claimWakeup(_ state: inout State) -> Bool {
+        defer { state.loopIdle = false }
+        return state.loopIdle
     }
 
     // MARK: Consumer side (loop thread)

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import Glibc
 import Logging
 import Metrics
@@ -228,19 +227,7 @@ struct Serve: AsyncParsableCommand {
         )
         fflush(nil)  // scripts wait for this line
 
-        let drainTimeout = self.drainTimeout.duration
-        let signals = [SIGTERM, SIGINT].map { signalNumber in
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler {
-                logger.notice("received signal \(signalNumber): draining for up to \(DurationParsing.format(drainTimeout))")
-                Task { await server.shutdown(drainTimeout: drainTimeout) }
-            }
-            source.resume()
-            return source
-        }
-        await server.waitUntilStopped()
-        signals.forEach { $0.cancel() }
+        await server.runUntilSignalled(drainTimeout: drainTimeout.duration, logger: logger)
         upstream.shutdown()
         await simulatorServer?.shutdown(drainTimeout: .zero)
         logger.notice("stopped")

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import Glibc
 import Logging
 import SluiceTransport
@@ -63,16 +62,6 @@ struct Simulate: AsyncParsableCommand {
         print("sluice simulator listening on \(host):\(server.port)\(server.isTLS ? " (TLS, ALPN h2)" : "")")
         fflush(nil)  // scripts and tests wait for this line
 
-        let signals = [SIGTERM, SIGINT].map { signalNumber in
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler {
-                Task { await server.shutdown(drainTimeout: .seconds(1)) }
-            }
-            source.resume()
-            return source
-        }
-        await server.waitUntilStopped()
-        signals.forEach { $0.cancel() }
+        await server.runUntilSignalled(drainTimeout: .seconds(1), logger: logger)
     }
 }
