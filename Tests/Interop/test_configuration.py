@@ -74,3 +74,19 @@ def test_bad_config_files_fail_clearly(sluice_bin, tmp_path):
     bad.write_text("[1, 2]")
     _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--config", str(bad)], {})
     assert code != 0 and "must hold a JSON object" in stderr
+
+
+def test_kubernetes_service_links_are_ignored_with_a_warning(sluice_bin, tmp_path):
+    # A Service named "sluice" injects SLUICE_PORT=tcp://…, which would otherwise be read as --port and,
+    # beating the file's port, fail the start.
+    config = tmp_path / "port.json"
+    config.write_text('{"port": 0}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")} | {"SLUICE_PORT": "tcp://10.0.0.1:8080"}
+    proc = subprocess.Popen([sluice_bin, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    try:
+        assert "sluice listening on 127.0.0.1:" in proc.stdout.readline()
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert "ignoring SLUICE_PORT=tcp://10.0.0.1:8080" in stderr

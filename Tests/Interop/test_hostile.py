@@ -1,7 +1,9 @@
 """Hostile HTTP/2 clients (short versions): each misbehaving connection is cut off with GOAWAY or a
 close, the server stays up with bounded memory, and a well-behaved client measured right after still
 gets its stream. The added latency for that client is printed (pytest -s shows it)."""
+import resource
 import socket
+import subprocess
 import time
 
 import pytest
@@ -38,6 +40,12 @@ def assert_survived(server, baseline_ms: float, attack: str) -> None:
     assert server.rss_kib() < RSS_BOUND_KIB, f"RSS {server.rss_kib()} KiB after {attack}"
     after = good_call_ms(server.port)
     print(f"{attack}: well-behaved call {after:.1f} ms (baseline {baseline_ms:.1f} ms)")
+
+
+def read_to_eof(sock: socket.socket) -> None:
+    sock.settimeout(IO_TIMEOUT)
+    while sock.recv(65536):
+        pass
 
 
 def request_headers(client: FrameClient, stream_id: int, end_headers: bool = True) -> HeadersFrame:
@@ -102,14 +110,47 @@ def test_slowloris_preface_and_many_idle_connections(start_server):
             slow.send(bytes([byte]))
             assert server.proc.poll() is None
         assert_survived(server, baseline, "slowloris + 2,000 idle connections")
-        # The idle timeout closes them all: reading each returns EOF.
-        slow.settimeout(IO_TIMEOUT)
-        assert slow.recv(1024) is not None
-        for sock in idle[:50]:
-            sock.settimeout(IO_TIMEOUT)
-            while sock.recv(65536):
-                pass
+        # The idle timeout closes them all, the slow one included (a socket timeout fails the test).
+        for sock in [slow] + idle[:50]:
+            read_to_eof(sock)
     finally:
         slow.close()
         for sock in idle:
             sock.close()
+
+
+def start_with_descriptor_limit(sluice_bin: str, limit: int, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sluice_bin, "serve", "--port", "0", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    )
+
+
+def test_max_active_beyond_the_descriptor_limit_is_refused(sluice_bin):
+    proc = start_with_descriptor_limit(sluice_bin, 200, "--max-active", "100")
+    _, stderr = proc.communicate(timeout=IO_TIMEOUT)
+    assert proc.returncode != 0
+    assert "open files" in stderr and "ulimit" in stderr, stderr
+
+
+def test_connections_beyond_the_descriptor_budget_are_closed_on_arrival(sluice_bin):
+    # 200 descriptors - 128 reserved - 2 for one upstream transfer on the in-process simulator = 70 connections.
+    proc = start_with_descriptor_limit(sluice_bin, 200, "--max-active", "1")
+    try:
+        port = int(proc.stdout.readline().split("127.0.0.1:")[1].split()[0])
+        sockets = [socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) for _ in range(100)]
+        closed = 0
+        for sock in sockets:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize())
+            try:
+                closed += sock.recv(9) == b""  # the kept ones answer with SETTINGS
+            except ConnectionResetError:
+                closed += 1
+        assert closed == 30, f"{closed} of 100 connections were closed, expected the 30 beyond the budget of 70"
+        for sock in sockets:
+            sock.close()
+        assert proc.poll() is None
+        good_call_ms(port)
+    finally:
+        proc.kill()
+        proc.communicate()
