@@ -45,6 +45,12 @@ public struct RPCResponseWriter: Sendable {
         try await outbound.write(message)
     }
 
+    /// Queues `message` if that needs no waiting, from any thread and without suspending; false when the
+    /// client is not keeping up or the call is over (then `write` waits, or throws the reason).
+    public func tryWrite(_ message: some Collection<UInt8>) -> Bool {
+        outbound.tryWrite(message)
+    }
+
     /// Set when the client left before the call ended: it reset the stream, or its connection closed.
     public var disconnect: RPCDisconnect? { outbound.disconnect }
 }
