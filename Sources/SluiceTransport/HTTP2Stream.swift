@@ -173,9 +173,12 @@ final class HTTP2Stream {
             return
         }
         requestHandled = true
-        let request = RPCRequest(path: path, rpcProtocol: rpcProtocol, headers: headers, message: message, deadline: deadline)
+        let request = RPCRequest(
+            path: path, rpcProtocol: rpcProtocol, headers: headers, message: message, deadline: deadline,
+            executor: connection.loop
+        )
         let writer = RPCResponseWriter(outbound: outbound)
-        handlerTask = Task {
+        handlerTask = Task(executorPreference: connection.loop) {
             do {
                 try await handler(request, writer)
                 outbound.finish(.ok, "")
@@ -199,7 +202,7 @@ final class HTTP2Stream {
         )
         requestBody = []
         let writer = HTTPResponseWriter(outbound: outbound)
-        handlerTask = Task {
+        handlerTask = Task(executorPreference: connection.loop) {
             do {
                 try await handler(request, writer)
                 if outbound.head == nil { try? outbound.setHead([(":status", "204")]) }

@@ -18,16 +18,20 @@ public struct RPCRequest: Sendable {
     public let message: [UInt8]
     /// When the client's `grpc-timeout` / `connect-timeout-ms` expires.
     public let deadline: ContinuousClock.Instant?
+    /// The event loop of the call's connection, which runs the handler: work that feeds this call
+    /// (a job producing its messages) runs cheapest there too.
+    public let executor: EventLoop?
 
     public init(
         path: String, rpcProtocol: RPCProtocol, headers: [(name: String, value: String)], message: [UInt8],
-        deadline: ContinuousClock.Instant?
+        deadline: ContinuousClock.Instant?, executor: EventLoop? = nil
     ) {
         self.path = path
         self.rpcProtocol = rpcProtocol
         self.headers = headers
         self.message = message
         self.deadline = deadline
+        self.executor = executor
     }
 
     public func header(_ name: String) -> String? {
