@@ -48,6 +48,8 @@ public final class HTTP2Server: @unchecked Sendable {
     private let shutdownState = Mutex(ShutdownState())
     /// Connections open across all loops (for `maxConnections`).
     let openConnections = Atomic<Int>(0)
+    /// Running RPC calls per loop index, by the loop their work was placed on.
+    private let callsPerLoop: Mutex<[Int]>
 
     private struct ShutdownState {
         var started = false
@@ -65,6 +67,7 @@ public final class HTTP2Server: @unchecked Sendable {
         self.router = router
         self.logger = logger
         self.loops = try loops ?? (0..<configuration.eventLoops).map { try EventLoop(index: $0) }
+        callsPerLoop = Mutex(Array(repeating: 0, count: self.loops.count))
         precondition(self.loops.enumerated().allSatisfy { $0.offset == $0.element.index }, "loop indices must be 0, 1, 2, …")
         switch (configuration.tlsCertificatePath, configuration.tlsPrivateKeyPath) {
         case (let certificate?, let key?): tlsContext = try TLSContext(certificatePath: certificate, privateKeyPath: key)
@@ -149,6 +152,24 @@ public final class HTTP2Server: @unchecked Sendable {
             return state.waiters
         }
         for waiter in waiters ?? [] { waiter.resume() }
+    }
+
+    // MARK: Placing work
+
+    /// The loop for a new call's work: the connection's own unless another runs fewer calls, so a
+    /// client that multiplexes everything over one connection still gets every core. Pair with
+    /// `callEnded(on:)`.
+    func placeCall(preferring home: EventLoop) -> EventLoop {
+        callsPerLoop.withLock { counts in
+            var chosen = home.index
+            for index in counts.indices where counts[index] < counts[chosen] { chosen = index }
+            counts[chosen] += 1
+            return loops[chosen]
+        }
+    }
+
+    func callEnded(on loop: EventLoop) {
+        callsPerLoop.withLock { $0[loop.index] -= 1 }
     }
 
     // MARK: Called by connections on their loop

@@ -173,12 +173,15 @@ final class HTTP2Stream {
             return
         }
         requestHandled = true
+        let server = connection.server
+        let workLoop = server.placeCall(preferring: connection.loop)
         let request = RPCRequest(
             path: path, rpcProtocol: rpcProtocol, headers: headers, message: message, deadline: deadline,
-            executor: connection.loop
+            executor: workLoop
         )
         let writer = RPCResponseWriter(outbound: outbound)
         handlerTask = Task(executorPreference: connection.loop) {
+            defer { server.callEnded(on: workLoop) }
             do {
                 try await handler(request, writer)
                 outbound.finish(.ok, "")

@@ -18,8 +18,8 @@ public struct RPCRequest: Sendable {
     public let message: [UInt8]
     /// When the client's `grpc-timeout` / `connect-timeout-ms` expires.
     public let deadline: ContinuousClock.Instant?
-    /// The event loop of the call's connection, which runs the handler: work that feeds this call
-    /// (a job producing its messages) runs cheapest there too.
+    /// The event loop for work that feeds this call (a job producing its messages): the call's
+    /// connection's own loop unless another is less busy. The handler itself runs on the connection's loop.
     public let executor: EventLoop?
 
     public init(

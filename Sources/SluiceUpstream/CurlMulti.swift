@@ -98,9 +98,8 @@ final class CurlMulti: @unchecked Sendable {
     // MARK: Any thread
 
     func submit(_ transfer: CurlTransfer) {
-        let failure = UpstreamFailure(.cancelled, message: "the upstream client has shut down")
         guard lifecycle.withLock({ $0 == .running }), loop.execute({ self.start(transfer) }) else {
-            transfer.channel.finish(.failure(failure))
+            transfer.channel.finish(.failure(UpstreamFailure(.cancelled, message: "the upstream client has shut down")))
             return
         }
     }

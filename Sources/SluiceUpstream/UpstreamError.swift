@@ -174,7 +174,8 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
 
     /// Redacts Anthropic API keys, replaces control characters, and truncates.
     private static func sanitize(_ text: String) -> String {
-        var result = text.replacing(#/sk-ant-[A-Za-z0-9_\-]*/#, with: "sk-ant-[REDACTED]")
+        // The regex is only built (costly) for text that may hold a key.
+        var result = text.contains("sk-ant-") ? text.replacing(#/sk-ant-[A-Za-z0-9_\-]*/#, with: "sk-ant-[REDACTED]") : text
         result = String(String.UnicodeScalarView(result.unicodeScalars.map {
             $0.properties.generalCategory == .control ? " " : $0
         }))
