@@ -3,11 +3,11 @@ import Synchronization
 
 /// Runs an action once after a delay unless cancelled first, on a dispatch timer source.
 ///
-/// For timeouts that usually don't fire (stream deadlines, queue and tool timeouts). A cancelled `Task.sleep` resumes its task at once, but on
-/// Linux the runtime's `dispatch_after` keeps the timer and the sleeping task's memory until the
-/// original deadline: with a 10-minute `--max-stream-duration` that is about 450 bytes per stream
-/// served in the last 10 minutes (the soak benchmark measured the growth). Cancelling a timer source
-/// frees it at once.
+/// For timeouts that usually don't fire (stream deadlines, queue and tool timeouts). A cancelled
+/// `Task.sleep` resumes its task at once, but on Linux the runtime's `dispatch_after` keeps the timer
+/// and the sleeping task's memory until the original deadline: with a 10-minute `--max-stream-duration`
+/// that is about 450 bytes per stream served in the last 10 minutes (the soak benchmark measured the
+/// growth). Cancelling a timer source frees it at once.
 final class DeadlineTimer: @unchecked Sendable {  // DispatchSourceTimer is thread-safe but not annotated
     private final class Flag: Sendable {
         let value = Atomic<Bool>(false)
