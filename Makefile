@@ -4,6 +4,8 @@
 #   make run     deps + build + `sluice serve $(ARGS)`, e.g. make run ARGS="--port 9000"
 #   make venv    .venv with the pinned interop test requirements
 #   make test    deps + debug build + swift test + venv + interop tests (pytest Tests/Interop)
+#   make chaos   1,000 streams with random upstream faults (CHAOS_STREAMS, CHAOS_SEED); make test runs 200
+#   make soak    Benchmarks/soak/run.sh: 100,000 streams, server memory and descriptors → RESULTS.md
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +24,7 @@ FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := .build-fuzz
 
-.PHONY: deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke
+.PHONY: deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos soak
 
 deps:
 	@missing=""; \
@@ -89,3 +91,15 @@ fuzz:
 # The short run `make test` does.
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=5
+
+# The full chaos run of Tests/Interop/test_chaos.py; a failure names its seed: make chaos CHAOS_SEED=….
+CHAOS_STREAMS ?= 1000
+chaos: deps
+	swift build
+	$(MAKE) venv
+	SLUICE_CHAOS=full SLUICE_CHAOS_STREAMS=$(CHAOS_STREAMS) $(if $(CHAOS_SEED),SLUICE_CHAOS_SEED=$(CHAOS_SEED)) \
+	  SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest -s Tests/Interop/test_chaos.py::test_chaos_full
+
+# Release build, 100,000 streams, writes Benchmarks/soak/RESULTS.md (several minutes).
+soak: deps
+	Benchmarks/soak/run.sh

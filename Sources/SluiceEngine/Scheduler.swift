@@ -61,8 +61,7 @@ public final class Scheduler: Sendable {
     /// RESOURCE_EXHAUSTED after `queueTimeout`, and CancellationError when the task is cancelled.
     public func waitForSlot(ticket: UInt64, key: String, onPosition: @escaping @Sendable (Int) -> Void) async throws -> Slot {
         let timeout = queueTimeout
-        let timer = Task { [weak self] in
-            try await Task.sleep(for: timeout)
+        let timer = DeadlineTimer(after: timeout) { [weak self] in
             self?.giveUp(
                 ticket,
                 RPCError(.resourceExhausted, "the stream waited \(DurationParsing.format(timeout)) in the queue (--queue-timeout) without getting a slot; retry later")

@@ -230,19 +230,19 @@ public final class StreamEngine: Sendable {
         )
     }
 
+    /// Runs `body` in its own task, cancelled at `deadline` (then DEADLINE_EXCEEDED) or when this task is.
     private func withDeadline<T: Sendable>(
         _ deadline: ContinuousClock.Instant, clients: Bool, _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(until: deadline)
-                let why = clients ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed" : "the stream reached --max-stream-duration \(DurationParsing.format(self.configuration.maxStreamDuration))"
-                throw RPCError(.deadlineExceeded, why)
-            }
-            defer { group.cancelAll() }
-            guard let result = try await group.next(), let value = result else { throw CancellationError() }
-            return value
+        let work = Task { try await body() }
+        let timer = DeadlineTimer(after: ContinuousClock.now.duration(to: deadline)) { work.cancel() }
+        defer { timer.cancel() }
+        do {
+            return try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
+        } catch {
+            guard timer.fired else { throw error }
+            let why = clients ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed" : "the stream reached --max-stream-duration \(DurationParsing.format(configuration.maxStreamDuration))"
+            throw RPCError(.deadlineExceeded, why)
         }
     }
 }

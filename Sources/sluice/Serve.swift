@@ -56,6 +56,8 @@ struct Serve: AsyncParsableCommand {
     var maxRetries = 3
     @Option(help: "How long a stream whose client vanished keeps running, awaiting Resume.")
     var abandonGrace = CLIDuration(.seconds(30))
+    @Option(help: "How long a finished stream stays resumable (its events are kept in memory until then).")
+    var retention = CLIDuration(.seconds(60))
     @Option(help: "Replay buffer per stream, in bytes (what Resume can replay).")
     var replayBufferBytes = 1 << 20
 
@@ -174,6 +176,7 @@ struct Serve: AsyncParsableCommand {
         engineConfiguration.retry.maxRetries = maxRetries
         engineConfiguration.maxStreamDuration = maxStreamDuration.duration
         engineConfiguration.abandonGrace = abandonGrace.duration
+        engineConfiguration.retention = retention.duration
         engineConfiguration.replayBufferBytes = replayBufferBytes
         engineConfiguration.upstreamIsSimulator = simulatorServer != nil || upstreamIsSimulator
         engineConfiguration.toolTimeout = toolTimeout.duration

@@ -82,24 +82,20 @@ struct ToolRunner {
             channel.emit(.toolProgress(id: id, message: message, percentage: percentage))
         }
         let timeout = engine.configuration.toolTimeout
-        return await withTaskGroup(of: Result<JSONValue, ToolError>?.self) { group in
-            group.addTask {
-                do throws(ToolError) {
-                    return .success(try await tool.execute(input: input, progress: progress))
-                } catch {
-                    return .failure(error)
-                }
+        let work = Task { () -> Result<JSONValue, ToolError> in
+            do throws(ToolError) {
+                return .success(try await tool.execute(input: input, progress: progress))
+            } catch {
+                return .failure(error)
             }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return Task.isCancelled ? nil : .failure(ToolError("\(tool.name) did not finish within \(DurationParsing.format(timeout)) (--tool-timeout)"))
-            }
-            defer { group.cancelAll() }
-            while let result = await group.next() {
-                if let result { return result }
-            }
-            return .failure(ToolError("cancelled"))
         }
+        let timer = DeadlineTimer(after: timeout) { work.cancel() }
+        defer { timer.cancel() }
+        let result = await withTaskCancellationHandler { await work.value } onCancel: { work.cancel() }
+        if timer.fired {
+            return .failure(ToolError("\(tool.name) did not finish within \(DurationParsing.format(timeout)) (--tool-timeout)"))
+        }
+        return result
     }
 
     /// The result as the model gets it: the output's JSON, cut at `--tool-result-max-bytes` (the API
