@@ -1,0 +1,113 @@
+import Glibc
+import Logging
+import Synchronization
+import Testing
+
+@testable import SluiceTransport
+
+@Suite struct HTTP1ConnectionTests {
+    /// A blocking loopback TCP client, for bytes no HTTP client library would send or withhold.
+    final class RawClient {
+        let fd: Int32
+
+        init(port: Int, receiveBuffer: Int32? = nil) throws {
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            if var size = receiveBuffer {
+                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
+            var timeout = timeval(tv_sec: 10, tv_usec: 0)  // a safety net against hangs
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let rv = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard rv == 0 else { throw TransportError.system("connect", errno) }
+        }
+
+        deinit { close(fd) }
+
+        func send(_ text: String) {
+            _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        }
+
+        /// Reads until the terminating chunk (the connection stays open for keep-alive).
+        func readThroughLastChunk() -> [UInt8] {
+            var received: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 256 * 1024)
+            let terminator = Array("\r\n0\r\n\r\n".utf8)
+            while received.count < terminator.count || Array(received.suffix(terminator.count)) != terminator {
+                let count = recv(fd, &buffer, buffer.count, 0)
+                if count <= 0 { break }
+                received += buffer[0..<count]
+            }
+            return received
+        }
+    }
+
+    private func withServer(routes: (inout RPCRouter) -> Void, _ body: (Int) async throws -> Void) async throws {
+        var router = RPCRouter()
+        routes(&router)
+        var configuration = HTTP2ServerConfiguration()
+        configuration.port = 0
+        configuration.eventLoops = 1
+        let server = try HTTP2Server(configuration: configuration, router: router, logger: Logger(label: "test.server"))
+        try server.start()
+        do {
+            try await body(server.port)
+        } catch {
+            await server.shutdown(drainTimeout: .zero)
+            throw error
+        }
+        await server.shutdown(drainTimeout: .zero)
+    }
+
+    /// Splits a chunked body into its chunks' data; nil if it lacks the terminating chunk.
+    private func dechunk(_ bytes: ArraySlice<UInt8>) -> [UInt8]? {
+        var body: [UInt8] = []
+        var index = bytes.startIndex
+        while let lineEnd = bytes[index...].firstIndex(of: 13) {
+            guard let size = Int(String(decoding: bytes[index..<lineEnd], as: UTF8.self), radix: 16) else { return nil }
+            if size == 0 { return body }
+            let start = lineEnd + 2
+            guard start + size + 2 <= bytes.endIndex else { return nil }
+            body += bytes[start..<start + size]
+            index = start + size + 2
+        }
+        return nil
+    }
+
+    @Test func aClientThatStopsReadingSuspendsTheHandler() async throws {
+        let total = 64 << 20
+        let piece = [UInt8](repeating: UInt8(ascii: "x"), count: 64 * 1024)
+        let written = Atomic<Int>(0)
+        try await withServer(routes: { router in
+            router.registerHTTP("/firehose") { _, writer in
+                try writer.head(status: 200, headers: [("content-type", "application/octet-stream")])
+                while written.load(ordering: .relaxed) < total {
+                    try await writer.write(piece)
+                    written.add(piece.count, ordering: .relaxed)
+                }
+            }
+        }) { port in
+            let client = try RawClient(port: port, receiveBuffer: 4096)
+            client.send("GET /firehose HTTP/1.1\r\nHost: test\r\n\r\n")
+            // An observation window, not a synchronisation: without backpressure the handler
+            // writes all 64 MiB in a fraction of this.
+            try await Task.sleep(for: .seconds(1))
+            let stalledAt = written.load(ordering: .relaxed)
+            #expect(stalledAt > 0)
+            #expect(stalledAt < 16 << 20, "the handler wrote \(stalledAt) bytes to a client that read none")
+
+            let response = client.readThroughLastChunk()
+            let headEnd = try #require(response.firstRange(of: Array("\r\n\r\n".utf8)))
+            let head = String(decoding: response[..<headEnd.lowerBound], as: UTF8.self)
+            #expect(head.hasPrefix("HTTP/1.1 200 OK\r\n"))
+            #expect(head.contains("transfer-encoding: chunked"))
+            let body = try #require(dechunk(response[headEnd.upperBound...]))
+            #expect(body.count == total)
+        }
+    }
+}
