@@ -48,9 +48,15 @@ final class HTTP1Response {
                 guard outbound.responseShape(trailersOnlyAllowed: false) != nil else { return }
                 startHandlerResponse(outbound, scratch: scratch, closing: closing, into: &out)
             } else {
-                let drained = outbound.drain(into: scratch)
-                appendBody(UnsafeRawBufferPointer(rebasing: scratch[0..<drained.byteCount]), into: &out)
-                if drained.endOfStream { end(ok: drained.status?.code == .ok, into: &out) }
+                while true {
+                    let drained = outbound.drain(into: scratch)
+                    let before = out.count
+                    appendBody(UnsafeRawBufferPointer(rebasing: scratch[0..<drained.byteCount]), into: &out)
+                    if drained.endOfStream { return end(ok: drained.status?.code == .ok, into: &out) }
+                    // Bytes dropped (HEAD, or a status without a body) still have to be drained,
+                    // or the loop would never be woken again.
+                    if drained.byteCount == 0 || out.count > before { return }
+                }
             }
         }
     }

@@ -33,6 +33,17 @@ import Testing
             _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
         }
 
+        /// Everything until the server closes the connection.
+        func readUntilClosed() -> [UInt8] {
+            var received: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+            while true {
+                let count = recv(fd, &buffer, buffer.count, 0)
+                if count <= 0 { return received }
+                received += buffer[0..<count]
+            }
+        }
+
         /// Reads until the terminating chunk (the connection stays open for keep-alive).
         func readThroughLastChunk() -> [UInt8] {
             var received: [UInt8] = []
@@ -108,6 +119,32 @@ import Testing
             #expect(head.contains("transfer-encoding: chunked"))
             let body = try #require(dechunk(response[headEnd.upperBound...]))
             #expect(body.count == total)
+        }
+    }
+
+    @Test func headOfAStreamedResponseHasNoBodyAndTheConnectionGoesOn() async throws {
+        // Pieces larger than the read scratch and the queue: the loop must keep draining what a
+        // HEAD response drops, or the handler would wait for room forever.
+        let piece = [UInt8](repeating: UInt8(ascii: "x"), count: 100_000)
+        try await withServer(routes: { router in
+            router.registerHTTP("/pieces") { _, writer in
+                try writer.head(status: 200, headers: [("content-type", "application/octet-stream")])
+                for _ in 1...5 {
+                    try await writer.write(piece)
+                    // Pauses between pieces, as a live stream has: its head goes out before its end.
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+        }) { port in
+            let client = try RawClient(port: port)
+            client.send("HEAD /pieces HTTP/1.1\r\nHost: test\r\n\r\nGET /pieces HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            let received = String(decoding: client.readUntilClosed(), as: UTF8.self)
+            let responses = received.split(separator: "HTTP/1.1 200 OK\r\n", omittingEmptySubsequences: false)
+            try #require(responses.count == 3, "two responses: \(received.prefix(500))")
+            #expect(responses[1].hasSuffix("\r\n\r\n") && !responses[1].contains("xx"), "the HEAD response is its head only: \(responses[1].prefix(500))")
+            #expect(responses[2].contains("connection: close\r\n"))
+            #expect(responses[2].hasSuffix("\r\n0\r\n\r\n"))
+            #expect(responses[2].filter { $0 == "x" }.count == 5 * piece.count)
         }
     }
 }
