@@ -115,8 +115,9 @@ final class HTTP1Response {
         var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\ndate: \(Self.httpDate())\r\n"
         for (name, value) in headers where !Self.managedHeaders.contains(name) && !name.hasPrefix(":") {
             // A CR or LF would let a header value start a header (or the body) of its own.
-            guard !name.utf8.contains(where: { $0 == 13 || $0 == 10 }), !value.utf8.contains(where: { $0 == 13 || $0 == 10 }) else { continue }
-            head += "\(name): \(value)\r\n"
+            let field = "\(name): \(value)\r\n"
+            guard !field.utf8.dropLast(2).contains(where: { $0 == 13 || $0 == 10 }) else { continue }
+            head += field
         }
         if Self.allowsBody(status) {
             if let contentLength {
@@ -131,7 +132,9 @@ final class HTTP1Response {
     }
 
     /// Headers the connection sets itself; a handler's own would contradict the framing.
-    private static let managedHeaders: Set<String> = ["connection", "content-length", "transfer-encoding", "keep-alive", "date", "upgrade"]
+    private static let managedHeaders: Set<String> = [
+        "connection", "content-length", "transfer-encoding", "keep-alive", "date", "upgrade",
+    ]
 
     /// 1xx, 204 and 304 responses have no body and no length (RFC 9110 §6.4.1, §8.6).
     private static func allowsBody(_ status: Int) -> Bool {
