@@ -22,6 +22,7 @@ final class HTTP1Response {
     private let isHead: Bool
     private let clientIsHTTP10: Bool
     private var headWritten = false
+    private var headStatus = 0
     private var framing = Framing.none
     private(set) var complete = false
     /// The connection must close once this response is out: it said `connection: close`, its end
@@ -52,7 +53,7 @@ final class HTTP1Response {
                     let drained = outbound.drain(into: scratch)
                     let before = out.count
                     appendBody(UnsafeRawBufferPointer(rebasing: scratch[0..<drained.byteCount]), into: &out)
-                    if drained.endOfStream { return end(ok: drained.status?.code == .ok, into: &out) }
+                    if drained.endOfStream { return end(ok: endsCleanly(drained.status?.code), into: &out) }
                     // Bytes dropped (HEAD, or a status without a body) still have to be drained,
                     // or the loop would never be woken again.
                     if drained.byteCount == 0 || out.count > before { return }
@@ -66,11 +67,11 @@ final class HTTP1Response {
     ) {
         let head = outbound.head ?? [(":status", "500")]
         let status = head.first { $0.0 == ":status" }.flatMap { Int($0.1) } ?? 500
+        headStatus = status
         let drained = outbound.drain(into: scratch)
         let body = UnsafeRawBufferPointer(rebasing: scratch[0..<drained.byteCount])
-        let code = drained.status?.code
-        if drained.endOfStream && (code == .ok || code == .internal) {
-            // Finished already (the usual short answer, or the handler's 500 page): one piece with its length.
+        if drained.endOfStream && endsCleanly(drained.status?.code) {
+            // Finished already (the usual short answer): one piece with its length.
             writeHead(status: status, headers: head, contentLength: body.count, closing: closing, into: &out)
             if !isHead && Self.allowsBody(status) { out.append(contentsOf: body) }
             complete = true
@@ -98,6 +99,12 @@ final class HTTP1Response {
             out += [13, 10]
         case .untilClose: out.append(contentsOf: bytes)
         }
+    }
+
+    /// OK, or the 500 page of a handler that failed (see `runHTTPHandler`). Anything else, such
+    /// as a failure after a head of the handler's own, must show as a truncated response.
+    private func endsCleanly(_ code: StatusCode?) -> Bool {
+        code == .ok || (code == .internal && headStatus == 500)
     }
 
     private func end(ok: Bool, into out: inout [UInt8]) {

@@ -7,7 +7,8 @@ import Testing
 
 @Suite struct HTTP1ConnectionTests {
     /// A blocking loopback TCP client, for bytes no HTTP client library would send or withhold.
-    final class RawClient {
+    /// Its reads run through `onOwnThread`.
+    final class RawClient: @unchecked Sendable {
         let fd: Int32
 
         init(port: Int, receiveBuffer: Int32? = nil) throws {
@@ -112,7 +113,7 @@ import Testing
             #expect(stalledAt > 0)
             #expect(stalledAt < 16 << 20, "the handler wrote \(stalledAt) bytes to a client that read none")
 
-            let response = client.readThroughLastChunk()
+            let response = await onOwnThread { client.readThroughLastChunk() }
             let headEnd = try #require(response.firstRange(of: Array("\r\n\r\n".utf8)))
             let head = String(decoding: response[..<headEnd.lowerBound], as: UTF8.self)
             #expect(head.hasPrefix("HTTP/1.1 200 OK\r\n"))
@@ -138,7 +139,7 @@ import Testing
         }) { port in
             let client = try RawClient(port: port)
             client.send("HEAD /pieces HTTP/1.1\r\nHost: test\r\n\r\nGET /pieces HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            let received = String(decoding: client.readUntilClosed(), as: UTF8.self)
+            let received = String(decoding: await onOwnThread { client.readUntilClosed() }, as: UTF8.self)
             let responses = received.split(separator: "HTTP/1.1 200 OK\r\n", omittingEmptySubsequences: false)
             try #require(responses.count == 3, "two responses: \(received.prefix(500))")
             #expect(responses[1].hasSuffix("\r\n\r\n") && !responses[1].contains("xx"), "the HEAD response is its head only: \(responses[1].prefix(500))")
@@ -147,4 +148,51 @@ import Testing
             #expect(responses[2].filter { $0 == "x" }.count == 5 * piece.count)
         }
     }
+
+    struct Failure: Error {}
+
+    @Test func handlerFailuresShowAsA500OrATruncatedResponse() async throws {
+        try await withServer(routes: { router in
+            router.registerHTTP("/fails") { _, _ in throw Failure() }
+            router.registerHTTP("/fails-late") { _, writer in
+                try writer.head(status: 200)
+                try await writer.write(Array("partial".utf8))
+                throw Failure()
+            }
+        }) { port in
+            let early = try RawClient(port: port)
+            early.send("GET /fails HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            let page = String(decoding: await onOwnThread { early.readUntilClosed() }, as: UTF8.self)
+            #expect(page.hasPrefix("HTTP/1.1 500 Internal Server Error\r\n"))
+            #expect(page.contains("internal error: Failure()\n"))
+            // Complete, whichever framing the timing chose.
+            #expect(page.hasSuffix("\r\n0\r\n\r\n") || page.contains("content-length: 26\r\n"), "\(page)")
+
+            let late = try RawClient(port: port)
+            late.send("GET /fails-late HTTP/1.1\r\nHost: test\r\n\r\n")
+            let cut = String(decoding: await onOwnThread { late.readUntilClosed() }, as: UTF8.self)
+            // Closed without a complete message: no terminating chunk, no length that pretends.
+            #expect(!cut.contains("\r\n0\r\n\r\n") && !cut.contains("content-length"), "\(cut)")
+        }
+    }
+}
+
+/// Runs `body` on a thread of its own: blocking socket reads must stay off Swift's cooperative
+/// pool, which the server's handlers need in order to produce what is being read.
+private func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        let work = Unmanaged.passRetained(Work { continuation.resume(returning: body()) })
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { raw in
+            Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, work.toOpaque())
+        precondition(result == 0, "pthread_create failed: \(result)")
+        pthread_detach(thread)
+    }
+}
+
+private final class Work: @unchecked Sendable {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
 }
