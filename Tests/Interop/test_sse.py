@@ -1,6 +1,6 @@
 """Server-Sent Events end to end: POST /v1/streams, GET /v1/streams/{id}/events and DELETE
-/v1/streams/{id} against a live `sluice serve` on its built-in simulator, with real clients: curl
-(--http2-prior-knowledge -N) and httpx2's EventSource over HTTP/2.
+/v1/streams/{id} against a live `sluice serve` on its built-in simulator, with real clients: curl -N
+and httpx2's EventSource, over HTTP/2 (h2c, prior knowledge) and HTTP/1.1 on the same port.
 
 Every event's `data` is validated against schema/stream_event.schema.json, and its `id` and
 `event` fields must be its seq and type; responses and errors against schema/stream_created and
@@ -40,6 +40,8 @@ ERROR_VALIDATOR = validator("http_error.schema.json")
 CANCEL_VALIDATOR = validator("cancel_request.schema.json")
 # A whole curl run: the slowest streams here take a few seconds.
 CURL_TIMEOUT = 30.0
+# Protocol name (test id) → curl flag and the status line's version.
+PROTOCOLS = {"h2c": ("--http2-prior-knowledge", "HTTP/2"), "http1.1": ("--http1.1", "HTTP/1.1")}
 
 
 # MARK: Parsing text/event-stream
@@ -103,29 +105,26 @@ def check_error(response: httpx2.Response, status: int, code: str) -> str:
 # MARK: curl
 
 
-def curl(port: int, path: str, *args: str, timeout: float = CURL_TIMEOUT) -> tuple[int, dict[str, str], str]:
-    """curl over h2c with prior knowledge, unbuffered: (status, headers, body)."""
+def curl(port: int, path: str, *args: str, protocol: str = "h2c") -> tuple[int, dict[str, str], str]:
+    """curl, unbuffered, until the response ends: (status, headers, body)."""
+    flag, version = PROTOCOLS[protocol]
     result = subprocess.run(
-        ["curl", "--http2-prior-knowledge", "-N", "-sS", "-i", *args, f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, timeout=timeout, check=False,
+        ["curl", flag, "-N", "-sS", "-i", *args, f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, timeout=CURL_TIMEOUT, check=False,
     )
     assert result.returncode == 0, f"curl {path} failed ({result.returncode}): {result.stderr.decode()}"
-    return parse_curl_response(result.stdout.decode())
-
-
-def parse_curl_response(output: str) -> tuple[int, dict[str, str], str]:
-    head, _, body = output.partition("\r\n\r\n")
+    head, _, body = result.stdout.decode().partition("\r\n\r\n")
     status_line, *header_lines = head.split("\r\n")
-    assert status_line.startswith("HTTP/2 "), f"not an HTTP/2 response: {status_line!r}"
+    assert status_line.startswith(version + " "), f"not an {version} response: {status_line!r}"
     headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
     return int(status_line.split()[1]), headers, body
 
 
-def curl_post(port: int, request: dict, token: str | None = None) -> str:
+def curl_post(port: int, request: dict, token: str | None = None, protocol: str = "h2c") -> str:
     """POST /v1/streams with curl; returns the new stream's id."""
     auth = ["-H", f"authorization: Bearer {token}"] if token else []
     status, headers, body = curl(port, STREAMS, "-X", "POST", "-H", "content-type: application/json",
-                                 "--data-binary", json.dumps(request), *auth)
+                                 "--data-binary", json.dumps(request), *auth, protocol=protocol)
     assert status == 201, (status, body)
     assert headers["content-type"] == "application/json"
     created = json.loads(body)
@@ -134,9 +133,9 @@ def curl_post(port: int, request: dict, token: str | None = None) -> str:
     return created["stream_id"]
 
 
-def curl_events(port: int, stream_id: str, *args: str) -> SSEStream:
+def curl_events(port: int, stream_id: str, *args: str, protocol: str = "h2c") -> SSEStream:
     """GET the stream's events with `curl -N` until the response ends."""
-    status, headers, body = curl(port, f"{STREAMS}/{stream_id}/events", *args)
+    status, headers, body = curl(port, f"{STREAMS}/{stream_id}/events", *args, protocol=protocol)
     assert status == 200, (status, body)
     assert headers["content-type"] == "text/event-stream; charset=utf-8"
     assert headers["cache-control"] == "no-cache"
@@ -146,10 +145,10 @@ def curl_events(port: int, stream_id: str, *args: str) -> SSEStream:
 # MARK: httpx2
 
 
-def http_client(token: str | None = None) -> httpx2.Client:
-    """httpx2 speaking HTTP/2 with prior knowledge (h2c)."""
+def http_client(token: str | None = None, protocol: str = "h2c") -> httpx2.Client:
+    """httpx2 speaking HTTP/2 with prior knowledge (h2c), or HTTP/1.1."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    return httpx2.Client(http1=False, http2=True, headers=headers, timeout=IO_TIMEOUT)
+    return httpx2.Client(http1=protocol == "http1.1", http2=protocol == "h2c", headers=headers, timeout=IO_TIMEOUT)
 
 
 def url(port: int, path: str) -> str:
@@ -159,7 +158,6 @@ def url(port: int, path: str) -> str:
 def post_stream(client: httpx2.Client, port: int, request: dict) -> str:
     response = client.post(url(port, STREAMS), json=request)
     assert response.status_code == 201, (response.status_code, response.text)
-    assert response.http_version == "HTTP/2"
     created = response.json()
     assert not list(CREATED_VALIDATOR.iter_errors(created)), created
     return created["stream_id"]
@@ -168,7 +166,7 @@ def post_stream(client: httpx2.Client, port: int, request: dict) -> str:
 def read_events(client: httpx2.Client, port: int, stream_id: str, limit: int | None = None,
                 headers: dict | None = None, params: dict | None = None) -> list[dict]:
     """The stream's events through httpx2's EventSource, all of them or the first `limit` (the
-    response is then closed mid-stream, which resets its HTTP/2 stream)."""
+    response is then closed mid-stream: a disconnect)."""
     events = []
     with client.sse(url(port, f"{STREAMS}/{stream_id}/events"), headers=headers, params=params) as source:
         assert source.response.status_code == 200, source.response.read()
@@ -196,10 +194,11 @@ def rpc_frames(port: int, stream_id: str) -> list[bytes]:
         return list(resume({"stream_id": stream_id, "after_seq": 0}, timeout=IO_TIMEOUT))
 
 
-def test_curl_reads_a_whole_stream_whose_data_are_the_rpc_frames(server):
-    stream_id = curl_post(server.port, send_request(seed=1, output_tokens=40))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_curl_reads_a_whole_stream_whose_data_are_the_rpc_frames(server, protocol):
+    stream_id = curl_post(server.port, send_request(seed=1, output_tokens=40), protocol=protocol)
 
-    stream = curl_events(server.port, stream_id)
+    stream = curl_events(server.port, stream_id, protocol=protocol)
 
     events = stream.frames
     assert_stream_shape(events, "OK")  # ids 1..N without gaps, stream_complete last
@@ -209,10 +208,12 @@ def test_curl_reads_a_whole_stream_whose_data_are_the_rpc_frames(server):
     assert [e["data"].encode() for e in stream.events] == rpc_frames(server.port, stream_id)
 
 
-def test_httpx_event_source_reads_a_whole_stream(server):
-    with http_client() as client:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_httpx_event_source_reads_a_whole_stream(server, protocol):
+    with http_client(protocol=protocol) as client:
         stream_id = post_stream(client, server.port, send_request(seed=2, output_tokens=40))
         events = read_events(client, server.port, stream_id)
+        assert client.get(url(server.port, "/healthz")).http_version == ("HTTP/2" if protocol == "h2c" else "HTTP/1.1")
     assert_stream_shape(events, "OK")
     assert {e["stream_id"] for e in events} == {stream_id}
 
@@ -220,10 +221,10 @@ def test_httpx_event_source_reads_a_whole_stream(server):
 # MARK: Resuming
 
 
-def curl_until_killed(port: int, stream_id: str, events: int) -> list[dict]:
+def curl_until_killed(port: int, stream_id: str, events: int, protocol: str) -> list[dict]:
     """`curl -N` reading the stream, killed (its connection vanishes) once `events` events arrived."""
     process = subprocess.Popen(
-        ["curl", "--http2-prior-knowledge", "-N", "-sS", url(port, f"{STREAMS}/{stream_id}/events")],
+        ["curl", PROTOCOLS[protocol][0], "-N", "-sS", url(port, f"{STREAMS}/{stream_id}/events")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
@@ -240,23 +241,25 @@ def curl_until_killed(port: int, stream_id: str, events: int) -> list[dict]:
     return parse_sse(body).frames
 
 
-def httpx_until_closed(port: int, stream_id: str, events: int) -> list[dict]:
-    """httpx2 reading the stream, closing the response (RST_STREAM) once `events` events arrived."""
-    with http_client() as client:
+def httpx_until_closed(port: int, stream_id: str, events: int, protocol: str) -> list[dict]:
+    """httpx2 reading the stream, closing the response once `events` events arrived (RST_STREAM
+    over HTTP/2; over HTTP/1.1 the connection closes, since the response is unfinished)."""
+    with http_client(protocol=protocol) as client:
         return read_events(client, port, stream_id, limit=events)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("first_reader", [curl_until_killed, httpx_until_closed], ids=["curl-killed", "httpx-closed"])
-def test_last_event_id_resumes_after_a_disconnect_with_every_event_once(server, first_reader):
+def test_last_event_id_resumes_after_a_disconnect_with_every_event_once(server, first_reader, protocol):
     request = slow_request(seed=3, seconds=2, output_tokens=20)
     with http_client() as client:
         uninterrupted = read_events(client, server.port, post_stream(client, server.port, send_request(seed=3, output_tokens=20)))
         stream_id = post_stream(client, server.port, request)
 
-    first_part = first_reader(server.port, stream_id, 4)
+    first_part = first_reader(server.port, stream_id, 4, protocol)
     assert [e["seq"] for e in first_part] == [1, 2, 3, 4]
     # The disconnect only detached the stream: it runs on to stream_complete.
-    rest = curl_events(server.port, stream_id, "-H", f"Last-Event-ID: {first_part[-1]['seq']}").frames
+    rest = curl_events(server.port, stream_id, "-H", f"Last-Event-ID: {first_part[-1]['seq']}", protocol=protocol).frames
 
     whole = first_part + rest
     assert_stream_shape(whole, "OK")  # every seq exactly once
@@ -299,17 +302,17 @@ def test_a_newer_reader_takes_the_stream_over(server):
 # MARK: Heartbeats
 
 
-@pytest.mark.parametrize("configured_by", ["flag", "environment"])
-def test_heartbeats_keep_a_slow_stream_alive(start_server, monkeypatch, configured_by):
+@pytest.mark.parametrize(("configured_by", "protocol"), [("flag", "h2c"), ("environment", "http1.1")])
+def test_heartbeats_keep_a_slow_stream_alive(start_server, monkeypatch, configured_by, protocol):
     if configured_by == "flag":
         server = start_server("--sse-heartbeat", "50ms")
     else:
         monkeypatch.setenv("SLUICE_SSE_HEARTBEAT", "50ms")
         server = start_server()
     # Five tokens 400 ms apart: every gap is eight heartbeat intervals.
-    stream_id = curl_post(server.port, slow_request(seed=6, seconds=2, output_tokens=5))
+    stream_id = curl_post(server.port, slow_request(seed=6, seconds=2, output_tokens=5), protocol=protocol)
 
-    stream = curl_events(server.port, stream_id)
+    stream = curl_events(server.port, stream_id, protocol=protocol)
 
     assert stream.comments and set(stream.comments) == {"keepalive"}, stream.comments
     assert_stream_shape(stream.frames, "OK")
@@ -325,8 +328,9 @@ def test_heartbeat_must_be_positive(sluice_bin):
 # MARK: Cancel
 
 
-def test_delete_cancels_the_stream_being_read(server):
-    with http_client() as client, http_client() as canceller:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_delete_cancels_the_stream_being_read(server, protocol):
+    with http_client(protocol=protocol) as client, http_client(protocol=protocol) as canceller:
         stream_id = post_stream(client, server.port, slow_request(seed=7, seconds=10))
         events = []
         with client.sse(url(server.port, f"{STREAMS}/{stream_id}/events")) as source:
@@ -414,8 +418,9 @@ def test_authentication_and_caller_isolation(keyed_server):
     ids=["bad-json", "missing-model", "wrong-content-type", "get-collection", "unknown-stream", "delete-unknown",
          "post-events", "get-stream", "unknown-path", "empty-id"],
 )
-def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, method, path, kwargs, status, code, allow):
-    with http_client() as client:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, method, path, kwargs, status, code, allow, protocol):
+    with http_client(protocol=protocol) as client:
         message = check_error(client.request(method, url(server.port, path), **kwargs), status, code)
         if allow:
             assert client.request(method, url(server.port, path)).headers["allow"] == allow
