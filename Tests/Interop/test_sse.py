@@ -483,3 +483,17 @@ def test_a_draining_server_starts_no_stream(start_server):
     assert late.headers[":status"] == "503", late.header_blocks
     body = json.loads(bytes(late.data))
     assert not list(ERROR_VALIDATOR.iter_errors(body)) and body["error"]["code"] == "UNAVAILABLE", body
+
+
+def test_events_no_longer_buffered_are_gone(start_server):
+    server = start_server("--replay-buffer-bytes", "512")
+    with http_client() as client:
+        stream_id = post_stream(client, server.port, send_request(seed=14, output_tokens=40))
+        wait_for_metrics(server.port, lambda m: m.counter("sluice_streams_completed_total", status="OK") == 1,
+                         "the stream completed")
+        message = check_error(client.get(url(server.port, f"{STREAMS}/{stream_id}/events")), 410, "DATA_LOSS")
+        assert "--replay-buffer-bytes" in message, message
+        # The message names the evicted range; the newest events, after it, are still there.
+        evicted = int(re.search(r"events 1–(\d+) of", message).group(1))
+        tail = read_events(client, server.port, stream_id, headers={"last-event-id": str(evicted)})
+        assert tail[0]["seq"] == evicted + 1 and tail[-1]["type"] == "stream_complete", tail
