@@ -44,7 +44,7 @@ let package = Package(
         .target(
             name: "SluiceUpstream",
             dependencies: [
-                "CCurl", "SluiceWire", "SluiceTransport",
+                "CCurl", "CLinux", "SluiceWire", "SluiceTransport",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

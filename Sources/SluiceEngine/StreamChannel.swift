@@ -1,9 +1,19 @@
 import SluiceWire
 import Synchronization
 
+/// Takes an attached client's events without waiting: the fast path from the job to the client.
+public protocol StreamEventSink: Sendable {
+    /// Queues `bytes` for the client if that is possible at once; false when the client is not keeping up
+    /// (or is gone), and the subscriber's task then delivers the event itself, waiting as needed.
+    func offer(_ bytes: [UInt8]) -> Bool
+}
+
 /// The events of one stream: numbered, kept in a bounded replay buffer, and handed to the one
 /// client attached at a time. The job keeps recording while no client is attached (a dropped
 /// connection), so a `Resume` within the grace period continues with no gap.
+///
+/// A subscriber with a sink gets each new event pushed into it by `emit` while its task is parked
+/// in `next` with nothing left to deliver, so the common case costs no task switch per event.
 public final class StreamChannel: Sendable {
     public enum Item: Sendable, Equatable {
         case event(seq: Int, bytes: [UInt8])
@@ -17,9 +27,19 @@ public final class StreamChannel: Sendable {
         var bufferedBytes = 0
         var nextSeq = 1
         var outcome: RPCError??
-        var subscriber: (generation: Int, continuation: CheckedContinuation<Void, Never>?)?
+        var subscriber: Subscriber?
         var generation = 0
         var detachedSince: ContinuousClock.Instant? = .now
+    }
+
+    private struct Subscriber {
+        let generation: Int
+        var continuation: CheckedContinuation<Void, Never>?
+        let sink: (any StreamEventSink)?
+        /// The last seq this subscriber has had, pushed to its sink or returned by `next`.
+        var delivered = 0
+        /// The subscriber's task waits in `next` with everything delivered: `emit` may push.
+        var parked = false
     }
 
     public let streamID: String
@@ -52,6 +72,13 @@ public final class StreamChannel: Sendable {
                 state.events.removeFirst(state.head)
                 state.head = 0
             }
+            // Pushed under the lock, so events emitted concurrently (parallel tools) keep seq order.
+            if let subscriber = state.subscriber, subscriber.parked, subscriber.delivered == seq - 1,
+                let sink = subscriber.sink, sink.offer(bytes)
+            {
+                state.subscriber?.delivered = seq
+                return (nil, seq)
+            }
             return (Self.takeWaiter(&state), seq)
         }
         waiter?.resume()
@@ -73,11 +100,14 @@ public final class StreamChannel: Sendable {
 
     /// Attaches a new client, detaching any previous one (its `next` returns nil).
     /// Returns the subscription generation to pass to `next` and `detach`.
-    public func attach() -> Int {
+    /// - Parameters:
+    ///   - sink: where `emit` may push events directly once the client has caught up.
+    ///   - seq: the last event the client already has.
+    public func attach(sink: (any StreamEventSink)? = nil, after seq: Int = 0) -> Int {
         let (generation, previous) = state.withLock { state -> (Int, CheckedContinuation<Void, Never>?) in
             state.generation += 1
             let previous = state.subscriber?.continuation
-            state.subscriber = (state.generation, nil)
+            state.subscriber = Subscriber(generation: state.generation, sink: sink, delivered: seq)
             state.detachedSince = nil
             return (state.generation, previous)
         }
@@ -99,13 +129,17 @@ public final class StreamChannel: Sendable {
     /// Since when no client has been attached, or nil while one is.
     public var detachedSince: ContinuousClock.Instant? { state.withLock { $0.detachedSince } }
 
-    /// The next item after `seq`, waiting for it if needed. Returns nil when this subscription
-    /// was replaced or detached, or the task was cancelled. Throws DATA_LOSS when events after
-    /// `seq` were already evicted from the replay buffer.
-    public func next(after seq: Int, generation: Int) async throws(RPCError) -> Item? {
+    /// The next item after `seq` (or after the last event already delivered, if later), waiting
+    /// for it if needed. Returns nil when this subscription was replaced or detached, or the task
+    /// was cancelled. Throws DATA_LOSS when events after `seq` were already evicted from the
+    /// replay buffer.
+    public func next(after delivered: Int, generation: Int) async throws(RPCError) -> Item? {
+        var seq = delivered
         while true {
             let result = state.withLock { state -> Result<Item?, RPCError>? in
-                guard state.subscriber?.generation == generation else { return .success(nil) }
+                guard let subscriber = state.subscriber, subscriber.generation == generation else { return .success(nil) }
+                seq = max(seq, subscriber.delivered)
+                state.subscriber?.parked = false
                 if let first = state.events[safe: state.head], first.seq > seq + 1 {
                     return .failure(
                         RPCError(.dataLoss, "events \(seq + 1)–\(first.seq - 1) of stream \(streamID) are no longer buffered (--replay-buffer-bytes \(maxBufferedBytes)); resume sooner or raise the limit")
@@ -113,9 +147,11 @@ public final class StreamChannel: Sendable {
                 }
                 if seq + 1 < state.nextSeq, let first = state.events[safe: state.head] {
                     let index = state.head + (seq + 1 - first.seq)
+                    state.subscriber?.delivered = state.events[index].seq
                     return .success(.event(seq: state.events[index].seq, bytes: state.events[index].bytes))
                 }
                 if let outcome = state.outcome { return .success(.end(outcome)) }
+                state.subscriber?.parked = true
                 return nil
             }
             if let result { return try result.get() }
@@ -123,9 +159,9 @@ public final class StreamChannel: Sendable {
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resumeNow = state.withLock { state -> Bool in
-                        guard state.subscriber?.generation == generation else { return true }
-                        // Something may have arrived since the check above.
-                        if seq + 1 < state.nextSeq || state.outcome != nil { return true }
+                        guard let subscriber = state.subscriber, subscriber.generation == generation else { return true }
+                        // Something may have arrived (and not been pushed) since the check above.
+                        if max(seq, subscriber.delivered) + 1 < state.nextSeq || state.outcome != nil { return true }
                         state.subscriber?.continuation = continuation
                         return false
                     }

@@ -88,7 +88,10 @@ public final class StreamEngine: Sendable {
     // MARK: Starting and finding streams
 
     /// Starts a stream for `caller`; returns its channel (events from seq 1).
-    public func start(_ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?) throws(RPCError) -> StreamChannel {
+    /// - Parameter executor: where the stream's job runs; the client's event loop saves a thread switch per event.
+    public func start(
+        _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil
+    ) throws(RPCError) -> StreamChannel {
         if request.simulation != nil && !configuration.upstreamIsSimulator {
             throw RPCError(.invalidArgument, "'simulation' is only accepted when Sluice runs on its simulator; this server talks to the real Anthropic API")
         }
@@ -113,7 +116,7 @@ public final class StreamEngine: Sendable {
         let limit = ContinuousClock.now + configuration.maxStreamDuration
         let effectiveDeadline = deadline.map { min($0, limit) } ?? limit
         let deadlineIsClients = deadline.map { $0 <= limit } ?? false
-        let job = Task {
+        let job = Task(executorPreference: executor) {
             await self.run(request, record: record, admitted: admitted, deadline: effectiveDeadline, deadlineIsClients: deadlineIsClients)
         }
         record.job.withLock { $0 = job }

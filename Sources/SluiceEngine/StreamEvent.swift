@@ -33,39 +33,65 @@ public enum StreamEvent: Sendable, Equatable {
         }
     }
 
-    /// The event's own fields (without `stream_id`, `seq`, `type`).
-    var fields: [String: JSONValue] {
+    /// The event's own fields (without `stream_id`, `seq`, `type`), in key order.
+    private var fields: KeyValuePairs<String, JSONValue> {
         switch self {
         case .streamQueued(let position): ["position": .number(Double(position))]
-        case .messageStart(let id, let role, let model): ["id": .string(id), "role": .string(role), "model": .string(model)]
-        case .messageDelta(let id, let delta): ["id": .string(id), "delta": .string(delta)]
+        case .messageStart(let id, let role, let model): ["id": .string(id), "model": .string(model), "role": .string(role)]
+        case .messageDelta(let id, let delta): ["delta": .string(delta), "id": .string(id)]
         case .messageStop(let id, let stopReason): ["id": .string(id), "stop_reason": stopReason.map(JSONValue.string) ?? .null]
         case .messageRestart(let id, let reason): ["id": .string(id), "reason": .string(reason)]
         case .upstreamRetry(let attempt, let reason, let delay, let mode):
             [
-                "attempt": .number(Double(attempt)), "reason": .string(reason),
-                "delay_ms": .number(Double(delay)), "mode": .string(mode.rawValue),
+                "attempt": .number(Double(attempt)), "delay_ms": .number(Double(delay)), "mode": .string(mode.rawValue),
+                "reason": .string(reason),
             ]
-        case .toolStart(let id, let name, let input): ["id": .string(id), "name": .string(name), "input": input]
+        case .toolStart(let id, let name, let input): ["id": .string(id), "input": input, "name": .string(name)]
         case .toolProgress(let id, let message, let percentage):
             percentage.map { ["id": .string(id), "message": .string(message), "percentage": .number(Double($0))] }
                 ?? ["id": .string(id), "message": .string(message)]
         case .toolComplete(let id, let output): ["id": .string(id), "output": output]
-        case .toolError(let id, let error): ["id": .string(id), "error": .string(error)]
+        case .toolError(let id, let error): ["error": .string(error), "id": .string(id)]
         case .streamError(let error, let details):
-            details.map { ["error": .string(error), "details": $0] } ?? ["error": .string(error)]
+            details.map { ["details": $0, "error": .string(error)] } ?? ["error": .string(error)]
         case .streamComplete(let usage): ["usage": usage]
         }
     }
 
-    /// The JSON bytes of the frame.
+    /// The JSON bytes of the frame, keys sorted as `JSONValue` sorts them. Written directly, without
+    /// building a dictionary: this runs once per event of every stream.
     public func encoded(streamID: String, seq: Int) -> [UInt8] {
-        var object = fields
-        object["stream_id"] = .string(streamID)
-        object["seq"] = .number(Double(seq))
-        object["type"] = .string(type)
-        return JSONValue.object(object).serialized()
+        var out: [UInt8] = []
+        out.reserveCapacity(128)
+        out.append(UInt8(ascii: "{"))
+        // The three members every event has, merged in key order with the event's own.
+        var common = 0
+        func appendCommon(before key: String?) {
+            while common < 3, key.map({ Self.commonKeys[common].utf8.lexicographicallyPrecedes($0.utf8) }) ?? true {
+                if out.count > 1 { out.append(UInt8(ascii: ",")) }
+                JSONValue.serialize(string: Self.commonKeys[common], into: &out)
+                out.append(UInt8(ascii: ":"))
+                switch common {
+                case 0: out.append(contentsOf: String(seq).utf8)
+                case 1: JSONValue.serialize(string: streamID, into: &out)
+                default: JSONValue.serialize(string: type, into: &out)
+                }
+                common += 1
+            }
+        }
+        for (key, value) in fields {
+            appendCommon(before: key)
+            if out.count > 1 { out.append(UInt8(ascii: ",")) }
+            JSONValue.serialize(string: key, into: &out)
+            out.append(UInt8(ascii: ":"))
+            value.serialize(into: &out)
+        }
+        appendCommon(before: nil)
+        out.append(UInt8(ascii: "}"))
+        return out
     }
+
+    private static let commonKeys = ["seq", "stream_id", "type"]
 }
 
 /// How a retry continues the interrupted message.

@@ -21,7 +21,7 @@ public struct StreamingService: Sendable {
         router.register(Self.sendMessagePath, enforcesDeadline: true) { request, writer in
             let caller = try authentication.caller(authorization: request.header("authorization"))
             let parsed = try SendMessageRequest(json: request.message)
-            let channel = try engine.start(parsed, caller: caller, deadline: request.deadline)
+            let channel = try engine.start(parsed, caller: caller, deadline: request.deadline, executor: request.executor)
             try await deliver(channel, after: 0, to: writer, caller: caller)
         }
         router.register(Self.resumePath) { request, writer in
@@ -50,7 +50,7 @@ public struct StreamingService: Sendable {
     /// client leaves, a reset (explicit cancel) ends the stream; a lost connection only detaches
     /// it, and the engine keeps it for `--abandon-grace` awaiting a Resume.
     private func deliver(_ channel: StreamChannel, after seq: Int, to writer: RPCResponseWriter, caller: String) async throws {
-        let generation = channel.attach()
+        let generation = channel.attach(sink: WriterSink(writer: writer), after: seq)
         defer { channel.detach(generation) }
         var cursor = seq
         do {
@@ -73,6 +73,15 @@ public struct StreamingService: Sendable {
             }
             throw error
         }
+    }
+}
+
+/// Lets the job queue events straight into the call's outbound queue while the client keeps up.
+private struct WriterSink: StreamEventSink {
+    let writer: RPCResponseWriter
+
+    func offer(_ bytes: [UInt8]) -> Bool {
+        writer.tryWrite(bytes)
     }
 }
 

@@ -11,12 +11,17 @@ protocol Selectable: AnyObject {
 /// One epoll-driven thread. Everything registered with a loop (listeners, connections, timers)
 /// is touched only on that thread; other threads reach it through `execute`, which queues a
 /// closure and wakes the loop through an eventfd.
+///
+/// A loop is also a `TaskExecutor`: the handlers of its connections' streams run on it, so a
+/// handler's writes, its connection's I/O and the wakeups between them need no thread switch.
 public final class EventLoop: @unchecked Sendable {
     public let index: Int
     private let epollFD: Int32
     private let wakeFD: Int32
     private let pending = Mutex<[@Sendable () -> Void]>([])
     private let running = Atomic<Bool>(true)
+    /// The loop's thread, once it runs.
+    private let thread = Mutex<pthread_t?>(nil)
 
     // Loop-confined state.
     private var registered: [Int32: Selectable] = [:]
@@ -51,7 +56,13 @@ public final class EventLoop: @unchecked Sendable {
             queue.append(task)
             return queue.count == 1
         }
-        if wasEmpty { wake() }
+        // On the loop itself no wakeup is needed: `run` looks at the queue before it waits.
+        if wasEmpty && !inEventLoop { wake() }
+    }
+
+    /// True on the loop's own thread.
+    public var inEventLoop: Bool {
+        thread.withLock { $0.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
     }
 
     private func wake() {
@@ -127,9 +138,10 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func run() {
+        thread.withLock { $0 = pthread_self() }
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         while running.load(ordering: .relaxed) {
-            let timeout = timers.millisecondsUntilNext(now: .now)
+            let timeout = pending.withLock { $0.isEmpty } ? timers.millisecondsUntilNext(now: .now) : 0
             let count = epoll_wait(epollFD, &events, Int32(events.count), timeout)
             if count < 0 {
                 if errno == EINTR { continue }
@@ -154,13 +166,24 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func runPendingTasks() {
-        // Tasks may enqueue more tasks; those run on the next iteration (after the wakeup they cause).
-        let tasks = pending.withLock { queue in
-            let taken = queue
-            queue.removeAll(keepingCapacity: true)
-            return taken
+        // Tasks enqueue more tasks (a resumed handler queues its stream's write); a few rounds let
+        // them finish within this iteration, before `onIterationEnd` flushes, without starving I/O.
+        for _ in 0..<4 {
+            let tasks = pending.withLock { queue in
+                let taken = queue
+                queue.removeAll(keepingCapacity: true)
+                return taken
+            }
+            if tasks.isEmpty { return }
+            for task in tasks { task() }
         }
-        for task in tasks { task() }
+    }
+}
+
+extension EventLoop: TaskExecutor {
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
 

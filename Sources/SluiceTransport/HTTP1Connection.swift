@@ -148,7 +148,7 @@ final class HTTP1Connection: Selectable {
             let outbound = StreamOutbound(capacity: capacity, framing: .raw, endStreamEnvelope: nil) { [loop] in
                 loop.execute { box.value.flush() }
             }
-            let task = outbound.runHTTPHandler(handler, httpRequest)
+            let task = outbound.runHTTPHandler(handler, httpRequest, on: loop)
             response = HTTP1Response(.handler(outbound, task), method: request.method, versionMinor: request.versionMinor)
         }
     }

@@ -173,9 +173,12 @@ final class HTTP2Stream {
             return
         }
         requestHandled = true
-        let request = RPCRequest(path: path, rpcProtocol: rpcProtocol, headers: headers, message: message, deadline: deadline)
+        let request = RPCRequest(
+            path: path, rpcProtocol: rpcProtocol, headers: headers, message: message, deadline: deadline,
+            executor: connection.loop
+        )
         let writer = RPCResponseWriter(outbound: outbound)
-        handlerTask = Task {
+        handlerTask = Task(executorPreference: connection.loop) {
             do {
                 try await handler(request, writer)
                 outbound.finish(.ok, "")
@@ -198,7 +201,7 @@ final class HTTP2Stream {
             headers: headers, body: requestBody
         )
         requestBody = []
-        handlerTask = outbound.runHTTPHandler(handler, request)
+        handlerTask = outbound.runHTTPHandler(handler, request, on: connection.loop)
     }
 
     private func header(_ name: String) -> String? {

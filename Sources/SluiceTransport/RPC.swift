@@ -18,16 +18,20 @@ public struct RPCRequest: Sendable {
     public let message: [UInt8]
     /// When the client's `grpc-timeout` / `connect-timeout-ms` expires.
     public let deadline: ContinuousClock.Instant?
+    /// The event loop of the call's connection, which runs the handler: work that feeds this call
+    /// (a job producing its messages) runs cheapest there too.
+    public let executor: EventLoop?
 
     public init(
         path: String, rpcProtocol: RPCProtocol, headers: [(name: String, value: String)], message: [UInt8],
-        deadline: ContinuousClock.Instant?
+        deadline: ContinuousClock.Instant?, executor: EventLoop? = nil
     ) {
         self.path = path
         self.rpcProtocol = rpcProtocol
         self.headers = headers
         self.message = message
         self.deadline = deadline
+        self.executor = executor
     }
 
     public func header(_ name: String) -> String? {
@@ -43,6 +47,12 @@ public struct RPCResponseWriter: Sendable {
 
     public func write(_ message: some Collection<UInt8>) async throws {
         try await outbound.write(message)
+    }
+
+    /// Queues `message` if that needs no waiting, from any thread and without suspending; false when the
+    /// client is not keeping up or the call is over (then `write` waits, or throws the reason).
+    public func tryWrite(_ message: some Collection<UInt8>) -> Bool {
+        outbound.tryWrite(message)
     }
 
     /// Set when the client left before the call ended: it reset the stream, or its connection closed.

@@ -78,6 +78,24 @@ final class StreamOutbound: Sendable {
         if mustWait { try await waitForRoom() }
     }
 
+    /// Queues `payload` only if that needs no waiting: the call is open and the queue has room for it
+    /// (or is empty). Returns false otherwise, queueing nothing; `write` then tells why, or waits.
+    func tryWrite(_ payload: some Collection<UInt8>) -> Bool {
+        let (accepted, wake) = state.withLock { state -> (Bool, Bool) in
+            let queued = state.buffer.count - state.readIndex
+            guard state.closedReason == nil, state.status == nil, framing == .envelope || state.head != nil,
+                queued == 0 || queued + payload.count <= capacity
+            else { return (false, false) }
+            switch framing {
+            case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
+            case .raw: state.buffer.append(contentsOf: payload)
+            }
+            return (true, Self.claimWakeup(&state))
+        }
+        if wake { wakeLoop() }
+        return accepted
+    }
+
     private func waitForRoom() async throws {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in

@@ -1,4 +1,5 @@
 import CCurl
+import CLinux
 import Glibc
 import Logging
 import SluiceWire
@@ -7,13 +8,13 @@ import Synchronization
 /// `curl_global_init` is not thread-safe in libcurl 7.88: run it once, before the first multi handle.
 private let curlGlobalInitResult: CURLcode = curl_global_init(Int(CURL_GLOBAL_DEFAULT))
 
-/// One libcurl multi handle and the thread that drives it.
+/// One libcurl multi handle and the thread that drives it with `curl_multi_socket_action` on its own epoll set,
+/// so each wakeup costs work only for the sockets and transfers that have something to do (`curl_multi_perform`
+/// walks every transfer, every time).
 ///
 /// Threading: everything but `submit`, `cancel`, `shutdown` and the atomics is confined to the multi thread.
-/// Those three only touch `inbox` under its lock and then call `curl_multi_wakeup`, the one multi call libcurl
-/// allows from another thread. The multi handle itself is cleaned up in `deinit`, which can only run after
-/// The multi thread cleans up the multi handle (closing its connections) when it exits; `curl_multi_wakeup` is
-/// only called under the inbox lock and only while the handle exists.
+/// Those three only touch `inbox` under its lock and then write the wakeup eventfd, which the multi thread closes
+/// (with the multi handle) only after it has marked the inbox closed.
 final class CurlMulti: @unchecked Sendable {
     let configuration: UpstreamConfiguration
     let logger: Logger
@@ -21,6 +22,8 @@ final class CurlMulti: @unchecked Sendable {
     let slowConsumerAborts = Atomic<Int>(0)
 
     private let multiHandle: UnsafeMutableRawPointer
+    private let epollFD: Int32
+    private let wakeFD: Int32
     private let url: String
     private let httpVersion: Int
     /// libcurl before 8.0.0 cannot reuse or multiplex cleartext prior-knowledge HTTP/2 connections: a second
@@ -35,12 +38,18 @@ final class CurlMulti: @unchecked Sendable {
         var submissions: [CurlTransfer] = []
         var cancellations: [CurlTransfer] = []
         var stopping = false
-        /// The multi thread has exited and cleaned up the multi handle: no more `curl_multi_wakeup`.
+        /// The multi thread has exited and closed the multi handle and the wakeup eventfd.
         var multiClosed = false
     }
 
     // Multi-thread-confined state.
     private var active: [ObjectIdentifier: CurlTransfer] = [:]
+    /// The sockets libcurl asked to watch, with their epoll event masks.
+    private var watchedSockets: [Int32: UInt32] = [:]
+    /// When libcurl wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`; nil for never.
+    private var curlTimerDeadline: ContinuousClock.Instant?
+    /// When `expireTimeouts` next looks at the transfers.
+    private var nextTimeoutScan = ContinuousClock.now
 
     init(configuration: UpstreamConfiguration, logger: Logger) throws(UpstreamConfigurationError) {
         guard curlGlobalInitResult == CURLE_OK else {
@@ -62,14 +71,29 @@ final class CurlMulti: @unchecked Sendable {
         if let key = configuration.apiKey, key.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) {
             throw .invalid("the Anthropic API key contains control characters")
         }
-        guard let multi = curl_multi_init() else { throw .invalid("curl_multi_init failed") }
+        let epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
+        let wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        var wakeEvent = epoll_event()
+        wakeEvent.events = EPOLLIN.rawValue
+        wakeEvent.data.fd = wakeFD
+        guard epollFD >= 0, wakeFD >= 0, epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &wakeEvent) == 0,
+            let multi = curl_multi_init()
+        else {
+            let reason = String(cString: strerror(errno))
+            if epollFD >= 0 { close(epollFD) }
+            if wakeFD >= 0 { close(wakeFD) }
+            throw .invalid("cannot set up the upstream client's event loop: \(reason)")
+        }
         _ = sluice_curl_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_MULTIPLEX))
         _ = sluice_curl_multi_setopt_long(multi, CURLMOPT_MAX_CONCURRENT_STREAMS, configuration.maxConcurrentStreams)
         self.multiHandle = multi
+        self.epollFD = epollFD
+        self.wakeFD = wakeFD
         connectionPerTransfer = lowered.hasPrefix("http://") && Self.libcurlVersion < 0x08_00_00
         self.url = base + "/v1/messages"
         self.configuration = configuration
         self.logger = logger
+        installCallbacks()
         startThread()
     }
 
@@ -118,7 +142,7 @@ final class CurlMulti: @unchecked Sendable {
 
     private func wake() {
         inbox.withLock { inbox in
-            if !inbox.multiClosed { curl_multi_wakeup(multiHandle) }
+            if !inbox.multiClosed { _ = eventfd_write(wakeFD, 1) }
         }
     }
 
@@ -130,6 +154,8 @@ final class CurlMulti: @unchecked Sendable {
             multi.run()
             multi.inbox.withLock { $0.multiClosed = true }
             curl_multi_cleanup(multi.multiHandle) // closes every connection
+            close(multi.wakeFD)
+            close(multi.epollFD)
             return nil
         }, box.toOpaque())
         precondition(result == 0, "pthread_create failed: \(result)")
@@ -138,8 +164,47 @@ final class CurlMulti: @unchecked Sendable {
 
     // MARK: Multi thread
 
+    /// libcurl reports the sockets to watch and when to call it back through these callbacks; both run on the
+    /// multi thread, inside libcurl calls.
+    private func installCallbacks() {
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        let socketFunction: @convention(c) (
+            UnsafeMutableRawPointer?, curl_socket_t, Int32, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?
+        ) -> Int32 = { _, socket, what, context, _ in
+            Unmanaged<CurlMulti>.fromOpaque(context!).takeUnretainedValue().watch(socket, what: what)
+            return 0
+        }
+        let timerFunction: @convention(c) (UnsafeMutableRawPointer?, Int, UnsafeMutableRawPointer?) -> Int32 = {
+            _, milliseconds, context in
+            let multi = Unmanaged<CurlMulti>.fromOpaque(context!).takeUnretainedValue()
+            multi.curlTimerDeadline = milliseconds < 0 ? nil : .now + .milliseconds(milliseconds)
+            return 0
+        }
+        _ = sluice_curl_multi_setopt_socket_function(multiHandle, socketFunction)
+        _ = sluice_curl_multi_setopt_ptr(multiHandle, CURLMOPT_SOCKETDATA, context)
+        _ = sluice_curl_multi_setopt_timer_function(multiHandle, timerFunction)
+        _ = sluice_curl_multi_setopt_ptr(multiHandle, CURLMOPT_TIMERDATA, context)
+    }
+
+    private func watch(_ socket: curl_socket_t, what: Int32) {
+        if what == CURL_POLL_REMOVE {
+            if watchedSockets.removeValue(forKey: socket) != nil { _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, socket, nil) }
+            return
+        }
+        var mask: UInt32 = 0
+        if what & CURL_POLL_IN != 0 { mask |= EPOLLIN.rawValue }
+        if what & CURL_POLL_OUT != 0 { mask |= EPOLLOUT.rawValue }
+        var event = epoll_event()
+        event.events = mask
+        event.data.fd = socket
+        let operation = watchedSockets.updateValue(mask, forKey: socket) == nil ? EPOLL_CTL_ADD : EPOLL_CTL_MOD
+        if epoll_ctl(epollFD, operation, socket, &event) != 0, errno == EEXIST {
+            _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, socket, &event)
+        }
+    }
+
     private func run() {
-        var running: Int32 = 0
+        var events = [epoll_event](repeating: epoll_event(), count: 256)
         while true {
             let (submissions, cancellations, stopping) = inbox.withLock { inbox in
                 defer {
@@ -154,26 +219,58 @@ final class CurlMulti: @unchecked Sendable {
                 for transfer in Array(active.values) { remove(transfer, failure: failure) }
                 return
             }
-            let now = ContinuousClock.now
+            var now = ContinuousClock.now
             for transfer in submissions { start(transfer, now: now) }
             for transfer in cancellations {
                 remove(transfer, failure: UpstreamFailure(.cancelled, message: "Anthropic API call cancelled"))
             }
-
-            curl_multi_perform(multiHandle, &running)
-            var remaining: Int32 = 0
-            while let message = curl_multi_info_read(multiHandle, &remaining) {
-                guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle else { continue }
-                var context: UnsafeMutableRawPointer?
-                _ = sluice_curl_easy_getinfo_ptr(easy, CURLINFO_PRIVATE, &context)
-                guard let context else { continue }
-                let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
-                complete(transfer, code: message.pointee.data.result)
+            if let deadline = curlTimerDeadline, deadline <= now {
+                curlTimerDeadline = nil
+                socketAction(CURL_SOCKET_TIMEOUT, events: 0)
             }
+            now = ContinuousClock.now
+            if now >= nextTimeoutScan { nextTimeoutScan = expireTimeouts(now: now) }
 
-            let timeout = expireTimeouts(now: ContinuousClock.now)
-            curl_multi_poll(multiHandle, nil, 0, timeout, nil)
+            let wakeAt = min(curlTimerDeadline ?? nextTimeoutScan, nextTimeoutScan)
+            let count = epoll_wait(epollFD, &events, Int32(events.count), Self.milliseconds(until: wakeAt, from: now))
+            for index in 0..<max(0, Int(count)) {
+                let socket = events[index].data.fd
+                if socket == wakeFD {
+                    var value: eventfd_t = 0
+                    _ = eventfd_read(wakeFD, &value)
+                    continue
+                }
+                let ready = events[index].events
+                var flags: Int32 = 0
+                if ready & (EPOLLIN.rawValue | EPOLLHUP.rawValue) != 0 { flags |= CURL_CSELECT_IN }
+                if ready & EPOLLOUT.rawValue != 0 { flags |= CURL_CSELECT_OUT }
+                if ready & EPOLLERR.rawValue != 0 { flags |= CURL_CSELECT_ERR }
+                socketAction(socket, events: flags)
+            }
         }
+    }
+
+    /// Lets libcurl act on one socket (or on its timers), then completes the transfers that finished.
+    private func socketAction(_ socket: curl_socket_t, events: Int32) {
+        var running: Int32 = 0
+        curl_multi_socket_action(multiHandle, socket, events, &running)
+        var remaining: Int32 = 0
+        while let message = curl_multi_info_read(multiHandle, &remaining) {
+            guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle else { continue }
+            var context: UnsafeMutableRawPointer?
+            _ = sluice_curl_easy_getinfo_ptr(easy, CURLINFO_PRIVATE, &context)
+            guard let context else { continue }
+            let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
+            complete(transfer, code: message.pointee.data.result)
+        }
+    }
+
+    /// The epoll timeout that wakes the loop at `deadline`, rounded up to whole milliseconds.
+    private static func milliseconds(until deadline: ContinuousClock.Instant, from now: ContinuousClock.Instant) -> Int32 {
+        guard deadline > now else { return 0 }
+        let wait = deadline - now
+        let milliseconds = wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
+        return Int32(clamping: milliseconds + 1)
     }
 
     private func start(_ transfer: CurlTransfer, now: ContinuousClock.Instant) {
@@ -199,6 +296,7 @@ final class CurlMulti: @unchecked Sendable {
         }
         active[ObjectIdentifier(transfer)] = transfer
         openTransfers.add(1, ordering: .releasing)
+        nextTimeoutScan = min(nextTimeoutScan, now + configuration.firstByteTimeout)
     }
 
     /// Aborts a transfer that is still in the multi handle (a no-op otherwise) and ends its stream with `failure`
@@ -228,9 +326,10 @@ final class CurlMulti: @unchecked Sendable {
         transfer.channel.finish(result)
     }
 
-    /// Aborts transfers past their first-byte or idle deadline; returns the poll timeout in milliseconds
-    /// (until the nearest remaining deadline, at most one second).
-    private func expireTimeouts(now: ContinuousClock.Instant) -> Int32 {
+    /// Aborts transfers past their first-byte or idle deadline; returns when to look again: at the nearest
+    /// remaining deadline, but at least `timeoutScanInterval` later (the scan visits every transfer) and at most
+    /// that long later when an idle deadline may have moved closer (first output switches to the idle timeout).
+    private func expireTimeouts(now: ContinuousClock.Instant) -> ContinuousClock.Instant {
         var nearest = now + .seconds(1)
         var expired: [(CurlTransfer, UpstreamFailure)] = []
         var finished: [CurlTransfer] = []
@@ -275,10 +374,11 @@ final class CurlMulti: @unchecked Sendable {
             logger.debug("Anthropic API call timed out", metadata: ["error": "\(failure.message)"])
             remove(transfer, failure: failure)
         }
-        let wait = nearest - now
-        let milliseconds = wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
-        return Int32(clamping: max(1, milliseconds + 1))
+        return min(max(nearest, now + Self.timeoutScanInterval), now + Self.timeoutScanInterval * 5)
     }
+
+    /// The shortest pause between two scans of every transfer's deadlines.
+    static let timeoutScanInterval: Duration = .milliseconds(20)
 
     /// How long a transfer may stay open after `message_stop` before it is retired.
     static let endOfStreamGrace: Duration = .seconds(1)

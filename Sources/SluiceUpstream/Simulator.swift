@@ -214,12 +214,14 @@ extension AnthropicSimulator {
         clock_gettime(CLOCK_REALTIME, &now)
         let stamp = "@T\(Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec));"
         // The delta object's only "text" key is the text itself (its type is the value "text_delta").
-        let marker = #""text":""#
-        guard let range = data.firstRange(of: marker) else { return data }
-        var stamped = data
-        stamped.replaceSubrange(range, with: marker + stamp)
-        return stamped
+        let bytes = Array(data.utf8)
+        guard let end = bytes.indices.first(where: { bytes[$0...].starts(with: textKey) }).map({ $0 + textKey.count }) else {
+            return data
+        }
+        return String(decoding: bytes[..<end], as: UTF8.self) + stamp + String(decoding: bytes[end...], as: UTF8.self)
     }
+
+    private static let textKey = Array(#""text":""#.utf8)
 }
 
 /// Writes SSE events, with a ping whenever `pingInterval` has passed since the last one.
@@ -247,14 +249,17 @@ private struct EventEmitter {
         if pingInterval > .zero, ContinuousClock.now >= nextPing { try await ping() }
     }
 
+    /// Lets the many streams' timers share wakeups; deltas are stamped when sent, not when scheduled.
+    static let timerTolerance: Duration = .milliseconds(1)
+
     /// Waits `duration`, pinging on schedule meanwhile. Throws `CancellationError` when the client goes away.
     mutating func pause(_ duration: Duration) async throws {
         let deadline = ContinuousClock.now + duration
         while pingInterval > .zero, nextPing < deadline {
-            try await Task.sleep(until: nextPing, clock: .continuous)
+            try await Task.sleep(until: nextPing, tolerance: Self.timerTolerance, clock: .continuous)
             try await ping()
         }
-        try await Task.sleep(until: deadline, clock: .continuous)
+        try await Task.sleep(until: deadline, tolerance: Self.timerTolerance, clock: .continuous)
     }
 
     mutating func trigger(_ fault: SimulationScenario.Fault) async throws {

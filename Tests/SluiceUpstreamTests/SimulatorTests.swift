@@ -540,6 +540,17 @@ import Testing
         }
     }
 
+    @Test func stampedDeltasCarryTheSendTimeBeforeTheirText() throws {
+        let data = #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hé \"x\""}}"#
+        let before = Int64(Date().timeIntervalSince1970 * 1e9)
+        let stamped = AnthropicSimulator.stamped(data)
+        let text = try JSONValue(parsing: Array(stamped.utf8))["delta"]?["text"]?.stringValue ?? ""
+        #expect(text.hasPrefix("@T") && text.hasSuffix(#";Hé "x""#))
+        let nanoseconds = Int64(text.dropFirst(2).prefix { $0 != ";" }) ?? 0
+        #expect(nanoseconds >= before && nanoseconds - before < 60 * 1_000_000_000)
+        #expect(AnthropicSimulator.stamped(#"{"type":"ping"}"#) == #"{"type":"ping"}"#)
+    }
+
     @Test func attemptTableIsBounded() {
         var table = AttemptTable(capacity: 100)
         for index in 0..<1000 {

@@ -1,0 +1,98 @@
+import SluiceWire
+import Synchronization
+import Testing
+
+@testable import SluiceEngine
+
+/// A sink that takes events while `accepting` is true and records them.
+final class RecordingSink: StreamEventSink {
+    let accepting = Mutex(true)
+    let taken = Mutex<[Int]>([])
+
+    func offer(_ bytes: [UInt8]) -> Bool {
+        guard accepting.withLock({ $0 }) else { return false }
+        let seq = (try? JSONValue(parsing: bytes))?["seq"]?.intValue ?? -1
+        taken.withLock { $0.append(seq) }
+        return true
+    }
+}
+
+@Suite struct StreamChannelTests {
+    /// Runs `next` until the subscriber's task would wait: what it delivered, and the end if reached.
+    func drain(_ channel: StreamChannel, generation: Int, after: Int) async throws -> (seqs: [Int], cursor: Int, ended: Bool) {
+        var seqs: [Int] = []
+        var cursor = after
+        while true {
+            let item = try await channel.next(after: cursor, generation: generation)
+            switch item {
+            case .event(let seq, _)?:
+                seqs.append(seq)
+                cursor = seq
+            case .end?: return (seqs, cursor, true)
+            case nil: return (seqs, cursor, false)
+            }
+        }
+    }
+
+    @Test func aCaughtUpSubscriberGetsEventsPushedInOrderAndEachOnce() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1 << 20)
+        for index in 1...3 { channel.emit(.messageDelta(id: "m", delta: "\(index)")) }
+        let sink = RecordingSink()
+        let generation = channel.attach(sink: sink, after: 1)
+        // Replay: events 2 and 3 come through `next`, not the sink.
+        var delivered: [Int] = []
+        for _ in 0..<2 {
+            guard case .event(let seq, _)? = try await channel.next(after: delivered.last ?? 1, generation: generation) else {
+                Issue.record("expected a replayed event")
+                return
+            }
+            delivered.append(seq)
+        }
+        #expect(delivered == [2, 3])
+
+        // Parked with nothing left: later events go to the sink; `next` wakes only for the end.
+        let waiter = Task { try await drain(channel, generation: generation, after: 3) }
+        while true {
+            channel.emit(.messageDelta(id: "m", delta: "probe"))
+            if !sink.taken.withLock({ $0 }).isEmpty { break }  // the task has parked: pushing began
+            await Task.yield()
+        }
+        let firstPushed = sink.taken.withLock { $0[0] }
+        for index in 0..<50 { channel.emit(.messageDelta(id: "m", delta: "\(index)")) }
+        channel.finish(nil)
+        let result = try await waiter.value
+        #expect(result.ended)
+        let pushed = sink.taken.withLock { $0 }
+        #expect(pushed == Array(firstPushed...(firstPushed + 50)))
+        // Every seq after 3 reached the client exactly once, through one path or the other.
+        #expect((result.seqs + pushed).sorted() == Array(4...(firstPushed + 50)))
+    }
+
+    @Test func aRefusingSinkFallsBackToTheTaskWithoutReordering() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1 << 20)
+        let sink = RecordingSink()
+        let generation = channel.attach(sink: sink)
+        let waiter = Task { try await drain(channel, generation: generation, after: 0) }
+        while sink.taken.withLock({ $0 }).isEmpty {
+            channel.emit(.messageDelta(id: "m", delta: "probe"))
+            await Task.yield()
+        }
+        sink.accepting.withLock { $0 = false }
+        let refusedFrom = channel.emit(.messageDelta(id: "m", delta: "refused"))
+        // Accepting again: the task is behind, so nothing may be pushed past it until it catches up.
+        sink.accepting.withLock { $0 = true }
+        for _ in 0..<20 { channel.emit(.messageDelta(id: "m", delta: "more")) }
+        channel.finish(nil)
+        let result = try await waiter.value
+        let pushed = sink.taken.withLock { $0 }
+        #expect(result.ended)
+        let all = pushed + result.seqs
+        #expect(all.sorted() == Array(1...(refusedFrom + 20)), "every event delivered exactly once")
+        // From the refusal on, the task delivers a contiguous run, and pushing resumes only after it.
+        let lateByTask = result.seqs.filter { $0 >= refusedFrom }
+        let lateByPush = pushed.filter { $0 >= refusedFrom }
+        #expect(lateByTask.first == refusedFrom)
+        #expect(lateByTask == Array(refusedFrom..<(refusedFrom + lateByTask.count)))
+        #expect(lateByPush == Array((refusedFrom + lateByTask.count)..<(refusedFrom + 21)))
+    }
+}

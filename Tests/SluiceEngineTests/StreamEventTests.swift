@@ -1,0 +1,42 @@
+import SluiceWire
+import Testing
+
+@testable import SluiceEngine
+
+@Suite struct StreamEventTests {
+    static let events: [StreamEvent] = [
+        .streamQueued(position: 3),
+        .messageStart(id: "msg_1", role: "assistant", model: "claude"),
+        .messageDelta(id: "msg_1", delta: "quote \" backslash \\ newline \n tab \t bell \u{07} é ✓"),
+        .messageStop(id: "msg_1", stopReason: nil),
+        .messageStop(id: "msg_1", stopReason: "end_turn"),
+        .messageRestart(id: "msg_1", reason: "dropped"),
+        .upstreamRetry(attempt: 2, reason: "overloaded", delayMilliseconds: 250, mode: .continue),
+        .toolStart(id: "tu_1", name: "read_file", input: ["path": "a.txt"]),
+        .toolProgress(id: "tu_1", message: "reading", percentage: 50),
+        .toolProgress(id: "tu_1", message: "reading", percentage: nil),
+        .toolComplete(id: "tu_1", output: ["text": "x", "bytes": 1]),
+        .toolError(id: "tu_1", error: "no such file"),
+        .streamError(error: "UNAVAILABLE", details: ["attempts": 3]),
+        .streamError(error: "CANCELLED", details: nil),
+        .streamComplete(usage: ["input_tokens": 1, "output_tokens": 2]),
+    ]
+
+    /// The hand-written encoder must produce exactly what serializing the same object would: valid JSON,
+    /// every key, sorted keys.
+    @Test(arguments: events)
+    func encodingMatchesTheGenericSerializer(_ event: StreamEvent) throws {
+        let encoded = event.encoded(streamID: "str_\"1", seq: 42)
+        guard case .object(var members) = try JSONValue(parsing: encoded) else {
+            Issue.record("not an object")
+            return
+        }
+        #expect(members["seq"] == .number(42))
+        #expect(members["stream_id"] == .string("str_\"1"))
+        #expect(members["type"] == .string(event.type))
+        members["seq"] = nil
+        #expect(JSONValue.object(members).serialized() != encoded)
+        members["seq"] = .number(42)
+        #expect(JSONValue.object(members).serialized() == encoded)
+    }
+}
