@@ -1,9 +1,9 @@
 /// Running a plain HTTP handler, the same over HTTP/2 and HTTP/1.1.
 extension StreamOutbound {
-    /// Starts `handler` as a task writing into this (`.raw`) queue. A handler that returns ends
-    /// the response cleanly (204 if it sent no head); `HTTPStreamReset` ends it with `.aborted`
-    /// (the transport cuts the response off); any other error becomes a 500 if no head went out,
-    /// and ends it with `.internal`. The handler runs on `loop`, its connection's.
+    /// Starts `handler` as a task on `loop` (its connection's), writing into this (`.raw`) queue.
+    /// A handler that returns ends the response cleanly (204 if it sent no head); `HTTPStreamReset`
+    /// ends it with `.aborted` (the transport cuts the response off); any other error becomes a
+    /// 500 if no head went out, and ends it with `.internal`.
     func runHTTPHandler(_ handler: @escaping HTTPHandler, _ request: HTTPRequest, on loop: EventLoop) -> Task<Void, Never> {
         let writer = HTTPResponseWriter(outbound: self)
         return Task(executorPreference: loop) { [self] in
