@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 import httpx2
 import pytest
+from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 
 from sluice_testlib import IO_TIMEOUT, FrameClient, StreamResult
 from streaming_testlib import (
@@ -501,3 +502,28 @@ def test_events_no_longer_buffered_are_gone(start_server):
         evicted = int(re.search(r"events 1–(\d+) of", message).group(1))
         tail = read_events(client, server.port, stream_id, headers={"last-event-id": str(evicted)})
         assert tail[0]["seq"] == evicted + 1 and tail[-1]["type"] == "stream_complete", tail
+
+
+def test_a_reader_that_falls_behind_the_replay_buffer_is_reset(start_server):
+    server = start_server("--replay-buffer-bytes", "4096")
+    # A zero window: the handler can write nothing to the socket, only into its stream's queue.
+    with http_client() as client:
+        # The first second holds only message_start: time for the reader to attach before the deltas flood in.
+        stream_id = post_stream(client, server.port, send_request(seed=15, output_tokens=5000, first_token_delay_ms=1000))
+    with FrameClient(server.port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0}, auto_window_update=False) as frames:
+        reading = frames.streams[frame_request(frames, "GET", f"{STREAMS}/{stream_id}/events")]
+        frames.wait_for(lambda: reading.header_blocks)
+        # The job runs to its end while the reader is stuck; the events it has not had are evicted.
+        wait_for_metrics(server.port, lambda m: m.counter("sluice_streams_completed_total", status="OK") == 1,
+                         "the stream completed")
+        frames.send(SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1 << 30}),
+                    WindowUpdateFrame(0, window_increment=1 << 30))
+        frames.wait_closed(reading.stream_id)
+    assert reading.reset_code is not None, "the response ended as if complete"
+    received = parse_sse(bytes(reading.data).decode()).frames
+    assert [e["seq"] for e in received] == list(range(1, len(received) + 1))
+    assert "stream_complete" not in [e["type"] for e in received]
+    # Reconnecting where it left off gets the loss as an error.
+    with http_client() as client:
+        response = client.get(url(server.port, f"{STREAMS}/{stream_id}/events"), headers={"last-event-id": str(len(received))})
+    check_error(response, 410, "DATA_LOSS")
