@@ -129,39 +129,43 @@ public final class StreamChannel: Sendable {
     /// Since when no client has been attached, or nil while one is.
     public var detachedSince: ContinuousClock.Instant? { state.withLock { $0.detachedSince } }
 
+    /// What `next` would return now, without waiting.
+    public enum Poll: Sendable, Equatable {
+        case ready(Item)
+        /// Nothing after `seq` yet: `next` would wait for the job.
+        case pending
+        /// This subscription was replaced or detached.
+        case detached
+    }
+
+    /// The next item after `seq` (or after the last event already delivered, if later) if there is
+    /// one already, without taking it: `next` after the same `seq` returns the same item. Throws
+    /// DATA_LOSS when events after `seq` were already evicted from the replay buffer.
+    public func poll(after seq: Int, generation: Int) throws(RPCError) -> Poll {
+        try state.withLock { item(&$0, after: seq, generation: generation, taking: false) }.get()
+    }
+
     /// The next item after `seq` (or after the last event already delivered, if later), waiting
     /// for it if needed. Returns nil when this subscription was replaced or detached, or the task
     /// was cancelled. Throws DATA_LOSS when events after `seq` were already evicted from the
     /// replay buffer.
-    public func next(after delivered: Int, generation: Int) async throws(RPCError) -> Item? {
-        var seq = delivered
+    public func next(after seq: Int, generation: Int) async throws(RPCError) -> Item? {
         while true {
-            let result = state.withLock { state -> Result<Item?, RPCError>? in
-                guard let subscriber = state.subscriber, subscriber.generation == generation else { return .success(nil) }
-                seq = max(seq, subscriber.delivered)
-                state.subscriber?.parked = false
-                if let first = state.events[safe: state.head], first.seq > seq + 1 {
-                    return .failure(
-                        RPCError(.dataLoss, "events \(seq + 1)–\(first.seq - 1) of stream \(streamID) are no longer buffered (--replay-buffer-bytes \(maxBufferedBytes)); resume sooner or raise the limit")
-                    )
-                }
-                if seq + 1 < state.nextSeq, let first = state.events[safe: state.head] {
-                    let index = state.head + (seq + 1 - first.seq)
-                    state.subscriber?.delivered = state.events[index].seq
-                    return .success(.event(seq: state.events[index].seq, bytes: state.events[index].bytes))
-                }
-                if let outcome = state.outcome { return .success(.end(outcome)) }
-                state.subscriber?.parked = true
-                return nil
+            switch try state.withLock({ item(&$0, after: seq, generation: generation, taking: true) }).get() {
+            case .ready(let item): return item
+            case .detached: return nil
+            case .pending: break
             }
-            if let result { return try result.get() }
             if Task.isCancelled { return nil }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resumeNow = state.withLock { state -> Bool in
                         guard let subscriber = state.subscriber, subscriber.generation == generation else { return true }
-                        // Something may have arrived (and not been pushed) since the check above.
-                        if max(seq, subscriber.delivered) + 1 < state.nextSeq || state.outcome != nil { return true }
+                        // Something may have arrived (and not been pushed) since the check above, or the task
+                        // was cancelled before this continuation existed for the cancellation handler to resume.
+                        if max(seq, subscriber.delivered) + 1 < state.nextSeq || state.outcome != nil || Task.isCancelled {
+                            return true
+                        }
                         state.subscriber?.continuation = continuation
                         return false
                     }
@@ -175,6 +179,27 @@ public final class StreamChannel: Sendable {
                 waiter?.resume()
             }
         }
+    }
+
+    /// The item after `seq` for subscription `generation`. `taking` marks it delivered, or when there is
+    /// none marks the subscriber parked: its task is about to wait, so `emit` may push to its sink.
+    private func item(_ state: inout State, after seq: Int, generation: Int, taking: Bool) -> Result<Poll, RPCError> {
+        guard let subscriber = state.subscriber, subscriber.generation == generation else { return .success(.detached) }
+        let seq = max(seq, subscriber.delivered)
+        if taking { state.subscriber?.parked = false }
+        if let first = state.events[safe: state.head], first.seq > seq + 1 {
+            return .failure(
+                RPCError(.dataLoss, "events \(seq + 1)–\(first.seq - 1) of stream \(streamID) are no longer buffered (--replay-buffer-bytes \(maxBufferedBytes)); resume sooner or raise the limit")
+            )
+        }
+        if seq + 1 < state.nextSeq, let first = state.events[safe: state.head] {
+            let index = state.head + (seq + 1 - first.seq)
+            if taking { state.subscriber?.delivered = state.events[index].seq }
+            return .success(.ready(.event(seq: state.events[index].seq, bytes: state.events[index].bytes)))
+        }
+        if let outcome = state.outcome { return .success(.ready(.end(outcome))) }
+        if taking { state.subscriber?.parked = true }
+        return .success(.pending)
     }
 
     private static func takeWaiter(_ state: inout State) -> CheckedContinuation<Void, Never>? {

@@ -26,7 +26,7 @@ struct Serve: AsyncParsableCommand {
     var port = 8080
     @Option(help: "Event-loop threads (default: one per core).")
     var eventLoops: Int?
-    @Option(help: "PEM certificate chain; with --tls-key, serves TLS 1.2+ with ALPN h2.")
+    @Option(help: "PEM certificate chain; with --tls-key, serves TLS 1.2+ with ALPN h2 (or http/1.1).")
     var tlsCert: String?
     @Option(help: "PEM private key for --tls-cert.")
     var tlsKey: String?
@@ -60,6 +60,8 @@ struct Serve: AsyncParsableCommand {
     var retention = CLIDuration(.seconds(60))
     @Option(help: "Replay buffer per stream, in bytes (what Resume can replay).")
     var replayBufferBytes = 1 << 20
+    @Option(help: "Server-Sent Events: a `: keepalive` comment after this long without an event.")
+    var sseHeartbeat = CLIDuration(.seconds(15))
 
     // MARK: Tools
     @Option(help: "A directory server tools may read (repeatable). Without one, no file tool is offered.")
@@ -114,6 +116,7 @@ struct Serve: AsyncParsableCommand {
         if maxTurns < 1 { throw ValidationError("--max-turns must be at least 1") }
         if toolMaxBytes < 0 { throw ValidationError("--tool-max-bytes must be 0 or more") }
         if toolResultMaxBytes < 1 { throw ValidationError("--tool-result-max-bytes must be at least 1") }
+        if sseHeartbeat.duration <= .zero { throw ValidationError("--sse-heartbeat must be more than 0") }
     }
 
     func run() async throws {
@@ -216,13 +219,13 @@ struct Serve: AsyncParsableCommand {
         let serverReference = ServerReference()
         let router = ServiceRouter.make(
             engine: engine, authentication: CallerAuthentication(tokens: tokens), registry: registry,
-            sampledGauges: sampledGauges, isDraining: { serverReference.isDraining }
+            sampledGauges: sampledGauges, sseHeartbeat: sseHeartbeat.duration, isDraining: { serverReference.isDraining }
         )
         let server = try HTTP2Server(configuration: configuration, router: router, logger: logger, loops: loops)
         serverReference.set(server)
         try server.start()
 
-        let scheme = server.isTLS ? "https (TLS, ALPN h2)" : "h2c (HTTP/2 cleartext, prior knowledge)"
+        let scheme = server.isTLS ? "https (TLS, ALPN h2 or http/1.1)" : "h2c (HTTP/2 cleartext, prior knowledge) and HTTP/1.1"
         let upstreamDescription =
             simulatorServer != nil
             ? "built-in simulator (no ANTHROPIC_API_KEY set)"
