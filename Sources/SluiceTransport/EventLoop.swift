@@ -18,7 +18,7 @@ public final class EventLoop: @unchecked Sendable {
     public let index: Int
     private let epollFD: Int32
     private let wakeFD: Int32
-    private let pending = Mutex<[@Sendable () -> Void]>([])
+    private let pending = Mutex(PendingTasks())
     private let running = Atomic<Bool>(true)
     /// The loop's thread, once it runs.
     private let thread = Mutex<pthread_t?>(nil)
@@ -30,7 +30,13 @@ public final class EventLoop: @unchecked Sendable {
     var onIterationEnd: (() -> Void)?
     private var onExit: (@Sendable () -> Void)?
 
-    init(index: Int) throws {
+    private struct PendingTasks {
+        var tasks: [@Sendable () -> Void] = []
+        /// The loop has run its last tasks: nothing queued now would ever run.
+        var closed = false
+    }
+
+    public init(index: Int) throws {
         self.index = index
         epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard epollFD >= 0 else { throw TransportError.system("epoll_create1", errno) }
@@ -51,13 +57,22 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Runs `task` on the loop thread soon. Safe from any thread; wakes the loop only when
     /// the queue was empty, so a burst of submissions costs one eventfd write.
-    public func execute(_ task: @escaping @Sendable () -> Void) {
-        let wasEmpty = pending.withLock { queue in
-            queue.append(task)
-            return queue.count == 1
+    /// Returns false, dropping `task`, once the loop has exited.
+    @discardableResult
+    public func execute(_ task: @escaping @Sendable () -> Void) -> Bool {
+        let (accepted, wasEmpty) = pending.withLock { queue in
+            guard !queue.closed else { return (false, false) }
+            queue.tasks.append(task)
+            return (true, queue.tasks.count == 1)
         }
         // On the loop itself no wakeup is needed: `run` looks at the queue before it waits.
         if wasEmpty && !inEventLoop { wake() }
+        return accepted
+    }
+
+    /// True from the start of the loop's thread until it has run its last tasks.
+    public var isRunning: Bool {
+        thread.withLock { $0 != nil } && !pending.withLock { $0.closed }
     }
 
     /// True on the loop's own thread.
@@ -99,22 +114,37 @@ public final class EventLoop: @unchecked Sendable {
         registered[fd] = nil
     }
 
+    /// Calls `handler` with the epoll events whenever `fd` is ready (for code outside this module,
+    /// such as libcurl's sockets). Replaces an earlier watch of the same descriptor.
+    public func watch(_ fd: Int32, events: UInt32, _ handler: @escaping (UInt32) -> Void) {
+        if registered[fd] != nil {
+            registered[fd] = ReadinessHandler(handler)
+            modify(fd, events: events)
+        } else {
+            try? register(fd, ReadinessHandler(handler), events: events)
+        }
+    }
+
+    public func unwatch(_ fd: Int32) {
+        if registered[fd] != nil { deregister(fd) }
+    }
+
     // MARK: Timers (loop thread only)
 
     /// Schedules `action` on this loop after `delay`. Cancel with `cancelTimer`.
     @discardableResult
-    func scheduleTimer(after delay: Duration, _ action: @escaping () -> Void) -> TimerID {
+    public func scheduleTimer(after delay: Duration, _ action: @escaping () -> Void) -> TimerID {
         timers.schedule(at: .now + delay, action)
     }
 
-    func cancelTimer(_ id: TimerID) {
+    public func cancelTimer(_ id: TimerID) {
         timers.cancel(id)
     }
 
     // MARK: Running
 
     /// Starts the loop's thread; `onExit` runs on it after the loop's last iteration.
-    func start(onExit: @escaping @Sendable () -> Void) {
+    public func start(onExit: @escaping @Sendable () -> Void = {}) {
         self.onExit = onExit
         let box = Unmanaged.passRetained(self)
         var attributes = pthread_attr_t()
@@ -132,7 +162,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Asks the loop to exit after the current iteration.
-    func stop() {
+    public func stop() {
         running.store(false, ordering: .relaxed)
         wake()
     }
@@ -141,7 +171,7 @@ public final class EventLoop: @unchecked Sendable {
         thread.withLock { $0 = pthread_self() }
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         while running.load(ordering: .relaxed) {
-            let timeout = pending.withLock { $0.isEmpty } ? timers.millisecondsUntilNext(now: .now) : 0
+            let timeout = pending.withLock { $0.tasks.isEmpty } ? timers.millisecondsUntilNext(now: .now) : 0
             let count = epoll_wait(epollFD, &events, Int32(events.count), timeout)
             if count < 0 {
                 if errno == EINTR { continue }
@@ -163,6 +193,12 @@ public final class EventLoop: @unchecked Sendable {
             onIterationEnd?()
         }
         runPendingTasks()
+        let orphans = pending.withLock { queue in
+            queue.closed = true
+            defer { queue.tasks = [] }
+            return queue.tasks
+        }
+        for task in orphans { task() }
     }
 
     private func runPendingTasks() {
@@ -170,8 +206,8 @@ public final class EventLoop: @unchecked Sendable {
         // them finish within this iteration, before `onIterationEnd` flushes, without starving I/O.
         for _ in 0..<4 {
             let tasks = pending.withLock { queue in
-                let taken = queue
-                queue.removeAll(keepingCapacity: true)
+                let taken = queue.tasks
+                queue.tasks.removeAll(keepingCapacity: true)
                 return taken
             }
             if tasks.isEmpty { return }
@@ -184,6 +220,19 @@ extension EventLoop: TaskExecutor {
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
+}
+
+/// A `watch` registration.
+private final class ReadinessHandler: Selectable {
+    let handler: (UInt32) -> Void
+
+    init(_ handler: @escaping (UInt32) -> Void) {
+        self.handler = handler
+    }
+
+    func handleEvents(_ events: UInt32) {
+        handler(events)
     }
 }
 

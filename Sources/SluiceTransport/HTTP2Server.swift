@@ -43,7 +43,7 @@ public final class HTTP2Server: @unchecked Sendable {
     let router: RPCRouter
     let logger: Logger
     private let tlsContext: TLSContext?
-    private var loops: [EventLoop] = []
+    private let loops: [EventLoop]
     private var contexts: [LoopContext] = []
     public private(set) var port = 0
     private let shutdownState = Mutex(ShutdownState())
@@ -58,10 +58,15 @@ public final class HTTP2Server: @unchecked Sendable {
         var runningLoops = 0
     }
 
-    public init(configuration: HTTP2ServerConfiguration, router: RPCRouter, logger: Logger) throws {
+    /// - Parameter loops: loops to serve on, created but not started (other work, such as upstream
+    ///   transfers, may share them); by default the server makes `configuration.eventLoops` of its own.
+    ///   The server starts them, and stops them once it has shut down.
+    public init(configuration: HTTP2ServerConfiguration, router: RPCRouter, logger: Logger, loops: [EventLoop]? = nil) throws {
         self.configuration = configuration
         self.router = router
         self.logger = logger
+        self.loops = try loops ?? (0..<configuration.eventLoops).map { try EventLoop(index: $0) }
+        precondition(self.loops.enumerated().allSatisfy { $0.offset == $0.element.index }, "loop indices must be 0, 1, 2, …")
         switch (configuration.tlsCertificatePath, configuration.tlsPrivateKeyPath) {
         case (let certificate?, let key?): tlsContext = try TLSContext(certificatePath: certificate, privateKeyPath: key)
         case (nil, nil): tlsContext = nil
@@ -77,13 +82,11 @@ public final class HTTP2Server: @unchecked Sendable {
     /// Binds and starts every loop. Throws if the address cannot be bound.
     public func start() throws {
         var boundPort = configuration.port
-        for index in 0..<configuration.eventLoops {
-            let loop = try EventLoop(index: index)
+        for loop in loops {
             let listenFD = try Self.listen(host: configuration.host, port: boundPort)
             if boundPort == 0 { boundPort = Self.localPort(listenFD) }
             let context = LoopContext(loop: loop, server: self, listenFD: listenFD)
             loop.onIterationEnd = { [weak context] in context?.flushPending() }
-            loops.append(loop)
             contexts.append(context)
         }
         port = boundPort

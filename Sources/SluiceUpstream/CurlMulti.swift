@@ -1,29 +1,31 @@
 import CCurl
 import CLinux
+import Dispatch
 import Glibc
 import Logging
+import SluiceTransport
 import SluiceWire
 import Synchronization
 
 /// `curl_global_init` is not thread-safe in libcurl 7.88: run it once, before the first multi handle.
 private let curlGlobalInitResult: CURLcode = curl_global_init(Int(CURL_GLOBAL_DEFAULT))
 
-/// One libcurl multi handle and the thread that drives it with `curl_multi_socket_action` on its own epoll set,
-/// so each wakeup costs work only for the sockets and transfers that have something to do (`curl_multi_perform`
-/// walks every transfer, every time).
+/// One libcurl multi handle, driven with `curl_multi_socket_action` on an event loop: libcurl's sockets and timer
+/// are the loop's, so each wakeup costs work only for the sockets and transfers that have something to do
+/// (`curl_multi_perform` walks every transfer every time), and on a server loop an upstream event reaches the
+/// stream's job and its client's connection without leaving the thread.
 ///
-/// Threading: everything but `submit`, `cancel`, `shutdown` and the atomics is confined to the multi thread.
-/// Those three only touch `inbox` under its lock and then write the wakeup eventfd, which the multi thread closes
-/// (with the multi handle) only after it has marked the inbox closed.
+/// Threading: everything but `submit`, `cancel`, `shutdown` and the atomics is confined to the loop's thread;
+/// those three hand their work to the loop with `execute`. Once the loop has exited, `shutdown` cleans up on the
+/// caller's thread instead.
 final class CurlMulti: @unchecked Sendable {
     let configuration: UpstreamConfiguration
     let logger: Logger
+    let loop: EventLoop
     let openTransfers = Atomic<Int>(0)
     let slowConsumerAborts = Atomic<Int>(0)
 
     private let multiHandle: UnsafeMutableRawPointer
-    private let epollFD: Int32
-    private let wakeFD: Int32
     private let url: String
     private let httpVersion: Int
     /// libcurl before 8.0.0 cannot reuse or multiplex cleartext prior-knowledge HTTP/2 connections: a second
@@ -31,27 +33,27 @@ final class CurlMulti: @unchecked Sendable {
     /// curl PR 10643 in 8.0.0; Debian 12's 7.88.1 has it). For `http://` base URLs (the simulator) such versions
     /// get one connection per transfer instead. `https://` (ALPN) is unaffected and always multiplexes.
     private let connectionPerTransfer: Bool
-    private let inbox = Mutex(Inbox())
-    private let thread = Mutex<pthread_t?>(nil)
+    private let lifecycle = Mutex(Lifecycle.running)
 
-    private struct Inbox {
-        var submissions: [CurlTransfer] = []
-        var cancellations: [CurlTransfer] = []
-        var stopping = false
-        /// The multi thread has exited and closed the multi handle and the wakeup eventfd.
-        var multiClosed = false
+    private enum Lifecycle {
+        case running
+        /// `shutdown` has begun: new submissions fail at once.
+        case stopping
+        /// The multi handle is cleaned up.
+        case closed
     }
 
-    // Multi-thread-confined state.
+    // Loop-confined state.
     private var active: [ObjectIdentifier: CurlTransfer] = [:]
     /// The sockets libcurl asked to watch, with their epoll event masks.
     private var watchedSockets: [Int32: UInt32] = [:]
-    /// When libcurl wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`; nil for never.
-    private var curlTimerDeadline: ContinuousClock.Instant?
+    /// libcurl's timer: when it wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`.
+    private var curlTimer: TimerID?
     /// When `expireTimeouts` next looks at the transfers.
-    private var nextTimeoutScan = ContinuousClock.now
+    private var nextTimeoutScan: ContinuousClock.Instant?
+    private var timeoutScanTimer: TimerID?
 
-    init(configuration: UpstreamConfiguration, logger: Logger) throws(UpstreamConfigurationError) {
+    init(configuration: UpstreamConfiguration, logger: Logger, loop: EventLoop) throws(UpstreamConfigurationError) {
         guard curlGlobalInitResult == CURLE_OK else {
             throw .invalid("curl_global_init failed: \(String(cString: curl_easy_strerror(curlGlobalInitResult)))")
         }
@@ -71,32 +73,22 @@ final class CurlMulti: @unchecked Sendable {
         if let key = configuration.apiKey, key.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) {
             throw .invalid("the Anthropic API key contains control characters")
         }
-        let epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
-        let wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        var wakeEvent = epoll_event()
-        wakeEvent.events = EPOLLIN.rawValue
-        wakeEvent.data.fd = wakeFD
-        guard epollFD >= 0, wakeFD >= 0, epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &wakeEvent) == 0,
-            let multi = curl_multi_init()
-        else {
-            let reason = String(cString: strerror(errno))
-            if epollFD >= 0 { close(epollFD) }
-            if wakeFD >= 0 { close(wakeFD) }
-            throw .invalid("cannot set up the upstream client's event loop: \(reason)")
-        }
+        guard let multi = curl_multi_init() else { throw .invalid("curl_multi_init failed") }
         _ = sluice_curl_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_MULTIPLEX))
         _ = sluice_curl_multi_setopt_long(multi, CURLMOPT_MAX_CONCURRENT_STREAMS, configuration.maxConcurrentStreams)
         self.multiHandle = multi
-        self.epollFD = epollFD
-        self.wakeFD = wakeFD
+        self.loop = loop
         connectionPerTransfer = lowered.hasPrefix("http://") && Self.libcurlVersion < 0x08_00_00
         self.url = base + "/v1/messages"
         self.configuration = configuration
         self.logger = logger
         installCallbacks()
-        startThread()
     }
 
+    deinit {
+        // Reached only when `shutdown` was never called and nothing is left that could use the handle.
+        if lifecycle.withLock({ $0 }) != .closed { curl_multi_cleanup(multiHandle) }
+    }
 
     /// The running libcurl's version as 0xXXYYZZ.
     static var libcurlVersion: UInt32 {
@@ -106,66 +98,51 @@ final class CurlMulti: @unchecked Sendable {
     // MARK: Any thread
 
     func submit(_ transfer: CurlTransfer) {
-        let accepted = inbox.withLock { inbox in
-            guard !inbox.stopping else { return false }
-            inbox.submissions.append(transfer)
-            return true
-        }
-        if accepted {
-            wake()
-        } else {
-            transfer.channel.finish(.failure(UpstreamFailure(.cancelled, message: "the upstream client has shut down")))
+        let failure = UpstreamFailure(.cancelled, message: "the upstream client has shut down")
+        guard lifecycle.withLock({ $0 == .running }), loop.execute({ self.start(transfer) }) else {
+            transfer.channel.finish(.failure(failure))
+            return
         }
     }
 
     /// The consumer is gone: remove the transfer from the multi handle (sends RST_STREAM) and free it.
     func cancel(_ transfer: CurlTransfer) {
-        let queued = inbox.withLock { inbox in
-            guard !inbox.stopping else { return false }
-            inbox.cancellations.append(transfer)
-            return true
+        loop.execute {
+            self.remove(transfer, failure: UpstreamFailure(.cancelled, message: "Anthropic API call cancelled"))
         }
-        if queued { wake() }
     }
 
+    /// Aborts every transfer and cleans up the multi handle (closing its connections), on the loop while it runs,
+    /// else here (a loop that has not started yet must not start afterwards). Returns when that is done. Must not be called on the loop's own thread.
     func shutdown() {
-        inbox.withLock { $0.stopping = true }
-        wake()
-        let handle = thread.withLock { handle -> pthread_t? in
-            defer { handle = nil }
-            return handle
+        guard lifecycle.withLock({ state in
+            defer { if state == .running { state = .stopping } }
+            return state == .running
+        }) else { return }
+        let done = DispatchSemaphore(value: 0)
+        // A loop that never started (or has exited) will not run anything: clean up here.
+        if !loop.isRunning || !loop.execute({ self.close(); done.signal() }) {
+            close()
+            done.signal()
         }
-        if let handle, pthread_equal(handle, pthread_self()) == 0 {
-            pthread_join(handle, nil)
-        }
+        done.wait()
     }
 
-    private func wake() {
-        inbox.withLock { inbox in
-            if !inbox.multiClosed { _ = eventfd_write(wakeFD, 1) }
-        }
-    }
+    // MARK: Loop thread
 
-    private func startThread() {
-        let box = Unmanaged.passRetained(self)
-        var handle = pthread_t()
-        let result = pthread_create(&handle, nil, { raw in
-            let multi = Unmanaged<CurlMulti>.fromOpaque(raw!).takeRetainedValue()
-            multi.run()
-            multi.inbox.withLock { $0.multiClosed = true }
-            curl_multi_cleanup(multi.multiHandle) // closes every connection
-            close(multi.wakeFD)
-            close(multi.epollFD)
-            return nil
-        }, box.toOpaque())
-        precondition(result == 0, "pthread_create failed: \(result)")
-        thread.withLock { $0 = handle }
+    private func close() {
+        let failure = UpstreamFailure(.cancelled, message: "the upstream client has shut down")
+        for transfer in Array(active.values) { remove(transfer, failure: failure) }
+        if let curlTimer { loop.cancelTimer(curlTimer) }
+        if let timeoutScanTimer { loop.cancelTimer(timeoutScanTimer) }
+        curl_multi_cleanup(multiHandle) // closes every connection
+        for socket in watchedSockets.keys { loop.unwatch(socket) }
+        watchedSockets = [:]
+        lifecycle.withLock { $0 = .closed }
     }
-
-    // MARK: Multi thread
 
     /// libcurl reports the sockets to watch and when to call it back through these callbacks; both run on the
-    /// multi thread, inside libcurl calls.
+    /// loop, inside libcurl calls.
     private func installCallbacks() {
         let context = Unmanaged.passUnretained(self).toOpaque()
         let socketFunction: @convention(c) (
@@ -176,8 +153,7 @@ final class CurlMulti: @unchecked Sendable {
         }
         let timerFunction: @convention(c) (UnsafeMutableRawPointer?, Int, UnsafeMutableRawPointer?) -> Int32 = {
             _, milliseconds, context in
-            let multi = Unmanaged<CurlMulti>.fromOpaque(context!).takeUnretainedValue()
-            multi.curlTimerDeadline = milliseconds < 0 ? nil : .now + .milliseconds(milliseconds)
+            Unmanaged<CurlMulti>.fromOpaque(context!).takeUnretainedValue().setCurlTimer(milliseconds: milliseconds)
             return 0
         }
         _ = sluice_curl_multi_setopt_socket_function(multiHandle, socketFunction)
@@ -188,65 +164,30 @@ final class CurlMulti: @unchecked Sendable {
 
     private func watch(_ socket: curl_socket_t, what: Int32) {
         if what == CURL_POLL_REMOVE {
-            if watchedSockets.removeValue(forKey: socket) != nil { _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, socket, nil) }
+            if watchedSockets.removeValue(forKey: socket) != nil { loop.unwatch(socket) }
             return
         }
         var mask: UInt32 = 0
         if what & CURL_POLL_IN != 0 { mask |= EPOLLIN.rawValue }
         if what & CURL_POLL_OUT != 0 { mask |= EPOLLOUT.rawValue }
-        var event = epoll_event()
-        event.events = mask
-        event.data.fd = socket
-        let operation = watchedSockets.updateValue(mask, forKey: socket) == nil ? EPOLL_CTL_ADD : EPOLL_CTL_MOD
-        if epoll_ctl(epollFD, operation, socket, &event) != 0, errno == EEXIST {
-            _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, socket, &event)
+        watchedSockets[socket] = mask
+        loop.watch(socket, events: mask) { [unowned self] ready in
+            var flags: Int32 = 0
+            if ready & (EPOLLIN.rawValue | EPOLLHUP.rawValue) != 0 { flags |= CURL_CSELECT_IN }
+            if ready & EPOLLOUT.rawValue != 0 { flags |= CURL_CSELECT_OUT }
+            if ready & EPOLLERR.rawValue != 0 { flags |= CURL_CSELECT_ERR }
+            socketAction(socket, events: flags)
         }
     }
 
-    private func run() {
-        var events = [epoll_event](repeating: epoll_event(), count: 256)
-        while true {
-            let (submissions, cancellations, stopping) = inbox.withLock { inbox in
-                defer {
-                    inbox.submissions = []
-                    inbox.cancellations = []
-                }
-                return (inbox.submissions, inbox.cancellations, inbox.stopping)
-            }
-            if stopping {
-                let failure = UpstreamFailure(.cancelled, message: "the upstream client has shut down")
-                for transfer in submissions { transfer.channel.finish(.failure(failure)) }
-                for transfer in Array(active.values) { remove(transfer, failure: failure) }
-                return
-            }
-            var now = ContinuousClock.now
-            for transfer in submissions { start(transfer, now: now) }
-            for transfer in cancellations {
-                remove(transfer, failure: UpstreamFailure(.cancelled, message: "Anthropic API call cancelled"))
-            }
-            if let deadline = curlTimerDeadline, deadline <= now {
-                curlTimerDeadline = nil
-                socketAction(CURL_SOCKET_TIMEOUT, events: 0)
-            }
-            now = ContinuousClock.now
-            if now >= nextTimeoutScan { nextTimeoutScan = expireTimeouts(now: now) }
-
-            let wakeAt = min(curlTimerDeadline ?? nextTimeoutScan, nextTimeoutScan)
-            let count = epoll_wait(epollFD, &events, Int32(events.count), Self.milliseconds(until: wakeAt, from: now))
-            for index in 0..<max(0, Int(count)) {
-                let socket = events[index].data.fd
-                if socket == wakeFD {
-                    var value: eventfd_t = 0
-                    _ = eventfd_read(wakeFD, &value)
-                    continue
-                }
-                let ready = events[index].events
-                var flags: Int32 = 0
-                if ready & (EPOLLIN.rawValue | EPOLLHUP.rawValue) != 0 { flags |= CURL_CSELECT_IN }
-                if ready & EPOLLOUT.rawValue != 0 { flags |= CURL_CSELECT_OUT }
-                if ready & EPOLLERR.rawValue != 0 { flags |= CURL_CSELECT_ERR }
-                socketAction(socket, events: flags)
-            }
+    /// libcurl must not be called back from inside its timer callback: the loop's timer does it.
+    private func setCurlTimer(milliseconds: Int) {
+        if let curlTimer { loop.cancelTimer(curlTimer) }
+        curlTimer = nil
+        guard milliseconds >= 0 else { return }
+        curlTimer = loop.scheduleTimer(after: .milliseconds(milliseconds)) { [unowned self] in
+            curlTimer = nil
+            socketAction(CURL_SOCKET_TIMEOUT, events: 0)
         }
     }
 
@@ -265,16 +206,27 @@ final class CurlMulti: @unchecked Sendable {
         }
     }
 
-    /// The epoll timeout that wakes the loop at `deadline`, rounded up to whole milliseconds.
-    private static func milliseconds(until deadline: ContinuousClock.Instant, from now: ContinuousClock.Instant) -> Int32 {
-        guard deadline > now else { return 0 }
-        let wait = deadline - now
-        let milliseconds = wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
-        return Int32(clamping: milliseconds + 1)
+    /// Looks at every transfer's deadlines at `instant` (or sooner, if already due then).
+    private func scheduleTimeoutScan(at instant: ContinuousClock.Instant) {
+        if let nextTimeoutScan, nextTimeoutScan <= instant { return }
+        if let timeoutScanTimer { loop.cancelTimer(timeoutScanTimer) }
+        nextTimeoutScan = instant
+        timeoutScanTimer = loop.scheduleTimer(after: instant - .now) { [unowned self] in
+            timeoutScanTimer = nil
+            nextTimeoutScan = nil
+            let now = ContinuousClock.now
+            let next = expireTimeouts(now: now)
+            if !active.isEmpty { scheduleTimeoutScan(at: next) }
+        }
     }
 
-    private func start(_ transfer: CurlTransfer, now: ContinuousClock.Instant) {
+    private func start(_ transfer: CurlTransfer) {
+        let now = ContinuousClock.now
         guard !transfer.channel.isClosed else { return } // cancelled before it started
+        guard lifecycle.withLock({ $0 == .running }) else {
+            transfer.channel.finish(.failure(UpstreamFailure(.cancelled, message: "the upstream client has shut down")))
+            return
+        }
         do throws(UpstreamFailure) {
             try transfer.configure(
                 url: url, httpVersion: httpVersion, freshConnection: connectionPerTransfer, configuration: configuration
@@ -296,7 +248,8 @@ final class CurlMulti: @unchecked Sendable {
         }
         active[ObjectIdentifier(transfer)] = transfer
         openTransfers.add(1, ordering: .releasing)
-        nextTimeoutScan = min(nextTimeoutScan, now + configuration.firstByteTimeout)
+        // The scan re-arms itself at most `5 × timeoutScanInterval` apart while transfers run.
+        scheduleTimeoutScan(at: min(now + configuration.firstByteTimeout, now + Self.timeoutScanInterval * 5))
     }
 
     /// Aborts a transfer that is still in the multi handle (a no-op otherwise) and ends its stream with `failure`

@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import SluiceTransport
 import SluiceWire
 import Synchronization
 
@@ -132,19 +133,28 @@ public enum UpstreamConfigurationError: Error, Sendable, Equatable, CustomString
 
 /// Streams Messages API responses over libcurl's multi interface.
 ///
-/// One thread drives one multi handle with `curl_multi_poll`; every transfer is multiplexed over shared HTTP/2
-/// connections. Other threads only queue work and call `curl_multi_wakeup`, the one thread-safe multi call.
+/// One multi handle per event loop, driven by that loop; every transfer is multiplexed over shared HTTP/2
+/// connections. Given a server's loops, a call made on one of them (a stream's job, running on its client's
+/// loop) uses that loop's handle, so its events never leave the thread; otherwise the client runs a loop of its own.
 public final class UpstreamClient: Sendable {
     public let configuration: UpstreamConfiguration
-    let multi: CurlMulti
+    private let multis: [CurlMulti]
+    /// The loop this client started for itself, if it was given none.
+    private let ownLoop: EventLoop?
+    private let nextMulti = Atomic<Int>(0)
 
-    public init(configuration: UpstreamConfiguration, logger: Logger = Logger(label: "sluice.upstream")) throws {
+    /// - Parameter loops: event loops to run transfers on (not necessarily started yet; whoever owns them starts
+    ///   and stops them). Without them the client starts and owns one loop.
+    public init(configuration: UpstreamConfiguration, logger: Logger = Logger(label: "sluice.upstream"), loops: [EventLoop] = []) throws {
         self.configuration = configuration
-        multi = try CurlMulti(configuration: configuration, logger: logger)
+        let ownLoop = loops.isEmpty ? try EventLoop(index: 0) : nil
+        multis = try (ownLoop.map { [$0] } ?? loops).map { try CurlMulti(configuration: configuration, logger: logger, loop: $0) }
+        ownLoop?.start()
+        self.ownLoop = ownLoop
     }
 
     deinit {
-        multi.shutdown()
+        shutdown()
     }
 
     /// Starts `POST {baseURL}/v1/messages` with `body` (JSON bytes; must contain `"stream": true`).
@@ -159,21 +169,25 @@ public final class UpstreamClient: Sendable {
     public func streamMessage(body: [UInt8], headers: [(String, String)] = []) -> UpstreamStream {
         let channel = UpstreamEventChannel(maxBufferedBytes: configuration.maxBufferedBytes)
         let transfer = CurlTransfer(channel: channel, body: body, extraHeaders: headers)
+        let multi =
+            multis.first { $0.loop.inEventLoop }
+            ?? multis[nextMulti.wrappingAdd(1, ordering: .relaxed).oldValue % multis.count]
         let handle = UpstreamTransferHandle(multi: multi, transfer: transfer, channel: channel)
         multi.submit(transfer)
         return UpstreamStream(handle: handle)
     }
 
-    /// Easy handles currently in the multi handle (for leak checks).
-    public var openTransfers: Int { multi.openTransfers.load(ordering: .acquiring) }
+    /// Easy handles currently in the multi handles (for leak checks).
+    public var openTransfers: Int { multis.reduce(0) { $0 + $1.openTransfers.load(ordering: .acquiring) } }
 
     /// Transfers aborted because their consumer fell `maxBufferedBytes` behind.
-    public var slowConsumerAborts: Int { multi.slowConsumerAborts.load(ordering: .relaxed) }
+    public var slowConsumerAborts: Int { multis.reduce(0) { $0 + $1.slowConsumerAborts.load(ordering: .relaxed) } }
 
-    /// Aborts every transfer (their streams throw `.cancelled`) and joins the multi thread. Idempotent; later
-    /// `streamMessage` calls fail immediately with `.cancelled`.
+    /// Aborts every transfer (their streams throw `.cancelled`) and closes the connections. Idempotent; later
+    /// `streamMessage` calls fail immediately with `.cancelled`. Not to be called on one of the client's loops.
     public func shutdown() {
-        multi.shutdown()
+        for multi in multis { multi.shutdown() }
+        ownLoop?.stop()
     }
 }
 

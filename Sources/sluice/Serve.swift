@@ -160,7 +160,10 @@ struct Serve: AsyncParsableCommand {
             upstreamConfiguration.baseURL = "http://127.0.0.1:\(server.port)"
             simulatorServer = server
         }
-        let upstream = try UpstreamClient(configuration: upstreamConfiguration, logger: logger)
+        // The server's loops also drive the upstream transfers: a stream's job, its transfer and its client's
+        // connection then share one thread.
+        let loops = try (0..<(eventLoops ?? HTTP2ServerConfiguration().eventLoops)).map { try EventLoop(index: $0) }
+        let upstream = try UpstreamClient(configuration: upstreamConfiguration, logger: logger, loops: loops)
         sampledGauges.append(.init(name: "sluice_upstream_open_transfers", help: "libcurl transfers to the upstream now") {
             Double(upstream.openTransfers)
         })
@@ -200,7 +203,7 @@ struct Serve: AsyncParsableCommand {
         configuration.limits.maxConnections = min(maxConnections ?? available, available)
         configuration.host = host
         configuration.port = port
-        if let eventLoops { configuration.eventLoops = eventLoops }
+        configuration.eventLoops = loops.count
         configuration.tlsCertificatePath = tlsCert
         configuration.tlsPrivateKeyPath = tlsKey
         configuration.idleTimeout = idleTimeout.duration
@@ -212,7 +215,7 @@ struct Serve: AsyncParsableCommand {
             engine: engine, authentication: CallerAuthentication(tokens: tokens), registry: registry,
             sampledGauges: sampledGauges, isDraining: { serverReference.isDraining }
         )
-        let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
+        let server = try HTTP2Server(configuration: configuration, router: router, logger: logger, loops: loops)
         serverReference.set(server)
         try server.start()
 
