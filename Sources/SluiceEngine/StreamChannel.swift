@@ -99,33 +99,53 @@ public final class StreamChannel: Sendable {
     /// Since when no client has been attached, or nil while one is.
     public var detachedSince: ContinuousClock.Instant? { state.withLock { $0.detachedSince } }
 
+    /// What `next` would return now, without waiting.
+    public enum Poll: Sendable, Equatable {
+        case ready(Item)
+        /// Nothing after `seq` yet: `next` would wait for the job.
+        case pending
+        /// This subscription was replaced or detached.
+        case detached
+    }
+
+    /// The next item after `seq` if there is one already. Throws DATA_LOSS when events after
+    /// `seq` were already evicted from the replay buffer.
+    public func poll(after seq: Int, generation: Int) throws(RPCError) -> Poll {
+        let result = state.withLock { state -> Result<Poll, RPCError> in
+            guard state.subscriber?.generation == generation else { return .success(.detached) }
+            if let first = state.events[safe: state.head], first.seq > seq + 1 {
+                return .failure(
+                    RPCError(.dataLoss, "events \(seq + 1)–\(first.seq - 1) of stream \(streamID) are no longer buffered (--replay-buffer-bytes \(maxBufferedBytes)); resume sooner or raise the limit")
+                )
+            }
+            if seq + 1 < state.nextSeq, let first = state.events[safe: state.head] {
+                let index = state.head + (seq + 1 - first.seq)
+                return .success(.ready(.event(seq: state.events[index].seq, bytes: state.events[index].bytes)))
+            }
+            if let outcome = state.outcome { return .success(.ready(.end(outcome))) }
+            return .success(.pending)
+        }
+        return try result.get()
+    }
+
     /// The next item after `seq`, waiting for it if needed. Returns nil when this subscription
     /// was replaced or detached, or the task was cancelled. Throws DATA_LOSS when events after
     /// `seq` were already evicted from the replay buffer.
     public func next(after seq: Int, generation: Int) async throws(RPCError) -> Item? {
         while true {
-            let result = state.withLock { state -> Result<Item?, RPCError>? in
-                guard state.subscriber?.generation == generation else { return .success(nil) }
-                if let first = state.events[safe: state.head], first.seq > seq + 1 {
-                    return .failure(
-                        RPCError(.dataLoss, "events \(seq + 1)–\(first.seq - 1) of stream \(streamID) are no longer buffered (--replay-buffer-bytes \(maxBufferedBytes)); resume sooner or raise the limit")
-                    )
-                }
-                if seq + 1 < state.nextSeq, let first = state.events[safe: state.head] {
-                    let index = state.head + (seq + 1 - first.seq)
-                    return .success(.event(seq: state.events[index].seq, bytes: state.events[index].bytes))
-                }
-                if let outcome = state.outcome { return .success(.end(outcome)) }
-                return nil
+            switch try poll(after: seq, generation: generation) {
+            case .ready(let item): return item
+            case .detached: return nil
+            case .pending: break
             }
-            if let result { return try result.get() }
             if Task.isCancelled { return nil }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resumeNow = state.withLock { state -> Bool in
                         guard state.subscriber?.generation == generation else { return true }
-                        // Something may have arrived since the check above.
-                        if seq + 1 < state.nextSeq || state.outcome != nil { return true }
+                        // Something may have arrived since the check above, or the task was cancelled
+                        // before this continuation existed for the cancellation handler to resume.
+                        if seq + 1 < state.nextSeq || state.outcome != nil || Task.isCancelled { return true }
                         state.subscriber?.continuation = continuation
                         return false
                     }

@@ -6,11 +6,14 @@ import SluiceTransport
 public enum ServiceRouter {
     public static func make(
         engine: StreamEngine, authentication: CallerAuthentication, registry: PrometheusCollectorRegistry,
-        sampledGauges: [MetricsService.SampledGauge] = [], isDraining: @escaping @Sendable () -> Bool
+        sampledGauges: [MetricsService.SampledGauge] = [], sseHeartbeat: Duration = .seconds(15),
+        isDraining: @escaping @Sendable () -> Bool
     ) -> RPCRouter {
         var router = RPCRouter()
         SyntheticService.register(in: &router)
         StreamingService(engine: engine, authentication: authentication).register(in: &router)
+        EventStreamService(engine: engine, authentication: authentication, heartbeat: sseHeartbeat, isDraining: isDraining)
+            .register(in: &router)
         HealthService(isDraining: isDraining).register(in: &router)
         MetricsService(registry: registry, engine: engine, sampled: sampledGauges).register(in: &router)
         return router

@@ -65,6 +65,8 @@ public typealias RPCHandler = @Sendable (RPCRequest, RPCResponseWriter) async th
 public struct RPCRouter: Sendable {
     private var handlers: [String: (handler: RPCHandler, enforcesDeadline: Bool)] = [:]
     private var httpHandlers: [String: HTTPHandler] = [:]
+    /// Longest prefix first, so the most specific route wins.
+    private var httpPrefixHandlers: [(prefix: String, handler: HTTPHandler)] = []
 
     public init() {}
 
@@ -84,12 +86,20 @@ public struct RPCRouter: Sendable {
         httpHandlers[path] = handler
     }
 
+    /// Serves any method on every path starting with `prefix` (without query) as plain HTTP; exact
+    /// paths registered with `registerHTTP(_:_:)` take precedence. The handler parses the rest of the path.
+    public mutating func registerHTTP(prefix: String, _ handler: @escaping HTTPHandler) {
+        precondition(prefix.hasPrefix("/") && prefix.hasSuffix("/"), "HTTP route prefixes look like /segment/")
+        httpPrefixHandlers.append((prefix, handler))
+        httpPrefixHandlers.sort { $0.prefix.count > $1.prefix.count }
+    }
+
     func handler(for path: String) -> (handler: RPCHandler, enforcesDeadline: Bool)? {
         handlers[path]
     }
 
     func httpHandler(for path: String) -> HTTPHandler? {
-        httpHandlers[path]
+        httpHandlers[path] ?? httpPrefixHandlers.first { path.hasPrefix($0.prefix) }?.handler
     }
 }
 

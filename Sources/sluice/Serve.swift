@@ -58,6 +58,8 @@ struct Serve: AsyncParsableCommand {
     var abandonGrace = CLIDuration(.seconds(30))
     @Option(help: "Replay buffer per stream, in bytes (what Resume can replay).")
     var replayBufferBytes = 1 << 20
+    @Option(help: "Server-Sent Events: a `: keepalive` comment after this long without an event.")
+    var sseHeartbeat = CLIDuration(.seconds(15))
 
     // MARK: Tools
     @Option(help: "A directory server tools may read (repeatable). Without one, no file tool is offered.")
@@ -112,6 +114,7 @@ struct Serve: AsyncParsableCommand {
         if maxTurns < 1 { throw ValidationError("--max-turns must be at least 1") }
         if toolMaxBytes < 0 { throw ValidationError("--tool-max-bytes must be 0 or more") }
         if toolResultMaxBytes < 1 { throw ValidationError("--tool-result-max-bytes must be at least 1") }
+        if sseHeartbeat.duration <= .zero { throw ValidationError("--sse-heartbeat must be more than 0") }
     }
 
     func run() async throws {
@@ -210,7 +213,7 @@ struct Serve: AsyncParsableCommand {
         let serverReference = ServerReference()
         let router = ServiceRouter.make(
             engine: engine, authentication: CallerAuthentication(tokens: tokens), registry: registry,
-            sampledGauges: sampledGauges, isDraining: { serverReference.isDraining }
+            sampledGauges: sampledGauges, sseHeartbeat: sseHeartbeat.duration, isDraining: { serverReference.isDraining }
         )
         let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
         serverReference.set(server)

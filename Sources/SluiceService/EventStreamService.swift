@@ -1,0 +1,249 @@
+import SluiceEngine
+import SluiceTransport
+import SluiceWire
+
+/// The event streams as Server-Sent Events, for browsers and shell tools that do not speak gRPC:
+///
+/// - `POST /v1/streams` with a SendMessage request as `application/json` starts a stream: 201 `{"stream_id"}`.
+/// - `GET /v1/streams/{id}/events` reads it as `text/event-stream` (`id: seq`, `event: type`, `data: <the
+///   RPC frame>`), after `Last-Event-ID` or `?after_seq=N`, through the same replay buffer as Resume.
+/// - `DELETE /v1/streams/{id}` cancels it, like the Cancel RPC.
+///
+/// Callers and caller isolation are those of StreamingService. A started stream has no reader until a GET
+/// attaches one, so one nobody reads is cancelled after `--abandon-grace`, like an abandoned RPC stream; a
+/// reader that disconnects only detaches. Errors are `{"error": {"code": <gRPC status name>, "message"}}`.
+public struct EventStreamService: Sendable {
+    public static let collectionPath = "/v1/streams"
+
+    let engine: StreamEngine
+    let authentication: CallerAuthentication
+    /// An event stream with nothing to send for this long gets a `: keepalive` comment, so proxies and
+    /// clients with idle timeouts keep the connection.
+    let heartbeat: Duration
+    let isDraining: @Sendable () -> Bool
+
+    public init(
+        engine: StreamEngine, authentication: CallerAuthentication, heartbeat: Duration, isDraining: @escaping @Sendable () -> Bool
+    ) {
+        self.engine = engine
+        self.authentication = authentication
+        self.heartbeat = heartbeat
+        self.isDraining = isDraining
+    }
+
+    public func register(in router: inout RPCRouter) {
+        router.registerHTTP(Self.collectionPath) { request, writer in
+            try await Self.answeringFailures(writer) { try await create(request, writer) }
+        }
+        router.registerHTTP(prefix: Self.collectionPath + "/") { request, writer in
+            try await Self.answeringFailures(writer) {
+                let rest = request.path.dropFirst(Self.collectionPath.count + 1).split(separator: "/", omittingEmptySubsequences: false)
+                if rest.count == 1, !rest[0].isEmpty {
+                    try await cancel(String(rest[0]), request, writer)
+                } else if rest.count == 2, !rest[0].isEmpty, rest[1] == "events" {
+                    try await events(String(rest[0]), request, writer)
+                } else {
+                    throw Failure(
+                        404, .notFound,
+                        "no resource at \(request.path): streams are \(Self.collectionPath)/{stream_id}/events (GET) and \(Self.collectionPath)/{stream_id} (DELETE)"
+                    )
+                }
+            }
+        }
+    }
+
+    // MARK: Routes
+
+    private func create(_ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+        try Self.requireMethod("POST", request)
+        let caller = try authentication.caller(authorization: request.header("authorization"))
+        if isDraining() {
+            throw Failure(503, .unavailable, "the server is shutting down and starts no new streams: retry against another instance")
+        }
+        // Requiring JSON also makes a cross-site form post (a "simple" request a web page can send to a
+        // loopback server without caller keys) fail instead of starting a stream.
+        let type = request.header("content-type") ?? ""
+        guard type == "application/json" || type.hasPrefix("application/json;") else {
+            throw Failure(415, .invalidArgument, "the request body must be a SendMessage request with content-type application/json, not '\(type)'")
+        }
+        let parsed = try SendMessageRequest(json: request.body)
+        let channel = try engine.start(parsed, caller: caller, deadline: nil)
+        let body = JSONValue.object(["stream_id": .string(channel.streamID)]).serialized() + [0x0A]
+        try writer.head(
+            status: 201,
+            headers: Self.jsonHeaders + [("location", "\(Self.collectionPath)/\(channel.streamID)/events")]
+        )
+        try await writer.write(body)
+    }
+
+    private func cancel(_ streamID: String, _ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+        try Self.requireMethod("DELETE", request)
+        let caller = try authentication.caller(authorization: request.header("authorization"))
+        try engine.cancel(streamID, caller: caller, reason: "the stream was cancelled by DELETE \(Self.collectionPath)/\(streamID)")
+        try writer.head(status: 200, headers: Self.jsonHeaders)
+        try await writer.write(JSONValue.object(["stream_id": .string(streamID), "cancelled": true]).serialized() + [0x0A])
+    }
+
+    private func events(_ streamID: String, _ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+        try Self.requireMethod("GET", request)
+        let caller = try authentication.caller(authorization: request.header("authorization"))
+        let channel = try engine.channel(streamID, caller: caller)
+        let after = try Self.resumePoint(request)
+        // A newer reader replaces an older one, as with Resume; leaving only detaches.
+        let generation = channel.attach()
+        defer { channel.detach(generation) }
+        // Decided before the head, while these can still be answered as errors (DATA_LOSS is thrown here).
+        if case .ready(.end) = try channel.poll(after: after, generation: generation) {
+            // Nothing after the client's last event: 204 tells an EventSource to stop reconnecting.
+            try writer.head(status: 204)
+            return
+        }
+        try writer.head(
+            status: 200,
+            headers: [
+                ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+                ("x-content-type-options", "nosniff"),
+                // Reverse proxies such as nginx would otherwise buffer the stream.
+                ("x-accel-buffering", "no"),
+            ]
+        )
+        try await stream(channel, after: after, generation: generation, to: writer)
+    }
+
+    // MARK: Event stream
+
+    /// Writes the channel's events after `cursor` until the stream ends, the client leaves (a write fails,
+    /// the task is cancelled) or a newer reader takes over. Only HTTPStreamReset escapes.
+    private func stream(_ channel: StreamChannel, after start: Int, generation: Int, to writer: HTTPResponseWriter) async throws {
+        var cursor = start
+        do {
+            while true {
+                switch try await nextOrHeartbeat(channel, after: cursor, generation: generation) {
+                case .item(.event(let seq, let frame)):
+                    try await writer.write(Self.encode(seq: seq, frame: frame))
+                    cursor = seq
+                case .item(.end):
+                    return  // after stream_complete or stream_error
+                case .heartbeat:
+                    try await writer.write(SSEEncoder.comment("keepalive"))
+                case .detached:
+                    if !Task.isCancelled {
+                        try await writer.write(SSEEncoder.comment("a newer reader of stream \(channel.streamID) took over"))
+                    }
+                    return
+                }
+            }
+        } catch let error as RPCError where error.code == .dataLoss {
+            // The reader fell behind the replay buffer. The head is out, so reset; a reconnect with
+            // Last-Event-ID then gets the error as JSON.
+            throw HTTPStreamReset()
+        } catch {
+            return  // a failed write: the client left
+        }
+    }
+
+    private enum Wakeup: Sendable {
+        case item(StreamChannel.Item)
+        case heartbeat
+        /// The task was cancelled (the client left) or a newer reader attached.
+        case detached
+    }
+
+    /// The channel's next item, or `.heartbeat` when none arrives within the heartbeat interval.
+    private func nextOrHeartbeat(_ channel: StreamChannel, after cursor: Int, generation: Int) async throws(RPCError) -> Wakeup {
+        // Bursts of buffered events need no timer.
+        switch try channel.poll(after: cursor, generation: generation) {
+        case .ready(let item): return .item(item)
+        case .detached: return .detached
+        case .pending: break
+        }
+        do {
+            return try await withThrowingTaskGroup(of: Wakeup.self) { group in
+                group.addTask { try await channel.next(after: cursor, generation: generation).map(Wakeup.item) ?? .detached }
+                group.addTask {
+                    try await Task.sleep(for: heartbeat)
+                    return .heartbeat
+                }
+                defer { group.cancelAll() }
+                return try await group.next() ?? .detached
+            }
+        } catch let error as RPCError {
+            throw error
+        } catch {
+            return .detached  // the sleep was cancelled with the task
+        }
+    }
+
+    /// `id: seq`, `event: type`, `data: <the frame's JSON>`: the frame is one line (JSON escapes newlines).
+    static func encode(seq: Int, frame: [UInt8]) -> [UInt8] {
+        let type = (try? JSONValue(parsing: frame))?["type"]?.stringValue
+        return SSEEncoder.encode(event: type, data: String(decoding: frame, as: UTF8.self), id: String(seq))
+    }
+
+    /// Where a reader resumes: after `Last-Event-ID` (what an EventSource sends when it reconnects,
+    /// so it wins), else after `?after_seq=N`, else from the start.
+    static func resumePoint(_ request: HTTPRequest) throws(Failure) -> Int {
+        if let lastEventID = request.header("last-event-id"), !lastEventID.isEmpty {
+            guard let seq = Int(lastEventID), seq >= 0 else {
+                throw Failure(400, .invalidArgument, "Last-Event-ID must be the id (seq) of the last event received, an integer of 0 or more, not '\(lastEventID)'")
+            }
+            return seq
+        }
+        for parameter in (request.query ?? "").split(separator: "&") {
+            let pair = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard pair[0] == "after_seq" else { continue }
+            guard pair.count == 2, let seq = Int(pair[1]), seq >= 0 else {
+                throw Failure(400, .invalidArgument, "after_seq must be the seq of the last event received, an integer of 0 or more")
+            }
+            return seq
+        }
+        return 0
+    }
+
+    // MARK: Errors
+
+    /// A request that ends with a JSON error instead of its normal response.
+    struct Failure: Error {
+        var status: Int
+        var error: RPCError
+        var headers: [(String, String)] = []
+
+        init(_ status: Int, _ code: StatusCode, _ message: String, headers: [(String, String)] = []) {
+            self.status = status
+            self.error = RPCError(code, message)
+            self.headers = headers
+        }
+
+        init(_ error: RPCError) {
+            // Evicted events are gone for good, which 410 says better than the 500 of Connect's mapping.
+            self.status = error.code == .dataLoss ? 410 : error.code.connectHTTPStatus
+            self.error = error
+        }
+    }
+
+    static let jsonHeaders = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
+
+    private static func requireMethod(_ method: String, _ request: HTTPRequest) throws(Failure) {
+        guard request.method == method else {
+            throw Failure(405, .unimplemented, "\(request.method) is not allowed on \(request.path): use \(method)", headers: [("allow", method)])
+        }
+    }
+
+    /// Runs `body`, answering a `Failure` or `RPCError` it throws before its response started as JSON.
+    private static func answeringFailures(_ writer: HTTPResponseWriter, _ body: () async throws -> Void) async throws {
+        let failure: Failure
+        do {
+            try await body()
+            return
+        } catch let error as Failure {
+            failure = error
+        } catch let error as RPCError {
+            failure = Failure(error)
+        }
+        let body = JSONValue.object([
+            "error": .object(["code": .string(failure.error.code.name), "message": .string(failure.error.message)])
+        ]).serialized() + [0x0A]
+        try writer.head(status: failure.status, headers: jsonHeaders + failure.headers)
+        try await writer.write(body)
+    }
+}
