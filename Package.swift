@@ -26,15 +26,16 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CLinux"),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
 
         // 2. Wire: pure Swift, no I/O.
         .target(name: "SluiceWire"),
 
-        // 3. Transport: HTTP/2 (nghttp2) server, TLS, gRPC/Connect framing.
+        // 3. Transport: HTTP/2 (nghttp2) and HTTP/1.1 (http_parser) server, TLS, gRPC/Connect framing.
         .target(
             name: "SluiceTransport",
             dependencies: [
-                "CLinux", "CNGHTTP2", "COpenSSL", "SluiceWire",
+                "CLinux", "CNGHTTP2", "COpenSSL", "CHTTPParser", "SluiceWire",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -78,6 +78,11 @@ public final class EventLoop: @unchecked Sendable {
         _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
     }
 
+    /// Hands a registered descriptor to another handler (a connection that switches protocol).
+    func reassign(_ fd: Int32, to handler: Selectable) {
+        registered[fd] = handler
+    }
+
     func deregister(_ fd: Int32) {
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)
         registered[fd] = nil

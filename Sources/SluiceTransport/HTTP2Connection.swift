@@ -17,8 +17,11 @@ final class HTTP2Connection: Selectable {
     var streams: [Int32: HTTP2Stream] = [:]
     private var closed = false
     private var flushScheduled = false
-    /// Bytes of the client preface checked so far (cleartext only), to answer HTTP/1.1 clearly.
+    /// Bytes of the client preface matched so far (cleartext): anything else is HTTP/1.x.
     private var prefaceBytesChecked = 0
+    /// The client speaks HTTP/2: its preface arrived, or TLS negotiated ALPN h2. Nothing is sent
+    /// before, so a client that turns out to speak HTTP/1.1 gets only HTTP/1.1.
+    private var speaksHTTP2 = false
     var lastActivity = ContinuousClock.now
     private(set) var draining = false
     private var finalGoAwaySent = false
@@ -102,11 +105,13 @@ final class HTTP2Connection: Selectable {
             var protocolName: UnsafePointer<UInt8>?
             var length: UInt32 = 0
             SSL_get0_alpn_selected(tls, &protocolName, &length)
+            io.setWritableInterest(false)
             guard length == 2, let protocolName, protocolName[0] == UInt8(ascii: "h"), protocolName[1] == UInt8(ascii: "2") else {
-                close(reason: "TLS client did not negotiate ALPN h2")
+                // ALPN http/1.1, or none at all.
+                switchToHTTP1(replaying: [])
                 return
             }
-            io.setWritableInterest(false)
+            speaksHTTP2 = true
             return
         }
         switch SSL_get_error(tls, rv) {
@@ -126,7 +131,7 @@ final class HTTP2Connection: Selectable {
             if count > 0 {
                 lastActivity = .now
                 let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
-                if prefaceBytesChecked < Self.clientPreface.count, io.tls == nil, !checkPreface(bytes) { return }
+                if !speaksHTTP2, io.tls == nil, !checkPreface(bytes) { return }
                 if let error = io.deliver(bytes, to: session!) {
                     logger.debug("closing connection: \(error)")
                     // Some fatal errors (a CONTINUATION flood, say) leave no GOAWAY queued: say why we hang up.
@@ -145,20 +150,31 @@ final class HTTP2Connection: Selectable {
         }
     }
 
-    /// An HTTP/1.1 client on the cleartext port gets a short answer instead of a silent hang.
+    /// Matches the cleartext client preface, which may arrive a byte at a time. Returns false
+    /// when the bytes diverge from it: the connection then continues as HTTP/1.x.
     private func checkPreface(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        for byte in bytes {
-            guard prefaceBytesChecked < Self.clientPreface.count else { break }
+        for (index, byte) in bytes.enumerated() {
             if byte != Self.clientPreface[prefaceBytesChecked] {
-                let body = "This port speaks HTTP/2 only (h2c with prior knowledge). Use an HTTP/2 client, e.g. curl --http2-prior-knowledge, or a gRPC/Connect client.\n"
-                let response = "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n\(body)"
-                _ = response.withCString { Glibc.send(io.fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
-                close(reason: "HTTP/1.1 request on the HTTP/2 port")
+                switchToHTTP1(replaying: Array(Self.clientPreface[0..<prefaceBytesChecked]) + Array(bytes[index...]))
                 return false
             }
             prefaceBytesChecked += 1
+            if prefaceBytesChecked == Self.clientPreface.count {
+                speaksHTTP2 = true
+                break
+            }
         }
         return true
+    }
+
+    /// Hands the socket to an `HTTP1Connection`; this connection is done without closing it.
+    private func switchToHTTP1(replaying bytes: [UInt8]) {
+        closed = true
+        if let session {
+            nghttp2_session_del(session)
+            self.session = nil
+        }
+        server.switchToHTTP1(self, io: io, replaying: bytes, on: loop)
     }
 
     // MARK: Output
@@ -172,7 +188,7 @@ final class HTTP2Connection: Selectable {
 
     func flushNow() {
         flushScheduled = false
-        guard !closed, tlsHandshakeDone, let session else { return }
+        guard !closed, speaksHTTP2, let session else { return }
         // nghttp2 callbacks run inside mem_send/mem_recv; whatever they want flushed waits for the loop.
         guard !io.inNGHTTP2Call else { return scheduleFlush() }
         if draining && streams.isEmpty && !finalGoAwaySent { submitFinalGoAway() }
@@ -203,6 +219,8 @@ final class HTTP2Connection: Selectable {
     /// `flushNow` closes the connection.
     func sendGoAway() {
         guard !closed else { return }
+        // Idle or shutting down before it said which protocol it speaks: nothing to tell it.
+        guard speaksHTTP2 else { return close(reason: "no request before the idle timeout or shutdown") }
         draining = true
         submitFinalGoAway()
         flushNow()

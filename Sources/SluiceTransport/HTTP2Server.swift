@@ -35,8 +35,9 @@ public struct HTTP2ServerConfiguration: Sendable {
     public init() {}
 }
 
-/// The HTTP/2 server: one listening socket per event loop (SO_REUSEPORT lets the kernel spread
-/// connections), each connection owned by the loop that accepted it.
+/// The HTTP/2 server, which also answers HTTP/1.1 on the same port (`HTTP1Connection`): one
+/// listening socket per event loop (SO_REUSEPORT lets the kernel spread connections), each
+/// connection owned by the loop that accepted it.
 public final class HTTP2Server: @unchecked Sendable {
     public let configuration: HTTP2ServerConfiguration
     let router: RPCRouter
@@ -153,6 +154,13 @@ public final class HTTP2Server: @unchecked Sendable {
     func readBuffer(for loop: EventLoop) -> UnsafeMutableRawBufferPointer { contexts[loop.index].readBuffer }
     func enqueueFlush(_ connection: HTTP2Connection, on loop: EventLoop) { contexts[loop.index].pendingFlush.append(connection) }
     func connectionClosed(_ connection: HTTP2Connection, on loop: EventLoop) { contexts[loop.index].remove(connection) }
+    func connectionClosed(_ connection: HTTP1Connection, on loop: EventLoop) { contexts[loop.index].remove(connection) }
+
+    /// The client turned out to speak HTTP/1.x: `io` (and the connection's slot) pass to an
+    /// `HTTP1Connection`, which parses `bytes` first.
+    func switchToHTTP1(_ connection: HTTP2Connection, io: SessionIO, replaying bytes: [UInt8], on loop: EventLoop) {
+        contexts[loop.index].switchToHTTP1(connection, io: io, replaying: bytes)
+    }
 
     // MARK: Sockets
 
@@ -209,6 +217,7 @@ private final class LoopContext: Selectable {
     unowned let server: HTTP2Server
     private var listenFD: Int32
     private var connections: [ObjectIdentifier: HTTP2Connection] = [:]
+    private var http1Connections: [ObjectIdentifier: HTTP1Connection] = [:]
     var pendingFlush: [HTTP2Connection] = []
     let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     private var draining = false
@@ -257,7 +266,7 @@ private final class LoopContext: Selectable {
                     reportShedding()
                     continue
                 }
-                // Nothing is sent before the client speaks: an HTTP/1.1 client must get a clean HTTP/1.1 answer.
+                // Nothing is sent before the client speaks: an HTTP/1.1 client gets only HTTP/1.1.
                 let connection = try HTTP2Connection(fd: fd, loop: loop, server: server, tlsContext: server.tls)
                 connections[ObjectIdentifier(connection)] = connection
             } catch {
@@ -309,6 +318,21 @@ private final class LoopContext: Selectable {
         reportIfDrained()
     }
 
+    func remove(_ connection: HTTP1Connection) {
+        if http1Connections.removeValue(forKey: ObjectIdentifier(connection)) != nil {
+            server.openConnections.subtract(1, ordering: .relaxed)
+        }
+        reportIfDrained()
+    }
+
+    func switchToHTTP1(_ connection: HTTP2Connection, io: SessionIO, replaying bytes: [UInt8]) {
+        guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
+        let http1 = HTTP1Connection(io: io, loop: loop, server: server)
+        http1Connections[ObjectIdentifier(http1)] = http1
+        http1.start(replaying: bytes)
+        if draining { http1.beginDrain() }
+    }
+
     // MARK: Idle connections
 
     private func scheduleIdleSweep() {
@@ -318,6 +342,7 @@ private final class LoopContext: Selectable {
             for connection in self.connections.values where connection.activeStreamCount == 0 && connection.lastActivity < cutoff {
                 connection.sendGoAway()
             }
+            for connection in self.http1Connections.values { connection.closeIfIdle(before: cutoff) }
             self.scheduleIdleSweep()
         }
     }
@@ -330,6 +355,7 @@ private final class LoopContext: Selectable {
         close(listenFD)
         listenFD = -1
         for connection in connections.values { connection.sendShutdownNotice() }
+        for connection in http1Connections.values { connection.beginDrain() }
         // About one round trip later, the real GOAWAY with the last stream we processed.
         loop.scheduleTimer(after: .milliseconds(100)) { [weak self] in
             guard let self else { return }
@@ -342,17 +368,19 @@ private final class LoopContext: Selectable {
                 for stream in connection.streams.values { stream.end(.unavailable, message) }
                 connection.flushNow()
             }
+            for connection in self.http1Connections.values { connection.abortResponse(message) }
             // Clients that do not read their final frames do not hold the process up.
             self.loop.scheduleTimer(after: .seconds(1)) { [weak self] in
                 guard let self else { return }
                 for connection in self.connections.values { connection.close(reason: "shutdown") }
+                for connection in self.http1Connections.values { connection.close(reason: "shutdown") }
             }
         }
         reportIfDrained()
     }
 
     private func reportIfDrained() {
-        guard draining, connections.isEmpty, !reportedDrained else { return }
+        guard draining, connections.isEmpty, http1Connections.isEmpty, !reportedDrained else { return }
         reportedDrained = true
         server.loopDrained()
     }

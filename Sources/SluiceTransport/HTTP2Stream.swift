@@ -198,22 +198,7 @@ final class HTTP2Stream {
             headers: headers, body: requestBody
         )
         requestBody = []
-        let writer = HTTPResponseWriter(outbound: outbound)
-        handlerTask = Task {
-            do {
-                try await handler(request, writer)
-                if outbound.head == nil { try? outbound.setHead([(":status", "204")]) }
-                outbound.finish(.ok, "")
-            } catch is HTTPStreamReset {
-                outbound.finish(.aborted, "reset by the handler")
-            } catch {
-                if outbound.head == nil {
-                    try? outbound.setHead([(":status", "500"), ("content-type", "text/plain; charset=utf-8")])
-                    try? await outbound.write(Array("internal error: \(error)\n".utf8))
-                }
-                outbound.finish(.internal, "\(error)")
-            }
-        }
+        handlerTask = outbound.runHTTPHandler(handler, request)
     }
 
     private func header(_ name: String) -> String? {

@@ -26,6 +26,7 @@ final class SessionIO {
     private var pending: [UInt8] = []
     private var pendingIndex = 0
     private var wantsWritable = false
+    private var wantsReadable = true
     private var released = false
 
     /// Bytes gathered from nghttp2 before they are sent.
@@ -91,6 +92,26 @@ final class SessionIO {
         }
     }
 
+    /// HTTP/1.1, which has no nghttp2 session: the same loop as `flush(_:)`, with `produce`
+    /// appending the next bytes to send (nothing when it has none now).
+    func flush(producing produce: (inout [UInt8]) -> Void) -> FlushOutcome {
+        while true {
+            switch writePending() {
+            case .idle: break
+            case let other: return other
+            }
+            while pending.count < Self.gatherLimit {
+                let before = pending.count
+                produce(&pending)
+                if pending.count == before { break }
+            }
+            if pending.isEmpty {
+                setWritableInterest(false)
+                return .idle
+            }
+        }
+    }
+
     private func writePending() -> FlushOutcome {
         guard pendingIndex < pending.count else { return .idle }
         let written = pending.withUnsafeBytes { all in transmit(UnsafeRawBufferPointer(rebasing: all[pendingIndex...])) }
@@ -140,8 +161,30 @@ final class SessionIO {
     func setWritableInterest(_ wantWrite: Bool) {
         guard wantWrite != wantsWritable, !released else { return }
         wantsWritable = wantWrite
-        let base = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
-        loop.modify(fd, events: wantWrite ? base | EPOLLOUT.rawValue : base)
+        updateInterest()
+    }
+
+    /// HTTP/1.1 stops reading while pipelined requests wait, so TCP pushes back on the client.
+    func setReadableInterest(_ wantRead: Bool) {
+        guard wantRead != wantsReadable, !released else { return }
+        wantsReadable = wantRead
+        updateInterest()
+    }
+
+    private func updateInterest() {
+        let read = wantsReadable ? EPOLLIN.rawValue | EPOLLRDHUP.rawValue : 0
+        loop.modify(fd, events: wantsWritable ? read | EPOLLOUT.rawValue : read)
+    }
+
+    /// Ends our side of the connection (TLS close_notify, then FIN) while still reading, so a
+    /// client still sending gets our last response instead of a reset.
+    func shutdownWrite() {
+        guard !released else { return }
+        if let tls {
+            _ = SSL_shutdown(tls)
+            ERR_clear_error()
+        }
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
     }
 
     /// Deregisters and closes the socket and frees TLS state. Idempotent.

@@ -1,6 +1,6 @@
 import COpenSSL
 
-/// A server-side OpenSSL context: TLS 1.2 or newer, modern AEAD ciphers only, ALPN `h2`.
+/// A server-side OpenSSL context: TLS 1.2 or newer, modern AEAD ciphers only, ALPN `h2` or `http/1.1`.
 public final class TLSContext: @unchecked Sendable {
     let context: OpaquePointer
 
@@ -36,22 +36,28 @@ public final class TLSContext: @unchecked Sendable {
             throw TransportError.configuration("TLS: the private key does not match the certificate: \(Self.lastError())")
         }
         SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, input, inputLength, _ in
-            // Choose h2 if the client offers it; otherwise fail the handshake (we speak only HTTP/2).
+            // h2 if the client offers it, else http/1.1; a client offering neither is refused.
             guard let input, let out, let outLength else { return SSL_TLSEXT_ERR_ALERT_FATAL }
-            var index = 0
-            while index < Int(inputLength) {
-                let length = Int(input[index])
-                let start = index + 1
-                if length == 2, start + 2 <= Int(inputLength), input[start] == UInt8(ascii: "h"), input[start + 1] == UInt8(ascii: "2") {
-                    out.pointee = UnsafePointer(input + start)
-                    outLength.pointee = 2
-                    return SSL_TLSEXT_ERR_OK
+            let offered = UnsafeBufferPointer(start: input, count: Int(inputLength))
+            for wanted in TLSContext.supportedProtocols {
+                var index = 0
+                while index < offered.count {
+                    let length = Int(offered[index])
+                    let start = index + 1
+                    if start + length <= offered.count, offered[start..<start + length].elementsEqual(wanted) {
+                        out.pointee = UnsafePointer(input + start)
+                        outLength.pointee = UInt8(length)
+                        return SSL_TLSEXT_ERR_OK
+                    }
+                    index = start + length
                 }
-                index = start + length
             }
             return SSL_TLSEXT_ERR_ALERT_FATAL
         }, nil)
     }
+
+    /// ALPN protocol names in order of preference.
+    private static let supportedProtocols = [Array("h2".utf8), Array("http/1.1".utf8)]
 
     deinit {
         SSL_CTX_free(context)

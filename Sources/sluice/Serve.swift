@@ -26,7 +26,7 @@ struct Serve: AsyncParsableCommand {
     var port = 8080
     @Option(help: "Event-loop threads (default: one per core).")
     var eventLoops: Int?
-    @Option(help: "PEM certificate chain; with --tls-key, serves TLS 1.2+ with ALPN h2.")
+    @Option(help: "PEM certificate chain; with --tls-key, serves TLS 1.2+ with ALPN h2 (or http/1.1).")
     var tlsCert: String?
     @Option(help: "PEM private key for --tls-cert.")
     var tlsKey: String?
@@ -224,7 +224,7 @@ struct Serve: AsyncParsableCommand {
         serverReference.set(server)
         try server.start()
 
-        let scheme = server.isTLS ? "https (TLS, ALPN h2)" : "h2c (HTTP/2 cleartext, prior knowledge)"
+        let scheme = server.isTLS ? "https (TLS, ALPN h2 or http/1.1)" : "h2c (HTTP/2 cleartext, prior knowledge) and HTTP/1.1"
         let upstreamDescription =
             simulatorServer != nil
             ? "built-in simulator (no ANTHROPIC_API_KEY set)"

@@ -59,7 +59,7 @@ struct Simulate: AsyncParsableCommand {
 
         let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
         try server.start()
-        print("sluice simulator listening on \(host):\(server.port)\(server.isTLS ? " (TLS, ALPN h2)" : "")")
+        print("sluice simulator listening on \(host):\(server.port)\(server.isTLS ? " (TLS, ALPN h2 or http/1.1)" : "")")
         fflush(nil)  // scripts and tests wait for this line
 
         await server.runUntilSignalled(drainTimeout: .seconds(1), logger: logger)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 
 import pytest
@@ -83,22 +82,3 @@ def test_get_is_405(server):
     status_line, *head = header_blocks(result.stdout.decode())[0]
     assert status_line.split()[:2] == ["HTTP/2", "405"]
     assert fields(head)["allow"] == "POST"
-
-
-def test_http1_request_on_h2c_port_gets_an_answer_not_a_hang(server):
-    """Raw bytes: the 505 text arrives and the server closes the connection."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=IO_TIMEOUT) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    assert b"HTTP/1.1 505 HTTP Version Not Supported\r\n" in received
-    assert b"HTTP/2 only" in received
-
-
-def test_http1_request_on_h2c_port_gets_505(server):
-    result = curl("--http1.1", "-i", f"http://127.0.0.1:{server.port}/")
-    assert result.returncode == 0, result.stderr.decode()
-    response = result.stdout.decode(errors="replace")
-    assert response.startswith("HTTP/1.1 505"), response[:120]
-    assert "HTTP/2 only" in response

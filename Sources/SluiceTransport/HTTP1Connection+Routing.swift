@@ -1,0 +1,61 @@
+import CHTTPParser
+
+/// Which handler answers an HTTP/1.1 request, or why none does.
+extension HTTP1Connection {
+    enum Route {
+        case handler(HTTPHandler, HTTPRequest)
+        case refuse(status: Int, headers: [(String, String)], body: String)
+    }
+
+    /// Connection-level headers, which HTTP/2 forbids: handlers see the same headers either way.
+    private static let hopByHopHeaders: Set<String> = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"]
+
+    func route(_ request: HTTP1Request) -> Route {
+        let text: [(String, String)] = [("content-type", "text/plain; charset=utf-8"), ("x-content-type-options", "nosniff")]
+        if request.method == "CONNECT" {
+            return .refuse(status: 405, headers: text + [("allow", "GET, HEAD, POST")], body: "CONNECT is not supported: this server is not a proxy.\n")
+        }
+        guard let (path, query) = Self.splitTarget(request.target) else {
+            return .refuse(status: 400, headers: text, body: "The request target must be a path such as /healthz.\n")
+        }
+        if request.versionMinor >= 1 && request.header("host") == nil {
+            return .refuse(status: 400, headers: text, body: "An HTTP/1.1 request needs a Host header.\n")
+        }
+        let contentType = request.header("content-type") ?? ""
+        if server.router.handler(for: path) != nil || contentType.hasPrefix("application/grpc") || contentType.hasPrefix("application/connect") {
+            return .refuse(
+                status: 505, headers: text,
+                body: "gRPC and Connect calls need HTTP/2: use HTTP/2 with prior knowledge (h2c, e.g. curl --http2-prior-knowledge) or TLS with ALPN h2.\n"
+            )
+        }
+        guard let handler = server.router.httpHandler(for: path) else {
+            return .refuse(status: 404, headers: text, body: "No such path: \(path)\n")
+        }
+        let headers = request.headers.filter { !Self.hopByHopHeaders.contains($0.name) }
+        return .handler(handler, HTTPRequest(method: request.method, path: path, query: query, headers: headers, body: request.body))
+    }
+
+    /// Path and query of an origin-form (`/p?q`) or absolute-form (`http://host/p?q`) target.
+    static func splitTarget(_ target: String) -> (path: String, query: String?)? {
+        if target.hasPrefix("/") {
+            let parts = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+            return (String(parts[0]), parts.count > 1 ? String(parts[1]) : nil)
+        }
+        var url = http_parser_url()
+        http_parser_url_init(&url)
+        let bytes = Array(target.utf8)
+        guard http_parser_parse_url(target, bytes.count, 0, &url) == 0 else { return nil }
+        func field(_ index: http_parser_url_fields) -> String? {
+            guard url.field_set & (1 << index.rawValue) != 0 else { return nil }
+            // Swift does not import the array of anonymous {off, len} structs that follows
+            // field_set and port (all uint16_t, so no padding).
+            let (offset, length) = withUnsafeBytes(of: url) { raw in
+                let entry = 4 + 4 * Int(index.rawValue)
+                return (Int(raw.load(fromByteOffset: entry, as: UInt16.self)), Int(raw.load(fromByteOffset: entry + 2, as: UInt16.self)))
+            }
+            return String(decoding: bytes[offset..<offset + length], as: UTF8.self)
+        }
+        guard field(UF_SCHEMA) != nil else { return nil }
+        return (field(UF_PATH) ?? "/", field(UF_QUERY))
+    }
+}
