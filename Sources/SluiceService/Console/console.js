@@ -16,7 +16,31 @@
 
   // MARK: Markdown, sanitizing and highlighting (Debian's libjs-marked, node-dompurify, libjs-highlight.js)
 
-  const hasMarkdown = typeof window.marked?.parse === 'function' && typeof window.DOMPurify?.sanitize === 'function';
+  // Whether a vendor library loaded and works: a broken build must not leave the page half-rendering.
+  function works(probe) {
+    try {
+      return probe();
+    } catch (error) {
+      console.error('console: a vendor library failed its self-test:', error);
+      return false;
+    }
+  }
+
+  const hasMarked = works(() => window.marked.parse('*x*').includes('<em>'));
+  const purifyProbe = () => window.DOMPurify.sanitize('<b>x</b><script>x()</script>') === '<b>x</b>';
+  // Debian 12's node-dompurify (2.4.1+dfsg-2+deb12u1) backported the CVE-2024-47875 nesting-depth check
+  // into sanitize() with a variable declared only in _sanitizeShadowDOM, so sanitizing any markup throws
+  // "shadowNode is not defined". sanitize() still checks the depth of every node it visits; a global at
+  // depth 0 turns the misplaced copy into a no-op. The probe then decides whether DOMPurify is usable.
+  if (window.DOMPurify && !('shadowNode' in window)) {
+    try {
+      purifyProbe();
+    } catch (error) {
+      if (error instanceof ReferenceError && /shadowNode/.test(error.message)) window.shadowNode = { __depth: 0 };
+    }
+  }
+  const hasPurify = works(purifyProbe);
+  const hasMarkdown = hasMarked && hasPurify;
   const hljs = window.hljs;
   // highlightElement since highlight.js 11; Debian 12 ships 9.18, which has highlightBlock.
   const highlight = hljs && (hljs.highlightElement || hljs.highlightBlock);
@@ -40,15 +64,15 @@
 
   function showNotice() {
     const missing = [];
-    if (typeof window.marked?.parse !== 'function') missing.push('marked (libjs-marked)');
-    if (typeof window.DOMPurify?.sanitize !== 'function') missing.push('DOMPurify (node-dompurify)');
+    if (!hasMarked) missing.push('marked (libjs-marked)');
+    if (!hasPurify) missing.push('DOMPurify (node-dompurify)');
     if (!highlight) missing.push('highlight.js (libjs-highlight.js)');
     if (missing.length === 0) return;
     const consequence = hasMarkdown
       ? 'code blocks are not highlighted'
       : 'answers are shown as plain, escaped text instead of markdown';
     const notice = $('notice');
-    notice.textContent = `${missing.join(', ')} did not load from /console/vendor/, so ${consequence}. ` +
+    notice.textContent = `${missing.join(', ')} did not load from /console/vendor/ (or failed its self-test), so ${consequence}. ` +
       'Install libjs-marked, node-dompurify and libjs-highlight.js on the server (make run and the Docker image do).';
     notice.hidden = false;
   }
@@ -65,9 +89,9 @@
     }
   }
 
-  /// One message's text. Blocks that can no longer change (everything before a blank line that is followed by
-  /// an unindented line outside a code fence) are rendered once into their own element; only the rest (the
-  /// tail) is re-rendered, so a long answer costs the same per frame as a short one.
+  // One message's text. Blocks that can no longer change (everything before a blank line that is followed by
+  // an unindented line outside a code fence) are rendered once into their own element; only the rest (the
+  // tail) is re-rendered, so a long answer costs the same per frame as a short one.
   class MarkdownView {
     constructor(container) {
       this.container = container;
@@ -78,6 +102,7 @@
     reset() {
       this.text = '';
       this.committed = 0; // text before this index is in frozen chunks
+      this.boundary = 0; // the last block boundary found: text before it can be frozen
       this.scanned = 0; // complete lines before this index have been scanned for block boundaries
       this.fence = null; // the open code fence ("```", "~~~~"), or null
       this.blankLine = false; // a blank line outside a fence since the last line with content
@@ -91,6 +116,7 @@
 
     render() {
       this.scan();
+      if (this.boundary > this.committed) this.commit(this.boundary);
       const tail = this.text.slice(this.committed);
       if (tail === this.renderedTail) return;
       renderMarkdown(this.tail, tail);
@@ -116,7 +142,7 @@
         this.blankLine = true;
         return;
       }
-      if (this.blankLine && /^\S/.test(line) && start > this.committed) this.commit(start);
+      if (this.blankLine && /^\S/.test(line)) this.boundary = start;
       this.blankLine = false;
       const open = /^ {0,3}(`{3,}|~{3,})/.exec(line);
       if (open && !(open[1][0] === '`' && line.slice(open[0].length).includes('`'))) this.fence = open[1];
@@ -132,7 +158,7 @@
 
   // MARK: Server-Sent Events
 
-  /// The text/event-stream format (HTML Living Standard §9.2.6), fed decoded text in arbitrary pieces.
+  // The text/event-stream format (HTML Living Standard §9.2.6), fed decoded text in arbitrary pieces.
   class SSEParser {
     constructor() {
       this.pending = '';
@@ -196,7 +222,7 @@
     return token ? { authorization: `Bearer ${token}` } : {};
   }
 
-  /// The error message of a failed response: Sluice answers `{"error": {"code", "message"}}`.
+  // The error message of a failed response: Sluice answers `{"error": {"code", "message"}}`.
   async function failureMessage(response) {
     const text = await response.text().catch(() => '');
     try {
@@ -358,7 +384,7 @@
       $('stats').textContent = parts.join(' · ');
     }
 
-    /// The stream ended (or failed for good): render what is left now, stop reading, reset the controls.
+    // The stream ended (or failed for good): render what is left now, stop reading, reset the controls.
     finish() {
       this.done = true;
       this.renderNow();
@@ -377,7 +403,7 @@
 
     // MARK: Connection
 
-    /// Reads the event stream until a final event, reconnecting with Last-Event-ID after each drop.
+    // Reads the event stream until a final event, reconnecting with Last-Event-ID after each drop.
     async follow() {
       let delay = 250;
       let attempt = 0;
@@ -439,7 +465,12 @@
           const seq = typeof event.seq === 'number' ? event.seq : Number(sse.id);
           if (seq <= this.lastSeq) continue; // replayed after a reconnect: already shown
           this.lastSeq = seq;
-          this.handle(event);
+          try {
+            this.handle(event);
+          } catch (error) {
+            // A bug here must show, not pass for a dropped connection.
+            this.fail(`The console could not show event ${seq} (${event.type}): ${error}`);
+          }
           if (this.done) return;
         }
       }
