@@ -48,6 +48,25 @@ CONSOLE_FILES = {
 }
 
 
+NOTES = "Release checklist\n1. Run make test.\n2. Tag the release.\n3. Build the image.\n"
+ANSWER = """# Release notes
+
+## What the checklist says
+
+The file lists **three steps**, in this order:
+
+- run the tests
+- tag the release
+- build the image
+
+```swift
+let steps = ["test", "tag", "build"]
+for step in steps { print("make \\(step)") }
+```
+
+Done."""
+
+
 # MARK: Fixtures
 
 
@@ -70,7 +89,7 @@ def browser():
 def tool_root(tmp_path) -> Path:
     root = tmp_path / "tool-root"
     root.mkdir()
-    (root / "notes.txt").write_text("Sluice console notes: the quick brown fox.\n" * 20)
+    (root / "notes.txt").write_text(NOTES)
     return root
 
 
@@ -163,28 +182,30 @@ def words_shown(page: ConsolePage) -> list[str]:
 def test_markdown_code_and_tool_card_render(browser, console):
     page = ConsolePage(browser, console.port)
     browser.get_log("browser")  # start the CSP check from a clean log
-    answer = "# Streaming notes\n\n## How it works\n\nSluice *streams* events.\n\n```swift\nlet answer = 42\nprint(answer)\n```\n\nDone."
-    page.send("What is in notes.txt?", {
-        "text": answer, "token_interval_ms": 2,
+    page.send("What does notes.txt say?", {
+        "text": ANSWER, "token_interval_ms": 2,
         "tool_calls": [{"name": "read_file", "input": {"path": "notes.txt"}}],
     }, tools=("read_file",))
     assert page.wait_until_finished() == "complete"
 
     transcript = page.transcript
-    assert [h.text for h in transcript.find_elements(By.CSS_SELECTOR, "h1")] == ["Streaming notes"]
-    assert [h.text for h in transcript.find_elements(By.CSS_SELECTOR, "h2")] == ["How it works"]
-    assert transcript.find_element(By.CSS_SELECTOR, "em").text == "streams"
+    assert [h.text for h in transcript.find_elements(By.CSS_SELECTOR, "h1")] == ["Release notes"]
+    assert [h.text for h in transcript.find_elements(By.CSS_SELECTOR, "h2")] == ["What the checklist says"]
+    assert transcript.find_element(By.CSS_SELECTOR, "strong").text == "three steps"
+    assert len(transcript.find_elements(By.CSS_SELECTOR, "ul > li")) == 3
     code = transcript.find_element(By.CSS_SELECTOR, "pre code")
     assert "hljs" in code.get_attribute("class").split()
-    assert code.find_elements(By.CSS_SELECTOR, "span[class^='hljs-']"), "no highlighted tokens in the code block"
-    assert code.text == "let answer = 42\nprint(answer)"
+    keywords = [span.text for span in code.find_elements(By.CSS_SELECTOR, "span.hljs-keyword")]
+    assert {"let", "for", "in"} <= set(keywords), keywords
+    assert code.text == 'let steps = ["test", "tag", "build"]\nfor step in steps { print("make \\(step)") }'
 
     card = transcript.find_element(By.CSS_SELECTOR, ".tool-card")
     assert card.get_attribute("data-state") == "complete"
     assert card.find_element(By.CSS_SELECTOR, ".tool-name").text == "read_file"
     assert json.loads(card.find_element(By.CSS_SELECTOR, ".tool-input").text) == {"path": "notes.txt"}
     assert browser.execute_script("return arguments[0].value", card.find_element(By.TAG_NAME, "progress")) == 100
-    assert "the quick brown fox" in card.find_element(By.CSS_SELECTOR, ".tool-output").text
+    assert card.find_element(By.CSS_SELECTOR, ".tool-output").text == NOTES.strip()
+    assert f"bytes: {len(NOTES)}" in card.find_element(By.CSS_SELECTOR, ".tool-summary").text
     # The card sits between the preamble (first turn) and the answer (second turn).
     order = browser.execute_script(
         "return [...document.getElementById('transcript').children].map(e => e.className)")
@@ -194,7 +215,14 @@ def test_markdown_code_and_tool_card_render(browser, console):
     assert re.search(r"\d+ input \+ \d+ output tokens · first token \d+ ms · total \d+ ms · st_[0-9a-f]{16}", stats), stats
     assert page.connection == "closed"
     assert page.csp_violations() == []
-    screenshot(browser, "console-render")
+    # The picture in the README (docs/console.png): settings folded, the whole transcript in view.
+    browser.find_element(By.CSS_SELECTOR, "#settings summary").click()
+    browser.set_window_size(1100, 1350)
+    try:
+        browser.execute_script("window.scrollTo(0, 0)")
+        screenshot(browser, "console-render")
+    finally:
+        browser.set_window_size(1100, 1000)
 
 
 def test_model_html_runs_nothing(browser, console):

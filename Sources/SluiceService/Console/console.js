@@ -238,6 +238,28 @@
 
   // MARK: Rendering a run
 
+  const clip = (text, limit = 20000) => (text.length > limit ? `${text.slice(0, limit)}… (${text.length - limit} more characters)` : text);
+
+  // A tool's result: short fields on one line (`bytes: 860 · path: "notes.txt"`), long ones (a file's
+  // content, a listing) below it as text rather than as an escaped JSON string.
+  function showOutput(card, output) {
+    const long = [];
+    const short = [];
+    if (output !== null && typeof output === 'object' && !Array.isArray(output)) {
+      for (const [key, value] of Object.entries(output)) {
+        const json = JSON.stringify(value);
+        if (typeof value === 'string' && (value.length > 80 || value.includes('\n'))) long.push([key, value]);
+        else if (json.length > 80) long.push([key, JSON.stringify(value, null, 2)]);
+        else short.push(`${key}: ${json}`);
+      }
+    } else {
+      long.push(['', typeof output === 'string' ? output : JSON.stringify(output, null, 2)]);
+    }
+    card.summary.textContent = short.join(' · ');
+    card.result.textContent = clip(long.map(([key, text]) => (long.length > 1 ? `${key}:\n${text}` : text)).join('\n\n'));
+    card.result.hidden = long.length === 0;
+  }
+
   class Run {
     constructor() {
       this.streamID = null;
@@ -296,11 +318,12 @@
         const progress = element('progress');
         progress.max = 100;
         const message = element('div', 'tool-progress-message');
+        const summary = element('div', 'tool-summary');
         const result = element('pre', 'tool-output');
         result.hidden = true;
-        root.append(header, input, progress, message, result);
+        root.append(header, input, progress, message, summary, result);
         transcript.append(root);
-        card = { root, state, input, progress, message, result };
+        card = { root, state, input, progress, message, summary, result };
         this.tools.set(id, card);
       }
       return card;
@@ -344,9 +367,7 @@
           card.state.textContent = 'complete';
           // A tool that reports no percentage leaves the bar indeterminate until it is done.
           if (!card.progress.hasAttribute('value')) card.progress.value = 100;
-          const output = typeof event.output === 'string' ? event.output : JSON.stringify(event.output, null, 2);
-          card.result.textContent = output.length > 20000 ? `${output.slice(0, 20000)}… (${output.length - 20000} more characters)` : output;
-          card.result.hidden = false;
+          showOutput(card, event.output);
           break;
         }
         case 'tool_error': {
