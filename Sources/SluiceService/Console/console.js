@@ -89,6 +89,10 @@
     }
   }
 
+  // How much finished text one frame renders at most: a burst (a reconnect's replay, an answer arriving
+  // faster than frames) becomes several short frames instead of one long one.
+  const maxFrozenPerFrame = 8192;
+
   // One message's text. Blocks that can no longer change (everything before a blank line that is followed by
   // an unindented line outside a code fence) are rendered once into their own element; only the rest (the
   // tail) is re-rendered, so a long answer costs the same per frame as a short one.
@@ -102,11 +106,12 @@
     reset() {
       this.text = '';
       this.committed = 0; // text before this index is in frozen chunks
-      this.boundary = 0; // the last block boundary found: text before it can be frozen
+      this.boundaries = []; // block boundaries after `committed`: text before each can be frozen
       this.scanned = 0; // complete lines before this index have been scanned for block boundaries
       this.fence = null; // the open code fence ("```", "~~~~"), or null
       this.blankLine = false; // a blank line outside a fence since the last line with content
       this.renderedTail = null;
+      this.tail.replaceChildren();
       this.container.replaceChildren(this.tail);
     }
 
@@ -114,13 +119,24 @@
       this.text += delta;
     }
 
+    // Renders up to `maxFrozenPerFrame` of finished blocks, then the tail once nothing finished is left.
+    // Returns whether there is more to render (in another frame).
     render() {
       this.scan();
-      if (this.boundary > this.committed) this.commit(this.boundary);
+      if (this.boundaries.length) {
+        const limit = this.committed + maxFrozenPerFrame;
+        let count = 1; // at least one block, however long
+        while (count < this.boundaries.length && this.boundaries[count] <= limit) count += 1;
+        this.commit(this.boundaries[count - 1]);
+        this.boundaries.splice(0, count);
+        if (this.boundaries.length) return true; // the tail would be all the text not yet frozen
+      }
       const tail = this.text.slice(this.committed);
-      if (tail === this.renderedTail) return;
-      renderMarkdown(this.tail, tail);
-      this.renderedTail = tail;
+      if (tail !== this.renderedTail) {
+        renderMarkdown(this.tail, tail);
+        this.renderedTail = tail;
+      }
+      return false;
     }
 
     scan() {
@@ -142,7 +158,7 @@
         this.blankLine = true;
         return;
       }
-      if (this.blankLine && /^\S/.test(line)) this.boundary = start;
+      if (this.blankLine && /^\S/.test(line)) this.boundaries.push(start);
       this.blankLine = false;
       const open = /^ {0,3}(`{3,}|~{3,})/.exec(line);
       if (open && !(open[1][0] === '`' && line.slice(open[0].length).includes('`'))) this.fence = open[1];
@@ -266,7 +282,9 @@
       this.lastSeq = 0;
       this.startedAt = performance.now();
       this.firstTokenAt = null;
+      this.endedAt = null;
       this.done = false;
+      this.afterRendering = null; // what finish() shows once everything is rendered
       this.messages = new Map(); // message id → MarkdownView
       this.tools = new Map(); // tool id → card elements
       this.dirty = new Set();
@@ -291,14 +309,25 @@
       if (!this.frame) this.frame = requestAnimationFrame(() => this.renderNow());
     }
 
+    // One frame's rendering.
     renderNow() {
-      if (this.frame) cancelAnimationFrame(this.frame);
       this.frame = 0;
+      const started = performance.now();
       const root = document.scrollingElement;
       const following = root.scrollTop + root.clientHeight >= root.scrollHeight - 80;
-      for (const view of this.dirty) view.render();
-      this.dirty.clear();
+      for (const view of [...this.dirty]) {
+        if (!view.render()) this.dirty.delete(view);
+      }
       if (following) root.scrollTop = root.scrollHeight;
+      // Each frame's rendering work, for the browser's performance tools (and the console's own tests).
+      performance.measure('console render', { start: started });
+      if (this.dirty.size) {
+        this.frame = requestAnimationFrame(() => this.renderNow());
+      } else if (this.afterRendering) {
+        const afterRendering = this.afterRendering;
+        this.afterRendering = null;
+        afterRendering();
+      }
     }
 
     note(text) {
@@ -380,15 +409,17 @@
           break;
         }
         case 'stream_complete':
-          this.finish();
-          setStatus('complete', 'done');
-          this.showStats(event.usage);
+          this.finish(() => {
+            setStatus('complete', 'done');
+            this.showStats(event.usage);
+          });
           break;
         case 'stream_error': {
           const code = event.details?.code ?? 'UNKNOWN';
-          this.finish();
-          setStatus(code === 'CANCELLED' ? `cancelled (${code}): ${event.error}` : `failed (${code}): ${event.error}`, 'error');
-          this.showStats();
+          this.finish(() => {
+            setStatus(code === 'CANCELLED' ? `cancelled (${code}): ${event.error}` : `failed (${code}): ${event.error}`, 'error');
+            this.showStats();
+          });
           break;
         }
         default:
@@ -400,26 +431,32 @@
       const parts = [];
       if (usage) parts.push(`${usage.input_tokens} input + ${usage.output_tokens} output tokens`);
       if (this.firstTokenAt !== null) parts.push(`first token ${Math.round(this.firstTokenAt - this.startedAt)} ms`);
-      parts.push(`total ${Math.round(performance.now() - this.startedAt)} ms`);
+      parts.push(`total ${Math.round(this.endedAt - this.startedAt)} ms`);
       if (this.streamID) parts.push(this.streamID);
       $('stats').textContent = parts.join(' · ');
     }
 
-    // The stream ended (or failed for good): render what is left now, stop reading, reset the controls.
-    finish() {
+    // The stream ended (or failed for good): stop reading, and once what is left is rendered (frame by
+    // frame, like the rest), show the outcome and reset the controls.
+    finish(showOutcome) {
       this.done = true;
-      this.renderNow();
+      this.endedAt = performance.now();
       this.reading.abort();
       setConnection('closed');
-      $('send').disabled = false;
-      $('cancel').disabled = true;
+      this.afterRendering = () => {
+        showOutcome();
+        $('send').disabled = false;
+        $('cancel').disabled = true;
+      };
+      if (!this.frame) this.renderNow();
     }
 
     fail(message) {
-      this.finish();
-      setConnection('error');
-      setStatus(message, 'error');
-      this.showStats();
+      this.finish(() => {
+        setConnection('error');
+        setStatus(message, 'error');
+        this.showStats();
+      });
     }
 
     // MARK: Connection
@@ -473,7 +510,14 @@
     async read(body) {
       const reader = body.pipeThrough(new TextDecoderStream()).getReader();
       const parser = new SSEParser();
+      let since = performance.now();
       for (;;) {
+        // Buffered data resolves reads at once, without ever leaving this task: give frames a turn (not in a
+        // hidden tab, which renders no frames and throttles timers to one a second or less).
+        if (!document.hidden && performance.now() - since > 8) {
+          await sleep(0);
+          since = performance.now();
+        }
         const { value, done } = await reader.read();
         if (done) return;
         for (const sse of parser.feed(value)) {
@@ -530,6 +574,7 @@
       return;
     }
     transcript.replaceChildren();
+    performance.clearMeasures('console render');
     $('stats').textContent = '';
     $('send').disabled = true;
     run = new Run();
