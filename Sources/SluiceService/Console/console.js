@@ -89,9 +89,12 @@
     }
   }
 
-  // How much finished text one frame renders at most: a burst (a reconnect's replay, an answer arriving
-  // faster than frames) becomes several short frames instead of one long one.
-  const maxFrozenPerFrame = 8192;
+  // How long one frame's rendering should take, and how much finished text it renders at most to stay near
+  // that: a burst (a reconnect's replay, an answer arriving faster than frames) becomes several short frames
+  // instead of one long one. The limit adapts to the machine: halved after a slow frame, doubled after a
+  // quick one that left text for later.
+  const frameBudgetMs = 12;
+  let frozenPerFrame = 4096;
 
   // One message's text. Blocks that can no longer change (everything before a blank line that is followed by
   // an unindented line outside a code fence) are rendered once into their own element; only the rest (the
@@ -119,12 +122,12 @@
       this.text += delta;
     }
 
-    // Renders up to `maxFrozenPerFrame` of finished blocks, then the tail once nothing finished is left.
+    // Renders up to `frozenPerFrame` of finished blocks, then the tail once nothing finished is left.
     // Returns whether there is more to render (in another frame).
     render() {
       this.scan();
       if (this.boundaries.length) {
-        const limit = this.committed + maxFrozenPerFrame;
+        const limit = this.committed + frozenPerFrame;
         let count = 1; // at least one block, however long
         while (count < this.boundaries.length && this.boundaries[count] <= limit) count += 1;
         this.commit(this.boundaries[count - 1]);
@@ -320,7 +323,9 @@
       }
       if (following) root.scrollTop = root.scrollHeight;
       // Each frame's rendering work, for the browser's performance tools (and the console's own tests).
-      performance.measure('console render', { start: started });
+      const elapsed = performance.measure('console render', { start: started }).duration;
+      if (elapsed > 2 * frameBudgetMs) frozenPerFrame = Math.max(512, frozenPerFrame / 2);
+      else if (this.dirty.size && elapsed < frameBudgetMs / 2) frozenPerFrame = Math.min(65536, frozenPerFrame * 2);
       if (this.dirty.size) {
         this.frame = requestAnimationFrame(() => this.renderNow());
       } else if (this.afterRendering) {
