@@ -388,6 +388,36 @@ def test_cancel_ends_the_stream(browser, console):
     screenshot(browser, "console-cancelled")
 
 
+def test_caller_token_goes_only_into_the_authorization_header(browser, start_server, tmp_path):
+    token = "console-secret-7f3a"
+    keys = tmp_path / "keys"
+    keys.write_text(token + "\n")
+    proxy = DroppingProxy(start_server("--keys-file", str(keys)).port)
+    try:
+        page = ConsolePage(browser, proxy.port)
+        page.send("Hi", {"text": "Hello."})
+        status = page.wait_until_finished()
+        assert "UNAUTHENTICATED" in status, status
+
+        token_input = browser.find_element(By.ID, "token")
+        token_input.send_keys(token)
+        browser.find_element(By.ID, "prompt").click()  # blur: the input's change event stores it
+        page.send("Hi", {"text": "Hello."})
+        assert page.wait_until_finished() == "complete"
+        assert page.transcript.text == "Hello."
+        assert browser.execute_script("return sessionStorage.getItem('sluice-console-token')") == token
+
+        sent = bytes(proxy.sent).decode("latin-1")
+        request_lines = re.findall(r"(?m)^(?:GET|POST|DELETE) \S+ HTTP/1\.1\r$", sent)
+        assert any(line.startswith("POST /v1/streams ") for line in request_lines)
+        assert all(token not in line for line in request_lines)
+        assert token not in browser.current_url
+        # Both requests of the stream carried it, and nothing but an authorization header ever did.
+        assert sent.count(token) == sent.count(f"authorization: Bearer {token}\r\n") >= 2
+    finally:
+        proxy.stop()
+
+
 # MARK: Headers
 
 

@@ -570,7 +570,7 @@
 
   async function send(event) {
     event.preventDefault();
-    if (run && !run.done) return;
+    if ($('send').disabled) return; // a stream is running, or its last text is still being rendered
     let body;
     try {
       body = request();
@@ -586,23 +586,22 @@
     const current = run;
     setConnection('connecting');
     setStatus('starting…', 'running');
-    let response;
     try {
-      response = await fetch('/v1/streams', {
+      const response = await fetch('/v1/streams', {
         method: 'POST',
         headers: { 'content-type': 'application/json', ...authorization() },
         body: JSON.stringify(body),
         cache: 'no-store',
       });
+      if (!response.ok) {
+        current.fail(await failureMessage(response));
+        return;
+      }
+      current.streamID = (await response.json()).stream_id;
     } catch (error) {
-      current.fail(`Could not reach the server: ${error.message}`);
+      current.fail(`Could not start the stream: ${error.message}`);
       return;
     }
-    if (!response.ok) {
-      current.fail(await failureMessage(response));
-      return;
-    }
-    current.streamID = (await response.json()).stream_id;
     $('cancel').disabled = false;
     await current.follow();
   }
