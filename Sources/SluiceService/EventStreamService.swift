@@ -33,15 +33,16 @@ public struct EventStreamService: Sendable {
 
     public func register(in router: inout RPCRouter) {
         router.registerHTTP(Self.collectionPath) { request, writer in
-            try await Self.answeringFailures(writer) { try await create(request, writer) }
+            try await Self.respond(writer) { try create(request) }
         }
         router.registerHTTP(prefix: Self.collectionPath + "/") { request, writer in
-            try await Self.answeringFailures(writer) {
+            try await Self.respond(writer) {
                 let rest = request.path.dropFirst(Self.collectionPath.count + 1).split(separator: "/", omittingEmptySubsequences: false)
                 if rest.count == 1, !rest[0].isEmpty {
-                    try await cancel(String(rest[0]), request, writer)
+                    return try cancel(String(rest[0]), request)
                 } else if rest.count == 2, !rest[0].isEmpty, rest[1] == "events" {
                     try await events(String(rest[0]), request, writer)
+                    return nil
                 } else {
                     throw Failure(
                         404, .notFound,
@@ -54,7 +55,7 @@ public struct EventStreamService: Sendable {
 
     // MARK: Routes
 
-    private func create(_ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+    private func create(_ request: HTTPRequest) throws -> JSONResponse {
         try Self.requireMethod("POST", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
         if isDraining() {
@@ -68,22 +69,20 @@ public struct EventStreamService: Sendable {
         }
         let parsed = try SendMessageRequest(json: request.body)
         let channel = try engine.start(parsed, caller: caller, deadline: nil)
-        let body = JSONValue.object(["stream_id": .string(channel.streamID)]).serialized() + [0x0A]
-        try writer.head(
-            status: 201,
-            headers: Self.jsonHeaders + [("location", "\(Self.collectionPath)/\(channel.streamID)/events")]
+        return JSONResponse(
+            status: 201, body: ["stream_id": .string(channel.streamID)],
+            headers: [("location", "\(Self.collectionPath)/\(channel.streamID)/events")]
         )
-        try await writer.write(body)
     }
 
-    private func cancel(_ streamID: String, _ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+    private func cancel(_ streamID: String, _ request: HTTPRequest) throws -> JSONResponse {
         try Self.requireMethod("DELETE", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
         try engine.cancel(streamID, caller: caller, reason: "the stream was cancelled by DELETE \(Self.collectionPath)/\(streamID)")
-        try writer.head(status: 200, headers: Self.jsonHeaders)
-        try await writer.write(JSONValue.object(["stream_id": .string(streamID), "cancelled": true]).serialized() + [0x0A])
+        return JSONResponse(status: 200, body: ["stream_id": .string(streamID), "cancelled": true])
     }
 
+    /// Writes its own response; throws only before it starts one.
     private func events(_ streamID: String, _ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
         try Self.requireMethod("GET", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
@@ -200,7 +199,13 @@ public struct EventStreamService: Sendable {
         return 0
     }
 
-    // MARK: Errors
+    // MARK: Responses
+
+    struct JSONResponse {
+        var status: Int
+        var body: JSONValue
+        var headers: [(String, String)] = []
+    }
 
     /// A request that ends with a JSON error instead of its normal response.
     struct Failure: Error {
@@ -219,9 +224,13 @@ public struct EventStreamService: Sendable {
             self.status = error.code == .dataLoss ? 410 : error.code.connectHTTPStatus
             self.error = error
         }
-    }
 
-    static let jsonHeaders = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
+        var response: JSONResponse {
+            JSONResponse(
+                status: status, body: ["error": ["code": .string(error.code.name), "message": .string(error.message)]], headers: headers
+            )
+        }
+    }
 
     private static func requireMethod(_ method: String, _ request: HTTPRequest) throws(Failure) {
         guard request.method == method else {
@@ -229,21 +238,20 @@ public struct EventStreamService: Sendable {
         }
     }
 
-    /// Runs `body`, answering a `Failure` or `RPCError` it throws before its response started as JSON.
-    private static func answeringFailures(_ writer: HTTPResponseWriter, _ body: () async throws -> Void) async throws {
-        let failure: Failure
+    /// Sends the JSON response `route` returns, or the error it throws (a `Failure`, or an `RPCError`
+    /// mapped to its HTTP status); a route that answered itself returns nil.
+    private static func respond(_ writer: HTTPResponseWriter, _ route: () async throws -> JSONResponse?) async throws {
+        let response: JSONResponse?
         do {
-            try await body()
-            return
-        } catch let error as Failure {
-            failure = error
+            response = try await route()
+        } catch let failure as Failure {
+            response = failure.response
         } catch let error as RPCError {
-            failure = Failure(error)
+            response = Failure(error).response
         }
-        let body = JSONValue.object([
-            "error": .object(["code": .string(failure.error.code.name), "message": .string(failure.error.message)])
-        ]).serialized() + [0x0A]
-        try writer.head(status: failure.status, headers: jsonHeaders + failure.headers)
-        try await writer.write(body)
+        guard let response else { return }
+        let headers = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
+        try writer.head(status: response.status, headers: headers + response.headers)
+        try await writer.write(response.body.serialized() + [0x0A])
     }
 }

@@ -8,12 +8,15 @@ extension HTTP1Connection {
     }
 
     /// Connection-level headers, which HTTP/2 forbids: handlers see the same headers either way.
-    private static let hopByHopHeaders: Set<String> = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"]
+    private static let hopByHopHeaders: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+    ]
 
     func route(_ request: HTTP1Request) -> Route {
-        let text: [(String, String)] = [("content-type", "text/plain; charset=utf-8"), ("x-content-type-options", "nosniff")]
+        let text = Self.textHeaders
         if request.method == "CONNECT" {
-            return .refuse(status: 405, headers: text + [("allow", "GET, HEAD, POST")], body: "CONNECT is not supported: this server is not a proxy.\n")
+            let body = "CONNECT is not supported: this server is not a proxy.\n"
+            return .refuse(status: 405, headers: text + [("allow", "GET, HEAD, POST")], body: body)
         }
         guard let (path, query) = Self.splitTarget(request.target) else {
             return .refuse(status: 400, headers: text, body: "The request target must be a path such as /healthz.\n")
@@ -22,11 +25,11 @@ extension HTTP1Connection {
             return .refuse(status: 400, headers: text, body: "An HTTP/1.1 request needs a Host header.\n")
         }
         let contentType = request.header("content-type") ?? ""
-        if server.router.handler(for: path) != nil || contentType.hasPrefix("application/grpc") || contentType.hasPrefix("application/connect") {
-            return .refuse(
-                status: 505, headers: text,
-                body: "gRPC and Connect calls need HTTP/2: use HTTP/2 with prior knowledge (h2c, e.g. curl --http2-prior-knowledge) or TLS with ALPN h2.\n"
-            )
+        let isRPC = contentType.hasPrefix("application/grpc") || contentType.hasPrefix("application/connect")
+        if isRPC || server.router.handler(for: path) != nil {
+            let body = "gRPC and Connect calls need HTTP/2: use HTTP/2 with prior knowledge (h2c, e.g. "
+                + "curl --http2-prior-knowledge) or TLS with ALPN h2.\n"
+            return .refuse(status: 505, headers: text, body: body)
         }
         guard let handler = server.router.httpHandler(for: path) else {
             return .refuse(status: 404, headers: text, body: "No such path: \(path)\n")

@@ -8,7 +8,7 @@ import Logging
 /// order, and reading pauses once too much waits. gRPC and Connect need HTTP/2 and are refused.
 /// Counted, idled out and drained like HTTP/2 connections. Loop-confined.
 final class HTTP1Connection: Selectable {
-    let io: SessionIO
+    private let io: SessionIO
     unowned let loop: EventLoop
     let server: HTTP2Server
     private let parser: HTTP1RequestParser
@@ -26,10 +26,10 @@ final class HTTP1Connection: Selectable {
     /// Our side is shut down; reading only to let the last response reach a client still sending.
     private var lingering = false
     private var lingerTimer: TimerID?
-    private(set) var closed = false
+    private var closed = false
     /// When the last request arrived or response finished: idle connections close after the idle
     /// timeout, and so does a client that dribbles one request for that long.
-    private(set) var lastActivity = ContinuousClock.now
+    private var lastActivity = ContinuousClock.now
 
     /// Bytes of pipelined requests held while a response is in flight before reading pauses.
     static let inputLimit = 64 * 1024
@@ -49,8 +49,6 @@ final class HTTP1Connection: Selectable {
         readAvailable()
         if !closed { flush() }
     }
-
-    var isIdle: Bool { response == nil && !lingering }
 
     // MARK: Reading
 
@@ -128,12 +126,13 @@ final class HTTP1Connection: Selectable {
         guard let expectation = request.header("expect"), request.versionMinor >= 1 else { return }
         guard expectation.lowercased() == "100-continue" else {
             acceptsRequests = false
-            return respondPlain(request, status: 417, body: "Unsupported Expect: \(expectation). Only 100-continue is understood.\n")
+            let body = "Unsupported Expect: \(expectation). Only 100-continue is understood.\n"
+            return respondFixed(to: request, status: 417, headers: Self.textHeaders, body: body)
         }
         if case .refuse(let status, let headers, let body) = route(request) {
             // Refused whatever the body says: answer now and close instead of reading the body.
             acceptsRequests = false
-            response = HTTP1Response(.fixed(status: status, headers: headers, body: Array(body.utf8)), method: request.method, versionMinor: request.versionMinor)
+            respondFixed(to: request, status: status, headers: headers, body: body)
         } else if contentLength != 0 {
             interim = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
         }
@@ -142,23 +141,25 @@ final class HTTP1Connection: Selectable {
     private func respond(to request: HTTP1Request) {
         switch route(request) {
         case .refuse(let status, let headers, let body):
-            response = HTTP1Response(.fixed(status: status, headers: headers, body: Array(body.utf8)), method: request.method, versionMinor: request.versionMinor)
+            respondFixed(to: request, status: status, headers: headers, body: body)
         case .handler(let handler, let httpRequest):
             let box = LoopBound(self)
-            let outbound = StreamOutbound(capacity: server.configuration.limits.streamQueueBytes, framing: .raw, endStreamEnvelope: nil) {
-                [loop] in loop.execute { box.value.flush() }
+            let capacity = server.configuration.limits.streamQueueBytes
+            let outbound = StreamOutbound(capacity: capacity, framing: .raw, endStreamEnvelope: nil) { [loop] in
+                loop.execute { box.value.flush() }
             }
             let task = outbound.runHTTPHandler(handler, httpRequest)
             response = HTTP1Response(.handler(outbound, task), method: request.method, versionMinor: request.versionMinor)
         }
     }
 
-    private func respondPlain(_ request: HTTP1Request, status: Int, body: String) {
-        response = HTTP1Response(
-            .fixed(status: status, headers: [("content-type", "text/plain; charset=utf-8")], body: Array(body.utf8)),
-            method: request.method, versionMinor: request.versionMinor
-        )
+    private func respondFixed(to request: HTTP1Request, status: Int, headers: [(String, String)], body: String) {
+        let source = HTTP1Response.Source.fixed(status: status, headers: headers, body: Array(body.utf8))
+        response = HTTP1Response(source, method: request.method, versionMinor: request.versionMinor)
     }
+
+    /// For the connection's own short answers, which may echo parts of the request.
+    static let textHeaders = [("content-type", "text/plain; charset=utf-8"), ("x-content-type-options", "nosniff")]
 
     /// A request the parser refused: answer and close (the rest of the input cannot be trusted).
     private func reject(_ failure: HTTP1RequestParser.Failure) {
@@ -170,10 +171,7 @@ final class HTTP1Connection: Selectable {
             case .headersTooLarge: (431, "The request line and headers exceed the limit of \(limits.maxHeaderListSize) bytes.\n")
             case .bodyTooLarge: (413, "The request body exceeds the limit of \(limits.maxMessageSize) bytes.\n")
             }
-        response = HTTP1Response(
-            .fixed(status: status, headers: [("content-type", "text/plain; charset=utf-8")], body: Array(body.utf8)),
-            method: "GET", versionMinor: 1
-        )
+        respondFixed(to: HTTP1Request(), status: status, headers: Self.textHeaders, body: body)
     }
 
     // MARK: Writing
@@ -238,6 +236,7 @@ final class HTTP1Connection: Selectable {
     /// Graceful shutdown: an idle connection closes now; one with a response in flight finishes
     /// it (with `connection: close` if its head has not gone out yet) and then closes.
     func beginDrain() {
+        guard !closed else { return }
         draining = true
         acceptsRequests = false
         if response == nil { endConnection() }

@@ -22,6 +22,7 @@ final class HTTP1Response {
     private let isHead: Bool
     private let clientIsHTTP10: Bool
     private var headWritten = false
+    private var headStatus = 0
     private var framing = Framing.none
     private(set) var complete = false
     /// The connection must close once this response is out: it said `connection: close`, its end
@@ -48,9 +49,15 @@ final class HTTP1Response {
                 guard outbound.responseShape(trailersOnlyAllowed: false) != nil else { return }
                 startHandlerResponse(outbound, scratch: scratch, closing: closing, into: &out)
             } else {
-                let drained = outbound.drain(into: scratch)
-                appendBody(UnsafeRawBufferPointer(rebasing: scratch[0..<drained.byteCount]), into: &out)
-                if drained.endOfStream { end(ok: drained.status?.code == .ok, into: &out) }
+                while true {
+                    let drained = outbound.drain(into: scratch)
+                    let before = out.count
+                    appendBody(UnsafeRawBufferPointer(rebasing: scratch[0..<drained.byteCount]), into: &out)
+                    if drained.endOfStream { return end(ok: endsCleanly(drained.status?.code), into: &out) }
+                    // Bytes dropped (HEAD, or a status without a body) still have to be drained,
+                    // or the loop would never be woken again.
+                    if drained.byteCount == 0 || out.count > before { return }
+                }
             }
         }
     }
@@ -60,11 +67,11 @@ final class HTTP1Response {
     ) {
         let head = outbound.head ?? [(":status", "500")]
         let status = head.first { $0.0 == ":status" }.flatMap { Int($0.1) } ?? 500
+        headStatus = status
         let drained = outbound.drain(into: scratch)
         let body = UnsafeRawBufferPointer(rebasing: scratch[0..<drained.byteCount])
-        let code = drained.status?.code
-        if drained.endOfStream && (code == .ok || code == .internal) {
-            // Finished already (the usual short answer, or the handler's 500 page): one piece with its length.
+        if drained.endOfStream && endsCleanly(drained.status?.code) {
+            // Finished already (the usual short answer): one piece with its length.
             writeHead(status: status, headers: head, contentLength: body.count, closing: closing, into: &out)
             if !isHead && Self.allowsBody(status) { out.append(contentsOf: body) }
             complete = true
@@ -94,6 +101,12 @@ final class HTTP1Response {
         }
     }
 
+    /// OK, or the 500 page of a handler that failed (see `runHTTPHandler`). Anything else, such
+    /// as a failure after a head of the handler's own, must show as a truncated response.
+    private func endsCleanly(_ code: StatusCode?) -> Bool {
+        code == .ok || (code == .internal && headStatus == 500)
+    }
+
     private func end(ok: Bool, into out: inout [UInt8]) {
         complete = true
         if ok && framing == .chunked && !isHead {
@@ -109,8 +122,9 @@ final class HTTP1Response {
         var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\ndate: \(Self.httpDate())\r\n"
         for (name, value) in headers where !Self.managedHeaders.contains(name) && !name.hasPrefix(":") {
             // A CR or LF would let a header value start a header (or the body) of its own.
-            guard !name.utf8.contains(where: { $0 == 13 || $0 == 10 }), !value.utf8.contains(where: { $0 == 13 || $0 == 10 }) else { continue }
-            head += "\(name): \(value)\r\n"
+            let field = "\(name): \(value)\r\n"
+            guard !field.utf8.dropLast(2).contains(where: { $0 == 13 || $0 == 10 }) else { continue }
+            head += field
         }
         if Self.allowsBody(status) {
             if let contentLength {
@@ -125,7 +139,9 @@ final class HTTP1Response {
     }
 
     /// Headers the connection sets itself; a handler's own would contradict the framing.
-    private static let managedHeaders: Set<String> = ["connection", "content-length", "transfer-encoding", "keep-alive", "date", "upgrade"]
+    private static let managedHeaders: Set<String> = [
+        "connection", "content-length", "transfer-encoding", "keep-alive", "date", "upgrade",
+    ]
 
     /// 1xx, 204 and 304 responses have no body and no length (RFC 9110 §6.4.1, §8.6).
     private static func allowsBody(_ status: Int) -> Bool {

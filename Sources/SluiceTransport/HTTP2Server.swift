@@ -326,7 +326,7 @@ private final class LoopContext: Selectable {
     }
 
     func switchToHTTP1(_ connection: HTTP2Connection, io: SessionIO, replaying bytes: [UInt8]) {
-        guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
+        guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return io.release() }
         let http1 = HTTP1Connection(io: io, loop: loop, server: server)
         http1Connections[ObjectIdentifier(http1)] = http1
         http1.start(replaying: bytes)

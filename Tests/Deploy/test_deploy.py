@@ -480,10 +480,10 @@ def test_deployment_args_run_and_probes_follow_the_drain(release_bin, servers, t
     assert health(server.port, readiness) == "SERVING"
     assert health(server.port, liveness) == "SERVING"
 
-    # HTTP/1.1, as an httpGet probe would send it, gets 505: why the probes are gRPC.
+    # HTTP/1.1, as an httpGet probe would send it, is answered too.
     with socket.create_connection(("127.0.0.1", server.port), timeout=3) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        assert s.recv(64).startswith(b"HTTP/1.1 505 ")
+        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert s.recv(64).startswith(b"HTTP/1.1 200 ")
 
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stream = channel.unary_stream("/sluice.v1.Synthetic/Stream", request_serializer=lambda m: json.dumps(m).encode(),

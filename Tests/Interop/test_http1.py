@@ -402,13 +402,14 @@ def test_client_that_stops_reading_holds_up_nobody(simulator):
 
 
 def test_drain_finishes_the_response_in_flight_and_closes_idle_connections(simulator):
+    """`sluice simulate` drains for 1 s: the short stream in flight ends whole, the idle connection at once."""
     proc, port = simulator()
     with connect(port) as idle, connect(port) as busy:
         idle_stream, busy_stream = idle.makefile("rb"), busy.makefile("rb")
         idle.sendall(request("/v1/messages", "GET"))
         refused = Response(idle_stream)
         assert refused.status == 405 and refused.body()  # the simulator wants POST; the connection stays open
-        busy.sendall(messages_request({"output_tokens": 20, "token_interval_ms": 20, "seed": 4}))
+        busy.sendall(messages_request({"output_tokens": 10, "token_interval_ms": 10, "seed": 4}))
         response = Response(busy_stream)
         first = response.next_chunk()
         assert first is not None and first.startswith(b"event: message_start")
