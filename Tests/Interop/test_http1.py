@@ -11,6 +11,9 @@ import ssl
 import subprocess
 import time
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from sluice_testlib import IO_TIMEOUT, SYNTHETIC
@@ -303,6 +306,28 @@ def test_request_sent_a_byte_at_a_time_is_http1_only(server):
         received = read_to_eof(sock)
     assert received.startswith(b"HTTP/1.1 200 OK\r\n"), received[:100]
     assert received.endswith(b"\r\n\r\nok\n")
+
+
+def test_http2_preface_sent_a_byte_at_a_time_is_still_http2(server):
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    connection.initiate_connection()
+    with connect(server.port) as sock:
+        for byte in connection.data_to_send():  # the preface and SETTINGS, one byte per send
+            sock.send(bytes([byte]))
+        stream_id = connection.get_next_available_stream_id()
+        connection.send_headers(stream_id, [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"),
+                                            (":authority", "localhost")], end_stream=True)
+        sock.sendall(connection.data_to_send())
+        body, ended = b"", False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "closed before the HTTP/2 response ended"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            sock.sendall(connection.data_to_send())
+    assert body == b"ok\n"
 
 
 def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(start_server):
