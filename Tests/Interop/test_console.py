@@ -126,7 +126,8 @@ class ConsolePage:
 
     def send(self, prompt: str, simulation: dict, tools=(), max_tokens: int = 4096) -> None:
         driver = self.driver
-        driver.find_element(By.CSS_SELECTOR, "#settings summary").click()
+        if not driver.find_element(By.ID, "settings").get_attribute("open"):
+            driver.find_element(By.CSS_SELECTOR, "#settings summary").click()  # so that screenshots show the scenario
         self._set("prompt", prompt)
         self._set("simulation", json.dumps(simulation))
         self._set("max-tokens", str(max_tokens))
@@ -339,7 +340,10 @@ class DroppingProxy:
 
     def stop(self) -> None:
         """Stop listening and reset every open connection."""
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone would leave blocked
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone would leave blocked
+        except OSError:
+            pass  # already stopped
         self.listener.close()
         with self.lock:
             pairs, self.pairs = self.pairs, []
