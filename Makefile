@@ -14,7 +14,7 @@ REQUIREMENTS := Tests/Interop/requirements.txt
 # The binary the interop tests start; override with SLUICE_BIN=/path/to/sluice.
 SLUICE_BIN ?= $(CURDIR)/.build/debug/sluice
 ARGS ?=
-APT_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev nghttp2-client curl openssl libhttp-parser-dev
+APT_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev nghttp2-client curl openssl libhttp-parser-dev libjs-marked libjs-highlight.js node-dompurify chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEPLOY_VENV := .venv-deploy

@@ -7,7 +7,7 @@ public enum ServiceRouter {
     public static func make(
         engine: StreamEngine, authentication: CallerAuthentication, registry: PrometheusCollectorRegistry,
         sampledGauges: [MetricsService.SampledGauge] = [], sseHeartbeat: Duration = .seconds(15),
-        isDraining: @escaping @Sendable () -> Bool
+        console: ConsoleService = ConsoleService(), isDraining: @escaping @Sendable () -> Bool
     ) -> RPCRouter {
         var router = RPCRouter()
         SyntheticService.register(in: &router)
@@ -16,6 +16,7 @@ public enum ServiceRouter {
             .register(in: &router)
         HealthService(isDraining: isDraining).register(in: &router)
         MetricsService(registry: registry, engine: engine, sampled: sampledGauges).register(in: &router)
+        console.register(in: &router)
         return router
     }
 }

@@ -198,14 +198,13 @@ struct SimulatedMessage {
         var stopReason = "end_turn"
         let results = Self.toolResults(in: request.conversation)
         if !results.isEmpty {
-            tokens = results.flatMap { SimulatorText.tokenize($0) }
-                + SimulatorText.prose(tokens: scenario.outputTokens, random: &random)
+            tokens = results.flatMap { SimulatorText.tokenize($0) } + Self.answer(scenario, random: &random)
         } else if !request.tools.isEmpty, !scenario.toolCalls.isEmpty {
             toolCalls = scenario.toolCalls
             tokens = scenario.toolPreamble ? Self.preamble(for: toolCalls, random: &random) : []
             stopReason = "tool_use"
         } else {
-            tokens = SimulatorText.prose(tokens: scenario.outputTokens, random: &random)
+            tokens = Self.answer(scenario, random: &random)
         }
 
         // Prefill: continue after it when it is a prefix (compared as UTF-8, so any scalar split works).
@@ -287,6 +286,12 @@ struct SimulatedMessage {
         var inputBytes = conversationBytes.count + JSONValue.array(request.tools).serialized().count
         inputBytes += request.prefill?.utf8.count ?? 0
         self.inputTokens = max(1, inputBytes / 4)
+    }
+
+    /// The scenario's scripted text, or generated prose.
+    private static func answer(_ scenario: SimulationScenario, random: inout SimulatorRandom) -> [String] {
+        if let text = scenario.text { return SimulatorText.tokenize(text) }
+        return SimulatorText.prose(tokens: scenario.outputTokens, random: &random)
     }
 
     /// The text quoting each `tool_result` of the last user message (content verbatim, at most 200 characters).

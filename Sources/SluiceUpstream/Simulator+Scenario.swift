@@ -50,6 +50,9 @@ public struct SimulationScenario: Sendable, Equatable {
 
     public var seed: UInt64 = 0
     public var outputTokens = 64
+    /// The answer's text verbatim instead of generated prose (`outputTokens` is then ignored): how tests
+    /// script markdown, HTML or anything else a model might say.
+    public var text: String?
     public var tokenInterval: Duration = .zero
     public var firstTokenDelay: Duration = .zero
     /// Pings after `message_start` and then every interval; `.zero` sends only the first.
@@ -83,9 +86,10 @@ public struct SimulationScenario: Sendable, Equatable {
         }
         let fields = Fields(path: "", object: root)
         try fields.allow(["seed", "output_tokens", "token_interval_ms", "first_token_delay_ms", "ping_interval_ms",
-                          "tool_calls", "tool_preamble", "prefill", "fault", "stamp_deltas"])
+                          "tool_calls", "tool_preamble", "prefill", "fault", "stamp_deltas", "text"])
         if let seed = try fields.integer("seed", in: 0...Int(1 << 53)) { self.seed = UInt64(seed) }
         if let tokens = try fields.integer("output_tokens", in: 0...Self.maxOutputTokens) { outputTokens = tokens }
+        text = try fields.string("text")
         if let ms = try fields.milliseconds("token_interval_ms") { tokenInterval = ms }
         if let ms = try fields.milliseconds("first_token_delay_ms") { firstTokenDelay = ms }
         if let ms = try fields.milliseconds("ping_interval_ms") { pingInterval = ms }

@@ -216,10 +216,15 @@ struct Serve: AsyncParsableCommand {
         configuration.limits.maxStreamsPerConnection = maxStreamsPerConnection
         configuration.limits.maxMessageSize = maxMessageSize
 
+        let console = ConsoleService()
+        for file in console.missingVendorFiles {
+            logger.warning("console: \(file.path) is missing, so the page at / shows answers as plain text: install the Debian package \(file.package)")
+        }
         let serverReference = ServerReference()
         let router = ServiceRouter.make(
             engine: engine, authentication: CallerAuthentication(tokens: tokens), registry: registry,
-            sampledGauges: sampledGauges, sseHeartbeat: sseHeartbeat.duration, isDraining: { serverReference.isDraining }
+            sampledGauges: sampledGauges, sseHeartbeat: sseHeartbeat.duration, console: console,
+            isDraining: { serverReference.isDraining }
         )
         let server = try HTTP2Server(configuration: configuration, router: router, logger: logger, loops: loops)
         serverReference.set(server)

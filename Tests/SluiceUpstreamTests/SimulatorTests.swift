@@ -393,6 +393,26 @@ import Testing
         }
     }
 
+    @Test func scriptedTextIsSentVerbatimAndContinuesAfterAPrefill() async throws {
+        try await Self.withSimulator { _, port in
+            let script = "# Title\n\n<img src=x onerror=alert(1)> and `code` — café\n\n```swift\nlet x = 1\n```"
+            let scenario = JSONValue.object(["text": .string(script), "output_tokens": 3]).serializedString
+            let message = try await Self.fetch(port: port, body: Self.requestBody(stream: true), scenario: scenario).accumulated().message()
+            guard case .text(let text, _)? = message.content.first else {
+                Issue.record("no text in \(message.content)")
+                return
+            }
+            #expect(text == script)
+            #expect(message.usage.outputTokens == SimulatorText.tokenize(script).count)
+
+            let prefill = String(script.prefix(20))
+            let messages: JSONValue = [["role": "user", "content": "Tell me about streams."], ["role": "assistant", "content": .string(prefill)]]
+            let rest = try #require(try await Self.fetch(port: port, body: Self.requestBody(messages: messages, stream: false), scenario: scenario).json)
+            #expect(rest["content"]?.arrayValue?.first?["text"]?.stringValue == String(script.dropFirst(20)))
+        }
+        #expect(throws: SimulationScenarioError.self) { try SimulationScenario(header: #"{"text":3}"#) }
+    }
+
     // MARK: Validation
 
     @Test func invalidRequestsAreRejectedLikeTheAPI() async throws {
