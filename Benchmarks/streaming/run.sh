@@ -3,6 +3,10 @@
 # client → engine → transport → client receives it), at 1,000 and 10,000 concurrent SendMessage
 # streams, plus the server's resident memory per stream. Writes RESULTS.md and RESULTS.json here.
 #
+# Each level holds its concurrency steady: `sluice loadtest` starts 3 × concurrency streams at the rate
+# that keeps `concurrency` in flight (a stream lasts about deltas × interval), so streams' deltas are
+# spread over time as independent callers' would be. LEVELS lists "concurrency:interval_ms" pairs.
+#
 # The upstream is `sluice simulate` over TLS (ALPN h2, like the real API, so libcurl multiplexes
 # every transfer over one connection), and it stamps each text delta with its send time
 # ("stamp_deltas": true); `sluice loadtest` on the same machine subtracts it from the receive time
@@ -12,7 +16,7 @@ cd "$(dirname "$0")/../.."
 HERE=Benchmarks/streaming
 OUT=$(mktemp -d /tmp/sluice-streaming-bench.XXXXXX)
 TOKENS=${TOKENS:-40}
-INTERVAL_MS=${INTERVAL_MS:-50}
+LEVELS=${LEVELS:-"1000:50 1000:200 10000:500 10000:2000"}
 
 swift build -c release --product sluice >/dev/null
 BIN=$(swift build -c release --show-bin-path)/sluice
@@ -28,7 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" simulate --port 0 --event-loops 1 --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem" >"$OUT/simulator.out" 2>"$OUT/simulator.err" &
+"$BIN" simulate --port 0 --event-loops 2 --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem" >"$OUT/simulator.out" 2>"$OUT/simulator.err" &
 SIMULATOR_PID=$!
 for _ in $(seq 100); do grep -q listening "$OUT/simulator.out" 2>/dev/null && break; sleep 0.1; done
 SIMULATOR_PORT=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/simulator.out")
@@ -37,70 +41,83 @@ SIMULATOR_PORT=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/simulator.out")
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 run_level() {
-  local streams=$1
+  local streams=$1 interval=$2 tag="$1-$2"
   "$BIN" serve --port 0 --max-active "$streams" --max-queued 0 --max-streams-per-connection 1000 \
     --upstream-url "https://127.0.0.1:$SIMULATOR_PORT" --upstream-is-simulator --ca-bundle "$OUT/cert.pem" \
-    --log-level warning >"$OUT/server-$streams.out" 2>"$OUT/server-$streams.err" &
+    --log-level warning >"$OUT/server-$tag.out" 2>"$OUT/server-$tag.err" &
   SERVER_PID=$!
   local line=""
-  for _ in $(seq 100); do
-    line=$(head -n1 "$OUT/server-$streams.out" 2>/dev/null || true)
+  for _ in $(seq 300); do
+    line=$(head -n1 "$OUT/server-$tag.out" 2>/dev/null || true)
     [ -n "$line" ] && break
     sleep 0.1
   done
-  [ -n "$line" ] || { echo "server did not start: $(cat "$OUT/server-$streams.err")" >&2; exit 1; }
+  [ -n "$line" ] || { echo "server did not start: $(cat "$OUT/server-$tag.err")" >&2; exit 1; }
   local port=${line#*127.0.0.1:}; port=${port%% *}
   local idle_rss; idle_rss=$(rss_kib "$SERVER_PID")
   # Sample the server's RSS while the streams run; keep the peak.
-  ( peak=0; while kill -0 "$SERVER_PID" 2>/dev/null; do r=$(rss_kib "$SERVER_PID" || echo 0); [ "$r" -gt "$peak" ] && peak=$r && echo "$peak" >"$OUT/peak-$streams"; sleep 0.2; done ) &
+  ( peak=0; while kill -0 "$SERVER_PID" 2>/dev/null; do r=$(rss_kib "$SERVER_PID" || echo 0); [ "$r" -gt "$peak" ] && peak=$r && echo "$peak" >"$OUT/peak-$tag"; sleep 0.2; done ) &
   local sampler=$!
-  "$BIN" loadtest --target "http://127.0.0.1:$port" --method send-message --streams "$streams" --concurrency "$streams" \
-    --streams-per-connection 1000 \
-    --simulation "{\"output_tokens\":$TOKENS,\"token_interval_ms\":$INTERVAL_MS,\"stamp_deltas\":true,\"seed\":1}" \
-    --json >"$OUT/loadtest-$streams.json" 2>"$OUT/loadtest-$streams.err"
+  # The simulator splits TOKENS into about 0.57 × TOKENS text deltas.
+  local duration_ms=$(( (TOKENS * 57 / 100) * interval ))
+  local rate=$(( streams * 1000 / duration_ms ))
+  local cpu_before; cpu_before=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+  "$BIN" loadtest --target "http://127.0.0.1:$port" --method send-message --streams $((3 * streams)) --concurrency "$streams" \
+    --rate "$rate" --streams-per-connection 1000 \
+    --simulation "{\"output_tokens\":$TOKENS,\"token_interval_ms\":$interval,\"stamp_deltas\":true,\"seed\":1}" \
+    --json >"$OUT/loadtest-$tag.json" 2>"$OUT/loadtest-$tag.err"
+  awk -v before="$cpu_before" '{print ($14 + $15 - before) / 100}' "/proc/$SERVER_PID/stat" >"$OUT/cpu-$tag"
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
-  echo "$idle_rss $(cat "$OUT/peak-$streams")" >"$OUT/rss-$streams"
+  echo "$idle_rss $(cat "$OUT/peak-$tag")" >"$OUT/rss-$tag"
 }
 
-run_level 1000
-run_level 10000
+for level in $LEVELS; do run_level "${level%%:*}" "${level##*:}"; done
 
-python3 - "$OUT" "$HERE" "$TOKENS" "$INTERVAL_MS" <<'PY'
+python3 - "$OUT" "$HERE" "$TOKENS" "$LEVELS" <<'PY'
 import json, os, platform, subprocess, sys, datetime
-out, here, tokens, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out, here, tokens, levels = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
 rows, raw = [], {}
-for n in (1000, 10000):
-    result = json.load(open(f"{out}/loadtest-{n}.json"))
-    idle, peak = map(int, open(f"{out}/rss-{n}").read().split())
+for level in levels:
+    n, interval = map(int, level.split(":"))
+    tag = f"{n}-{interval}"
+    result = json.load(open(f"{out}/loadtest-{tag}.json"))
+    idle, peak = map(int, open(f"{out}/rss-{tag}").read().split())
+    cpu = float(open(f"{out}/cpu-{tag}").read())
     e2e = result["latency_ms"]["end_to_end"]
-    raw[str(n)] = {"loadtest": result, "server_rss_kib": {"idle": idle, "peak": peak}}
-    rows.append((n, result["streams"], e2e, result["events_per_second"], idle, peak))
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    raw[tag] = {"loadtest": result, "server_rss_kib": {"idle": idle, "peak": peak}, "server_cpu_seconds": cpu}
+    rows.append((n, interval, result, e2e, idle, peak, cpu))
+cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
 swift = subprocess.run(["swift", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+load = open("/proc/loadavg").read().split()[:3]
 lines = [
     "# Event delivery latency: simulator emits → client receives",
     "",
-    f"Generated by `Benchmarks/streaming/run.sh` on {datetime.datetime.utcnow().isoformat(timespec='seconds')}Z.",
-    f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, {platform.platform()}, {swift}.",
+    f"Generated by `Benchmarks/streaming/run.sh` on {datetime.datetime.utcnow().isoformat(timespec='seconds')}Z "
+    f"(load average at the end: {' '.join(load)}).",
+    f"Machine: {os.cpu_count()} cores ({cpu_model}), {int(mem)//1024} MiB RAM, {platform.platform()}, {swift}.",
     "",
-    f"Each stream: SendMessage on the built-in simulator, {tokens} output tokens, one text delta every {interval} ms,",
-    "every delta stamped with its send time by the simulator (`stamp_deltas`). All streams run at once",
-    "(`--concurrency` = streams, `--max-active` = streams). The simulator (`sluice simulate`, TLS) is a separate",
-    "process; simulator, server and `sluice loadtest` share the machine's cores.",
+    f"Each stream: SendMessage on the simulator, {tokens} output tokens as about {tokens * 57 // 100} text deltas, one every",
+    "`interval` ms, each stamped with its send time by the simulator (`stamp_deltas`). Each level runs",
+    "3 × `streams` streams at the start rate that keeps `streams` in flight (so the first and last third ramp up",
+    "and down), `--max-active` = `streams`. The simulator (`sluice simulate`, TLS, 2 loops) is a separate process;",
+    "simulator, server and `sluice loadtest` share the machine's 2 cores. Server CPU is user + system time.",
     "",
-    "| streams | ok / failed | e2e p50 ms | p90 | p99 | p99.9 | max | deltas measured | events/s | server RSS idle → peak | per stream |",
-    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    "| streams | interval | deltas/s | ok / failed | e2e p50 ms | p90 | p99 | p99.9 | max | server CPU s/s | server RSS idle → peak | per stream |",
+    "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
 ]
-for n, streams, e2e, eps, idle, peak in rows:
+for n, interval, result, e2e, idle, peak, cpu in rows:
     per = (peak - idle) / n
-    lines.append(f"| {n} | {streams['ok']} / {streams['failed']} | {e2e.get('p50', 0):.2f} | {e2e.get('p90', 0):.2f} | {e2e.get('p99', 0):.2f} | "
-                 f"{e2e.get('p99_9', 0):.2f} | {e2e.get('max', 0):.2f} | {e2e['count']} | {eps:.0f} | {idle/1024:.1f} → {peak/1024:.1f} MiB | {per:.1f} KiB |")
+    streams = result["streams"]
+    wall = result.get("wall_seconds", 0) or 1
+    lines.append(f"| {n} | {interval} ms | {e2e['count'] / wall:.0f} | {streams['ok']} / {streams['failed']} | {e2e.get('p50', 0):.2f} | "
+                 f"{e2e.get('p90', 0):.2f} | {e2e.get('p99', 0):.2f} | {e2e.get('p99_9', 0):.2f} | {e2e.get('max', 0):.2f} | "
+                 f"{cpu / wall:.2f} | {idle/1024:.1f} → {peak/1024:.1f} MiB | {per:.1f} KiB |")
 lines += ["", "Targets (issue 4): p99 ≤ 2 ms at 1,000 streams and ≤ 10 ms at 10,000 streams.", ""]
-for n, _, e2e, *_ in rows:
-    target = 2 if n == 1000 else 10
-    lines.append(f"- {n} streams: p99 {e2e.get('p99', 0):.2f} ms → {'PASS' if e2e.get('p99', 1e9) <= target else 'FAIL'}")
+for n, interval, _, e2e, *_ in rows:
+    target = 2 if n <= 1000 else 10
+    lines.append(f"- {n} streams, one delta per {interval} ms: p99 {e2e.get('p99', 0):.2f} ms → {'PASS' if e2e.get('p99', 1e9) <= target else 'FAIL'}")
 open(f"{here}/RESULTS.md", "w").write("\n".join(lines) + "\n")
 json.dump(raw, open(f"{here}/RESULTS.json", "w"), indent=2)
 print("\n".join(lines))
