@@ -3,7 +3,9 @@
 #   make build   release build of the sluice executable
 #   make run     deps + build + `sluice serve $(ARGS)`, e.g. make run ARGS="--port 9000"
 #   make venv    .venv with the pinned interop test requirements
-#   make test    deps + debug build + swift test + venv + interop tests (pytest Tests/Interop)
+#   make test    deps + debug build + swift test + venv + interop tests (pytest Tests/Interop) + test-tsan
+#   make test-tsan  the concurrent code's tests under ThreadSanitizer
+#   make hostile    the full-length hostile HTTP/2 client tests (Tests/Interop/test_hostile.py)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +24,7 @@ FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := .build-fuzz
 
-.PHONY: deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke
+.PHONY: deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke test-tsan hostile
 
 deps:
 	@missing=""; \
@@ -60,6 +62,7 @@ test: deps
 	SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop
 	$(MAKE) fuzz-smoke
 	$(MAKE) test-deploy
+	$(MAKE) test-tsan
 
 deploy-venv: $(DEPLOY_VENV)/.requirements-installed
 
@@ -89,3 +92,21 @@ fuzz:
 # The short run `make test` does.
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=5
+
+# ThreadSanitizer on the tests of concurrent code: transport, engine, upstream client and simulator
+# (the pure parsers' tests would only be slower). -DSLUICE_TSAN swaps Synchronization.Mutex for a
+# pthread mutex TSan can see (Sources/SluiceWire/ThreadSanitizerMutex.swift says why). Any report
+# fails the run: TSan makes the test process exit non-zero.
+TSAN_BUILD := .build-tsan
+TSAN_TESTS := SluiceTransportTests|SluiceEngineTests|SluiceUpstreamTests.UpstreamClientTests|SluiceUpstreamTests.SimulatorTests
+test-tsan: deps
+	swift build --build-tests --sanitize=thread -Xswiftc -DSLUICE_TSAN --scratch-path $(TSAN_BUILD)
+	swift test --skip-build --no-parallel --sanitize=thread -Xswiftc -DSLUICE_TSAN --scratch-path $(TSAN_BUILD) \
+	  --filter '$(TSAN_TESTS)'
+
+# The hostile HTTP/2 clients at full length (100,000 rapid resets, 10,000 idle connections, 4,000
+# never-read streams, …); `make test` runs the short versions. Prints each attack's figures.
+hostile: deps
+	swift build
+	$(MAKE) venv
+	SLUICE_HOSTILE_SCALE=full SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop/test_hostile.py -s --timeout 900
