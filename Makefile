@@ -109,4 +109,4 @@ test-tsan: deps
 hostile: deps
 	swift build
 	$(MAKE) venv
-	SLUICE_HOSTILE_SCALE=full SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop/test_hostile.py -s --timeout 900
+	HOSTILE_SCALE=full SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop/test_hostile.py -s --timeout 900
