@@ -1,5 +1,5 @@
-"""Hostile HTTP/2 clients: each misbehaving connection is cut off with GOAWAY or a close, or held to
-a stated memory bound, the server stays up, and a well-behaved client keeps being served.
+"""Hostile HTTP/2 clients: each misbehaving connection is cut off with GOAWAY or a close, the
+server's memory stays under a stated bound meanwhile, and a well-behaved client keeps being served.
 
 For each attack the well-behaved call latency before, during (a separate process calling in a loop)
 and after is printed, with the server's RSS peak (pytest -s shows them). Sizes: HOSTILE_SCALE
