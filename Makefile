@@ -3,9 +3,11 @@
 #   make build   release build of the sluice executable
 #   make run     deps + build + `sluice serve $(ARGS)`, e.g. make run ARGS="--port 9000"
 #   make venv    .venv with the pinned interop test requirements
-#   make test    deps + debug build + swift test + venv + interop tests (pytest Tests/Interop)
+#   make test    deps + debug build + swift test + venv + interop tests (pytest Tests/Interop) + fuzz smoke + deploy checks + test-tsan
 #   make chaos   1,000 streams with random upstream faults (CHAOS_STREAMS, CHAOS_SEED); make test runs 200
 #   make soak    Benchmarks/soak/run.sh: 100,000 streams, server memory and descriptors → RESULTS.md
+#   make test-tsan  the concurrent code's tests under ThreadSanitizer
+#   make hostile    the full-length hostile HTTP/2 client tests (Tests/Interop/test_hostile.py)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -24,7 +26,7 @@ FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := .build-fuzz
 
-.PHONY: deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos soak
+.PHONY: deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos soak test-tsan hostile
 
 deps:
 	@missing=""; \
@@ -62,6 +64,7 @@ test: deps
 	SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop
 	$(MAKE) fuzz-smoke
 	$(MAKE) test-deploy
+	$(MAKE) test-tsan
 
 deploy-venv: $(DEPLOY_VENV)/.requirements-installed
 
@@ -103,3 +106,21 @@ chaos: deps
 # Release build, 100,000 streams, writes Benchmarks/soak/RESULTS.md (several minutes).
 soak: deps
 	Benchmarks/soak/run.sh
+
+# ThreadSanitizer on the tests of concurrent code: transport, engine, upstream client and simulator
+# (the pure parsers' tests would only be slower). -DSLUICE_TSAN swaps Synchronization.Mutex for a
+# pthread mutex TSan can see (Sources/SluiceWire/ThreadSanitizerMutex.swift says why). Any report
+# fails the run: TSan makes the test process exit non-zero.
+TSAN_BUILD := .build-tsan
+TSAN_TESTS := SluiceTransportTests|SluiceEngineTests|SluiceUpstreamTests.UpstreamClientTests|SluiceUpstreamTests.SimulatorTests
+test-tsan: deps
+	swift build --build-tests --sanitize=thread -Xswiftc -DSLUICE_TSAN --scratch-path $(TSAN_BUILD)
+	swift test --skip-build --no-parallel --sanitize=thread -Xswiftc -DSLUICE_TSAN --scratch-path $(TSAN_BUILD) \
+	  --filter '$(TSAN_TESTS)'
+
+# The hostile HTTP/2 clients at full length (100,000 rapid resets, 10,000 idle connections, 4,000
+# never-read streams, …); `make test` runs the short versions. Prints each attack's figures.
+hostile: deps
+	swift build
+	$(MAKE) venv
+	HOSTILE_SCALE=full SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop/test_hostile.py -s --timeout 900

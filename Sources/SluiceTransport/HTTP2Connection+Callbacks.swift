@@ -33,6 +33,7 @@ extension HTTP2Connection {
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks) { _, frame, userData in
             guard let frame else { return 0 }
             let connection = HTTP2Connection.owner(userData)
+            if frame.pointee.hd.type == UInt8(NGHTTP2_WINDOW_UPDATE.rawValue) { connection.windowBlockedSince = nil }
             guard let stream = connection.streams[frame.pointee.hd.stream_id] else { return 0 }
             let endStream = frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
             switch UInt32(frame.pointee.hd.type) {

@@ -23,6 +23,9 @@ final class HTTP2Connection: Selectable {
     /// before, so a client that turns out to speak HTTP/1.1 gets only HTTP/1.1.
     private var speaksHTTP2 = false
     var lastActivity = ContinuousClock.now
+    /// Since when the idle sweep has seen a begun response held up by the client's flow-control
+    /// window with no WINDOW_UPDATE from it; a WINDOW_UPDATE clears it.
+    var windowBlockedSince: ContinuousClock.Instant?
     private(set) var draining = false
     private var finalGoAwaySent = false
 
@@ -205,6 +208,26 @@ final class HTTP2Connection: Selectable {
     // MARK: Lifecycle
 
     var activeStreamCount: Int { streams.count }
+
+    /// True when a begun response cannot send because the client's window, the connection's or
+    /// its stream's, is used up.
+    var isBlockedByClientWindow: Bool {
+        guard let session else { return false }
+        let connectionWindow = nghttp2_session_get_remote_window_size(session)
+        return streams.values.contains { stream in
+            stream.responseSubmitted && (connectionWindow <= 0 || nghttp2_session_get_stream_remote_window_size(session, stream.id) <= 0)
+        }
+    }
+
+    /// A client that stopped reading: its streams' handlers are suspended on full queues, and the
+    /// connection would hold them (up to 64 KiB each) for as long as it stays open.
+    func closeStalled() {
+        guard !closed, let session else { return }
+        logger.debug("closing a connection whose client has not opened its flow-control window for the idle timeout")
+        nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM.rawValue)
+        flushNow()
+        close(reason: "client stopped reading")
+    }
 
     /// Graceful shutdown, step 1: tell the client no new streams are welcome soon.
     func sendShutdownNotice() {

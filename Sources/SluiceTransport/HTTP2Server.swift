@@ -28,7 +28,8 @@ public struct HTTP2ServerConfiguration: Sendable {
     public var eventLoops = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     public var tlsCertificatePath: String?
     public var tlsPrivateKeyPath: String?
-    /// Connections without open streams for this long are closed with GOAWAY.
+    /// Connections without open streams for this long are closed with GOAWAY, and so are those whose
+    /// client has let its flow-control window hold up a response for this long (it stopped reading).
     public var idleTimeout: Duration = .seconds(120)
     public var limits = Limits()
 
@@ -362,9 +363,19 @@ private final class LoopContext: Selectable {
     private func scheduleIdleSweep() {
         loop.scheduleTimer(after: .seconds(1)) { [weak self] in
             guard let self, !self.draining else { return }
-            let cutoff = ContinuousClock.now - self.server.configuration.idleTimeout
-            for connection in self.connections.values where connection.activeStreamCount == 0 && connection.lastActivity < cutoff {
-                connection.sendGoAway()
+            let now = ContinuousClock.now
+            let cutoff = now - self.server.configuration.idleTimeout
+            for connection in self.connections.values {
+                if connection.activeStreamCount == 0 {
+                    if connection.lastActivity < cutoff { connection.sendGoAway() }
+                } else if connection.isBlockedByClientWindow {
+                    // Stalled for the idle timeout too: the client stopped reading.
+                    let since = connection.windowBlockedSince ?? now
+                    connection.windowBlockedSince = since
+                    if since < cutoff { connection.closeStalled() }
+                } else {
+                    connection.windowBlockedSince = nil
+                }
             }
             for connection in self.http1Connections.values { connection.closeIfIdle(before: cutoff) }
             self.scheduleIdleSweep()

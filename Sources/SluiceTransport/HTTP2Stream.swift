@@ -29,7 +29,7 @@ final class HTTP2Stream {
     /// The response is decided (an error, or the handler is running): ignore further request bytes.
     private var requestHandled = false
     private(set) var outbound: StreamOutbound?
-    private var responseSubmitted = false
+    private(set) var responseSubmitted = false
     /// A plain HTTP response body (405, 415), served instead of RPC messages.
     private var plainBody: [UInt8]?
     private var plainBodyIndex = 0

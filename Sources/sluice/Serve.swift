@@ -36,7 +36,7 @@ struct Serve: AsyncParsableCommand {
     var maxMessageSize = 4 * 1024 * 1024
     @Option(help: "Client connections open at once; more are closed on arrival (default: what the open-file limit leaves after --max-active).")
     var maxConnections: Int?
-    @Option(help: "Close connections that have had no open stream for this long.")
+    @Option(help: "Close connections that have had no open stream, or whose client has not opened its flow-control window to a waiting response, for this long.")
     var idleTimeout = CLIDuration(.seconds(120))
     @Option(help: "On SIGTERM/SIGINT, how long in-flight streams may finish before they are cancelled.")
     var drainTimeout = CLIDuration(.seconds(30))

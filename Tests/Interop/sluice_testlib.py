@@ -242,7 +242,7 @@ class FrameClient:
     MAX_FRAME = 16384
 
     def __init__(self, port: int, *, tls_ca: str | None = None, settings: dict[int, int] | None = None,
-                 auto_window_update: bool = True, host: str = "127.0.0.1"):
+                 auto_window_update: bool = True, host: str = "127.0.0.1", huffman: bool = True):
         sock = socket.create_connection((host, port), timeout=IO_TIMEOUT)
         if tls_ca:
             sock = client_tls_context(tls_ca).wrap_socket(sock, server_hostname="localhost")
@@ -251,6 +251,7 @@ class FrameClient:
         self.authority = f"{host}:{port}"
         self.scheme = "https" if tls_ca else "http"
         self.auto_window_update = auto_window_update
+        self.huffman = huffman  # off for large header values: hpack's pure-Python Huffman coder takes ~15 ms per 20 KB
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder(max_header_list_size=1 << 20)
         self.buffer = bytearray()
@@ -279,7 +280,7 @@ class FrameClient:
         self.sock.sendall(b"".join(f.serialize() for f in frames))
 
     def send_headers(self, stream_id: int, headers: list[tuple[str, str]], end_stream: bool = False) -> None:
-        block = self.encoder.encode(headers)
+        block = self.encoder.encode(headers, huffman=self.huffman)
         chunks = [block[i : i + self.MAX_FRAME] for i in range(0, len(block), self.MAX_FRAME)] or [b""]
         first = HeadersFrame(stream_id, data=chunks[0])
         frames: list[Frame] = [first]
