@@ -18,25 +18,8 @@ OUT=$(mktemp -d /tmp/sluice-streaming-bench.XXXXXX)
 TOKENS=${TOKENS:-40}
 LEVELS=${LEVELS:-"1000:50 1000:200 10000:500 10000:2000"}
 
-swift build -c release --product sluice >/dev/null
-BIN=$(swift build -c release --show-bin-path)/sluice
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1 \
-  -addext subjectAltName=IP:127.0.0.1 -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
-
-SERVER_PID=
-SIMULATOR_PID=
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "$SIMULATOR_PID" ] && kill "$SIMULATOR_PID" 2>/dev/null || true
-}
-trap cleanup EXIT
-
-"$BIN" simulate --port 0 --event-loops 2 --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem" >"$OUT/simulator.out" 2>"$OUT/simulator.err" &
-SIMULATOR_PID=$!
-for _ in $(seq 100); do grep -q listening "$OUT/simulator.out" 2>/dev/null && break; sleep 0.1; done
-SIMULATOR_PORT=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/simulator.out")
-[ -n "$SIMULATOR_PORT" ] || { echo "simulator did not start: $(cat "$OUT/simulator.err")" >&2; exit 1; }
+. Benchmarks/common.sh
+start_simulator 2
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -46,14 +29,7 @@ run_level() {
     --upstream-url "https://127.0.0.1:$SIMULATOR_PORT" --upstream-is-simulator --ca-bundle "$OUT/cert.pem" \
     --log-level warning >"$OUT/server-$tag.out" 2>"$OUT/server-$tag.err" &
   SERVER_PID=$!
-  local line=""
-  for _ in $(seq 300); do
-    line=$(head -n1 "$OUT/server-$tag.out" 2>/dev/null || true)
-    [ -n "$line" ] && break
-    sleep 0.1
-  done
-  [ -n "$line" ] || { echo "server did not start: $(cat "$OUT/server-$tag.err")" >&2; exit 1; }
-  local port=${line#*127.0.0.1:}; port=${port%% *}
+  local port; port=$(listening_port "$OUT/server-$tag.out")
   local idle_rss; idle_rss=$(rss_kib "$SERVER_PID")
   # Sample the server's RSS while the streams run; keep the peak.
   ( peak=0; while kill -0 "$SERVER_PID" 2>/dev/null; do r=$(rss_kib "$SERVER_PID" || echo 0); [ "$r" -gt "$peak" ] && peak=$r && echo "$peak" >"$OUT/peak-$tag"; sleep 0.2; done ) &
