@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 HERE=Benchmarks/streaming
 OUT=$(mktemp -d /tmp/sluice-streaming-bench.XXXXXX)
 TOKENS=${TOKENS:-40}
-LEVELS=${LEVELS:-"1000:50 1000:200 10000:500 10000:2000"}
+LEVELS=${LEVELS:-"1000:50 1000:200 10000:2000"}
 
 . Benchmarks/common.sh
 start_simulator 2

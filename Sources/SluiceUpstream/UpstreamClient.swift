@@ -43,7 +43,7 @@ public struct UpstreamConfiguration: Sendable, CustomStringConvertible, CustomDe
         idleTimeout: Duration = .seconds(30),
         maxBufferedBytes: Int = 8 << 20,
         maxErrorBodyBytes: Int = 64 << 10,
-        maxConcurrentStreams: Int = 1000
+        maxConcurrentStreams: Int = 100
     ) {
         self.baseURL = baseURL
         self.apiKey = apiKey
