@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "sluice",
             dependencies: [
-                "SluiceService", "SluiceEngine", "SluiceUpstream", "SluiceTransport", "SluiceWire",
+                "CLinux", "SluiceService", "SluiceEngine", "SluiceUpstream", "SluiceTransport", "SluiceWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

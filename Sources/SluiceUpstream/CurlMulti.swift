@@ -76,6 +76,9 @@ final class CurlMulti: @unchecked Sendable {
         guard let multi = curl_multi_init() else { throw .invalid("curl_multi_init failed") }
         _ = sluice_curl_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_MULTIPLEX))
         _ = sluice_curl_multi_setopt_long(multi, CURLMOPT_MAX_CONCURRENT_STREAMS, configuration.maxConcurrentStreams)
+        // Connections kept once idle (libcurl's default grows with the transfers ever added): a burst's extra
+        // connections, each with its TLS buffers, are closed as it ends instead of lingering.
+        _ = sluice_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, Self.idleConnectionsKept)
         self.multiHandle = multi
         self.loop = loop
         connectionPerTransfer = lowered.hasPrefix("http://") && Self.libcurlVersion < 0x08_00_00
@@ -89,6 +92,8 @@ final class CurlMulti: @unchecked Sendable {
         // Reached only when `shutdown` was never called and nothing is left that could use the handle.
         if lifecycle.withLock({ $0 }) != .closed { curl_multi_cleanup(multiHandle) }
     }
+
+    static let idleConnectionsKept = 8
 
     /// The running libcurl's version as 0xXXYYZZ.
     static var libcurlVersion: UInt32 {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLinux
 import Glibc
 import Logging
 import Metrics
@@ -241,10 +242,24 @@ struct Serve: AsyncParsableCommand {
         )
         fflush(nil)  // scripts wait for this line
 
+        let trimmer = Task { await Self.returnMemoryWhenIdle(engine: engine, upstream: upstream) }
         await server.runUntilSignalled(drainTimeout: drainTimeout.duration, logger: logger)
+        trimmer.cancel()
         upstream.shutdown()
         await simulatorServer?.shutdown(drainTimeout: .zero)
         logger.notice("stopped")
+    }
+
+    /// glibc keeps the heap a burst of streams grew to (freed, fragmented) unless asked to give it back: once
+    /// per quiet spell, with no stream known and no upstream transfer open, return it to the system. Without
+    /// this, resident memory after 100,000 streams stood 45 % above the figure after 10,000 (Benchmarks/soak).
+    private static func returnMemoryWhenIdle(engine: StreamEngine, upstream: UpstreamClient) async {
+        var trimmedThisSpell = false
+        while (try? await Task.sleep(for: .seconds(5))) != nil {
+            let idle = engine.streamCount == 0 && upstream.openTransfers == 0
+            if idle && !trimmedThisSpell { malloc_trim(0) }
+            trimmedThisSpell = idle
+        }
     }
 
     private func callerTokens(environment: [String: String]) throws -> [String] {
