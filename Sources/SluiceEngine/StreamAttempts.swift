@@ -148,6 +148,7 @@ struct StreamAttempts {
                     }
                     sentText += delta
                     channel.emit(.messageDelta(id: messageID, delta: String(delta)))
+                    await channel.waitForReader()
                 case .messageDelta(let stop, _, let usage):
                     stopReason = stop ?? stopReason
                     attemptOutputTokens = usage.outputTokens ?? attemptOutputTokens

@@ -30,6 +30,15 @@ public final class StreamChannel: Sendable {
         var subscriber: Subscriber?
         var generation = 0
         var detachedSince: ContinuousClock.Instant? = .now
+        /// The job, waiting in `waitForReader` for the attached client to catch up.
+        var producerWaiter: CheckedContinuation<Void, Never>?
+
+        /// Takes the producer's continuation if the client has caught up enough (or is gone).
+        mutating func producerMayGo(threshold: Int) -> CheckedContinuation<Void, Never>? {
+            guard producerWaiter != nil, (subscriber?.unreadBytes ?? 0) <= threshold || outcome != nil else { return nil }
+            defer { producerWaiter = nil }
+            return producerWaiter
+        }
     }
 
     private struct Subscriber {
@@ -40,6 +49,10 @@ public final class StreamChannel: Sendable {
         var delivered = 0
         /// The subscriber's task waits in `next` with everything delivered: `emit` may push.
         var parked = false
+        /// The last seq the client is known to have: pushed to its sink, or named by `next`/`poll` as its cursor.
+        var acknowledged = 0
+        /// Bytes of buffered events after `acknowledged`: what the client still has to read.
+        var unreadBytes = 0
     }
 
     public let streamID: String
@@ -63,9 +76,16 @@ public final class StreamChannel: Sendable {
             let bytes = event.encoded(streamID: streamID, seq: seq)
             state.events.append((seq, bytes))
             state.bufferedBytes += bytes.count
+            if let acknowledged = state.subscriber?.acknowledged, seq > acknowledged {
+                state.subscriber?.unreadBytes += bytes.count
+            }
             // Oldest events go first; the newest is always kept.
             while state.bufferedBytes > maxBufferedBytes, state.events.count - state.head > 1 {
-                state.bufferedBytes -= state.events[state.head].bytes.count
+                let evicted = state.events[state.head]
+                state.bufferedBytes -= evicted.bytes.count
+                if let acknowledged = state.subscriber?.acknowledged, evicted.seq > acknowledged {
+                    state.subscriber?.unreadBytes -= evicted.bytes.count
+                }
                 state.head += 1
             }
             if state.head > 1024, state.head * 2 > state.events.count {
@@ -77,6 +97,8 @@ public final class StreamChannel: Sendable {
                 let sink = subscriber.sink, sink.offer(bytes)
             {
                 state.subscriber?.delivered = seq
+                state.subscriber?.acknowledged = seq
+                state.subscriber?.unreadBytes -= bytes.count
                 return (nil, seq)
             }
             return (Self.takeWaiter(&state), seq)
@@ -87,12 +109,40 @@ public final class StreamChannel: Sendable {
 
     /// Ends the stream: OK when `error` is nil.
     public func finish(_ error: RPCError?) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard state.outcome == nil else { return nil }
+        let (waiter, producer) = state.withLock { state -> (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?) in
+            guard state.outcome == nil else { return (nil, nil) }
             state.outcome = .some(error)
-            return Self.takeWaiter(&state)
+            return (Self.takeWaiter(&state), state.producerMayGo(threshold: 0))
         }
         waiter?.resume()
+        producer?.resume()
+    }
+
+    /// The job waits in `waitForReader` (for tests).
+    var producerIsWaiting: Bool { state.withLock { $0.producerWaiter != nil } }
+
+    /// Suspends the job while an attached client has more than half the replay buffer still to read, so a
+    /// producer faster than a live client waits for it instead of evicting what it has not read (the
+    /// upstream's own buffer takes up the slack). With no client attached, nothing waits: a stream
+    /// abandoned for longer than the buffer lasts loses its oldest events (Resume then reports DATA_LOSS).
+    public func waitForReader() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let mustWait = state.withLock { state -> Bool in
+                    guard state.outcome == nil, let subscriber = state.subscriber,
+                        subscriber.unreadBytes > maxBufferedBytes / 2
+                    else { return false }
+                    state.producerWaiter = continuation
+                    return true
+                }
+                if !mustWait { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { state in
+                defer { state.producerWaiter = nil }
+                return state.producerWaiter
+            }?.resume()
+        }
     }
 
 
@@ -104,26 +154,31 @@ public final class StreamChannel: Sendable {
     ///   - sink: where `emit` may push events directly once the client has caught up.
     ///   - seq: the last event the client already has.
     public func attach(sink: (any StreamEventSink)? = nil, after seq: Int = 0) -> Int {
-        let (generation, previous) = state.withLock { state -> (Int, CheckedContinuation<Void, Never>?) in
+        let (generation, previous, producer) = state.withLock { state in
             state.generation += 1
             let previous = state.subscriber?.continuation
-            state.subscriber = Subscriber(generation: state.generation, sink: sink, delivered: seq)
+            let unread = state.events[state.head...].reduce(0) { $0 + ($1.seq > seq ? $1.bytes.count : 0) }
+            state.subscriber = Subscriber(
+                generation: state.generation, sink: sink, delivered: seq, acknowledged: seq, unreadBytes: unread
+            )
             state.detachedSince = nil
-            return (state.generation, previous)
+            return (state.generation, previous, state.producerMayGo(threshold: maxBufferedBytes / 4))
         }
         previous?.resume()
+        producer?.resume()
         return generation
     }
 
     public func detach(_ generation: Int) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard state.subscriber?.generation == generation else { return nil }
+        let (waiter, producer) = state.withLock { state -> (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?) in
+            guard state.subscriber?.generation == generation else { return (nil, nil) }
             let waiter = state.subscriber?.continuation
             state.subscriber = nil
             state.detachedSince = .now
-            return waiter
+            return (waiter, state.producerMayGo(threshold: 0))
         }
         waiter?.resume()
+        producer?.resume()
     }
 
     /// Since when no client has been attached, or nil while one is.
@@ -142,7 +197,12 @@ public final class StreamChannel: Sendable {
     /// one already, without taking it: `next` after the same `seq` returns the same item. Throws
     /// DATA_LOSS when events after `seq` were already evicted from the replay buffer.
     public func poll(after seq: Int, generation: Int) throws(RPCError) -> Poll {
-        try state.withLock { item(&$0, after: seq, generation: generation, taking: false) }.get()
+        let (result, producer) = state.withLock { state in
+            let result = item(&state, after: seq, generation: generation, taking: false)
+            return (result, state.producerMayGo(threshold: maxBufferedBytes / 4))
+        }
+        producer?.resume()
+        return try result.get()
     }
 
     /// The next item after `seq` (or after the last event already delivered, if later), waiting
@@ -151,7 +211,12 @@ public final class StreamChannel: Sendable {
     /// replay buffer.
     public func next(after seq: Int, generation: Int) async throws(RPCError) -> Item? {
         while true {
-            switch try state.withLock({ item(&$0, after: seq, generation: generation, taking: true) }).get() {
+            let (result, producer) = state.withLock { state in
+                let result = item(&state, after: seq, generation: generation, taking: true)
+                return (result, state.producerMayGo(threshold: maxBufferedBytes / 4))
+            }
+            producer?.resume()
+            switch try result.get() {
             case .ready(let item): return item
             case .detached: return nil
             case .pending: break
@@ -185,6 +250,7 @@ public final class StreamChannel: Sendable {
     /// none marks the subscriber parked: its task is about to wait, so `emit` may push to its sink.
     private func item(_ state: inout State, after seq: Int, generation: Int, taking: Bool) -> Result<Poll, RPCError> {
         guard let subscriber = state.subscriber, subscriber.generation == generation else { return .success(.detached) }
+        Self.acknowledge(&state, upTo: seq)
         let seq = max(seq, subscriber.delivered)
         if taking { state.subscriber?.parked = false }
         if let first = state.events[safe: state.head], first.seq > seq + 1 {
@@ -200,6 +266,20 @@ public final class StreamChannel: Sendable {
         if let outcome = state.outcome { return .success(.ready(.end(outcome))) }
         if taking { state.subscriber?.parked = true }
         return .success(.pending)
+    }
+
+    /// The client has every event up to `seq` (it asks for what follows): they no longer count as unread.
+    private static func acknowledge(_ state: inout State, upTo seq: Int) {
+        guard let acknowledged = state.subscriber?.acknowledged, seq > acknowledged else { return }
+        if let first = state.events[safe: state.head]?.seq {
+            let (lower, upper) = (max(acknowledged + 1, first), min(seq, state.nextSeq - 1))
+            if lower <= upper {
+                for acknowledgedSeq in lower...upper {
+                    state.subscriber?.unreadBytes -= state.events[state.head + acknowledgedSeq - first].bytes.count
+                }
+            }
+        }
+        state.subscriber?.acknowledged = seq
     }
 
     private static func takeWaiter(_ state: inout State) -> CheckedContinuation<Void, Never>? {

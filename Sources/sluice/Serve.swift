@@ -89,6 +89,8 @@ struct Serve: AsyncParsableCommand {
     var firstTokenTimeout = CLIDuration(.seconds(60))
     @Option(help: "Give up on an upstream attempt that sends nothing but pings for this long.")
     var upstreamIdleTimeout = CLIDuration(.seconds(30))
+    @Option(help: "Most streams multiplexed on one upstream HTTP/2 connection; more streams open more connections. libcurl 7.88 runs every stream of a connection for each read on it, so fewer per connection cost less CPU.")
+    var upstreamStreamsPerConnection = 100
 
     // MARK: Callers
     @Option(help: "File of caller bearer tokens, one per line, # comments.")
@@ -114,6 +116,7 @@ struct Serve: AsyncParsableCommand {
         if maxQueued < 0 { throw ValidationError("--max-queued must be 0 or more") }
         if let maxActivePerKey, maxActivePerKey < 1 { throw ValidationError("--max-active-per-key must be at least 1") }
         if maxRetries < 0 { throw ValidationError("--max-retries must be 0 or more") }
+        if upstreamStreamsPerConnection < 1 { throw ValidationError("--upstream-streams-per-connection must be at least 1") }
         if maxTurns < 1 { throw ValidationError("--max-turns must be at least 1") }
         if toolMaxBytes < 0 { throw ValidationError("--tool-max-bytes must be 0 or more") }
         if toolResultMaxBytes < 1 { throw ValidationError("--tool-result-max-bytes must be at least 1") }
@@ -139,7 +142,8 @@ struct Serve: AsyncParsableCommand {
         // The upstream: the real API with a key, otherwise the simulator on a private loopback port.
         var upstreamConfiguration = UpstreamConfiguration(
             baseURL: upstreamURL, apiKey: try UpstreamConfiguration.loadAPIKey(environment: environment, keyFile: apiKeyFile),
-            caBundlePath: caBundle, firstByteTimeout: firstTokenTimeout.duration, idleTimeout: upstreamIdleTimeout.duration
+            caBundlePath: caBundle, firstByteTimeout: firstTokenTimeout.duration, idleTimeout: upstreamIdleTimeout.duration,
+            maxConcurrentStreams: upstreamStreamsPerConnection
         )
         var simulatorServer: HTTP2Server?
         var sampledGauges: [MetricsService.SampledGauge] = []

@@ -148,4 +148,44 @@ final class RecordingSink: StreamEventSink {
             #expect(try await waiter.value == nil)
         }
     }
+
+    @Test func aProducerWaitsForAnAttachedReaderInsteadOfEvictingWhatItHasNotRead() async throws {
+        // About 100-byte events, five buffers' worth: without waiting, the reader would find its next
+        // events evicted (DATA_LOSS).
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 4096)
+        let generation = channel.attach()
+        let producerDone = Mutex(false)
+        let producer = Task {
+            for _ in 0..<200 {
+                channel.emit(.messageDelta(id: "m", delta: String(repeating: "x", count: 40)))
+                await channel.waitForReader()
+            }
+            channel.finish(nil)
+            producerDone.withLock { $0 = true }
+        }
+        // Before the client reads anything, the producer must stop (rather than run to the end).
+        while !channel.producerIsWaiting && !producerDone.withLock({ $0 }) { await Task.yield() }
+        #expect(channel.producerIsWaiting, "the producer ran ahead of a client that read nothing")
+        var seqs: [Int] = []
+        reading: while let item = try await channel.next(after: seqs.last ?? 0, generation: generation) {
+            switch item {
+            case .event(let seq, _): seqs.append(seq)
+            case .end(let error):
+                #expect(error == nil)
+                break reading
+            }
+        }
+        await producer.value
+        #expect(seqs == Array(1...200))
+    }
+
+    @Test func withNoReaderAttachedTheProducerNeverWaits() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 4096)
+        for _ in 0..<200 {
+            channel.emit(.messageDelta(id: "m", delta: String(repeating: "x", count: 40)))
+            await channel.waitForReader()
+        }
+        let generation = channel.attach()
+        #expect(throws: RPCError.self) { try channel.poll(after: 0, generation: generation) }
+    }
 }
