@@ -118,6 +118,9 @@ public final class StreamChannel: Sendable {
         producer?.resume()
     }
 
+    /// The attached client's task waits in `next` with everything delivered (for tests).
+    var subscriberIsParked: Bool { state.withLock { $0.subscriber?.parked == true && $0.subscriber?.continuation != nil } }
+
     /// The job waits in `waitForReader` (for tests).
     var producerIsWaiting: Bool { state.withLock { $0.producerWaiter != nil } }
 

@@ -20,8 +20,8 @@ public final class EventLoop: @unchecked Sendable {
     private let wakeFD: Int32
     private let pending = Mutex(PendingTasks())
     private let running = Atomic<Bool>(true)
-    /// The loop's thread, once it runs.
-    private let thread = Mutex<pthread_t?>(nil)
+    /// The loop's thread once it runs (0 before): `inEventLoop` is asked on every `execute`.
+    private let thread = Atomic<UInt>(0)
 
     // Loop-confined state.
     private var registered: [Int32: Selectable] = [:]
@@ -72,12 +72,12 @@ public final class EventLoop: @unchecked Sendable {
 
     /// True from the start of the loop's thread until it has run its last tasks.
     public var isRunning: Bool {
-        thread.withLock { $0 != nil } && !pending.withLock { $0.closed }
+        thread.load(ordering: .acquiring) != 0 && !pending.withLock { $0.closed }
     }
 
     /// True on the loop's own thread.
     public var inEventLoop: Bool {
-        thread.withLock { $0.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+        thread.load(ordering: .relaxed) == pthread_self()
     }
 
     private func wake() {
@@ -168,7 +168,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func run() {
-        thread.withLock { $0 = pthread_self() }
+        thread.store(pthread_self(), ordering: .releasing)
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         while running.load(ordering: .relaxed) {
             let timeout = pending.withLock { $0.tasks.isEmpty } ? timers.millisecondsUntilNext(now: .now) : 0

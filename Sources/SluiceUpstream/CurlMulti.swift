@@ -304,7 +304,7 @@ final class CurlMulti: @unchecked Sendable {
                 if deadline <= now {
                     expired.append((transfer, UpstreamFailure(
                         .firstByteTimeout,
-                        message: "Anthropic API sent no model output within \(Self.format(configuration.firstByteTimeout))",
+                        message: "Anthropic API sent no model output within \(DurationParsing.format(configuration.firstByteTimeout))",
                         requestID: transfer.responseHead?.requestID
                     )))
                 } else {
@@ -316,7 +316,7 @@ final class CurlMulti: @unchecked Sendable {
                     expired.append((transfer, UpstreamFailure(
                         .idleTimeout,
                         message: "Anthropic API stream idle (no events but pings) for "
-                            + Self.format(configuration.idleTimeout),
+                            + DurationParsing.format(configuration.idleTimeout),
                         requestID: transfer.responseHead?.requestID
                     )))
                 } else {
@@ -340,8 +340,4 @@ final class CurlMulti: @unchecked Sendable {
     /// How long a transfer may stay open after `message_stop` before it is retired.
     static let endOfStreamGrace: Duration = .seconds(1)
 
-    static func format(_ duration: Duration) -> String {
-        let milliseconds = duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
-        return milliseconds % 1000 == 0 ? "\(milliseconds / 1000) s" : "\(milliseconds) ms"
-    }
 }

@@ -4,7 +4,7 @@ import SluiceWire
 
 /// One Messages API call: its easy handle and the response parsing state.
 ///
-/// Created on the caller's thread, then touched only by the multi thread (configure, callbacks, completion);
+/// Created on the caller's thread, then touched only on its multi handle's event loop (configure, callbacks, completion);
 /// other threads use it only as an identity for cancellation. libcurl's callbacks find it through the
 /// unretained pointer in CURLOPT_WRITEDATA / CURLOPT_HEADERDATA / CURLOPT_PRIVATE; `CurlMulti.active` holds
 /// the strong reference for as long as the easy handle is in the multi handle.
@@ -13,7 +13,7 @@ final class CurlTransfer: @unchecked Sendable {
     private let body: [UInt8]
     private let extraHeaders: [(String, String)]
 
-    // Multi thread only.
+    // Event loop only.
     private(set) var easy: UnsafeMutableRawPointer?
     private var headerList: UnsafeMutablePointer<curl_slist>?
     private var errorBuffer: UnsafeMutablePointer<CChar>?
@@ -170,7 +170,7 @@ final class CurlTransfer: @unchecked Sendable {
         release()
     }
 
-    // MARK: Callbacks (multi thread, inside curl_multi_perform)
+    // MARK: Callbacks (event loop, inside curl_multi_socket_action)
 
     /// The first-output phase is over: from now on the idle timeout applies.
     private func noteOutput() {

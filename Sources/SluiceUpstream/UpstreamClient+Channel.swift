@@ -11,7 +11,7 @@ struct UpstreamResponseHead: Sendable {
     }
 }
 
-/// The bounded hand-off between the multi thread (producer) and one consumer.
+/// The bounded hand-off between the multi handle's event loop (producer) and one consumer.
 ///
 /// The producer never blocks: `yield` either accepts an event or reports that the buffer is over its byte budget
 /// (the transfer is then aborted, see `UpstreamStream`) or that the consumer is gone.
@@ -55,7 +55,7 @@ final class UpstreamEventChannel: Sendable {
         self.maxBufferedBytes = maxBufferedBytes
     }
 
-    // MARK: Producer (multi thread)
+    // MARK: Producer (event loop)
 
     func yield(_ event: AnthropicEvent, bytes: Int) -> YieldResult {
         let (result, waiter) = state.withLock { state -> (YieldResult, CheckedContinuation<Void, Never>?) in

@@ -194,7 +194,7 @@ public final class UpstreamClient: Sendable {
 /// The response of one `streamMessage` call, as an `AsyncSequence` of events. Iterate it once.
 ///
 /// Backpressure: libcurl is never paused (`CURL_WRITEFUNC_PAUSE` is avoided on purpose: libcurl 7.88's HTTP/2
-/// pause/unpause has known bugs — curl issues 10971, 10988, 11982). Instead the multi thread parses and decodes
+/// pause/unpause has known bugs — curl issues 10971, 10988, 11982). Instead the event loop parses and decodes
 /// each chunk as it arrives and appends the events to this stream's buffer, which is bounded by
 /// `UpstreamConfiguration.maxBufferedBytes` (8 MiB by default, counted as SSE payload bytes). Claude produces
 /// tokens far slower than any live consumer reads them, so the buffer normally holds an event or two; if a
@@ -253,7 +253,7 @@ public struct UpstreamStream: AsyncSequence, Sendable {
 /// cancelled: a consumer that stops iterating never leaves a transfer running.
 final class UpstreamTransferHandle: Sendable {
     let multi: CurlMulti
-    /// Only its identity is used here; the multi thread owns its state.
+    /// Only its identity is used here; its multi handle's event loop owns its state.
     let transfer: CurlTransfer
     let channel: UpstreamEventChannel
 

@@ -52,11 +52,10 @@ final class RecordingSink: StreamEventSink {
 
         // Parked with nothing left: later events go to the sink; `next` wakes only for the end.
         let waiter = Task { try await drain(channel, generation: generation, after: 3) }
-        while true {
-            channel.emit(.messageDelta(id: "m", delta: "probe"))
-            if !sink.taken.withLock({ $0 }).isEmpty { break }  // the task has parked: pushing began
-            await Task.yield()
-        }
+        // Emitting while the task still runs would keep it busy forever: wait until it has parked.
+        while !channel.subscriberIsParked { await Task.yield() }
+        channel.emit(.messageDelta(id: "m", delta: "probe"))
+        #expect(!sink.taken.withLock({ $0 }).isEmpty, "a parked subscriber's event was not pushed")
         let firstPushed = sink.taken.withLock { $0[0] }
         for index in 0..<50 { channel.emit(.messageDelta(id: "m", delta: "\(index)")) }
         channel.finish(nil)
@@ -73,10 +72,9 @@ final class RecordingSink: StreamEventSink {
         let sink = RecordingSink()
         let generation = channel.attach(sink: sink)
         let waiter = Task { try await drain(channel, generation: generation, after: 0) }
-        while sink.taken.withLock({ $0 }).isEmpty {
-            channel.emit(.messageDelta(id: "m", delta: "probe"))
-            await Task.yield()
-        }
+        while !channel.subscriberIsParked { await Task.yield() }
+        channel.emit(.messageDelta(id: "m", delta: "probe"))
+        #expect(!sink.taken.withLock({ $0 }).isEmpty, "a parked subscriber's event was not pushed")
         sink.accepting.withLock { $0 = false }
         let refusedFrom = channel.emit(.messageDelta(id: "m", delta: "refused"))
         // Accepting again: the task is behind, so nothing may be pushed past it until it catches up.
