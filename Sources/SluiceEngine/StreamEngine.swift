@@ -117,7 +117,10 @@ public final class StreamEngine: Sendable {
         let effectiveDeadline = deadline.map { min($0, limit) } ?? limit
         let deadlineIsClients = deadline.map { $0 <= limit } ?? false
         let job = Task(executorPreference: executor) {
-            await self.run(request, record: record, admitted: admitted, deadline: effectiveDeadline, deadlineIsClients: deadlineIsClients)
+            await self.run(
+                request, record: record, admitted: admitted, deadline: effectiveDeadline, deadlineIsClients: deadlineIsClients,
+                executor: executor
+            )
         }
         record.job.withLock { $0 = job }
         return channel
@@ -177,7 +180,7 @@ public final class StreamEngine: Sendable {
 
     private func run(
         _ request: SendMessageRequest, record: StreamRecord, admitted: Scheduler.Admitted, deadline: ContinuousClock.Instant,
-        deadlineIsClients: Bool
+        deadlineIsClients: Bool, executor: (any TaskExecutor)?
     ) async {
         let channel = record.channel
         let started = ContinuousClock.now
@@ -193,7 +196,7 @@ public final class StreamEngine: Sendable {
                 // Updates come from whichever threads release slots, possibly out of order; a position
                 // only ever shrinks, so an update that is not smaller than the last one sent is stale.
                 let lastPosition = Mutex(position)
-                slot = try await withDeadline(deadline, clients: deadlineIsClients) {
+                slot = try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
                     try await self.scheduler.waitForSlot(ticket: ticket, key: record.owner) { position in
                         lastPosition.withLock { last in
                             guard position < last else { return }
@@ -204,7 +207,7 @@ public final class StreamEngine: Sendable {
                 }
             }
             defer { slot.release() }
-            try await withDeadline(deadline, clients: deadlineIsClients) {
+            try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
                 var attempts = StreamAttempts(engine: self, request: request, channel: channel, startedAt: started, stats: stats)
                 try await attempts.run()
             }
@@ -230,11 +233,14 @@ public final class StreamEngine: Sendable {
         )
     }
 
-    /// Runs `body` in its own task, cancelled at `deadline` (then DEADLINE_EXCEEDED) or when this task is.
+    /// Runs `body` in its own task on `executor`, cancelled at `deadline` (then DEADLINE_EXCEEDED) or when this
+    /// task is. (An unstructured task does not inherit the job's executor: without it, every upstream event
+    /// would hop to the global pool and back.)
     private func withDeadline<T: Sendable>(
-        _ deadline: ContinuousClock.Instant, clients: Bool, _ body: @escaping @Sendable () async throws -> T
+        _ deadline: ContinuousClock.Instant, clients: Bool, executor: (any TaskExecutor)?,
+        _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let work = Task { try await body() }
+        let work = Task(executorPreference: executor) { try await body() }
         let timer = DeadlineTimer(after: ContinuousClock.now.duration(to: deadline)) { work.cancel() }
         defer { timer.cancel() }
         do {

@@ -8,6 +8,13 @@ protocol Selectable: AnyObject {
     func handleEvents(_ events: UInt32)
 }
 
+/// Each loop thread's `EventLoop` (unretained: a loop outlives its thread's `run`).
+private let currentLoopKey: pthread_key_t = {
+    var key = pthread_key_t()
+    precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create failed")
+    return key
+}()
+
 /// One epoll-driven thread. Everything registered with a loop (listeners, connections, timers)
 /// is touched only on that thread; other threads reach it through `execute`, which queues a
 /// closure and wakes the loop through an eventfd.
@@ -73,6 +80,11 @@ public final class EventLoop: @unchecked Sendable {
     /// True from the start of the loop's thread until it has run its last tasks.
     public var isRunning: Bool {
         thread.load(ordering: .acquiring) != 0 && !pending.withLock { $0.closed }
+    }
+
+    /// The loop whose thread this is, if any.
+    public static var current: EventLoop? {
+        pthread_getspecific(currentLoopKey).map { Unmanaged<EventLoop>.fromOpaque($0).takeUnretainedValue() }
     }
 
     /// True on the loop's own thread.
@@ -169,6 +181,8 @@ public final class EventLoop: @unchecked Sendable {
 
     private func run() {
         thread.store(pthread_self(), ordering: .releasing)
+        pthread_setspecific(currentLoopKey, Unmanaged.passUnretained(self).toOpaque())
+        defer { pthread_setspecific(currentLoopKey, nil) }
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         while running.load(ordering: .relaxed) {
             let timeout = pending.withLock { $0.tasks.isEmpty } ? timers.millisecondsUntilNext(now: .now) : 0
@@ -240,27 +254,35 @@ public struct TimerID: Hashable, Sendable {
     fileprivate let value: UInt64
 }
 
-/// A binary min-heap of deadlines. Cancelled timers are skipped lazily when they surface.
+/// A binary min-heap of deadlines. The heap holds plain (deadline, id) pairs, so sifting moves no closures;
+/// a cancelled timer's action is freed at once and its stale heap entry skipped when it surfaces. libcurl
+/// moves its timer on almost every call, so stale entries are compacted away once they outnumber live ones.
 struct TimerHeap {
     private struct Entry {
         var deadline: ContinuousClock.Instant
         var id: UInt64
-        var action: () -> Void
     }
 
     private var heap: [Entry] = []
-    private var cancelled: Set<UInt64> = []
+    private var actions: [UInt64: () -> Void] = [:]
     private var nextID: UInt64 = 0
+
+    /// Timers scheduled and not yet fired or cancelled.
+    var count: Int { actions.count }
+    /// Heap entries, stale ones included (for tests of compaction).
+    var storedEntries: Int { heap.count }
 
     mutating func schedule(at deadline: ContinuousClock.Instant, _ action: @escaping () -> Void) -> TimerID {
         nextID += 1
-        heap.append(Entry(deadline: deadline, id: nextID, action: action))
+        actions[nextID] = action
+        heap.append(Entry(deadline: deadline, id: nextID))
         siftUp(heap.count - 1)
         return TimerID(value: nextID)
     }
 
     mutating func cancel(_ id: TimerID) {
-        cancelled.insert(id.value)
+        guard actions.removeValue(forKey: id.value) != nil else { return }
+        if heap.count > 64 && heap.count > 2 * actions.count { compact() }
     }
 
     func millisecondsUntilNext(now: ContinuousClock.Instant) -> Int32 {
@@ -276,10 +298,19 @@ struct TimerHeap {
     mutating func popDue(now: ContinuousClock.Instant) -> (() -> Void)? {
         while let first = heap.first, first.deadline <= now {
             let entry = popFirst()
-            if cancelled.remove(entry.id) != nil { continue }
-            return entry.action
+            if let action = actions.removeValue(forKey: entry.id) { return action }
         }
         return nil
+    }
+
+    /// Drops the entries of cancelled timers and rebuilds the heap (Floyd's bottom-up construction).
+    private mutating func compact() {
+        heap.removeAll { actions[$0.id] == nil }
+        var index = heap.count / 2
+        while index > 0 {
+            index -= 1
+            siftDown(index)
+        }
     }
 
     private mutating func popFirst() -> Entry {

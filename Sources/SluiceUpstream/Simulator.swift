@@ -167,12 +167,12 @@ public final class AnthropicSimulator: Sendable {
         _ message: SimulatedMessage, scenario: SimulationScenario, fault: SimulationScenario.Fault?, requestID: String,
         _ writer: HTTPResponseWriter
     ) async throws {
-        try await Task.sleep(for: message.generationTime(tokenInterval: scenario.tokenInterval, firstTokenDelay: scenario.firstTokenDelay))
+        try await EventLoop.sleep(for: message.generationTime(tokenInterval: scenario.tokenInterval, firstTokenDelay: scenario.firstTokenDelay))
         switch fault?.kind {
         case .drop?:
             throw HTTPStreamReset()
         case .stall?:
-            while true { try await Task.sleep(for: .seconds(3600)) }
+            while true { try await EventLoop.sleep(for: .seconds(3600)) }
         case .errorEvent?:
             // Without a stream to put an error event in, the API answers with the error status instead.
             var failure = SimulatorFailure(status: 529, type: "overloaded_error", message: "Overloaded")
@@ -249,17 +249,14 @@ private struct EventEmitter {
         if pingInterval > .zero, ContinuousClock.now >= nextPing { try await ping() }
     }
 
-    /// Lets the many streams' timers share wakeups; deltas are stamped when sent, not when scheduled.
-    static let timerTolerance: Duration = .milliseconds(1)
-
     /// Waits `duration`, pinging on schedule meanwhile. Throws `CancellationError` when the client goes away.
     mutating func pause(_ duration: Duration) async throws {
         let deadline = ContinuousClock.now + duration
         while pingInterval > .zero, nextPing < deadline {
-            try await Task.sleep(until: nextPing, tolerance: Self.timerTolerance, clock: .continuous)
+            try await EventLoop.sleep(until: nextPing)
             try await ping()
         }
-        try await Task.sleep(until: deadline, tolerance: Self.timerTolerance, clock: .continuous)
+        try await EventLoop.sleep(until: deadline)
     }
 
     mutating func trigger(_ fault: SimulationScenario.Fault) async throws {
@@ -267,7 +264,7 @@ private struct EventEmitter {
         case .drop:
             // Let the events already written leave first: some clients (curl 7.88's HTTP/2 layer) drop DATA that
             // arrives in the same read as the RST_STREAM, which would make `after_events` unreliable.
-            try await Task.sleep(for: .milliseconds(25))
+            try await EventLoop.sleep(for: .milliseconds(25))
             throw HTTPStreamReset()
         case .stall:
             // Nothing more (or pings only) until the client resets the stream, which cancels this task.
@@ -275,7 +272,7 @@ private struct EventEmitter {
                 if fault.keepAlive, pingInterval > .zero {
                     try await pause(.seconds(3600))
                 } else {
-                    try await Task.sleep(for: .seconds(3600))
+                    try await EventLoop.sleep(for: .seconds(3600))
                 }
             }
         case .errorEvent:

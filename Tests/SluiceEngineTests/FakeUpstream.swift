@@ -9,6 +9,8 @@ final class FakeUpstream: MessageUpstream {
         case fail(UpstreamFailure)
         /// Waits until the consuming task is cancelled.
         case hang
+        /// Runs `probe` where the consumer asks for the next event, then goes on with the next step.
+        case observe(@Sendable () -> Void)
     }
 
     private let scripts: Mutex<[[Step]]>
@@ -35,14 +37,18 @@ final class FakeUpstream: MessageUpstream {
             var steps: ArraySlice<Step>
 
             mutating func next() async throws(UpstreamFailure) -> AnthropicEvent? {
-                guard let step = steps.popFirst() else { return nil }
-                switch step {
-                case .event(let event): return event
-                case .fail(let failure): throw failure
-                case .hang:
-                    while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
-                    throw UpstreamFailure(.cancelled, message: "cancelled")
+                while let step = steps.popFirst() {
+                    switch step {
+                    case .event(let event): return event
+                    case .fail(let failure): throw failure
+                    case .hang:
+                        while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
+                        throw UpstreamFailure(.cancelled, message: "cancelled")
+                    case .observe(let probe):
+                        probe()
+                    }
                 }
+                return nil
             }
         }
     }

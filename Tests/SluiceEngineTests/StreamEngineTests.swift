@@ -1,6 +1,8 @@
+import Dispatch
 import Logging
 import SluiceUpstream
 import SluiceWire
+import Synchronization
 import Testing
 
 @testable import SluiceEngine
@@ -52,6 +54,22 @@ import Testing
         #expect(events.allSatisfy { $0["stream_id"]?.stringValue == channel.streamID })
         #expect(text(events) == "Hello world")
         #expect(events.last?["usage"] == ["input_tokens": 10, "output_tokens": 2])
+    }
+
+    /// The job, including the part bounded by its deadline, consumes the upstream on the executor it was given
+    /// (the client's event loop in the server): not on the global pool, which would cost a thread switch per event.
+    @Test func theJobConsumesTheUpstreamOnItsExecutor() async throws {
+        let executor = QueueExecutor()
+        let onExecutor = Mutex<[Bool]>([])
+        let probe: FakeUpstream.Step = .observe { onExecutor.withLock { $0.append(executor.isCurrent) } }
+        var script = FakeUpstream.message(["Hello", " world"])
+        script.insert(probe, at: 0)
+        script.insert(probe, at: 4)
+        let engine = makeEngine(FakeUpstream([script]))
+        let (events, end) = try await collect(try engine.start(Self.request, caller: "a", deadline: .now + .seconds(60), executor: executor))
+        #expect(end == nil)
+        #expect(text(events) == "Hello world")
+        #expect(onExecutor.withLock { $0 } == [true, true])
     }
 
     @Test func aFailureBeforeAnyTextIsRetriedTransparently() async throws {
@@ -183,5 +201,22 @@ import Testing
     ])
     func invalidRequestsAreRejected(json: String) {
         #expect(throws: RPCError.self) { try SendMessageRequest(json: Array(json.utf8)) }
+    }
+}
+
+/// Runs jobs on one serial dispatch queue and can tell whether the caller is on it.
+final class QueueExecutor: TaskExecutor {
+    private let queue = DispatchQueue(label: "sluice.test.executor")
+    private let key = DispatchSpecificKey<Bool>()
+
+    init() {
+        queue.setSpecific(key: key, value: true)
+    }
+
+    var isCurrent: Bool { DispatchQueue.getSpecific(key: key) == true }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }

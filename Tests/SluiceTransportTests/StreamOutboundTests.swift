@@ -135,21 +135,3 @@ import Testing
         #expect(drainAll(outbound).bytes == Array("hello".utf8))
     }
 }
-
-@Suite struct TimerHeapTests {
-    @Test func firesInDeadlineOrderAndSkipsCancelled() {
-        var heap = TimerHeap()
-        let start = ContinuousClock.now
-        var fired: [Int] = []
-        for (label, offset) in [(3, 30), (1, 10), (4, 40), (2, 20)] {
-            let id = heap.schedule(at: start + .milliseconds(offset)) { fired.append(label) }
-            if label == 4 { heap.cancel(id) }
-        }
-        #expect(heap.millisecondsUntilNext(now: start) == 10)
-        while let action = heap.popDue(now: start + .milliseconds(25)) { action() }
-        #expect(fired == [1, 2])
-        while let action = heap.popDue(now: start + .seconds(1)) { action() }
-        #expect(fired == [1, 2, 3])
-        #expect(heap.millisecondsUntilNext(now: start) == -1)
-    }
-}
