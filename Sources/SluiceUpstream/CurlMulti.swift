@@ -49,9 +49,6 @@ final class CurlMulti: @unchecked Sendable {
     private var watchedSockets: [Int32: UInt32] = [:]
     /// libcurl's timer: when it wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`.
     private var curlTimer: TimerID?
-    /// When `expireTimeouts` next looks at the transfers.
-    private var nextTimeoutScan: ContinuousClock.Instant?
-    private var timeoutScanTimer: TimerID?
 
     init(configuration: UpstreamConfiguration, logger: Logger, loop: EventLoop) throws(UpstreamConfigurationError) {
         guard curlGlobalInitResult == CURLE_OK else {
@@ -138,7 +135,6 @@ final class CurlMulti: @unchecked Sendable {
         let failure = UpstreamFailure(.cancelled, message: "the upstream client has shut down")
         for transfer in Array(active.values) { remove(transfer, failure: failure) }
         if let curlTimer { loop.cancelTimer(curlTimer) }
-        if let timeoutScanTimer { loop.cancelTimer(timeoutScanTimer) }
         curl_multi_cleanup(multiHandle) // closes every connection
         for socket in watchedSockets.keys { loop.unwatch(socket) }
         watchedSockets = [:]
@@ -210,20 +206,6 @@ final class CurlMulti: @unchecked Sendable {
         }
     }
 
-    /// Looks at every transfer's deadlines at `instant` (or sooner, if already due then).
-    private func scheduleTimeoutScan(at instant: ContinuousClock.Instant) {
-        if let nextTimeoutScan, nextTimeoutScan <= instant { return }
-        if let timeoutScanTimer { loop.cancelTimer(timeoutScanTimer) }
-        nextTimeoutScan = instant
-        timeoutScanTimer = loop.scheduleTimer(after: instant - .now) { [unowned self] in
-            timeoutScanTimer = nil
-            nextTimeoutScan = nil
-            let now = ContinuousClock.now
-            let next = expireTimeouts(now: now)
-            if !active.isEmpty { scheduleTimeoutScan(at: next) }
-        }
-    }
-
     private func start(_ transfer: CurlTransfer) {
         let now = ContinuousClock.now
         guard !transfer.channel.isClosed else { return } // cancelled before it started
@@ -252,14 +234,15 @@ final class CurlMulti: @unchecked Sendable {
         }
         active[ObjectIdentifier(transfer)] = transfer
         openTransfers.add(1, ordering: .releasing)
-        // The scan re-arms itself at most `5 × timeoutScanInterval` apart while transfers run.
-        scheduleTimeoutScan(at: min(now + configuration.firstByteTimeout, now + Self.timeoutScanInterval * 5))
+        transfer.deadlineMovedEarlier = { [unowned self, unowned transfer] in armDeadline(transfer) }
+        armDeadline(transfer)
     }
 
     /// Aborts a transfer that is still in the multi handle (a no-op otherwise) and ends its stream with `failure`
     /// unless the stream already ended.
     private func remove(_ transfer: CurlTransfer, failure: UpstreamFailure) {
         guard active.removeValue(forKey: ObjectIdentifier(transfer)) != nil else { return }
+        disarmDeadline(transfer)
         // With no other transfer left, nothing else would flush this stream's RST_STREAM (see `closeConnection`).
         if active.isEmpty { transfer.closeConnection() }
         curl_multi_remove_handle(multiHandle, transfer.easy)
@@ -270,6 +253,7 @@ final class CurlMulti: @unchecked Sendable {
 
     private func complete(_ transfer: CurlTransfer, code: CURLcode) {
         guard active.removeValue(forKey: ObjectIdentifier(transfer)) != nil else { return }
+        disarmDeadline(transfer)
         let result = transfer.outcome(code: code)
         if transfer.abortedForSlowConsumer { slowConsumerAborts.add(1, ordering: .relaxed) }
         if case .failure(let failure) = result {
@@ -283,61 +267,62 @@ final class CurlMulti: @unchecked Sendable {
         transfer.channel.finish(result)
     }
 
-    /// Aborts transfers past their first-byte or idle deadline; returns when to look again: at the nearest
-    /// remaining deadline, but at least `timeoutScanInterval` later (the scan visits every transfer) and at most
-    /// that long later when an idle deadline may have moved closer (first output switches to the idle timeout).
-    private func expireTimeouts(now: ContinuousClock.Instant) -> ContinuousClock.Instant {
-        var nearest = now + .seconds(1)
-        var expired: [(CurlTransfer, UpstreamFailure)] = []
-        var finished: [CurlTransfer] = []
-        for transfer in active.values {
-            if let stoppedAt = transfer.messageStopAt {
-                // Complete after message_stop; libcurl 7.88 sometimes never reports the stream's end
-                // (seen under load), which would hold the transfer until the idle timeout.
-                if now - stoppedAt >= Self.endOfStreamGrace {
-                    finished.append(transfer)
-                } else {
-                    nearest = min(nearest, stoppedAt + Self.endOfStreamGrace)
-                }
-            } else if transfer.firstOutputAt == nil {
-                let deadline = transfer.startedAt + configuration.firstByteTimeout
-                if deadline <= now {
-                    expired.append((transfer, UpstreamFailure(
-                        .firstByteTimeout,
-                        message: "Anthropic API sent no model output within \(DurationParsing.format(configuration.firstByteTimeout))",
-                        requestID: transfer.responseHead?.requestID
-                    )))
-                } else {
-                    nearest = min(nearest, deadline)
-                }
-            } else {
-                let deadline = transfer.lastProgress + configuration.idleTimeout
-                if deadline <= now {
-                    expired.append((transfer, UpstreamFailure(
-                        .idleTimeout,
-                        message: "Anthropic API stream idle (no events but pings) for "
-                            + DurationParsing.format(configuration.idleTimeout),
-                        requestID: transfer.responseHead?.requestID
-                    )))
-                } else {
-                    nearest = min(nearest, deadline)
-                }
-            }
+    // MARK: Deadlines
+
+    /// Makes sure a loop timer looks at `transfer` by its current deadline. Each transfer has one timer, re-armed
+    /// only when it fires (progress merely moves the idle deadline later) or when the deadline moves earlier
+    /// (first output, `message_stop`): no periodic pass over every transfer, which cost ~10 % of a core at
+    /// 10,000 streams.
+    private func armDeadline(_ transfer: CurlTransfer) {
+        let deadline = transfer.nextDeadline(configuration: configuration, endOfStreamGrace: Self.endOfStreamGrace).at
+        if let armed = transfer.deadlineTimer {
+            if armed.at <= deadline { return }
+            loop.cancelTimer(armed.id)
         }
-        for transfer in finished {
-            remove(transfer, failure: UpstreamFailure(.cancelled, message: "retired after message_stop"))
+        let id = loop.scheduleTimer(after: deadline - .now) { [unowned self, weak transfer] in
+            guard let transfer else { return }
+            transfer.deadlineTimer = nil
+            checkDeadline(transfer)
         }
-        for (transfer, failure) in expired {
-            logger.debug("Anthropic API call timed out", metadata: ["error": "\(failure.message)"])
-            remove(transfer, failure: failure)
-        }
-        return min(max(nearest, now + Self.timeoutScanInterval), now + Self.timeoutScanInterval * 5)
+        transfer.deadlineTimer = (id, deadline)
     }
 
-    /// The shortest pause between two scans of every transfer's deadlines.
-    static let timeoutScanInterval: Duration = .milliseconds(20)
+    private func disarmDeadline(_ transfer: CurlTransfer) {
+        if let armed = transfer.deadlineTimer { loop.cancelTimer(armed.id) }
+        transfer.deadlineTimer = nil
+        transfer.deadlineMovedEarlier = nil
+    }
+
+    /// Aborts `transfer` if its first-byte or idle deadline has passed, retires it once `message_stop` is
+    /// `endOfStreamGrace` old, and otherwise re-arms its timer.
+    private func checkDeadline(_ transfer: CurlTransfer) {
+        guard active[ObjectIdentifier(transfer)] != nil else { return }
+        let (deadline, kind) = transfer.nextDeadline(configuration: configuration, endOfStreamGrace: Self.endOfStreamGrace)
+        guard deadline <= .now else { return armDeadline(transfer) }
+        let requestID = transfer.responseHead?.requestID
+        let failure: UpstreamFailure
+        switch kind {
+        case .retire:
+            // Complete after message_stop; libcurl 7.88 sometimes never reports the stream's end
+            // (seen under load), which would hold the transfer until the idle timeout.
+            return remove(transfer, failure: UpstreamFailure(.cancelled, message: "retired after message_stop"))
+        case .firstByte:
+            failure = UpstreamFailure(
+                .firstByteTimeout,
+                message: "Anthropic API sent no model output within \(DurationParsing.format(configuration.firstByteTimeout))",
+                requestID: requestID
+            )
+        case .idle:
+            failure = UpstreamFailure(
+                .idleTimeout,
+                message: "Anthropic API stream idle (no events but pings) for \(DurationParsing.format(configuration.idleTimeout))",
+                requestID: requestID
+            )
+        }
+        logger.debug("Anthropic API call timed out", metadata: ["error": "\(failure.message)"])
+        remove(transfer, failure: failure)
+    }
 
     /// How long a transfer may stay open after `message_stop` before it is retired.
     static let endOfStreamGrace: Duration = .seconds(1)
-
 }

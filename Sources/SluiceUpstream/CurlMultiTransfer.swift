@@ -1,5 +1,6 @@
 import CCurl
 import Glibc
+import SluiceTransport
 import SluiceWire
 
 /// One Messages API call: its easy handle and the response parsing state.
@@ -32,6 +33,10 @@ final class CurlTransfer: @unchecked Sendable {
     private var sawMessageStop = false
     /// When `message_stop` arrived: the call is complete even if libcurl has not yet seen the end of the stream.
     private(set) var messageStopAt: ContinuousClock.Instant?
+    /// The loop timer that will look at this transfer's deadline, and when (managed by `CurlMulti`).
+    var deadlineTimer: (id: TimerID, at: ContinuousClock.Instant)?
+    /// Called when the deadline moved earlier (first output, `message_stop`), so the timer is re-armed.
+    var deadlineMovedEarlier: (() -> Void)?
     /// A failure decided by Sluice (malformed stream, error event, slow consumer); takes precedence over the
     /// CURLE_WRITE_ERROR that aborting through the write callback produces.
     private var failure: UpstreamFailure?
@@ -178,6 +183,23 @@ final class CurlTransfer: @unchecked Sendable {
         let now = ContinuousClock.now
         firstOutputAt = now
         lastProgress = now
+        deadlineMovedEarlier?()
+    }
+
+    enum DeadlineKind {
+        /// `message_stop` arrived `endOfStreamGrace` ago: retire the transfer.
+        case retire
+        case firstByte
+        case idle
+    }
+
+    /// When this transfer next needs looking at, and why.
+    func nextDeadline(
+        configuration: UpstreamConfiguration, endOfStreamGrace: Duration
+    ) -> (at: ContinuousClock.Instant, kind: DeadlineKind) {
+        if let messageStopAt { return (messageStopAt + endOfStreamGrace, .retire) }
+        if firstOutputAt == nil { return (startedAt + configuration.firstByteTimeout, .firstByte) }
+        return (lastProgress + configuration.idleTimeout, .idle)
     }
 
     /// One header line, CRLF included. Returns the bytes taken; anything else aborts the transfer.
@@ -288,6 +310,7 @@ final class CurlTransfer: @unchecked Sendable {
             if case .messageStop = event {
                 sawMessageStop = true
                 messageStopAt = .now
+                deadlineMovedEarlier?()
                 channel.finish(.success(()))
                 break
             }

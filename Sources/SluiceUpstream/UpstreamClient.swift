@@ -43,7 +43,7 @@ public struct UpstreamConfiguration: Sendable, CustomStringConvertible, CustomDe
         idleTimeout: Duration = .seconds(30),
         maxBufferedBytes: Int = 8 << 20,
         maxErrorBodyBytes: Int = 64 << 10,
-        maxConcurrentStreams: Int = 100
+        maxConcurrentStreams: Int = 10
     ) {
         self.baseURL = baseURL
         self.apiKey = apiKey

@@ -90,7 +90,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Give up on an upstream attempt that sends nothing but pings for this long.")
     var upstreamIdleTimeout = CLIDuration(.seconds(30))
     @Option(help: "Most streams multiplexed on one upstream HTTP/2 connection; more streams open more connections. libcurl 7.88 runs every stream of a connection for each read on it, so fewer per connection cost less CPU.")
-    var upstreamStreamsPerConnection = 100
+    var upstreamStreamsPerConnection = 10
 
     // MARK: Callers
     @Option(help: "File of caller bearer tokens, one per line, # comments.")
