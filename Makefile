@@ -80,7 +80,13 @@ test-deploy: deps deploy-venv
 
 # libFuzzer (with AddressSanitizer) on the parsers of untrusted bytes, FUZZ_SECONDS each, starting from
 # the committed seeds in Fuzz/Corpus; new inputs and any crash land in $(FUZZ_BUILD)/.
+# SwiftPM does not notice files added to or removed from a path dependency (the sluice package, for Fuzz/):
+# the scratch directory starts afresh whenever the list of source files changed.
 fuzz:
+	@listing=$$(find Sources -name '*.swift' | sort | md5sum | cut -d' ' -f1); \
+	if [ "$$(cat $(FUZZ_BUILD)/.source-listing 2>/dev/null)" != "$$listing" ]; then \
+	  rm -rf $(FUZZ_BUILD) && mkdir -p $(FUZZ_BUILD) && echo "$$listing" >$(FUZZ_BUILD)/.source-listing; \
+	fi
 	cd Fuzz && swift build --sanitize fuzzer --sanitize address --scratch-path ../$(FUZZ_BUILD)
 	@set -o pipefail; bin=$$(cd Fuzz && swift build --sanitize fuzzer --sanitize address --scratch-path ../$(FUZZ_BUILD) --show-bin-path); \
 	for target in $(FUZZ_TARGETS); do \

@@ -5,26 +5,30 @@
 #
 # Each level holds its concurrency steady: `sluice loadtest` starts 3 × concurrency streams at the rate
 # that keeps `concurrency` in flight (a stream lasts about deltas × interval), so streams' deltas are
-# spread over time as independent callers' would be. LEVELS lists "concurrency:interval_ms" pairs.
+# spread over time as independent callers' would be. LEVELS lists "concurrency:interval_ms" pairs; each
+# level runs RUNS times (a fresh server each time) and the table gives the run with the median p99, the
+# other runs' p99 beside it: on this shared virtual machine the same run's p99 varies by 2× or more.
 #
 # The upstream is `sluice simulate` over TLS (ALPN h2, like the real API, so libcurl multiplexes
 # every transfer over one connection), and it stamps each text delta with its send time
 # ("stamp_deltas": true); `sluice loadtest` on the same machine subtracts it from the receive time
-# (both CLOCK_REALTIME). Simulator, server and load generator share this machine's cores.
+# (both CLOCK_REALTIME). Simulator, server and load generator share this machine's cores; the simulator
+# and the load generator run one event loop each, the server its default (one per core).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=Benchmarks/streaming
 OUT=$(mktemp -d /tmp/sluice-streaming-bench.XXXXXX)
 TOKENS=${TOKENS:-40}
 LEVELS=${LEVELS:-"1000:50 1000:200 10000:2000"}
+RUNS=${RUNS:-3}
 
 . Benchmarks/common.sh
-start_simulator 2
+start_simulator 1
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 run_level() {
-  local streams=$1 interval=$2 tag="$1-$2"
+  local streams=$1 interval=$2 tag="$1-$2-$3"
   "$BIN" serve --port 0 --max-active "$streams" --max-queued 0 --max-streams-per-connection 1000 \
     --upstream-url "https://127.0.0.1:$SIMULATOR_PORT" --upstream-is-simulator --ca-bundle "$OUT/cert.pem" \
     --log-level warning >"$OUT/server-$tag.out" 2>"$OUT/server-$tag.err" &
@@ -39,7 +43,7 @@ run_level() {
   local rate=$(( streams * 1000 / duration_ms ))
   local cpu_before; cpu_before=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
   "$BIN" loadtest --target "http://127.0.0.1:$port" --method send-message --streams $((3 * streams)) --concurrency "$streams" \
-    --rate "$rate" --streams-per-connection 1000 \
+    --rate "$rate" --streams-per-connection 1000 --event-loops 1 \
     --simulation "{\"output_tokens\":$TOKENS,\"token_interval_ms\":$interval,\"stamp_deltas\":true,\"seed\":1}" \
     --json >"$OUT/loadtest-$tag.json" 2>"$OUT/loadtest-$tag.err"
   awk -v before="$cpu_before" '{print ($14 + $15 - before) / 100}' "/proc/$SERVER_PID/stat" >"$OUT/cpu-$tag"
@@ -48,21 +52,27 @@ run_level() {
   echo "$idle_rss $(cat "$OUT/peak-$tag")" >"$OUT/rss-$tag"
 }
 
-for level in $LEVELS; do run_level "${level%%:*}" "${level##*:}"; done
+for level in $LEVELS; do
+  for run in $(seq "$RUNS"); do run_level "${level%%:*}" "${level##*:}" "$run"; done
+done
 
-python3 - "$OUT" "$HERE" "$TOKENS" "$LEVELS" <<'PY'
+python3 - "$OUT" "$HERE" "$TOKENS" "$LEVELS" "$RUNS" <<'PY'
 import json, os, platform, subprocess, sys, datetime
-out, here, tokens, levels = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
+out, here, tokens, levels, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), int(sys.argv[5])
 rows, raw = [], {}
 for level in levels:
     n, interval = map(int, level.split(":"))
-    tag = f"{n}-{interval}"
-    result = json.load(open(f"{out}/loadtest-{tag}.json"))
-    idle, peak = map(int, open(f"{out}/rss-{tag}").read().split())
-    cpu = float(open(f"{out}/cpu-{tag}").read())
-    e2e = result["latency_ms"]["end_to_end"]
-    raw[tag] = {"loadtest": result, "server_rss_kib": {"idle": idle, "peak": peak}, "server_cpu_seconds": cpu}
-    rows.append((n, interval, result, e2e, idle, peak, cpu))
+    measured = []
+    for run in range(1, runs + 1):
+        tag = f"{n}-{interval}-{run}"
+        result = json.load(open(f"{out}/loadtest-{tag}.json"))
+        idle, peak = map(int, open(f"{out}/rss-{tag}").read().split())
+        cpu = float(open(f"{out}/cpu-{tag}").read())
+        raw[tag] = {"loadtest": result, "server_rss_kib": {"idle": idle, "peak": peak}, "server_cpu_seconds": cpu}
+        measured.append((result, result["latency_ms"]["end_to_end"], idle, peak, cpu))
+    measured.sort(key=lambda m: m[1].get("p99", 1e9))
+    result, e2e, idle, peak, cpu = measured[len(measured) // 2]
+    rows.append((n, interval, result, e2e, idle, peak, cpu, [m[1].get("p99", 0) for m in measured]))
 cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
 swift = subprocess.run(["swift", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -77,21 +87,23 @@ lines = [
     f"Each stream: SendMessage on the simulator, {tokens} output tokens as about {tokens * 57 // 100} text deltas, one every",
     "`interval` ms, each stamped with its send time by the simulator (`stamp_deltas`). Each level runs",
     "3 × `streams` streams at the start rate that keeps `streams` in flight (so the first and last third ramp up",
-    "and down), `--max-active` = `streams`. The simulator (`sluice simulate`, TLS, 2 loops) is a separate process;",
-    "simulator, server and `sluice loadtest` share the machine's 2 cores. Server CPU is user + system time.",
+    "and down), `--max-active` = `streams`. The simulator (`sluice simulate`, TLS, 1 loop) is a separate process;",
+    "simulator, server (default loops: one per core) and `sluice loadtest` (1 loop) share the machine's 2 cores.",
+    f"Each level ran {runs} times with a fresh server; the row is the run with the median p99, and the last column",
+    "lists every run's p99. Server CPU is user + system time.",
     "",
-    "| streams | interval | deltas/s | ok / failed | e2e p50 ms | p90 | p99 | p99.9 | max | server CPU s/s | server RSS idle → peak | per stream |",
-    "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    "| streams | interval | deltas/s | ok / failed | e2e p50 ms | p90 | p99 | p99.9 | max | server CPU s/s | server RSS idle → peak | per stream | p99 of each run |",
+    "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
 ]
-for n, interval, result, e2e, idle, peak, cpu in rows:
+for n, interval, result, e2e, idle, peak, cpu, p99s in rows:
     per = (peak - idle) / n
     streams = result["streams"]
     wall = result.get("wall_seconds", 0) or 1
     lines.append(f"| {n} | {interval} ms | {e2e['count'] / wall:.0f} | {streams['ok']} / {streams['failed']} | {e2e.get('p50', 0):.2f} | "
                  f"{e2e.get('p90', 0):.2f} | {e2e.get('p99', 0):.2f} | {e2e.get('p99_9', 0):.2f} | {e2e.get('max', 0):.2f} | "
-                 f"{cpu / wall:.2f} | {idle/1024:.1f} → {peak/1024:.1f} MiB | {per:.1f} KiB |")
+                 f"{cpu / wall:.2f} | {idle/1024:.1f} → {peak/1024:.1f} MiB | {per:.1f} KiB | {', '.join(f'{p:.2f}' for p in p99s)} |")
 lines += ["", "Targets (issue 4): p99 ≤ 2 ms at 1,000 streams and ≤ 10 ms at 10,000 streams.", ""]
-for n, interval, _, e2e, *_ in rows:
+for n, interval, _, e2e, *_ in rows:  # the median run
     target = 2 if n <= 1000 else 10
     lines.append(f"- {n} streams, one delta per {interval} ms: p99 {e2e.get('p99', 0):.2f} ms → {'PASS' if e2e.get('p99', 1e9) <= target else 'FAIL'}")
 open(f"{here}/RESULTS.md", "w").write("\n".join(lines) + "\n")
