@@ -53,7 +53,7 @@ let package = Package(
         .target(
             name: "SluiceEngine",
             dependencies: [
-                "SluiceUpstream", "SluiceWire",
+                "SluiceUpstream", "SluiceTransport", "SluiceWire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -89,6 +89,6 @@ let package = Package(
         .testTarget(name: "SluiceWireTests", dependencies: ["SluiceWire"]),
         .testTarget(name: "SluiceTransportTests", dependencies: ["SluiceTransport", "SluiceService", "SluiceWire"]),
         .testTarget(name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceTransport", "SluiceWire"]),
-        .testTarget(name: "SluiceEngineTests", dependencies: ["SluiceEngine", "SluiceUpstream", "SluiceWire"]),
+        .testTarget(name: "SluiceEngineTests", dependencies: ["SluiceEngine", "SluiceTransport", "SluiceUpstream", "SluiceWire"]),
     ]
 )
