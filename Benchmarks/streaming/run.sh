@@ -38,7 +38,7 @@ run_level() {
   local port; port=$(listening_port "$OUT/server-$tag.out")
   local idle_rss; idle_rss=$(rss_kib "$SERVER_PID")
   # Sample the server's RSS while the streams run; keep the peak.
-  ( peak=0; while kill -0 "$SERVER_PID" 2>/dev/null; do r=$(rss_kib "$SERVER_PID" || echo 0); [ "$r" -gt "$peak" ] && peak=$r && echo "$peak" >"$OUT/peak-$tag"; sleep 0.2; done ) &
+  ( peak=0; while kill -0 "$SERVER_PID" 2>/dev/null; do r=$(rss_kib "$SERVER_PID" || echo 0); [ "${r:-0}" -gt "$peak" ] && peak=$r && echo "$peak" >"$OUT/peak-$tag"; sleep 0.2; done ) &
   local sampler=$!
   # The simulator splits TOKENS into about 0.57 × TOKENS text deltas.
   local duration_ms=$(( (TOKENS * 57 / 100) * interval ))
