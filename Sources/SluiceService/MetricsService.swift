@@ -29,13 +29,18 @@ public struct MetricsService: Sendable {
         self.sampled = sampled
     }
 
+    /// A gauge under `name` exactly (Prometheus adds no namespace or unit to it).
+    private func gauge(_ name: String, help: String) -> Gauge {
+        registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help))
+    }
+
     public func register(in router: inout RPCRouter) {
-        let active = registry.makeGauge(name: "sluice_streams_active", help: "Streams talking to the upstream now")
-        let queued = registry.makeGauge(name: "sluice_streams_queued", help: "Streams waiting for a slot")
-        let known = registry.makeGauge(name: "sluice_streams_known", help: "Streams running or retained for Resume")
-        let resident = registry.makeGauge(name: "process_resident_memory_bytes", help: "Resident memory")
-        let openFDs = registry.makeGauge(name: "process_open_fds", help: "Open file descriptors")
-        let sampledGauges = sampled.map { (registry.makeGauge(name: $0.name, help: $0.help), $0.read) }
+        let active = gauge("sluice_streams_active", help: "Streams talking to the upstream now")
+        let queued = gauge("sluice_streams_queued", help: "Streams waiting for a slot")
+        let known = gauge("sluice_streams_known", help: "Streams running or retained for Resume")
+        let resident = gauge("process_resident_memory_bytes", help: "Resident memory")
+        let openFDs = gauge("process_open_fds", help: "Open file descriptors")
+        let sampledGauges = sampled.map { (gauge($0.name, help: $0.help), $0.read) }
         router.registerHTTP("/metrics") { _, writer in
             for (gauge, read) in sampledGauges { gauge.set(read()) }
             active.set(Double(engine.scheduler.active))

@@ -61,7 +61,7 @@ final class HTTP2Connection: Selectable {
         defer { nghttp2_option_del(option) }
         let limits = server.configuration.limits
         // Rapid Reset (CVE-2023-44487) and CONTINUATION flood (CVE-2024-28182) guards, backported by Debian.
-        _ = nghttp2_option_set_stream_reset_rate_limit(option, 1000, 33)
+        nghttp2_option_set_stream_reset_rate_limit(option, 1000, 33)
         nghttp2_option_set_max_continuations(option, 8)
         nghttp2_option_set_max_settings(option, 32)
         nghttp2_option_set_max_outbound_ack(option, 1000)
