@@ -1,3 +1,4 @@
+import Dispatch
 import SluiceTransport
 import Synchronization
 import Testing
@@ -52,16 +53,29 @@ import Testing
         }
     }
 
+    /// The contract: a cancel requested from another thread before the loop looks at the due timer wins, even when
+    /// the deadline passes meanwhile. The loop is held in a task while the cancel is requested and the deadline passes.
     @Test func cancelledFromAnotherThreadItNeverFires() async throws {
         try await withLoop { loop in
             let ran = Mutex(false)
-            let cancelled = await Task(executorPreference: loop) {
-                DeadlineTimer(after: .milliseconds(20)) { ran.withLock { $0 = true } }
+            let loopHeld = DispatchSemaphore(value: 0)
+            let release = DispatchSemaphore(value: 0)
+            let cancelled = await Task(executorPreference: loop) { () -> DeadlineTimer in
+                let timer = DeadlineTimer(after: .milliseconds(20)) { ran.withLock { $0 = true } }
+                // Runs in this same turn of the loop, before it looks at its timers.
+                loop.execute {
+                    loopHeld.signal()
+                    release.wait()
+                }
+                return timer
             }.value
-            cancelled.cancel()  // off the loop: handed to it
+            loopHeld.wait()
+            cancelled.cancel()  // off the loop: queued behind the held task
+            try await Task.sleep(for: .milliseconds(50))  // the deadline passes while the loop is held
+            release.signal()
             let (signal, continuation) = AsyncStream<Void>.makeStream()
             let later = await Task(executorPreference: loop) {
-                DeadlineTimer(after: .milliseconds(100)) { continuation.yield() }
+                DeadlineTimer(after: .milliseconds(50)) { continuation.yield() }
             }.value
             var iterator = signal.makeAsyncIterator()
             await iterator.next()
