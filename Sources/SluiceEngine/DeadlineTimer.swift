@@ -52,11 +52,7 @@ final class DeadlineTimer: @unchecked Sendable {  // DispatchSourceTimer is thre
     func cancel() {
         switch backend {
         case .loop(let loop, let id):
-            if loop.inEventLoop {
-                loop.cancelTimer(id)
-            } else {
-                loop.execute { loop.cancelTimer(id) }
-            }
+            loop.cancelTimer(id)
         case .dispatch(let source):
             source.cancel()
         }

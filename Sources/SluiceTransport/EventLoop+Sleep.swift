@@ -25,9 +25,8 @@ extension EventLoop {
                 if !sleeper.setTimer(timer) { cancelTimer(timer) }
             }
         } onCancel: {
-            // Any thread: resume at once; the timer itself can only be cancelled on the loop.
-            guard let timer = sleeper.resume(with: .failure(CancellationError())) else { return }
-            execute { self.cancelTimer(timer) }
+            // Any thread: resume at once and free the timer.
+            if let timer = sleeper.resume(with: .failure(CancellationError())) { cancelTimer(timer) }
         }
     }
 }

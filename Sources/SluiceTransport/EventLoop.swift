@@ -141,16 +141,22 @@ public final class EventLoop: @unchecked Sendable {
         if registered[fd] != nil { deregister(fd) }
     }
 
-    // MARK: Timers (loop thread only)
+    // MARK: Timers
 
-    /// Schedules `action` on this loop after `delay`. Cancel with `cancelTimer`.
+    /// Schedules `action` on this loop after `delay` (loop thread only). Cancel with `cancelTimer`.
     @discardableResult
     public func scheduleTimer(after delay: Duration, _ action: @escaping () -> Void) -> TimerID {
         timers.schedule(at: .now + delay, action)
     }
 
+    /// Safe from any thread: off the loop the cancellation is queued, and runs before the loop next looks at its
+    /// timers (tasks run before timers in every iteration).
     public func cancelTimer(_ id: TimerID) {
-        timers.cancel(id)
+        if inEventLoop {
+            timers.cancel(id)
+        } else {
+            execute { self.timers.cancel(id) }
+        }
     }
 
     // MARK: Running

@@ -90,3 +90,8 @@ def test_kubernetes_service_links_are_ignored_with_a_warning(sluice_bin, tmp_pat
         proc.kill()
         _, stderr = proc.communicate()
     assert "ignoring SLUICE_PORT=tcp://10.0.0.1:8080" in stderr
+
+
+def test_upstream_streams_per_connection_must_be_positive(sluice_bin):
+    _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--upstream-streams-per-connection", "0"], {})
+    assert code != 0 and "--upstream-streams-per-connection must be at least 1" in stderr

@@ -72,6 +72,23 @@ import Testing
         #expect(onExecutor.withLock { $0 } == [true, true])
     }
 
+    /// Finished streams stay resumable for `retention`, then the sweep forgets them (oldest first).
+    @Test func finishedStreamsAreForgottenAfterTheRetention() async throws {
+        let engine = makeEngine(FakeUpstream([FakeUpstream.message(["a"]), FakeUpstream.message(["b"])])) {
+            $0.retention = .milliseconds(100)
+        }
+        let first = try engine.start(Self.request, caller: "a", deadline: nil)
+        _ = try await collect(first)
+        let second = try engine.start(Self.request, caller: "a", deadline: nil)
+        _ = try await collect(second)
+        #expect(try engine.channel(first.streamID, caller: "a") === first, "resumable right after it finished")
+        // The sweep runs every 250 ms; give it a few rounds.
+        let giveUp = ContinuousClock.now + .seconds(5)
+        while engine.streamCount > 0, ContinuousClock.now < giveUp { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(engine.streamCount == 0)
+        #expect(throws: RPCError.self) { try engine.channel(second.streamID, caller: "a") }
+    }
+
     @Test func aFailureBeforeAnyTextIsRetriedTransparently() async throws {
         let upstream = FakeUpstream([
             [.fail(UpstreamFailure(.connectionReset, message: "reset"))],
