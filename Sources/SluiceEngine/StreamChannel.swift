@@ -5,7 +5,8 @@ import Synchronization
 public protocol StreamEventSink: Sendable {
     /// Queues `bytes` for the client if that is possible at once; false when the client is not keeping up
     /// (or is gone), and the subscriber's task then delivers the event itself, waiting as needed.
-    func offer(_ bytes: [UInt8]) -> Bool
+    /// `emittedAt`: when the job emitted the event (what delivery latency is measured from).
+    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool
 }
 
 /// The events of one stream: numbered, kept in a bounded replay buffer, and handed to the one
@@ -16,13 +17,14 @@ public protocol StreamEventSink: Sendable {
 /// in `next` with nothing left to deliver, so the common case costs no task switch per event.
 public final class StreamChannel: Sendable {
     public enum Item: Sendable, Equatable {
-        case event(seq: Int, bytes: [UInt8])
+        /// `emittedAt`: when the job emitted it.
+        case event(seq: Int, bytes: [UInt8], emittedAt: ContinuousClock.Instant)
         /// The stream is over; nothing follows.
         case end(RPCError?)
     }
 
     private struct State {
-        var events: [(seq: Int, bytes: [UInt8])] = []
+        var events: [(seq: Int, bytes: [UInt8], emittedAt: ContinuousClock.Instant)] = []
         var head = 0
         var bufferedBytes = 0
         var nextSeq = 1
@@ -74,7 +76,8 @@ public final class StreamChannel: Sendable {
             let seq = state.nextSeq
             state.nextSeq += 1
             let bytes = event.encoded(streamID: streamID, seq: seq)
-            state.events.append((seq, bytes))
+            let emittedAt = ContinuousClock.now
+            state.events.append((seq, bytes, emittedAt))
             state.bufferedBytes += bytes.count
             if let acknowledged = state.subscriber?.acknowledged, seq > acknowledged {
                 state.subscriber?.unreadBytes += bytes.count
@@ -94,7 +97,7 @@ public final class StreamChannel: Sendable {
             }
             // Pushed under the lock, so events emitted concurrently (parallel tools) keep seq order.
             if let subscriber = state.subscriber, subscriber.parked, subscriber.delivered == seq - 1,
-                let sink = subscriber.sink, sink.offer(bytes)
+                let sink = subscriber.sink, sink.offer(bytes, emittedAt: emittedAt)
             {
                 state.subscriber?.delivered = seq
                 state.subscriber?.acknowledged = seq
@@ -264,7 +267,8 @@ public final class StreamChannel: Sendable {
         if seq + 1 < state.nextSeq, let first = state.events[safe: state.head] {
             let index = state.head + (seq + 1 - first.seq)
             if taking { state.subscriber?.delivered = state.events[index].seq }
-            return .success(.ready(.event(seq: state.events[index].seq, bytes: state.events[index].bytes)))
+            let event = state.events[index]
+            return .success(.ready(.event(seq: event.seq, bytes: event.bytes, emittedAt: event.emittedAt)))
         }
         if let outcome = state.outcome { return .success(.ready(.end(outcome))) }
         if taking { state.subscriber?.parked = true }

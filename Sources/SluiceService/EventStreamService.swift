@@ -118,8 +118,8 @@ public struct EventStreamService: Sendable {
         do {
             while true {
                 switch try await nextOrHeartbeat(channel, after: cursor, generation: generation) {
-                case .item(.event(let seq, let frame)):
-                    try await writer.write(Self.encode(seq: seq, frame: frame))
+                case .item(.event(let seq, let frame, let emittedAt)):
+                    try await writer.write(Self.encode(seq: seq, frame: frame), since: emittedAt)
                     cursor = seq
                 case .item(.end):
                     return  // after stream_complete or stream_error

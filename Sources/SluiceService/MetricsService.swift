@@ -1,4 +1,5 @@
 import Glibc
+import class CoreMetrics.Timer
 import Prometheus
 import SluiceEngine
 import SluiceTransport
@@ -50,6 +51,30 @@ public struct MetricsService: Sendable {
             openFDs.set(Double(Self.openFileDescriptors()))
             try writer.head(status: 200, headers: [("content-type", "text/plain; version=0.0.4; charset=utf-8")])
             try await writer.write(registry.emitToBuffer())
+        }
+    }
+
+    static let deliveryLatencyLabel = "sluice_event_delivery_latency_seconds"
+
+    /// The factory to bootstrap swift-metrics with: Prometheus, with buckets for event delivery latency that
+    /// resolve the sub-millisecond range (the default buckets start at 5 ms).
+    public static func makeFactory(registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets[deliveryLatencyLabel] = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .seconds(1), .seconds(5),
+        ]
+        return factory
+    }
+
+    /// Records each event's delivery latency: from the job emitting it to its frame being handed to the
+    /// client's connection (`HTTP2ServerConfiguration.messageDelivered`). Create it after bootstrapping.
+    public static func deliveryLatencyRecorder() -> @Sendable (Duration) -> Void {
+        let timer = Timer(label: deliveryLatencyLabel)
+        return { latency in
+            let (seconds, attoseconds) = latency.components
+            timer.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
         }
     }
 

@@ -59,8 +59,8 @@ public struct StreamingService: Sendable {
                     throw RPCError(.cancelled, "this call was replaced by a newer Resume of stream \(channel.streamID), or cancelled")
                 }
                 switch item {
-                case .event(let eventSeq, let bytes):
-                    try await writer.write(bytes)
+                case .event(let eventSeq, let bytes, let emittedAt):
+                    try await writer.write(bytes, since: emittedAt)
                     cursor = eventSeq
                 case .end(let error):
                     if let error { throw error }
@@ -80,8 +80,8 @@ public struct StreamingService: Sendable {
 private struct WriterSink: StreamEventSink {
     let writer: RPCResponseWriter
 
-    func offer(_ bytes: [UInt8]) -> Bool {
-        writer.tryWrite(bytes)
+    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
+        writer.tryWrite(bytes, since: emittedAt)
     }
 }
 

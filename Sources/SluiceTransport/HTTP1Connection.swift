@@ -145,7 +145,10 @@ final class HTTP1Connection: Selectable {
         case .handler(let handler, let httpRequest):
             let box = LoopBound(self)
             let capacity = server.configuration.limits.streamQueueBytes
-            let outbound = StreamOutbound(capacity: capacity, framing: .raw, endStreamEnvelope: nil) { [loop] in
+            let outbound = StreamOutbound(
+                capacity: capacity, framing: .raw, endStreamEnvelope: nil,
+                messageDelivered: server.configuration.messageDelivered
+            ) { [loop] in
                 loop.execute { box.value.flush() }
             }
             let task = outbound.runHTTPHandler(handler, httpRequest, on: loop)

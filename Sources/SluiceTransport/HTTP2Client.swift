@@ -156,6 +156,10 @@ public final class HTTP2Client: Sendable {
         }
     }
 
+    /// The loops the client runs on: a caller's own periodic work can run there (as a task executor) without
+    /// waking another thread.
+    public var eventLoops: [EventLoop] { loops }
+
     /// Connections open (or opening) now, across targets and loops.
     public var openConnections: Int { connectionCount.value.load(ordering: .relaxed) }
 

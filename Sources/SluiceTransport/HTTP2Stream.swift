@@ -110,7 +110,8 @@ final class HTTP2Stream {
         return StreamOutbound(
             capacity: connection.server.configuration.limits.streamQueueBytes,
             framing: framing,
-            endStreamEnvelope: endStreamEnvelope
+            endStreamEnvelope: endStreamEnvelope,
+            messageDelivered: connection.server.configuration.messageDelivered
         ) { [loop = connection.loop] in
             loop.execute { box.value.streamHasOutput(streamID) }
         }

@@ -45,14 +45,16 @@ public struct RPCRequest: Sendable {
 public struct RPCResponseWriter: Sendable {
     let outbound: StreamOutbound
 
-    public func write(_ message: some Collection<UInt8>) async throws {
-        try await outbound.write(message)
+    /// - Parameter since: when the message came to be; the server then reports how long after it the message
+    ///   was handed to the connection (`HTTP2ServerConfiguration.messageDelivered`).
+    public func write(_ message: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
+        try await outbound.write(message, since: since)
     }
 
     /// Queues `message` if that needs no waiting, from any thread and without suspending; false when the
     /// client is not keeping up or the call is over (then `write` waits, or throws the reason).
-    public func tryWrite(_ message: some Collection<UInt8>) -> Bool {
-        outbound.tryWrite(message)
+    public func tryWrite(_ message: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) -> Bool {
+        outbound.tryWrite(message, since: since)
     }
 
     /// Set when the client left before the call ended: it reset the stream, or its connection closed.
@@ -135,8 +137,9 @@ public struct HTTPResponseWriter: Sendable {
         try outbound.setHead([(":status", String(status))] + headers.map { ($0.0.lowercased(), $0.1) })
     }
 
-    public func write(_ bytes: some Collection<UInt8>) async throws {
-        try await outbound.write(bytes)
+    /// - Parameter since: as for `RPCResponseWriter.write`.
+    public func write(_ bytes: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
+        try await outbound.write(bytes, since: since)
     }
 }
 

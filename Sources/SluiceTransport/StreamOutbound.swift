@@ -27,6 +27,15 @@ final class StreamOutbound: Sendable {
         var loopIdle = true
         /// Plain HTTP responses: status and headers, set by the handler before its body.
         var head: [(String, String)]?
+        /// Bytes drained since the call began: with what is queued, the stream offset a queued message ends at.
+        var drainedTotal = 0
+        /// Messages written with a `since` instant, oldest first: where each ends, and since when it waited.
+        var deliveryMarks: [(end: Int, since: ContinuousClock.Instant)] = []
+
+        mutating func markDelivery(since: ContinuousClock.Instant?) {
+            guard let since else { return }
+            deliveryMarks.append((drainedTotal + buffer.count - readIndex, since))
+        }
     }
 
     enum Framing {
@@ -41,25 +50,30 @@ final class StreamOutbound: Sendable {
     private let state = Mutex(State())
     private let wakeLoop: @Sendable () -> Void
     private let endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
+    private let messageDelivered: (@Sendable (Duration) -> Void)?
 
     /// - Parameters:
     ///   - wakeLoop: asks the owning loop to look at this stream again (resume its data).
     ///   - endStreamEnvelope: for Connect, the final envelope to queue when the call ends.
+    ///   - messageDelivered: told, for each message written with a `since` instant, how long after it the
+    ///     message's last byte was handed to the connection (see `HTTP2ServerConfiguration.messageDelivered`).
     init(
         capacity: Int,
         framing: Framing = .envelope,
         endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?,
+        messageDelivered: (@Sendable (Duration) -> Void)? = nil,
         wakeLoop: @escaping @Sendable () -> Void
     ) {
         self.capacity = capacity
         self.framing = framing
         self.endStreamEnvelope = endStreamEnvelope
+        self.messageDelivered = messageDelivered
         self.wakeLoop = wakeLoop
     }
 
     // MARK: Producer side (handler, any thread)
 
-    func write(_ payload: some Collection<UInt8>) async throws {
+    func write(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
         let (mustWait, wake) = try state.withLock { state in
             if let reason = state.closedReason { throw reason }
             guard state.status == nil else {
@@ -72,6 +86,7 @@ final class StreamOutbound: Sendable {
             case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
             case .raw: state.buffer.append(contentsOf: payload)
             }
+            state.markDelivery(since: since)
             return (state.buffer.count - state.readIndex > capacity, Self.claimWakeup(&state))
         }
         if wake { wakeLoop() }
@@ -80,7 +95,7 @@ final class StreamOutbound: Sendable {
 
     /// Queues `payload` only if that needs no waiting: the call is open and the queue has room for it
     /// (or is empty). Returns false otherwise, queueing nothing; `write` then tells why, or waits.
-    func tryWrite(_ payload: some Collection<UInt8>) -> Bool {
+    func tryWrite(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) -> Bool {
         let (accepted, wake) = state.withLock { state -> (Bool, Bool) in
             let queued = state.buffer.count - state.readIndex
             guard state.closedReason == nil, state.status == nil, framing == .envelope || state.head != nil,
@@ -90,6 +105,7 @@ final class StreamOutbound: Sendable {
             case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
             case .raw: state.buffer.append(contentsOf: payload)
             }
+            state.markDelivery(since: since)
             return (true, Self.claimWakeup(&state))
         }
         if wake { wakeLoop() }
@@ -165,6 +181,7 @@ final class StreamOutbound: Sendable {
             guard state.status == nil, state.closedReason == nil else { return (false, nil) }
             state.buffer.removeAll()
             state.readIndex = 0
+            state.deliveryMarks.removeAll()
             state.status = (code, message)
             if let endStreamEnvelope {
                 state.buffer.append(contentsOf: endStreamEnvelope(code, message))
@@ -184,6 +201,7 @@ final class StreamOutbound: Sendable {
             if state.status == nil { state.disconnect = disconnect }
             state.buffer = []
             state.readIndex = 0
+            state.deliveryMarks.removeAll()
             defer { state.producerWaiting = nil }
             return state.producerWaiting
         }
@@ -207,9 +225,16 @@ final class StreamOutbound: Sendable {
     /// Copies up to `into.count` queued bytes. When nothing is queued and the call is still
     /// running, marks the loop idle (the data provider then defers until woken).
     func drain(into destination: UnsafeMutableRawBufferPointer) -> Drained {
+        var delivered: [ContinuousClock.Instant] = []
         let (drained, waiter) = state.withLock { state -> (Drained, CheckedContinuation<Void, any Error>?) in
             let queued = state.buffer.count - state.readIndex
             let count = min(queued, destination.count)
+            state.drainedTotal += count
+            let passed = state.deliveryMarks.prefix { $0.end <= state.drainedTotal }.count
+            if passed > 0 {
+                delivered = state.deliveryMarks.prefix(passed).map(\.since)
+                state.deliveryMarks.removeFirst(passed)
+            }
             if count > 0 {
                 state.buffer.withUnsafeBytes { source in
                     destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[state.readIndex..<state.readIndex + count]))
@@ -234,6 +259,10 @@ final class StreamOutbound: Sendable {
             return (Drained(byteCount: count, endOfStream: end, status: end ? state.status : nil), waiter)
         }
         waiter?.resume()
+        if let messageDelivered, !delivered.isEmpty {
+            let now = ContinuousClock.now
+            for since in delivered { messageDelivered(now - since) }
+        }
         return drained
     }
 }

@@ -127,7 +127,7 @@ struct Serve: AsyncParsableCommand {
         LogFormat.bootstrap(logFormat, level: logLevel)
         let logger = Logger(label: "sluice")
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        MetricsSystem.bootstrap(MetricsService.makeFactory(registry: registry))
 
         // Every stream may hold a client connection and an upstream transfer.
         let descriptorLimit = raiseDescriptorLimit()
@@ -220,6 +220,7 @@ struct Serve: AsyncParsableCommand {
         configuration.idleTimeout = idleTimeout.duration
         configuration.limits.maxStreamsPerConnection = maxStreamsPerConnection
         configuration.limits.maxMessageSize = maxMessageSize
+        configuration.messageDelivered = MetricsService.deliveryLatencyRecorder()
 
         let console = ConsoleService()
         for file in console.missingVendorFiles {

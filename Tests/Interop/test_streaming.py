@@ -492,3 +492,30 @@ def test_health_check_protobuf(server):
 @pytest.mark.parametrize("path, body", [("/healthz", "ok\n"), ("/readyz", "ready\n")])
 def test_liveness_and_readiness(server, path, body):
     assert http_get(server.port, path) == (200, body)
+
+
+# MARK: 10. Metrics
+
+DELIVERY = "sluice_event_delivery_latency_seconds"
+
+
+def test_every_event_is_timed_once_in_the_delivery_histogram(start_server):
+    server = start_server()
+    before = scrape(server.port)
+    with SluiceClient(server.port) as client:
+        outcome = client.send_message(send_request(seed=5, output_tokens=30))
+    assert outcome.code == "OK"
+    # Recorded as each frame is handed to the connection, so complete once the client has the trailers.
+    after = scrape(server.port)
+
+    def delivered(metrics, **labels):
+        return metrics.counter(f"{DELIVERY}_count" if not labels else f"{DELIVERY}_bucket", **labels)
+
+    assert delivered(after) - delivered(before) == len(outcome.events)
+    assert delivered(after, le="+Inf") == delivered(after)
+    bounds = sorted((float(dict(k)["le"]), v) for k, v in after.samples[f"{DELIVERY}_bucket"].items())
+    assert [v for _, v in bounds] == sorted(v for _, v in bounds), "cumulative buckets never decrease"
+    assert bounds[0][0] <= 0.0001, "buckets resolve sub-millisecond delivery"
+    assert after.counter(f"{DELIVERY}_sum") > 0
+    assert after.counter("sluice_time_to_first_token_seconds_count") - before.counter(
+        "sluice_time_to_first_token_seconds_count") == 1

@@ -8,11 +8,13 @@ import Testing
 final class RecordingSink: StreamEventSink {
     let accepting = Mutex(true)
     let taken = Mutex<[Int]>([])
+    let emittedAt = Mutex<[ContinuousClock.Instant]>([])
 
-    func offer(_ bytes: [UInt8]) -> Bool {
+    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
         guard accepting.withLock({ $0 }) else { return false }
         let seq = (try? JSONValue(parsing: bytes))?["seq"]?.intValue ?? -1
         taken.withLock { $0.append(seq) }
+        self.emittedAt.withLock { $0.append(emittedAt) }
         return true
     }
 }
@@ -25,7 +27,7 @@ final class RecordingSink: StreamEventSink {
         while true {
             let item = try await channel.next(after: cursor, generation: generation)
             switch item {
-            case .event(let seq, _)?:
+            case .event(let seq, _, _)?:
                 seqs.append(seq)
                 cursor = seq
             case .end?: return (seqs, cursor, true)
@@ -42,7 +44,7 @@ final class RecordingSink: StreamEventSink {
         // Replay: events 2 and 3 come through `next`, not the sink.
         var delivered: [Int] = []
         for _ in 0..<2 {
-            guard case .event(let seq, _)? = try await channel.next(after: delivered.last ?? 1, generation: generation) else {
+            guard case .event(let seq, _, _)? = try await channel.next(after: delivered.last ?? 1, generation: generation) else {
                 Issue.record("expected a replayed event")
                 return
             }
@@ -63,6 +65,8 @@ final class RecordingSink: StreamEventSink {
         #expect(result.ended)
         let pushed = sink.taken.withLock { $0 }
         #expect(pushed == Array(firstPushed...(firstPushed + 50)))
+        let emitted = sink.emittedAt.withLock { $0 }
+        #expect(emitted == emitted.sorted(), "each pushed event carries its own emission instant")
         // Every seq after 3 reached the client exactly once, through one path or the other.
         #expect((result.seqs + pushed).sorted() == Array(4...(firstPushed + 50)))
     }
@@ -99,15 +103,18 @@ final class RecordingSink: StreamEventSink {
         let generation = channel.attach()
         #expect(try channel.poll(after: 0, generation: generation) == .pending)
 
+        let beforeEmit = ContinuousClock.now
         let seq = channel.emit(.messageDelta(id: "msg_1", delta: "hi"))
-        guard case .ready(.event(seq: 1, let bytes)) = try channel.poll(after: 0, generation: generation) else {
+        let afterEmit = ContinuousClock.now
+        guard case .ready(.event(seq: 1, let bytes, let emittedAt)) = try channel.poll(after: 0, generation: generation) else {
             Issue.record("the first event is not ready")
             return
         }
         #expect(seq == 1)
+        #expect(emittedAt >= beforeEmit && emittedAt <= afterEmit, "an event carries when it was emitted")
         #expect(try JSONValue(parsing: bytes)["delta"] == "hi")
         // Polling takes nothing: `next` still returns the event.
-        #expect(try await channel.next(after: 0, generation: generation) == .event(seq: 1, bytes: bytes))
+        #expect(try await channel.next(after: 0, generation: generation) == .event(seq: 1, bytes: bytes, emittedAt: emittedAt))
         #expect(try channel.poll(after: 1, generation: generation) == .pending)
 
         channel.finish(nil)
@@ -126,7 +133,7 @@ final class RecordingSink: StreamEventSink {
 
         let error = #expect(throws: RPCError.self) { try channel.poll(after: 0, generation: generation) }
         #expect(error?.code == .dataLoss)
-        guard case .ready(.event(seq: 2, _)) = try channel.poll(after: 1, generation: generation) else {
+        guard case .ready(.event(seq: 2, _, _)) = try channel.poll(after: 1, generation: generation) else {
             Issue.record("the newest event is not kept")
             return
         }
@@ -167,7 +174,7 @@ final class RecordingSink: StreamEventSink {
         var seqs: [Int] = []
         reading: while let item = try await channel.next(after: seqs.last ?? 0, generation: generation) {
             switch item {
-            case .event(let seq, _): seqs.append(seq)
+            case .event(let seq, _, _): seqs.append(seq)
             case .end(let error):
                 #expect(error == nil)
                 break reading

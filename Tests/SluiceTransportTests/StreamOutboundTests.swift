@@ -44,6 +44,49 @@ import Testing
         #expect(last.status?.code == .ok)
     }
 
+    final class DeliveryLog: Sendable {
+        let latencies = Mutex<[Duration]>([])
+        func record(_ latency: Duration) { latencies.withLock { $0.append(latency) } }
+        var value: [Duration] { latencies.withLock { $0 } }
+    }
+
+    private func drainOnce(_ outbound: StreamOutbound, upTo count: Int) -> Int {
+        var buffer = [UInt8](repeating: 0, count: count)
+        return buffer.withUnsafeMutableBytes { outbound.drain(into: $0) }.byteCount
+    }
+
+    @Test func aMessageIsReportedDeliveredWhenItsLastByteIsDrained() async throws {
+        let log = DeliveryLog()
+        let outbound = StreamOutbound(capacity: 1024, endStreamEnvelope: nil, messageDelivered: { log.record($0) }, wakeLoop: {})
+        let since = ContinuousClock.now - .milliseconds(30)
+        try await outbound.write([UInt8](repeating: 1, count: 10), since: since)  // 15 bytes enveloped
+        #expect(outbound.tryWrite([UInt8](repeating: 2, count: 10), since: .now))
+        try await outbound.write([UInt8](repeating: 3, count: 10))  // no instant: never reported
+
+        #expect(drainOnce(outbound, upTo: 14) == 14)
+        #expect(log.value.isEmpty, "one byte of the first message is still queued")
+        #expect(drainOnce(outbound, upTo: 1) == 1)
+        #expect(log.value.count == 1)
+        #expect(log.value[0] >= .milliseconds(30), "measured from the instant given, not from the write")
+        #expect(drainOnce(outbound, upTo: 100) == 30)
+        #expect(log.value.count == 2, "the message written without an instant is not reported")
+    }
+
+    @Test func messagesDroppedWithTheCallAreNotReported() async throws {
+        let log = DeliveryLog()
+        let outbound = StreamOutbound(capacity: 1024, endStreamEnvelope: nil, messageDelivered: { log.record($0) }, wakeLoop: {})
+        try await outbound.write([1, 2, 3], since: .now)
+        #expect(outbound.abort(.deadlineExceeded, "deadline exceeded"))
+        _ = drainAll(outbound)
+        #expect(log.value.isEmpty)
+
+        let closed = StreamOutbound(capacity: 1024, endStreamEnvelope: nil, messageDelivered: { log.record($0) }, wakeLoop: {})
+        try await closed.write([1, 2, 3], since: .now)
+        closed.close(RPCError(.cancelled, "reset"), disconnect: .reset(errorCode: 8))
+        _ = drainAll(closed)
+        #expect(log.value.isEmpty)
+    }
+
     @Test func drainingEmptyQueueMarksLoopIdleSoTheNextWriteWakesIt() async throws {
         let counter = WakeCounter()
         let outbound = makeOutbound(capacity: 1024, counter: counter)
