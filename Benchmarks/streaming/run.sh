@@ -14,6 +14,7 @@
 # ("stamp_deltas": true); `sluice loadtest` on the same machine subtracts it from the receive time
 # (both CLOCK_REALTIME). Simulator, server and load generator share this machine's cores; the simulator
 # and the load generator run one event loop each, the server its default (one per core).
+# After each run, floor.c sends the same message rate through three do-nothing processes: the machine's floor.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=Benchmarks/streaming
@@ -24,6 +25,7 @@ RUNS=${RUNS:-3}
 
 . Benchmarks/common.sh
 start_simulator 1
+clang -O2 -o "$OUT/floor" "$HERE/floor.c"
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # The machine's CPU time so far and the part of it the hypervisor gave to other guests (steal), in jiffies.
@@ -56,6 +58,10 @@ run_level() {
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   echo "$idle_rss $(cat "$OUT/peak-$tag")" >"$OUT/rss-$tag"
+  # The machine's floor right after: the same message rate through three processes doing no work (floor.c).
+  local measured_rate
+  measured_rate=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(round(r["latency_ms"]["end_to_end"]["count"] / r["wall_seconds"]))' "$OUT/loadtest-$tag.json")
+  "$OUT/floor" "$measured_rate" 10 >"$OUT/floor-$tag"
 }
 
 for level in $LEVELS; do
@@ -90,12 +96,13 @@ for level in levels:
         cpu = float(open(f"{out}/cpu-{tag}").read())
         steal = float(open(f"{out}/steal-{tag}").read())
         buckets = delivery_buckets(f"{out}/metrics-{tag}")
+        floor = json.load(open(f"{out}/floor-{tag}"))
         raw[tag] = {"loadtest": result, "server_rss_kib": {"idle": idle, "peak": peak}, "server_cpu_seconds": cpu,
-                    "machine_steal_percent": steal, "server_delivery_buckets_seconds": buckets}
-        measured.append((result, result["latency_ms"]["end_to_end"], idle, peak, cpu, steal, buckets))
+                    "machine_steal_percent": steal, "server_delivery_buckets_seconds": buckets, "floor_ms": floor}
+        measured.append((result, result["latency_ms"]["end_to_end"], idle, peak, cpu, steal, buckets, floor))
     measured.sort(key=lambda m: m[1].get("p99", 1e9))
-    result, e2e, idle, peak, cpu, _, buckets = measured[len(measured) // 2]
-    rows.append((n, interval, result, e2e, idle, peak, cpu, [(m[1].get("p99", 0), m[5]) for m in measured], buckets))
+    result, e2e, idle, peak, cpu, _, buckets, floor = measured[len(measured) // 2]
+    rows.append((n, interval, result, e2e, idle, peak, cpu, [(m[1].get("p99", 0), m[5]) for m in measured], buckets, floor))
 cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
 swift = subprocess.run(["swift", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -118,17 +125,19 @@ lines = [
     "Server CPU is user + system time. \"In Sluice ≤ 1 / 2 ms\" is Sluice's own share of the path, from the server's",
     "`sluice_event_delivery_latency_seconds` histogram (the job emits an event → its frame is handed to the client's",
     "connection; every event of the run, deltas and others): the share of events it delivered within 1 and 2 ms.",
+    "\"Floor p99\" is the machine's own: right after each run, `floor.c` sends the run's deltas/s through three",
+    "processes that do nothing but wait in epoll_wait and pass the bytes on over loopback TCP (same path shape).",
     "",
-    "| streams | interval | deltas/s | ok / failed | e2e p50 ms | p90 | p99 | p99.9 | max | in Sluice ≤ 1 / 2 ms | server CPU s/s | server RSS idle → peak | per stream | p99 of each run (steal) |",
-    "|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|---|",
+    "| streams | interval | deltas/s | ok / failed | e2e p50 ms | p90 | p99 | p99.9 | max | in Sluice ≤ 1 / 2 ms | floor p99 | server CPU s/s | server RSS idle → peak | per stream | p99 of each run (steal) |",
+    "|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|",
 ]
-for n, interval, result, e2e, idle, peak, cpu, p99s, buckets in rows:
+for n, interval, result, e2e, idle, peak, cpu, p99s, buckets, floor in rows:
     per = (peak - idle) / n
     streams = result["streams"]
     wall = result.get("wall_seconds", 0) or 1
     lines.append(f"| {n} | {interval} ms | {e2e['count'] / wall:.0f} | {streams['ok']} / {streams['failed']} | {e2e.get('p50', 0):.2f} | "
                  f"{e2e.get('p90', 0):.2f} | {e2e.get('p99', 0):.2f} | {e2e.get('p99_9', 0):.2f} | {e2e.get('max', 0):.2f} | "
-                 f"{within(buckets, 0.001):.1f} / {within(buckets, 0.002):.1f} % | "
+                 f"{within(buckets, 0.001):.1f} / {within(buckets, 0.002):.1f} % | {floor['p99']:.2f} | "
                  f"{cpu / wall:.2f} | {idle/1024:.1f} → {peak/1024:.1f} MiB | {per:.1f} KiB | {', '.join(f'{p:.2f} ({steal:.1f} %)' for p, steal in p99s)} |")
 lines += ["", "Targets (issue 4): p99 ≤ 2 ms at 1,000 streams and ≤ 10 ms at 10,000 streams.", ""]
 for n, interval, _, e2e, *_ in rows:  # the median run
