@@ -26,6 +26,7 @@ from streaming_testlib import (
     RESUME,
     assert_stream_shape,
     message_text,
+    scrape,
     send_request,
     slow_request,
     to_json,
@@ -207,6 +208,20 @@ def test_curl_reads_a_whole_stream_whose_data_are_the_rpc_frames(server, protoco
     assert events[-1]["type"] == "stream_complete"
     assert message_text(events)
     assert [e["data"].encode() for e in stream.events] == rpc_frames(server.port, stream_id)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_event_read_is_timed_once_in_the_delivery_histogram(start_server, protocol):
+    server = start_server()
+    count = "sluice_event_delivery_latency_seconds_count"
+    before = scrape(server.port).counter(count)
+    stream_id = curl_post(server.port, send_request(seed=4, output_tokens=20), protocol=protocol)
+
+    stream = curl_events(server.port, stream_id, protocol=protocol)
+
+    assert_stream_shape(stream.frames, "OK")
+    # Emitted before anyone read them, timed when each was handed to this reader's connection.
+    assert scrape(server.port).counter(count) - before == len(stream.events)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
