@@ -199,9 +199,10 @@ def open_fds(pid: int) -> int:
 
 
 def wait_for_fds(pid: int, expected: int, timeout: float) -> None:
-    """Polls /proc/PID/fd until it holds `expected` descriptors (closing is asynchronous)."""
+    """Polls /proc/PID/fd until it holds at most `expected` descriptors (closing is asynchronous). Fewer is no
+    leak: the count taken before may include a client connection that was still closing."""
     deadline = time.monotonic() + timeout
-    while (count := open_fds(pid)) != expected:
+    while (count := open_fds(pid)) > expected:
         assert time.monotonic() < deadline, (
             f"the server has {count} open descriptors {timeout:.0f}s after the run, {expected} before: "
             f"{sorted(os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd'))}")
@@ -246,7 +247,8 @@ def run_chaos(start_server, streams: int, max_active: int) -> None:
     wait_for_metrics(server.port, lambda m: m.counter("sluice_streams_completed_total") == 2 * streams,
                      f"{2 * streams} completed streams")
     wait_for_fds(server.pid, fds_before, timeout=30)
-    print(f"chaos: afterwards no stream active or queued, no upstream transfer open, {fds_before} descriptors as before")
+    print(f"chaos: afterwards no stream active or queued, no upstream transfer open, "
+          f"{open_fds(server.pid)} descriptors ({fds_before} before)")
 
 
 def test_chaos_short(start_server):
