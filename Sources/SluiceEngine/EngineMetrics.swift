@@ -23,10 +23,3 @@ struct EngineMetrics: Sendable {
         Timer(label: "sluice_time_to_first_token_seconds").recordNanoseconds(duration.nanoseconds)
     }
 }
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-    }
-}

@@ -3,6 +3,7 @@ import class CoreMetrics.Timer
 import Prometheus
 import SluiceEngine
 import SluiceTransport
+import SluiceWire
 
 /// `GET /metrics` in Prometheus text format: the engine's counters and histograms (recorded
 /// through swift-metrics into `registry`), plus gauges and process metrics read at scrape time.
@@ -72,10 +73,7 @@ public struct MetricsService: Sendable {
     /// client's connection (`HTTP2ServerConfiguration.messageDelivered`). Create it after bootstrapping.
     public static func deliveryLatencyRecorder() -> @Sendable (Duration) -> Void {
         let timer = Timer(label: deliveryLatencyLabel)
-        return { latency in
-            let (seconds, attoseconds) = latency.components
-            timer.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-        }
+        return { timer.recordNanoseconds($0.nanoseconds) }
     }
 
     /// Resident set size, from the second field of /proc/self/statm (in pages).

@@ -32,8 +32,7 @@ final class StreamOutbound: Sendable {
         /// Messages written with a `since` instant, oldest first: where each ends, and since when it waited.
         var deliveryMarks: [(end: Int, since: ContinuousClock.Instant)] = []
 
-        mutating func markDelivery(since: ContinuousClock.Instant?) {
-            guard let since else { return }
+        mutating func markDelivery(since: ContinuousClock.Instant) {
             deliveryMarks.append((drainedTotal + buffer.count - readIndex, since))
         }
     }
@@ -86,7 +85,7 @@ final class StreamOutbound: Sendable {
             case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
             case .raw: state.buffer.append(contentsOf: payload)
             }
-            state.markDelivery(since: since)
+            if let since, messageDelivered != nil { state.markDelivery(since: since) }
             return (state.buffer.count - state.readIndex > capacity, Self.claimWakeup(&state))
         }
         if wake { wakeLoop() }
@@ -105,7 +104,7 @@ final class StreamOutbound: Sendable {
             case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
             case .raw: state.buffer.append(contentsOf: payload)
             }
-            state.markDelivery(since: since)
+            if let since, messageDelivered != nil { state.markDelivery(since: since) }
             return (true, Self.claimWakeup(&state))
         }
         if wake { wakeLoop() }
@@ -230,9 +229,9 @@ final class StreamOutbound: Sendable {
             let queued = state.buffer.count - state.readIndex
             let count = min(queued, destination.count)
             state.drainedTotal += count
-            let passed = state.deliveryMarks.prefix { $0.end <= state.drainedTotal }.count
+            let passed = state.deliveryMarks.firstIndex { $0.end > state.drainedTotal } ?? state.deliveryMarks.count
             if passed > 0 {
-                delivered = state.deliveryMarks.prefix(passed).map(\.since)
+                delivered = state.deliveryMarks[..<passed].map(\.since)
                 state.deliveryMarks.removeFirst(passed)
             }
             if count > 0 {

@@ -69,6 +69,12 @@ extension Duration {
         Int128(components.seconds) * Self.attosecondsPerSecond + Int128(components.attoseconds)
     }
 
+    /// Whole nanoseconds (swift-metrics timers record these).
+    public var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+
     /// Nil when the value doesn't fit in a Duration's 64-bit seconds.
     init?(totalAttoseconds: Int128) {
         let (seconds, attoseconds) = totalAttoseconds.quotientAndRemainder(dividingBy: Self.attosecondsPerSecond)

@@ -65,4 +65,11 @@ import SluiceWire
             #expect(DurationParsing.parse(DurationParsing.format(duration)) == duration, "\(duration)")
         }
     }
+
+    @Test func nanosecondsTruncateSubNanosecondParts() {
+        #expect(Duration.milliseconds(1500).nanoseconds == 1_500_000_000)
+        #expect(Duration.microseconds(250).nanoseconds == 250_000)
+        #expect(Duration(secondsComponent: 2, attosecondsComponent: 1_999_999_999).nanoseconds == 2_000_000_001)
+        #expect(Duration.milliseconds(-1500).nanoseconds == -1_500_000_000)
+    }
 }
