@@ -1,16 +1,20 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Layers, each depending only on those above it:
-// C shims → Wire → Transport → Upstream → Engine → Service → sluice executable.
+// Layers, each a target depending only on those below it (docs/design.md):
+// C shims → SluiceWire → SluiceIO → SluiceTransport | SluiceUpstream | SluiceClient → SluiceSimulator
+// → SluiceEngine → SluiceService → the sluice executable.
 let package = Package(
     name: "sluice",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "sluice", targets: ["sluice"]),
+        .library(name: "SluiceClient", targets: ["SluiceClient"]),
         .library(name: "SluiceWire", targets: ["SluiceWire"]),
+        .library(name: "SluiceIO", targets: ["SluiceIO"]),
         .library(name: "SluiceUpstream", targets: ["SluiceUpstream"]),
         .library(name: "SluiceEngine", targets: ["SluiceEngine"]),
+        .library(name: "SluiceSimulator", targets: ["SluiceSimulator"]),
         .library(name: "SluiceTransport", targets: ["SluiceTransport"]),
     ],
     dependencies: [
@@ -28,42 +32,52 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
 
-        // 2. Wire: pure Swift, no I/O.
+        // 2. Wire: pure Swift, no I/O (envelopes, SSE, JSON, statuses, durations).
         .target(name: "SluiceWire"),
 
-        // 3. Transport: HTTP/2 (nghttp2) and HTTP/1.1 (http_parser) server, TLS, gRPC/Connect framing.
+        // 3. IO: event loops, their timers and sleeps, loop-bound values, socket/TLS session I/O, the lock.
+        .target(name: "SluiceIO", dependencies: ["CLinux", "CNGHTTP2", "COpenSSL", "SluiceWire"]),
+
+        // 4. Transport: HTTP/2 (nghttp2) and HTTP/1.1 (http_parser) server, TLS, gRPC/Connect framing.
         .target(
             name: "SluiceTransport",
             dependencies: [
-                "CLinux", "CNGHTTP2", "COpenSSL", "CHTTPParser", "SluiceWire",
+                "CLinux", "CNGHTTP2", "COpenSSL", "CHTTPParser", "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
-        // 4. Upstream: Anthropic stream decoding, libcurl client, simulator.
+        // 4. Client: the HTTP/2 client and the typed SendMessage API, for `sluice call`, `loadtest` and other
+        //    Swift backends.
+        .target(name: "SluiceClient", dependencies: ["CLinux", "CNGHTTP2", "COpenSSL", "SluiceWire", "SluiceIO"]),
+
+        // 4. Upstream: Anthropic stream decoding and the libcurl client of the Messages API.
         .target(
             name: "SluiceUpstream",
             dependencies: [
-                "CCurl", "CLinux", "SluiceWire", "SluiceTransport",
+                "CCurl", "CLinux", "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
-        // 5. Engine: scheduler, jobs, retries, replay.
+        // 5. Simulator: a deterministic Anthropic Messages API with fault injection, served by the transport.
+        .target(name: "SluiceSimulator", dependencies: ["SluiceTransport", "SluiceUpstream", "SluiceWire", "SluiceIO"]),
+
+        // 6. Engine: scheduler, jobs, retries, replay, tools.
         .target(
             name: "SluiceEngine",
             dependencies: [
-                "SluiceUpstream", "SluiceTransport", "SluiceWire",
+                "SluiceUpstream", "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
 
-        // 6. Service and executable.
+        // 7. Service and executable.
         .target(
             name: "SluiceService",
             dependencies: [
-                "SluiceEngine", "SluiceUpstream", "SluiceTransport", "SluiceWire",
+                "SluiceEngine", "SluiceUpstream", "SluiceTransport", "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -77,7 +91,8 @@ let package = Package(
         .executableTarget(
             name: "sluice",
             dependencies: [
-                "CLinux", "SluiceService", "SluiceEngine", "SluiceUpstream", "SluiceTransport", "SluiceWire",
+                "CLinux", "SluiceService", "SluiceEngine", "SluiceUpstream", "SluiceSimulator", "SluiceTransport",
+                "SluiceClient", "SluiceWire", "SluiceIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -87,8 +102,11 @@ let package = Package(
         ),
 
         .testTarget(name: "SluiceWireTests", dependencies: ["SluiceWire"]),
-        .testTarget(name: "SluiceTransportTests", dependencies: ["SluiceTransport", "SluiceService", "SluiceWire"]),
-        .testTarget(name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceTransport", "SluiceWire"]),
-        .testTarget(name: "SluiceEngineTests", dependencies: ["SluiceEngine", "SluiceTransport", "SluiceUpstream", "SluiceWire"]),
+        .testTarget(name: "SluiceIOTests", dependencies: ["SluiceIO"]),
+        .testTarget(name: "SluiceTransportTests", dependencies: ["SluiceTransport", "SluiceService", "SluiceIO", "SluiceWire"]),
+        .testTarget(name: "SluiceClientTests", dependencies: ["SluiceClient", "SluiceTransport", "SluiceIO", "SluiceWire"]),
+        .testTarget(name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceSimulator", "SluiceTransport", "SluiceIO", "SluiceWire"]),
+        .testTarget(name: "SluiceSimulatorTests", dependencies: ["SluiceSimulator", "SluiceUpstream", "SluiceTransport", "SluiceIO", "SluiceWire"]),
+        .testTarget(name: "SluiceEngineTests", dependencies: ["SluiceEngine", "SluiceUpstream", "SluiceIO", "SluiceWire"]),
     ]
 )

@@ -16,6 +16,8 @@ let package = Package(
             dependencies: [
                 .product(name: "SluiceUpstream", package: "sluice"),
                 .product(name: "SluiceTransport", package: "sluice"),
+                .product(name: "SluiceSimulator", package: "sluice"),
+                .product(name: "SluiceIO", package: "sluice"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -1,5 +1,5 @@
+import SluiceIO
 import SluiceWire
-import Synchronization
 
 /// Runs `Admission` for concurrent jobs: `acquire` returns when the job may talk to the upstream,
 /// reporting queue positions while it waits.
@@ -17,11 +17,11 @@ public final class Scheduler: Sendable {
         var nextTicket: UInt64 = 0
     }
 
-    private let state: Mutex<State>
+    private let state: LockedValue<State>
     public let queueTimeout: Duration
 
     public init(limits: Admission.Limits, queueTimeout: Duration) {
-        state = Mutex(State(admission: Admission(limits: limits)))
+        state = LockedValue(State(admission: Admission(limits: limits)))
         self.queueTimeout = queueTimeout
     }
 

@@ -1,5 +1,5 @@
+import SluiceIO
 import SluiceUpstream
-import Synchronization
 import SluiceWire
 
 /// One stream's upstream attempts: translates Anthropic events into Sluice events and retries
@@ -215,7 +215,7 @@ final class StreamStats: Sendable {
         var outputTokens = 0
     }
 
-    private let values = Mutex(Values())
+    private let values = LockedValue(Values())
     func update(_ change: (inout Values) -> Void) { values.withLock { change(&$0) } }
     var current: Values { values.withLock { $0 } }
 }

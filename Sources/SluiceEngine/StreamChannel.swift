@@ -1,5 +1,5 @@
+import SluiceIO
 import SluiceWire
-import Synchronization
 
 /// Takes an attached client's events without waiting: the fast path from the job to the client.
 public protocol StreamEventSink: Sendable {
@@ -59,7 +59,7 @@ public final class StreamChannel: Sendable {
 
     public let streamID: String
     public let maxBufferedBytes: Int
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
 
     public init(streamID: String, maxBufferedBytes: Int) {
         self.streamID = streamID

@@ -1,7 +1,7 @@
+import SluiceIO
 import Logging
 import SluiceUpstream
 import SluiceWire
-import Synchronization
 
 /// Where the engine gets Claude's events: the libcurl client, or a fake in tests.
 /// Iteration must stop (and free the transfer) when the iterating task is cancelled.
@@ -45,14 +45,14 @@ public final class StreamEngine: Sendable {
     let logger: Logger
     let metrics = EngineMetrics()
     let tools: [String: any StreamingTool]
-    private let registry = Mutex(Registry())
-    private let sweeper = Mutex<Task<Void, Never>?>(nil)
+    private let registry = LockedValue(Registry())
+    private let sweeper = LockedValue<Task<Void, Never>?>(nil)
 
     final class StreamRecord: Sendable {
         let channel: StreamChannel
         let owner: String
-        let job = Mutex<Task<Void, Never>?>(nil)
-        let cancelReason = Mutex<RPCError?>(nil)
+        let job = LockedValue<Task<Void, Never>?>(nil)
+        let cancelReason = LockedValue<RPCError?>(nil)
 
         init(channel: StreamChannel, owner: String) {
             self.channel = channel
@@ -223,7 +223,7 @@ public final class StreamEngine: Sendable {
                 channel.emit(.streamQueued(position: position))
                 // Updates come from whichever threads release slots, possibly out of order; a position
                 // only ever shrinks, so an update that is not smaller than the last one sent is stale.
-                let lastPosition = Mutex(position)
+                let lastPosition = LockedValue(position)
                 slot = try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
                     try await self.scheduler.waitForSlot(ticket: ticket, key: record.owner) { position in
                         lastPosition.withLock { last in

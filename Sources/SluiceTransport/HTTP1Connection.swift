@@ -1,3 +1,4 @@
+import SluiceIO
 import CLinux
 import Glibc
 import Logging
@@ -143,7 +144,7 @@ final class HTTP1Connection: Selectable {
         case .refuse(let status, let headers, let body):
             respondFixed(to: request, status: status, headers: headers, body: body)
         case .handler(let handler, let httpRequest):
-            let box = LoopBound(self)
+            let box = LoopBound(self, loop: loop)
             let capacity = server.configuration.limits.streamQueueBytes
             let outbound = StreamOutbound(
                 capacity: capacity, framing: .raw, endStreamEnvelope: nil,

@@ -1,3 +1,4 @@
+import SluiceIO
 import CLinux
 import CNGHTTP2
 import COpenSSL
@@ -38,7 +39,7 @@ final class HTTP2Connection: Selectable {
         self.logger = server.logger
         if let tlsContext {
             guard let ssl = SSL_new(tlsContext.context) else {
-                throw TransportError.configuration("TLS: SSL_new failed: \(TLSContext.lastError())")
+                throw IOError.configuration("TLS: SSL_new failed: \(TLSContext.lastError())")
             }
             SSL_set_fd(ssl, fd)
             SSL_set_accept_state(ssl)
@@ -70,7 +71,7 @@ final class HTTP2Connection: Selectable {
         var session: OpaquePointer?
         let rv = nghttp2_session_server_new2(&session, callbacks, Unmanaged.passUnretained(self).toOpaque(), option)
         guard rv == 0, let session else {
-            throw TransportError.configuration("nghttp2_session_server_new2 failed: \(String(cString: nghttp2_strerror(rv)))")
+            throw IOError.configuration("nghttp2_session_server_new2 failed: \(String(cString: nghttp2_strerror(rv)))")
         }
         self.session = session
         var settings = [

@@ -1,3 +1,4 @@
+import SluiceIO
 import CLinux
 import Glibc
 import Logging
@@ -52,11 +53,11 @@ public final class HTTP2Server: @unchecked Sendable {
     private let loops: [EventLoop]
     private var contexts: [LoopContext] = []
     public private(set) var port = 0
-    private let shutdownState = Mutex(ShutdownState())
+    private let shutdownState = LockedValue(ShutdownState())
     /// Connections open across all loops (for `maxConnections`).
     let openConnections = Atomic<Int>(0)
     /// Running RPC calls per loop index, by the loop their work was placed on.
-    private let callsPerLoop: Mutex<[Int]>
+    private let callsPerLoop: LockedValue<[Int]>
 
     private struct ShutdownState {
         var started = false
@@ -74,12 +75,12 @@ public final class HTTP2Server: @unchecked Sendable {
         self.router = router
         self.logger = logger
         self.loops = try loops ?? (0..<configuration.eventLoops).map { try EventLoop(index: $0) }
-        callsPerLoop = Mutex(Array(repeating: 0, count: self.loops.count))
+        callsPerLoop = LockedValue(Array(repeating: 0, count: self.loops.count))
         precondition(self.loops.enumerated().allSatisfy { $0.offset == $0.element.index }, "loop indices must be 0, 1, 2, …")
         switch (configuration.tlsCertificatePath, configuration.tlsPrivateKeyPath) {
         case (let certificate?, let key?): tlsContext = try TLSContext(certificatePath: certificate, privateKeyPath: key)
         case (nil, nil): tlsContext = nil
-        default: throw TransportError.configuration("TLS needs both --tls-cert and --tls-key")
+        default: throw IOError.configuration("TLS needs both --tls-cert and --tls-key")
         }
     }
 
@@ -104,7 +105,7 @@ public final class HTTP2Server: @unchecked Sendable {
         shutdownState.withLock { $0.runningLoops = loops.count }
         for (loop, context) in zip(loops, contexts) {
             loop.start { [weak self] in self?.loopExited() }
-            let bound = LoopBound(context)
+            let bound = LoopBound(context, loop: context.loop)
             loop.execute { bound.value.startListening() }
         }
     }
@@ -119,7 +120,7 @@ public final class HTTP2Server: @unchecked Sendable {
         }
         if first {
             for context in contexts {
-                let bound = LoopBound(context)
+                let bound = LoopBound(context, loop: context.loop)
                 context.loop.execute { bound.value.beginDrain(drainTimeout: drainTimeout) }
             }
         }
@@ -202,23 +203,23 @@ public final class HTTP2Server: @unchecked Sendable {
         var result: UnsafeMutablePointer<addrinfo>?
         let rv = getaddrinfo(host, String(port), &hints, &result)
         guard rv == 0, let info = result else {
-            throw TransportError.configuration("cannot resolve listen address \(host): \(String(cString: gai_strerror(rv)))")
+            throw IOError.configuration("cannot resolve listen address \(host): \(String(cString: gai_strerror(rv)))")
         }
         defer { freeaddrinfo(result) }
         let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw TransportError.system("socket", errno) }
+        guard fd >= 0 else { throw IOError.system("socket", errno) }
         var on: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, socklen_t(MemoryLayout<Int32>.size))
         guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
             let code = errno
             close(fd)
-            throw TransportError.configuration("cannot listen on \(host):\(port): \(String(cString: strerror(code))). Choose another --port or stop what holds it.")
+            throw IOError.configuration("cannot listen on \(host):\(port): \(String(cString: strerror(code))). Choose another --port or stop what holds it.")
         }
         guard Glibc.listen(fd, 4096) == 0 else {
             let code = errno
             close(fd)
-            throw TransportError.system("listen", code)
+            throw IOError.system("listen", code)
         }
         return fd
     }

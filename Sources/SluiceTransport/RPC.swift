@@ -1,3 +1,4 @@
+import SluiceIO
 import SluiceWire
 
 /// Which RPC protocol a call speaks; both use the same 5-byte envelope.

@@ -1,3 +1,5 @@
+import SluiceIO
+
 /// Running a plain HTTP handler, the same over HTTP/2 and HTTP/1.1.
 extension StreamOutbound {
     /// Starts `handler` as a task on `loop` (its connection's), writing into this (`.raw`) queue.

@@ -1,5 +1,5 @@
+import SluiceIO
 import SluiceWire
-import Synchronization
 
 /// The bounded queue between a handler (any thread) and its HTTP/2 stream (loop thread).
 ///
@@ -46,7 +46,7 @@ final class StreamOutbound: Sendable {
 
     let capacity: Int
     let framing: Framing
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
     private let wakeLoop: @Sendable () -> Void
     private let endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
     private let messageDelivered: (@Sendable (Duration) -> Void)?

@@ -1,9 +1,9 @@
+import SluiceIO
 import CCurl
 import CLinux
 import Dispatch
 import Glibc
 import Logging
-import SluiceTransport
 import SluiceWire
 import Synchronization
 
@@ -33,7 +33,7 @@ final class CurlMulti: @unchecked Sendable {
     /// curl PR 10643 in 8.0.0; Debian 12's 7.88.1 has it). For `http://` base URLs (the simulator) such versions
     /// get one connection per transfer instead. `https://` (ALPN) is unaffected and always multiplexes.
     private let connectionPerTransfer: Bool
-    private let lifecycle = Mutex(Lifecycle.running)
+    private let lifecycle = LockedValue(Lifecycle.running)
 
     private enum Lifecycle {
         case running

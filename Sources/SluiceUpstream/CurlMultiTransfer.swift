@@ -1,6 +1,6 @@
+import SluiceIO
 import CCurl
 import Glibc
-import SluiceTransport
 import SluiceWire
 
 /// One Messages API call: its easy handle and the response parsing state.

@@ -1,4 +1,4 @@
-import Synchronization
+import SluiceIO
 
 /// A response's status line and headers.
 struct UpstreamResponseHead: Sendable {
@@ -49,7 +49,7 @@ final class UpstreamEventChannel: Sendable {
     }
 
     let maxBufferedBytes: Int
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
 
     init(maxBufferedBytes: Int) {
         self.maxBufferedBytes = maxBufferedBytes

@@ -1,6 +1,6 @@
+import SluiceIO
 import Glibc
 import Logging
-import SluiceTransport
 import SluiceWire
 import Synchronization
 

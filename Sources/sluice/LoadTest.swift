@@ -1,9 +1,10 @@
+import SluiceClient
+import SluiceIO
 import ArgumentParser
 import Glibc
 import Histogram
 import SluiceTransport
 import SluiceWire
-import Synchronization
 
 struct LoadTest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -172,7 +173,7 @@ final class LoadDriver: Sendable {
     let client: HTTP2Client
     let plan: Plan
     let startedAt = ContinuousClock.now
-    let state = Mutex(State())
+    let state = LockedValue(State())
 
     init(client: HTTP2Client, plan: Plan) {
         self.client = client

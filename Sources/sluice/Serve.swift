@@ -1,3 +1,5 @@
+import SluiceSimulator
+import SluiceIO
 import ArgumentParser
 import CLinux
 import Glibc
@@ -9,7 +11,6 @@ import SluiceService
 import SluiceTransport
 import SluiceUpstream
 import SluiceWire
-import Synchronization
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -299,7 +300,7 @@ struct Serve: AsyncParsableCommand {
 
 /// Lets routes ask the server, created after them, whether it is draining.
 final class ServerReference: Sendable {
-    private let server = Mutex<HTTP2Server?>(nil)
+    private let server = LockedValue<HTTP2Server?>(nil)
     func set(_ value: HTTP2Server) { server.withLock { $0 = value } }
     var isDraining: Bool { server.withLock { $0?.isDraining ?? false } }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import SluiceClient
 import SluiceTransport
 
 /// How `call` and `loadtest` reach a Sluice server.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import SluiceSimulator
 import SluiceTransport
 import SluiceUpstream
 

@@ -1,6 +1,6 @@
+import SluiceIO
 import SluiceEngine
 import SluiceUpstream
-import Synchronization
 
 /// An upstream whose attempts are scripted: each call to `streamMessage` plays the next script.
 final class FakeUpstream: MessageUpstream {
@@ -13,11 +13,11 @@ final class FakeUpstream: MessageUpstream {
         case observe(@Sendable () -> Void)
     }
 
-    private let scripts: Mutex<[[Step]]>
-    let requests = Mutex<[String]>([])
+    private let scripts: LockedValue<[[Step]]>
+    let requests = LockedValue<[String]>([])
 
     init(_ scripts: [[Step]]) {
-        self.scripts = Mutex(scripts)
+        self.scripts = LockedValue(scripts)
     }
 
     func streamMessage(body: [UInt8], headers: [(String, String)]) -> Script {

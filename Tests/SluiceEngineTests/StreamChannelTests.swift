@@ -1,14 +1,14 @@
+import SluiceIO
 import SluiceWire
-import Synchronization
 import Testing
 
 @testable import SluiceEngine
 
 /// A sink that takes events while `accepting` is true and records them.
 final class RecordingSink: StreamEventSink {
-    let accepting = Mutex(true)
-    let taken = Mutex<[Int]>([])
-    let emittedAt = Mutex<[ContinuousClock.Instant]>([])
+    let accepting = LockedValue(true)
+    let taken = LockedValue<[Int]>([])
+    let emittedAt = LockedValue<[ContinuousClock.Instant]>([])
 
     func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
         guard accepting.withLock({ $0 }) else { return false }
@@ -159,7 +159,7 @@ final class RecordingSink: StreamEventSink {
         // events evicted (DATA_LOSS).
         let channel = StreamChannel(streamID: "s", maxBufferedBytes: 4096)
         let generation = channel.attach()
-        let producerDone = Mutex(false)
+        let producerDone = LockedValue(false)
         let producer = Task {
             for _ in 0..<200 {
                 channel.emit(.messageDelta(id: "m", delta: String(repeating: "x", count: 40)))

@@ -1,8 +1,8 @@
+import SluiceIO
 import Dispatch
 import Logging
 import SluiceUpstream
 import SluiceWire
-import Synchronization
 import Testing
 
 @testable import SluiceEngine
@@ -60,7 +60,7 @@ import Testing
     /// (the client's event loop in the server): not on the global pool, which would cost a thread switch per event.
     @Test func theJobConsumesTheUpstreamOnItsExecutor() async throws {
         let executor = QueueExecutor()
-        let onExecutor = Mutex<[Bool]>([])
+        let onExecutor = LockedValue<[Bool]>([])
         let probe: FakeUpstream.Step = .observe { onExecutor.withLock { $0.append(executor.isCurrent) } }
         var script = FakeUpstream.message(["Hello", " world"])
         script.insert(probe, at: 0)

@@ -1,8 +1,8 @@
+import SluiceIO
 import Foundation
 import Logging
 import SluiceUpstream
 import SluiceWire
-import Synchronization
 import Testing
 
 @testable import SluiceEngine
@@ -31,7 +31,7 @@ final class SandboxFixture {
 }
 
 final class ProgressLog: Sendable {
-    let entries = Mutex<[(String, Int?)]>([])
+    let entries = LockedValue<[(String, Int?)]>([])
     func reporter() -> ToolProgress { ToolProgress { message, percentage in self.entries.withLock { $0.append((message, percentage)) } } }
     var percentages: [Int] { entries.withLock { $0.compactMap(\.1) } }
 }

@@ -1,3 +1,4 @@
+import SluiceIO
 import Glibc
 import Logging
 import Synchronization
@@ -25,7 +26,7 @@ import Testing
             let rv = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
-            guard rv == 0 else { throw TransportError.system("connect", errno) }
+            guard rv == 0 else { throw IOError.system("connect", errno) }
         }
 
         deinit { close(fd) }

@@ -1,3 +1,4 @@
+import SluiceIO
 import SluiceWire
 import Synchronization
 import Testing
@@ -45,7 +46,7 @@ import Testing
     }
 
     final class DeliveryLog: Sendable {
-        let latencies = Mutex<[Duration]>([])
+        let latencies = LockedValue<[Duration]>([])
         func record(_ latency: Duration) { latencies.withLock { $0.append(latency) } }
         var value: [Duration] { latencies.withLock { $0 } }
     }

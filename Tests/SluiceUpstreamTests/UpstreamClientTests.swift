@@ -1,16 +1,17 @@
+import SluiceIO
 import Foundation
 import Glibc
 import Logging
 import SluiceTransport
 import SluiceWire
-import Synchronization
 import Testing
 
+@testable import SluiceSimulator
 @testable import SluiceUpstream
 
 /// The libcurl client against in-process HTTP/2 servers: hand-written fixtures for exact byte-level cases, and the
 /// Anthropic simulator for the scenarios it models.
-private let retainedServers = Mutex<[HTTP2Server]>([])
+private let retainedServers = LockedValue<[HTTP2Server]>([])
 
 @Suite(.serialized) struct UpstreamClientTests {
     static let fakeKey = "sk-ant-api03-SLUICETESTKEY-0123456789abcdef"
@@ -115,7 +116,7 @@ private let retainedServers = Mutex<[HTTP2Server]>([])
 
     /// Records what the fixture server received.
     final class Recorder: Sendable {
-        let requests = Mutex<[HTTPRequest]>([])
+        let requests = LockedValue<[HTTPRequest]>([])
         func record(_ request: HTTPRequest) { requests.withLock { $0.append(request) } }
         var last: HTTPRequest? { requests.withLock { $0.last } }
     }
@@ -304,7 +305,7 @@ private let retainedServers = Mutex<[HTTP2Server]>([])
     }
 
     @Test func droppingTheStreamAbortsTheTransfer() async throws {
-        let reset = Mutex(false)
+        let reset = LockedValue(false)
         try await Self.withServer({ _, writer in
             try writer.head(status: 200, headers: Self.sseHead)
             do {
@@ -411,7 +412,7 @@ private let retainedServers = Mutex<[HTTP2Server]>([])
 /// A self-signed certificate for `localhost`, made once per test run with the openssl CLI.
 final class TestCertificate: Sendable {
     static let shared = TestCertificate()
-    private let files = Mutex<Result<(certificate: String, key: String), any Error>?>(nil)
+    private let files = LockedValue<Result<(certificate: String, key: String), any Error>?>(nil)
 
     func get() throws -> (certificate: String, key: String) {
         try files.withLock { files in

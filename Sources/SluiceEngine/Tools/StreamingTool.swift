@@ -1,5 +1,5 @@
+import SluiceIO
 import SluiceWire
-import Synchronization
 
 /// A server-side tool the model may call. `execute` runs off the event loops, reports progress,
 /// and must stop promptly when its task is cancelled (stream cancelled, deadline, `--tool-timeout`).
@@ -27,7 +27,7 @@ public final class ToolProgress: Sendable {
     }
 
     static let minimumInterval: Duration = .milliseconds(100)
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
     private let send: @Sendable (String, Int?) -> Void
 
     public init(send: @escaping @Sendable (String, Int?) -> Void) {

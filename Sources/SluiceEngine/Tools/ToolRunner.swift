@@ -1,3 +1,4 @@
+import SluiceIO
 import SluiceUpstream
 import SluiceWire
 

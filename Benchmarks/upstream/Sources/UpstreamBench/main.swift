@@ -12,6 +12,8 @@
 // simulator's CPU can be read from /proc/PID/stat without untangling threads.
 import Glibc
 import Logging
+import SluiceIO
+import SluiceSimulator
 import SluiceTransport
 import SluiceUpstream
 import Synchronization

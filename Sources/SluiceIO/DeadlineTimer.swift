@@ -1,5 +1,4 @@
 import Dispatch
-import SluiceTransport
 import Synchronization
 
 /// Runs an action once after a delay unless cancelled first: on the calling thread's event loop when there
@@ -12,7 +11,7 @@ import Synchronization
 /// growth). Cancelling either kind of timer frees it at once. A job runs on an event loop, whose timer costs
 /// no other thread; a dispatch source wakes dispatch's manager thread when created and when cancelled (a
 /// quarter of the server's CPU at 300 short streams a second).
-final class DeadlineTimer: @unchecked Sendable {  // DispatchSourceTimer is thread-safe but not annotated
+package final class DeadlineTimer: @unchecked Sendable {  // DispatchSourceTimer is thread-safe but not annotated
     private final class Flag: Sendable {
         let value = Atomic<Bool>(false)
     }
@@ -25,7 +24,7 @@ final class DeadlineTimer: @unchecked Sendable {  // DispatchSourceTimer is thre
     private let backend: Backend
     private let flag = Flag()
 
-    init(after delay: Duration, _ action: @escaping @Sendable () -> Void) {
+    package init(after delay: Duration, _ action: @escaping @Sendable () -> Void) {
         let flag = flag
         if let loop = EventLoop.current {
             let id = loop.scheduleTimer(after: delay) {
@@ -46,10 +45,10 @@ final class DeadlineTimer: @unchecked Sendable {  // DispatchSourceTimer is thre
     }
 
     /// Whether the action ran (or is running).
-    var fired: Bool { flag.value.load(ordering: .acquiring) }
+    package var fired: Bool { flag.value.load(ordering: .acquiring) }
 
     /// Safe from any thread, and more than once.
-    func cancel() {
+    package func cancel() {
         switch backend {
         case .loop(let loop, let id):
             loop.cancelTimer(id)

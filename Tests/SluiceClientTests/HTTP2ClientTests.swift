@@ -1,9 +1,11 @@
+import SluiceIO
 import Logging
 import SluiceWire
 import Synchronization
 import Testing
 
-@testable import SluiceTransport
+@testable import SluiceClient
+import SluiceTransport
 
 @Suite struct HTTP2ClientTests {
     /// Runs `body` against an in-process server with `routes`, then shuts both down.
@@ -89,7 +91,7 @@ import Testing
     }
 
     @Test func cancellingTheTaskResetsTheServerStream() async throws {
-        let disconnect = Mutex<RPCDisconnect?>(nil)
+        let disconnect = LockedValue<RPCDisconnect?>(nil)
         let (ended, endedContinuation) = AsyncStream<Void>.makeStream()
         try await withServer(routes: { router in
             router.register("/test.Echo/Forever") { _, writer in

@@ -1,3 +1,4 @@
+import SluiceIO
 import Glibc
 import SluiceWire
 import Synchronization
@@ -34,37 +35,37 @@ public struct HTTP2Target: Sendable, Hashable, CustomStringConvertible {
         } else if url.hasPrefix("https://") {
             (scheme, rest) = (true, url.dropFirst(8))
         } else {
-            throw TransportError.configuration("target '\(url)' must start with http:// (h2c) or https:// (TLS)")
+            throw IOError.configuration("target '\(url)' must start with http:// (h2c) or https:// (TLS)")
         }
         var authority = rest
         if authority.hasSuffix("/") { authority = authority.dropLast() }
         guard !authority.isEmpty, !authority.contains("/"), !authority.contains("@") else {
-            throw TransportError.configuration("target '\(url)' must be scheme://host[:port], without a path")
+            throw IOError.configuration("target '\(url)' must be scheme://host[:port], without a path")
         }
         var host = authority
         var port = scheme ? 443 : 80
         if authority.hasPrefix("[") {
             // [IPv6]:port
             guard let close = authority.firstIndex(of: "]") else {
-                throw TransportError.configuration("target '\(url)': unterminated [IPv6 address]")
+                throw IOError.configuration("target '\(url)': unterminated [IPv6 address]")
             }
             host = authority[authority.index(after: authority.startIndex)..<close]
             let after = authority[authority.index(after: close)...]
             if !after.isEmpty {
                 guard after.hasPrefix(":"), let value = Int(after.dropFirst()) else {
-                    throw TransportError.configuration("target '\(url)': bad port")
+                    throw IOError.configuration("target '\(url)': bad port")
                 }
                 port = value
             }
         } else if let colon = authority.lastIndex(of: ":") {
             guard let value = Int(authority[authority.index(after: colon)...]) else {
-                throw TransportError.configuration("target '\(url)': bad port")
+                throw IOError.configuration("target '\(url)': bad port")
             }
             host = authority[..<colon]
             port = value
         }
         guard (1...65535).contains(port), !host.isEmpty else {
-            throw TransportError.configuration("target '\(url)': bad host or port")
+            throw IOError.configuration("target '\(url)': bad host or port")
         }
         self.isTLS = scheme
         self.host = String(host)
@@ -128,7 +129,7 @@ public final class HTTP2Client: Sendable {
     let tlsContext: TLSClientContext?
     private let nextLoop = Atomic<Int>(0)
     private let connectionCount = ConnectionCounter()
-    private let exits = Mutex<(remaining: Int, waiters: [CheckedContinuation<Void, Never>], stopping: Bool)>((0, [], false))
+    private let exits = LockedValue<(remaining: Int, waiters: [CheckedContinuation<Void, Never>], stopping: Bool)>((0, [], false))
 
     public init(loops loopCount: Int = 1, configuration: HTTP2ClientConfiguration = .init()) throws {
         precondition(loopCount >= 1, "a client needs at least one event loop")
@@ -143,7 +144,7 @@ public final class HTTP2Client: Sendable {
             loops.append(loop)
             contexts.append(LoopBound(ClientLoopContext(
                 loop: loop, configuration: configuration, tlsContext: tlsContext, loopCount: loopCount, connectionCount: connectionCount
-            )))
+            ), loop: loop))
         }
         self.loops = loops
         self.contexts = contexts
@@ -183,7 +184,7 @@ public final class HTTP2Client: Sendable {
         )
         let index = nextLoop.wrappingAdd(1, ordering: .relaxed).oldValue % loops.count
         let context = contexts[index]
-        let bound = LoopBound(stream)
+        let bound = LoopBound(stream, loop: loops[index])
         loops[index].execute { context.value.start(bound.value, target: target) }
         return RPCClientCallHandle(loop: loops[index], stream: bound)
     }

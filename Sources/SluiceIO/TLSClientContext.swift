@@ -3,12 +3,12 @@ import Glibc
 
 /// A client-side OpenSSL context: TLS 1.2 or newer, offers ALPN `h2` only, and verifies the
 /// server's certificate chain (against a CA file, or the system's trust store) and name.
-final class TLSClientContext: @unchecked Sendable {
-    let context: OpaquePointer
+package final class TLSClientContext: @unchecked Sendable {
+    package let context: OpaquePointer
 
-    init(caCertificatePath: String?) throws {
+    package init(caCertificatePath: String?) throws {
         guard let context = SSL_CTX_new(TLS_client_method()) else {
-            throw TransportError.configuration("TLS: cannot create an OpenSSL client context: \(TLSContext.lastError())")
+            throw IOError.configuration("TLS: cannot create an OpenSSL client context: \(TLSContext.lastError())")
         }
         self.context = context
         _ = sluice_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION)
@@ -18,17 +18,17 @@ final class TLSClientContext: @unchecked Sendable {
         let alpn: [UInt8] = [2, UInt8(ascii: "h"), UInt8(ascii: "2")]
         // Unlike most OpenSSL calls, this one returns 0 on success.
         guard SSL_CTX_set_alpn_protos(context, alpn, UInt32(alpn.count)) == 0 else {
-            throw TransportError.configuration("TLS: cannot offer ALPN h2: \(TLSContext.lastError())")
+            throw IOError.configuration("TLS: cannot offer ALPN h2: \(TLSContext.lastError())")
         }
         if let caCertificatePath {
             guard SSL_CTX_load_verify_locations(context, caCertificatePath, nil) == 1 else {
-                throw TransportError.configuration(
+                throw IOError.configuration(
                     "TLS: cannot load CA certificates from \(caCertificatePath): \(TLSContext.lastError()). Pass a PEM file with --ca-cert."
                 )
             }
         } else {
             guard SSL_CTX_set_default_verify_paths(context) == 1 else {
-                throw TransportError.configuration("TLS: cannot load the system's CA certificates: \(TLSContext.lastError())")
+                throw IOError.configuration("TLS: cannot load the system's CA certificates: \(TLSContext.lastError())")
             }
         }
         SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nil)
@@ -40,9 +40,9 @@ final class TLSClientContext: @unchecked Sendable {
 
     /// A connection's TLS state for `host`: SNI for names (RFC 6066 forbids it for addresses)
     /// and certificate name or address checking.
-    func makeConnection(fd: Int32, host: String) throws -> OpaquePointer {
+    package func makeConnection(fd: Int32, host: String) throws -> OpaquePointer {
         guard let ssl = SSL_new(context) else {
-            throw TransportError.configuration("TLS: SSL_new failed: \(TLSContext.lastError())")
+            throw IOError.configuration("TLS: SSL_new failed: \(TLSContext.lastError())")
         }
         SSL_set_fd(ssl, fd)
         SSL_set_connect_state(ssl)
@@ -55,13 +55,13 @@ final class TLSClientContext: @unchecked Sendable {
         }
         guard checked == 1 else {
             SSL_free(ssl)
-            throw TransportError.configuration("TLS: cannot set the expected server name \(host): \(TLSContext.lastError())")
+            throw IOError.configuration("TLS: cannot set the expected server name \(host): \(TLSContext.lastError())")
         }
         return ssl
     }
 
     /// Why a handshake failed, naming a certificate problem when that was the cause.
-    static func handshakeFailure(_ ssl: OpaquePointer) -> String {
+    package static func handshakeFailure(_ ssl: OpaquePointer) -> String {
         let verification = SSL_get_verify_result(ssl)
         if verification != X509_V_OK {
             return "the server's certificate was rejected: \(String(cString: X509_verify_cert_error_string(verification)))"

@@ -4,7 +4,7 @@ import Synchronization
 
 /// Something registered with an event loop that reacts to readiness of its file descriptor.
 /// Called on the loop's thread only.
-protocol Selectable: AnyObject {
+package protocol Selectable: AnyObject {
     func handleEvents(_ events: UInt32)
 }
 
@@ -25,7 +25,7 @@ public final class EventLoop: @unchecked Sendable {
     public let index: Int
     private let epollFD: Int32
     private let wakeFD: Int32
-    private let pending = Mutex(PendingTasks())
+    private let pending = LockedValue(PendingTasks())
     private let running = Atomic<Bool>(true)
     /// The loop's thread once it runs (0 before): `inEventLoop` is asked on every `execute`.
     private let thread = Atomic<UInt>(0)
@@ -34,7 +34,7 @@ public final class EventLoop: @unchecked Sendable {
     private var registered: [Int32: Selectable] = [:]
     private var timers = TimerHeap()
     /// Runs after each iteration's I/O, tasks and timers: used to coalesce socket writes.
-    var onIterationEnd: (() -> Void)?
+    package var onIterationEnd: (() -> Void)?
     private var onExit: (@Sendable () -> Void)?
 
     private struct PendingTasks {
@@ -46,14 +46,14 @@ public final class EventLoop: @unchecked Sendable {
     public init(index: Int) throws {
         self.index = index
         epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard epollFD >= 0 else { throw TransportError.system("epoll_create1", errno) }
+        guard epollFD >= 0 else { throw IOError.system("epoll_create1", errno) }
         wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        guard wakeFD >= 0 else { throw TransportError.system("eventfd", errno) }
+        guard wakeFD >= 0 else { throw IOError.system("eventfd", errno) }
         var event = epoll_event()
         event.events = EPOLLIN.rawValue
         event.data.fd = wakeFD
         guard epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event) == 0 else {
-            throw TransportError.system("epoll_ctl(eventfd)", errno)
+            throw IOError.system("epoll_ctl(eventfd)", errno)
         }
     }
 
@@ -99,17 +99,17 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: Registration (loop thread only)
 
-    func register(_ fd: Int32, _ handler: Selectable, events: UInt32) throws {
+    package func register(_ fd: Int32, _ handler: Selectable, events: UInt32) throws {
         var event = epoll_event()
         event.events = events
         event.data.fd = fd
         guard epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0 else {
-            throw TransportError.system("epoll_ctl(add)", errno)
+            throw IOError.system("epoll_ctl(add)", errno)
         }
         registered[fd] = handler
     }
 
-    func modify(_ fd: Int32, events: UInt32) {
+    package func modify(_ fd: Int32, events: UInt32) {
         var event = epoll_event()
         event.events = events
         event.data.fd = fd
@@ -117,11 +117,11 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Hands a registered descriptor to another handler (a connection that switches protocol).
-    func reassign(_ fd: Int32, to handler: Selectable) {
+    package func reassign(_ fd: Int32, to handler: Selectable) {
         registered[fd] = handler
     }
 
-    func deregister(_ fd: Int32) {
+    package func deregister(_ fd: Int32) {
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)
         registered[fd] = nil
     }
@@ -263,7 +263,7 @@ public struct TimerID: Hashable, Sendable {
 /// A binary min-heap of deadlines. The heap holds plain (deadline, id) pairs, so sifting moves no closures;
 /// a cancelled timer's action is freed at once and its stale heap entry skipped when it surfaces. libcurl
 /// moves its timer on almost every call, so stale entries are compacted away once they outnumber live ones.
-struct TimerHeap {
+package struct TimerHeap {
     private struct Entry {
         var deadline: ContinuousClock.Instant
         var id: UInt64
@@ -351,7 +351,7 @@ struct TimerHeap {
     }
 }
 
-public enum TransportError: Error, CustomStringConvertible {
+public enum IOError: Error, CustomStringConvertible {
     case system(String, Int32)
     case configuration(String)
 

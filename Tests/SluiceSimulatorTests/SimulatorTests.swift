@@ -1,11 +1,12 @@
+import SluiceIO
 import Foundation
 import Logging
 import SluiceTransport
 import SluiceWire
-import Synchronization
 import Testing
 
-@testable import SluiceUpstream
+@testable import SluiceSimulator
+import SluiceUpstream
 
 /// The Anthropic simulator served in-process over h2c and fetched with `curl --http2-prior-knowledge`; its
 /// streams are decoded with SSEParser + AnthropicEvent and rebuilt with MessageAccumulator.
@@ -40,7 +41,7 @@ import Testing
 
     /// Servers are kept alive until the process exits: `shutdown` returns before the event-loop threads have
     /// finished their last iteration, which still reads the server's loop contexts (`[unowned context]`).
-    static let retiredServers = Mutex<[HTTP2Server]>([])
+    static let retiredServers = LockedValue<[HTTP2Server]>([])
 
     /// Runs `body` against a fresh simulator on a free port.
     static func withSimulator<T>(_ body: (AnthropicSimulator, Int) async throws -> T) async throws -> T {

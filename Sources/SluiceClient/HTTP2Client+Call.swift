@@ -1,5 +1,5 @@
+import SluiceIO
 import SluiceWire
-import Synchronization
 
 /// A server-streaming call as an `AsyncSequence` of response message payloads (envelopes
 /// decoded). The sequence ends normally after an OK status and throws `RPCError` otherwise;
@@ -38,7 +38,7 @@ public final class RPCClientCall: AsyncSequence, Sendable {
 /// Bridges loop-thread callbacks to the AsyncThrowingStream and the final status.
 private final class StreamingObserver: RPCClientCallObserver {
     private let continuation: AsyncThrowingStream<[UInt8], any Error>.Continuation
-    private let outcome = Mutex<(status: RPCClientStatus?, waiters: [CheckedContinuation<RPCClientStatus, Never>])>((nil, []))
+    private let outcome = LockedValue<(status: RPCClientStatus?, waiters: [CheckedContinuation<RPCClientStatus, Never>])>((nil, []))
 
     init(continuation: AsyncThrowingStream<[UInt8], any Error>.Continuation) {
         self.continuation = continuation

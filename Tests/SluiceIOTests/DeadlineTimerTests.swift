@@ -1,9 +1,8 @@
+import SluiceIO
 import Dispatch
-import SluiceTransport
-import Synchronization
 import Testing
 
-@testable import SluiceEngine
+@testable import SluiceIO
 
 @Suite struct DeadlineTimerTests {
     @Test func firesAfterTheDelay() async {
@@ -17,7 +16,7 @@ import Testing
     }
 
     @Test func cancelledTimerNeverFires() async {
-        let ran = Mutex(false)
+        let ran = LockedValue(false)
         let cancelled = DeadlineTimer(after: .milliseconds(20)) { ran.withLock { $0 = true } }
         cancelled.cancel()
         // Once a later timer fired, the cancelled one's deadline has passed too.
@@ -57,7 +56,7 @@ import Testing
     /// the deadline passes meanwhile. The loop is held in a task while the cancel is requested and the deadline passes.
     @Test func cancelledFromAnotherThreadItNeverFires() async throws {
         try await withLoop { loop in
-            let ran = Mutex(false)
+            let ran = LockedValue(false)
             let loopHeld = DispatchSemaphore(value: 0)
             let release = DispatchSemaphore(value: 0)
             let cancelled = await Task(executorPreference: loop) { () -> DeadlineTimer in

@@ -1,7 +1,7 @@
-import Synchronization
+import SluiceIO
 import Testing
 
-@testable import SluiceTransport
+@testable import SluiceIO
 
 @Suite struct TimerHeapTests {
     @Test func firesInDeadlineOrderAndSkipsCancelled() {

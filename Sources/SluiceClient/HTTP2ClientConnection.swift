@@ -1,3 +1,4 @@
+import SluiceIO
 import CLinux
 import CNGHTTP2
 import COpenSSL
@@ -55,7 +56,7 @@ final class HTTP2ClientConnection: Selectable {
         var session: OpaquePointer?
         let rv = nghttp2_session_client_new2(&session, callbacks, Unmanaged.passUnretained(self).toOpaque(), nil)
         guard rv == 0, let session else {
-            throw TransportError.configuration("nghttp2_session_client_new2 failed: \(String(cString: nghttp2_strerror(rv)))")
+            throw IOError.configuration("nghttp2_session_client_new2 failed: \(String(cString: nghttp2_strerror(rv)))")
         }
         self.session = session
         var settings = [
@@ -259,7 +260,7 @@ final class HTTP2ClientConnection: Selectable {
                 return
             }
         }
-        let bound = LoopBound(self)
+        let bound = LoopBound(self, loop: loop)
         loop.execute { bound.value.handleEvents(EPOLLIN.rawValue) }
     }
 

@@ -2,11 +2,11 @@ import COpenSSL
 
 /// A server-side OpenSSL context: TLS 1.2 or newer, modern AEAD ciphers only, ALPN `h2` or `http/1.1`.
 public final class TLSContext: @unchecked Sendable {
-    let context: OpaquePointer
+    package let context: OpaquePointer
 
     public init(certificatePath: String, privateKeyPath: String) throws {
         guard let context = SSL_CTX_new(TLS_server_method()) else {
-            throw TransportError.configuration("TLS: cannot create an OpenSSL context: \(Self.lastError())")
+            throw IOError.configuration("TLS: cannot create an OpenSSL context: \(Self.lastError())")
         }
         self.context = context
         _ = sluice_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION)
@@ -19,21 +19,21 @@ public final class TLSContext: @unchecked Sendable {
             "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
             + "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
         guard SSL_CTX_set_cipher_list(context, tls12Ciphers) == 1 else {
-            throw TransportError.configuration("TLS: cipher list rejected: \(Self.lastError())")
+            throw IOError.configuration("TLS: cipher list rejected: \(Self.lastError())")
         }
         _ = sluice_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER))
         guard SSL_CTX_use_certificate_chain_file(context, certificatePath) == 1 else {
-            throw TransportError.configuration(
+            throw IOError.configuration(
                 "TLS: cannot load the certificate chain from \(certificatePath): \(Self.lastError()). Pass a PEM file with --tls-cert."
             )
         }
         guard SSL_CTX_use_PrivateKey_file(context, privateKeyPath, SSL_FILETYPE_PEM) == 1 else {
-            throw TransportError.configuration(
+            throw IOError.configuration(
                 "TLS: cannot load the private key from \(privateKeyPath): \(Self.lastError()). Pass a PEM key with --tls-key."
             )
         }
         guard SSL_CTX_check_private_key(context) == 1 else {
-            throw TransportError.configuration("TLS: the private key does not match the certificate: \(Self.lastError())")
+            throw IOError.configuration("TLS: the private key does not match the certificate: \(Self.lastError())")
         }
         SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, input, inputLength, _ in
             // h2 if the client offers it, else http/1.1; a client offering neither is refused.
@@ -63,7 +63,7 @@ public final class TLSContext: @unchecked Sendable {
         SSL_CTX_free(context)
     }
 
-    static func lastError() -> String {
+    package static func lastError() -> String {
         let code = ERR_get_error()
         guard code != 0 else { return "no OpenSSL error recorded" }
         var buffer = [CChar](repeating: 0, count: 256)

@@ -1,4 +1,3 @@
-import Synchronization
 
 extension EventLoop {
     /// Suspends the calling task until `deadline`. On a loop thread the wait is a timer of that loop, so a task
@@ -40,7 +39,7 @@ private final class LoopSleeper: Sendable {
         var done = false
     }
 
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
 
     /// False if the task was cancelled before it suspended.
     func install(_ continuation: CheckedContinuation<Void, any Error>) -> Bool {

@@ -9,8 +9,8 @@ import Glibc
 /// Output follows nghttpd: frames from `nghttp2_session_mem_send` are gathered into one buffer
 /// and written with one send; what the socket refuses stays buffered, and no new frames are
 /// pulled from nghttp2 until it has drained, so a slow reader bounds the connection's memory.
-final class SessionIO {
-    enum FlushOutcome {
+package final class SessionIO {
+    package enum FlushOutcome {
         /// nghttp2 has nothing more to send and everything is written.
         case idle
         /// The socket is full; EPOLLOUT will call again.
@@ -18,11 +18,11 @@ final class SessionIO {
         case failed(String)
     }
 
-    let fd: Int32
+    package let fd: Int32
     unowned let loop: EventLoop
-    var tls: OpaquePointer?
+    package var tls: OpaquePointer?
     /// True while nghttp2 runs the connection's callbacks: no flushing or closing from in there.
-    var inNGHTTP2Call = false
+    package var inNGHTTP2Call = false
     private var pending: [UInt8] = []
     private var pendingIndex = 0
     private var wantsWritable = false
@@ -30,17 +30,17 @@ final class SessionIO {
     private var released = false
 
     /// Bytes gathered from nghttp2 before they are sent.
-    static let gatherLimit = 64 * 1024
+    package static let gatherLimit = 64 * 1024
 
     /// - Parameter writableInterest: whether `fd` is registered for EPOLLOUT already.
-    init(fd: Int32, loop: EventLoop, writableInterest: Bool = false) {
+    package init(fd: Int32, loop: EventLoop, writableInterest: Bool = false) {
         self.fd = fd
         self.loop = loop
         self.wantsWritable = writableInterest
     }
 
     /// Bytes read; 0 at EOF or after a fatal error; -1 when nothing is available now.
-    func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    package func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         if let tls {
             let rv = SSL_read(tls, buffer.baseAddress, Int32(buffer.count))
             if rv > 0 { return Int(rv) }
@@ -61,7 +61,7 @@ final class SessionIO {
     }
 
     /// Feeds received bytes to nghttp2; returns its error, if any.
-    func deliver(_ bytes: UnsafeRawBufferPointer, to session: OpaquePointer) -> String? {
+    package func deliver(_ bytes: UnsafeRawBufferPointer, to session: OpaquePointer) -> String? {
         inNGHTTP2Call = true
         let consumed = nghttp2_session_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
         inNGHTTP2Call = false
@@ -70,7 +70,7 @@ final class SessionIO {
 
     /// Writes what is buffered, then pulls and writes frames until nghttp2 has none left or the
     /// socket is full.
-    func flush(_ session: OpaquePointer) -> FlushOutcome {
+    package func flush(_ session: OpaquePointer) -> FlushOutcome {
         while true {
             switch writePending() {
             case .idle: break
@@ -94,7 +94,7 @@ final class SessionIO {
 
     /// HTTP/1.1, which has no nghttp2 session: the same loop as `flush(_:)`, with `produce`
     /// appending the next bytes to send (nothing when it has none now).
-    func flush(producing produce: (inout [UInt8]) -> Void) -> FlushOutcome {
+    package func flush(producing produce: (inout [UInt8]) -> Void) -> FlushOutcome {
         while true {
             switch writePending() {
             case .idle: break
@@ -128,7 +128,7 @@ final class SessionIO {
         return .idle
     }
 
-    struct WriteFailure: Error {
+    package struct WriteFailure: Error {
         let message: String
     }
 
@@ -158,14 +158,14 @@ final class SessionIO {
         return .success(offset)
     }
 
-    func setWritableInterest(_ wantWrite: Bool) {
+    package func setWritableInterest(_ wantWrite: Bool) {
         guard wantWrite != wantsWritable, !released else { return }
         wantsWritable = wantWrite
         updateInterest()
     }
 
     /// HTTP/1.1 stops reading while pipelined requests wait, so TCP pushes back on the client.
-    func setReadableInterest(_ wantRead: Bool) {
+    package func setReadableInterest(_ wantRead: Bool) {
         guard wantRead != wantsReadable, !released else { return }
         wantsReadable = wantRead
         updateInterest()
@@ -178,7 +178,7 @@ final class SessionIO {
 
     /// Ends our side of the connection (TLS close_notify, then FIN) while still reading, so a
     /// client still sending gets our last response instead of a reset.
-    func shutdownWrite() {
+    package func shutdownWrite() {
         guard !released else { return }
         if let tls {
             _ = SSL_shutdown(tls)
@@ -188,7 +188,7 @@ final class SessionIO {
     }
 
     /// Deregisters and closes the socket and frees TLS state. Idempotent.
-    func release() {
+    package func release() {
         guard !released else { return }
         released = true
         loop.deregister(fd)

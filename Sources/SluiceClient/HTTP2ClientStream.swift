@@ -1,3 +1,4 @@
+import SluiceIO
 import CNGHTTP2
 import SluiceWire
 

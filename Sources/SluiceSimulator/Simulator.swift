@@ -1,3 +1,4 @@
+import SluiceIO
 import Glibc
 import SluiceTransport
 import SluiceWire
@@ -19,7 +20,7 @@ public final class AnthropicSimulator: Sendable {
     private let requests = Atomic<Int>(0)
     private let requestIDs = Atomic<UInt64>(0)
     private let requestIDBase: UInt64
-    private let attempts: Mutex<AttemptTable>
+    private let attempts: LockedValue<AttemptTable>
 
     public convenience init() {
         self.init(attemptCapacity: 10_000)
@@ -27,7 +28,7 @@ public final class AnthropicSimulator: Sendable {
 
     /// `attemptCapacity`: how many scenarios' attempt counters are kept (least recently used ones go first).
     public init(attemptCapacity: Int) {
-        attempts = Mutex(AttemptTable(capacity: max(1, attemptCapacity)))
+        attempts = LockedValue(AttemptTable(capacity: max(1, attemptCapacity)))
         // Request ids only need to be unique, not reproducible.
         var system = SystemRandomNumberGenerator()
         requestIDBase = system.next()

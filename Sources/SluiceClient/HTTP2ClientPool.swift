@@ -1,3 +1,4 @@
+import SluiceIO
 import CLinux
 import Glibc
 import SluiceWire
@@ -123,7 +124,7 @@ struct SocketAddress {
         var result: UnsafeMutablePointer<addrinfo>?
         let rv = getaddrinfo(host, String(port), &hints, &result)
         guard rv == 0 else {
-            throw TransportError.configuration("cannot resolve \(host): \(String(cString: gai_strerror(rv)))")
+            throw IOError.configuration("cannot resolve \(host): \(String(cString: gai_strerror(rv)))")
         }
         defer { freeaddrinfo(result) }
         var addresses: [SocketAddress] = []
@@ -135,7 +136,7 @@ struct SocketAddress {
             ))
             next = info.pointee.ai_next
         }
-        guard !addresses.isEmpty else { throw TransportError.configuration("cannot resolve \(host): no addresses") }
+        guard !addresses.isEmpty else { throw IOError.configuration("cannot resolve \(host): no addresses") }
         return addresses
     }
 }
