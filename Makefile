@@ -1,9 +1,10 @@
 # Sluice: build, run and test.
-#   make deps    install missing Debian packages (apt-get; sudo only when not root)
+#   make deps    install the Debian packages that building and serving need (apt-get; sudo only when not root)
+#   make test-deps  deps plus what only the tests use (h2load/nghttp, curl, openssl, Chromium, python3-venv)
 #   make build   release build of the sluice executable
 #   make run     deps + build + `sluice serve $(ARGS)`, e.g. make run ARGS="--port 9000"
 #   make venv    .venv with the pinned interop test requirements
-#   make test    deps + debug build + swift test + venv + interop tests (pytest Tests/Interop) + fuzz smoke + deploy checks + test-tsan
+#   make test    test-deps + debug build + swift test + venv + interop tests (pytest Tests/Interop) + fuzz smoke + deploy checks + test-tsan
 #   make chaos   1,000 streams with random upstream faults (CHAOS_STREAMS, CHAOS_SEED); make test runs 200
 #   make soak    Benchmarks/soak/run.sh: 100,000 streams, server memory and descriptors → RESULTS.md
 #   make test-tsan  the concurrent code's tests under ThreadSanitizer
@@ -16,7 +17,10 @@ REQUIREMENTS := Tests/Interop/requirements.txt
 # The binary the interop tests start; override with SLUICE_BIN=/path/to/sluice.
 SLUICE_BIN ?= $(CURDIR)/.build/debug/sluice
 ARGS ?=
-APT_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev nghttp2-client curl openssl libhttp-parser-dev libjs-marked libjs-highlight.js node-dompurify chromium chromium-driver
+# Building and serving: the C libraries, and the console's JavaScript libraries read at run time.
+SERVE_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev libhttp-parser-dev libjs-marked libjs-highlight.js node-dompurify
+# Only the tests: real clients (h2load, nghttp, curl), certificates (openssl), the console's browser.
+TEST_PACKAGES := nghttp2-client curl openssl chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEPLOY_VENV := .venv-deploy
@@ -26,14 +30,15 @@ FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := .build-fuzz
 
-.PHONY: deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos soak test-tsan hostile
+.PHONY: deps test-deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos soak test-tsan hostile
 
-deps:
+# Installs whichever of $(1) are missing (and python3-venv when $(2) is "venv" and Python lacks it).
+define install-missing
 	@missing=""; \
-	for package in $(APT_PACKAGES); do \
+	for package in $(1); do \
 	  dpkg -s "$$package" >/dev/null 2>&1 || missing="$$missing $$package"; \
 	done; \
-	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 && ! dpkg -s python3-venv >/dev/null 2>&1; then \
+	if [ "$(2)" = venv ] && ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 && ! dpkg -s python3-venv >/dev/null 2>&1; then \
 	  missing="$$missing python3-venv"; \
 	fi; \
 	if [ -n "$$missing" ]; then \
@@ -41,6 +46,13 @@ deps:
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:
+	$(call install-missing,$(SERVE_PACKAGES),)
+
+test-deps:
+	$(call install-missing,$(SERVE_PACKAGES) $(TEST_PACKAGES),venv)
 
 build:
 	swift build -c release --product sluice
@@ -57,7 +69,7 @@ $(VENV)/.requirements-installed: $(REQUIREMENTS)
 
 # Serial: some tests time live streams (pings, idle timeouts), and CPU-heavy tests running beside
 # them on a 2-core machine can starve Swift's cooperative pool for seconds.
-test: deps
+test: test-deps
 	swift build
 	swift test --no-parallel
 	$(MAKE) venv
@@ -75,7 +87,7 @@ $(DEPLOY_VENV)/.requirements-installed: $(DEPLOY_REQUIREMENTS)
 
 # Checks of deploy/: hadolint, Kubernetes and Compose schemas, ldd vs. the image's runtime packages,
 # probes against the release binary (built the Dockerfile's way into .build-deploy-static).
-test-deploy: deps deploy-venv
+test-deploy: test-deps deploy-venv
 	$(DEPLOY_VENV)/bin/python -m pytest Tests/Deploy
 
 # libFuzzer (with AddressSanitizer) on the parsers of untrusted bytes, FUZZ_SECONDS each, starting from
@@ -103,14 +115,14 @@ fuzz-smoke:
 
 # The full chaos run of Tests/Interop/test_chaos.py; a failure names its seed: make chaos CHAOS_SEED=….
 CHAOS_STREAMS ?= 1000
-chaos: deps
+chaos: test-deps
 	swift build
 	$(MAKE) venv
 	SLUICE_CHAOS=full SLUICE_CHAOS_STREAMS=$(CHAOS_STREAMS) $(if $(CHAOS_SEED),SLUICE_CHAOS_SEED=$(CHAOS_SEED)) \
 	  SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest -s Tests/Interop/test_chaos.py::test_chaos_full
 
 # Release build, 100,000 streams, writes Benchmarks/soak/RESULTS.md (several minutes).
-soak: deps
+soak: test-deps
 	Benchmarks/soak/run.sh
 
 # ThreadSanitizer on the tests of concurrent code: transport, engine, upstream client and simulator
@@ -119,14 +131,14 @@ soak: deps
 # fails the run: TSan makes the test process exit non-zero.
 TSAN_BUILD := .build-tsan
 TSAN_TESTS := SluiceTransportTests|SluiceEngineTests|SluiceUpstreamTests.UpstreamClientTests|SluiceUpstreamTests.SimulatorTests
-test-tsan: deps
+test-tsan: test-deps
 	swift build --build-tests --sanitize=thread -Xswiftc -DSLUICE_TSAN --scratch-path $(TSAN_BUILD)
 	swift test --skip-build --no-parallel --sanitize=thread -Xswiftc -DSLUICE_TSAN --scratch-path $(TSAN_BUILD) \
 	  --filter '$(TSAN_TESTS)'
 
 # The hostile HTTP/2 clients at full length (100,000 rapid resets, 10,000 idle connections, 4,000
 # never-read streams, …); `make test` runs the short versions. Prints each attack's figures.
-hostile: deps
+hostile: test-deps
 	swift build
 	$(MAKE) venv
 	HOSTILE_SCALE=full SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest Tests/Interop/test_hostile.py -s --timeout 900
