@@ -179,23 +179,13 @@ struct StreamAttempts {
         return reason
     }
 
-    /// The status a client sees when the upstream failed for good.
+    /// The status a client sees when the upstream failed for good (the mapping is `UpstreamFailure.grpcStatus`).
     static func finalError(_ failure: UpstreamFailure, attempts: Int) -> RPCError {
-        let code: StatusCode =
-            switch (failure.kind, failure.httpStatus) {
-            case (.httpStatus, 429?): .resourceExhausted
-            case (.httpStatus, 400?), (.httpStatus, 413?): .invalidArgument
-            case (.httpStatus, 401?): .internal
-            case (.httpStatus, 403?): .permissionDenied
-            case (.httpStatus, 404?): .notFound
-            case (.invalidResponse, _): .internal
-            default: .unavailable
-            }
         var message = "the upstream failed"
         message += attempts > 1 ? " after \(attempts) attempts: " : ": "
         message += failure.message
         if let requestID = failure.requestID { message += " (upstream request-id \(requestID))" }
-        return RPCError(code, message)
+        return RPCError(failure.grpcStatus, message)
     }
 }
 

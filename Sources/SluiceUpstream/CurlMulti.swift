@@ -1,7 +1,6 @@
 import SluiceIO
 import CCurl
 import CLinux
-import Dispatch
 import Glibc
 import Logging
 import SluiceWire
@@ -15,9 +14,9 @@ private let curlGlobalInitResult: CURLcode = curl_global_init(Int(CURL_GLOBAL_DE
 /// (`curl_multi_perform` walks every transfer every time), and on a server loop an upstream event reaches the
 /// stream's job and its client's connection without leaving the thread.
 ///
-/// Threading: everything but `submit`, `cancel`, `shutdown` and the atomics is confined to the loop's thread;
-/// those three hand their work to the loop with `execute`. Once the loop has exited, `shutdown` cleans up on the
-/// caller's thread instead.
+/// Threading: everything but `submit`, `cancel`, the two shutdowns and the atomics is confined to the loop's thread;
+/// those hand their work to the loop with `execute`. Once the loop has exited, a shutdown cleans up on the caller's
+/// thread instead.
 final class CurlMulti: @unchecked Sendable {
     let configuration: UpstreamConfiguration
     let logger: Logger
@@ -113,20 +112,35 @@ final class CurlMulti: @unchecked Sendable {
         }
     }
 
-    /// Aborts every transfer and cleans up the multi handle (closing its connections), on the loop while it runs,
-    /// else here (a loop that has not started yet must not start afterwards). Returns when that is done. Must not be called on the loop's own thread.
-    func shutdown() {
-        guard lifecycle.withLock({ state in
+    /// Aborts every transfer and cleans up the multi handle (closing its connections): on the loop while it runs,
+    /// else here (a loop that has not started yet must not start afterwards). The first call returns once that is
+    /// done; later calls return at once.
+    func shutdown() async {
+        guard beginStopping() else { return }
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            closeOnLoop { done.resume() }
+        }
+    }
+
+    /// Starts `shutdown` without waiting for it to finish: for `UpstreamClient.deinit`, which must not block.
+    func startShutdown() {
+        guard beginStopping() else { return }
+        closeOnLoop {}
+    }
+
+    /// True for the first caller: new submissions fail from now on.
+    private func beginStopping() -> Bool {
+        lifecycle.withLock { state in
             defer { if state == .running { state = .stopping } }
             return state == .running
-        }) else { return }
-        let done = DispatchSemaphore(value: 0)
-        // A loop that never started (or has exited) will not run anything: clean up here.
-        if !loop.isRunning || !loop.execute({ self.close(); done.signal() }) {
-            close()
-            done.signal()
         }
-        done.wait()
+    }
+
+    private func closeOnLoop(then done: @escaping @Sendable () -> Void) {
+        // A loop that never started (or has exited) will not run anything: clean up here.
+        if loop.isRunning, loop.execute({ self.close(); done() }) { return }
+        close()
+        done()
     }
 
     // MARK: Loop thread

@@ -153,8 +153,11 @@ public final class UpstreamClient: Sendable {
         self.ownLoop = ownLoop
     }
 
+    /// Without `shutdown` first: the multi handles close on their loops without anyone waiting for them (then this
+    /// client's own loop, if any, exits).
     deinit {
-        shutdown()
+        for multi in multis { multi.startShutdown() }
+        ownLoop?.stop()
     }
 
     /// Starts `POST {baseURL}/v1/messages` with `body` (JSON bytes; must contain `"stream": true`).
@@ -183,10 +186,10 @@ public final class UpstreamClient: Sendable {
     /// Transfers aborted because their consumer fell `maxBufferedBytes` behind.
     public var slowConsumerAborts: Int { multis.reduce(0) { $0 + $1.slowConsumerAborts.load(ordering: .relaxed) } }
 
-    /// Aborts every transfer (their streams throw `.cancelled`) and closes the connections. Idempotent; later
-    /// `streamMessage` calls fail immediately with `.cancelled`. Not to be called on one of the client's loops.
-    public func shutdown() {
-        for multi in multis { multi.shutdown() }
+    /// Aborts every transfer (their streams throw `.cancelled`) and closes the connections; returns once that is
+    /// done. Idempotent; later `streamMessage` calls fail immediately with `.cancelled`.
+    public func shutdown() async {
+        for multi in multis { await multi.shutdown() }
         ownLoop?.stop()
     }
 }

@@ -251,7 +251,7 @@ struct Serve: AsyncParsableCommand {
         let trimmer = Task { await Self.returnMemoryWhenIdle(engine: engine, upstream: upstream) }
         await server.runUntilSignalled(drainTimeout: drainTimeout.duration, logger: logger)
         trimmer.cancel()
-        upstream.shutdown()
+        await upstream.shutdown()
         await simulatorServer?.shutdown(drainTimeout: .zero)
         logger.notice("stopped")
     }

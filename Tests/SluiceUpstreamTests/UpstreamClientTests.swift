@@ -12,6 +12,8 @@ import Testing
 /// The libcurl client against in-process HTTP/2 servers: hand-written fixtures for exact byte-level cases, and the
 /// Anthropic simulator for the scenarios it models.
 private let retainedServers = LockedValue<[HTTP2Server]>([])
+/// The clients `client(_:)` made for each server, shut down when its `withServer` ends (a `defer` cannot await).
+private let clientsByServer = LockedValue<[ObjectIdentifier: [UpstreamClient]]>([:])
 
 @Suite(.serialized) struct UpstreamClientTests {
     static let fakeKey = "sk-ant-api03-SLUICETESTKEY-0123456789abcdef"
@@ -46,14 +48,16 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
         // HTTP2Server's connections and streams hold it `unowned`; a handler task finishing after the server
         // object is gone would trap, so test servers stay allocated for the whole run.
         retainedServers.withLock { $0.append(server) }
+        let result: Result<T, any Error>
         do {
-            let result = try await body(server)
-            await server.shutdown(drainTimeout: .milliseconds(100))
-            return result
+            result = .success(try await body(server))
         } catch {
-            await server.shutdown(drainTimeout: .milliseconds(100))
-            throw error
+            result = .failure(error)
         }
+        let clients = clientsByServer.withLock { $0.removeValue(forKey: ObjectIdentifier(server)) ?? [] }
+        for client in clients { await client.shutdown() }
+        await server.shutdown(drainTimeout: .milliseconds(100))
+        return try result.get()
     }
 
     static func client(
@@ -65,7 +69,9 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             configuration.caBundlePath = try TestCertificate.shared.get().certificate
         }
         tweak(&configuration)
-        return try UpstreamClient(configuration: configuration)
+        let client = try UpstreamClient(configuration: configuration)
+        clientsByServer.withLock { $0[ObjectIdentifier(server), default: []].append(client) }
+        return client
     }
 
     static let requestBody = Array(#"{"model":"claude-test","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#.utf8)
@@ -131,7 +137,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             for event in Self.textStream(["Hello", ", ", "world"]) { try await writer.write(Array(event.utf8)) }
         }) { server in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let stream = client.streamMessage(body: Self.requestBody, headers: [
                 ("sluice-simulation", #"{"seed":1}"#), ("x-api-key", "caller-must-not-override"),
                 ("Anthropic-Beta", "test-beta"),
@@ -171,7 +176,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             for event in Self.textStream(["x"]) { try await writer.write(Array(event.utf8)) }
         }) { server in
             let client = try Self.client(server, apiKey: nil)
-            defer { client.shutdown() }
             let (_, failure) = await Self.collect(client.streamMessage(body: Self.requestBody, headers: []))
             #expect(failure == nil)
             #expect(recorder.last?.header("x-api-key") == nil)
@@ -192,7 +196,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             }
         }) { server in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let (events, failure) = await Self.collect(client.streamMessage(body: Self.requestBody, headers: []))
             #expect(failure == nil)
             var accumulator = MessageAccumulator()
@@ -209,7 +212,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             try? await Task.sleep(for: .seconds(5))
         }) { server in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let (events, failure) = await Self.collect(client.streamMessage(body: Self.requestBody, headers: []))
             #expect(events.count == 1)
             #expect(failure?.kind == .invalidResponse)
@@ -225,7 +227,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             try await writer.write(Array(#"{"type":"message"}"#.utf8))
         }) { server in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let (_, failure) = await Self.collect(client.streamMessage(body: Self.requestBody, headers: []))
             #expect(failure?.kind == .invalidResponse)
         }
@@ -237,7 +238,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             for event in Self.textStream(["partial"]).prefix(4) { try await writer.write(Array(event.utf8)) }
         }) { server in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let (events, failure) = await Self.collect(client.streamMessage(body: Self.requestBody, headers: []))
             #expect(events.count == 4)
             #expect(failure?.kind == .streamEndedEarly)
@@ -253,7 +253,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             throw HTTPStreamReset()
         }) { server in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let stream = client.streamMessage(body: Self.requestBody, headers: [])
             let (_, failure) = await Self.collect(stream)
             #expect(failure?.kind == .connectionReset)
@@ -268,12 +267,12 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
         let client = try UpstreamClient(configuration: UpstreamConfiguration(
             baseURL: "http://127.0.0.1:\(port)", apiKey: Self.plainFakeKey
         ))
-        defer { client.shutdown() }
         let (_, failure) = await Self.collect(client.streamMessage(body: Self.requestBody, headers: []))
         #expect(failure?.kind == .connectionFailed)
         #expect(failure?.retryable == true)
         #expect(failure.map { !"\($0)".contains(Self.plainFakeKey) } == true)
         #expect(client.openTransfers == 0)
+        await client.shutdown()
     }
 
     @Test func slowConsumerIsAbortedAtTheBufferCap() async throws {
@@ -283,7 +282,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             for event in Self.textStream(Array(repeating: big, count: 200)) { try await writer.write(Array(event.utf8)) }
         }) { server in
             let client = try Self.client(server) { $0.maxBufferedBytes = 32 << 10 }
-            defer { client.shutdown() }
             let stream = client.streamMessage(body: Self.requestBody, headers: [])
             var iterator = stream.makeAsyncIterator()
             _ = try await iterator.next()
@@ -320,7 +318,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             }
         }) { server in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             do {
                 let stream = client.streamMessage(body: Self.requestBody, headers: [])
                 for try await event in stream {
@@ -339,7 +336,6 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             try await Task.sleep(for: .seconds(30))
         }) { server in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let task = Task {
                 await Self.collect(client.streamMessage(body: Self.requestBody, headers: [])).failure
             }
@@ -360,10 +356,25 @@ private let retainedServers = LockedValue<[HTTP2Server]>([])
             let client = try Self.client(server)
             let stream = client.streamMessage(body: Self.requestBody, headers: [])
             #expect(await Self.eventually { client.openTransfers == 1 })
-            client.shutdown()
+            await client.shutdown()
             #expect(client.openTransfers == 0)
             #expect(await Self.collect(stream).failure?.kind == .cancelled)
             #expect(await Self.collect(client.streamMessage(body: Self.requestBody, headers: [])).failure?.kind == .cancelled)
+        }
+    }
+
+    @Test func droppingTheClientWithoutShutdownAbortsItsTransfers() async throws {
+        try await Self.withSimulator { server, simulator in
+            var client: UpstreamClient? = try UpstreamClient(configuration: UpstreamConfiguration(
+                baseURL: "http://127.0.0.1:\(server.port)", apiKey: Self.fakeKey
+            ))
+            let stream = try #require(client).streamMessage(
+                body: Self.simulatorBody(), headers: [("sluice-simulation", #"{"output_tokens":2000,"token_interval_ms":10}"#)]
+            )
+            #expect(await Self.eventually { client?.openTransfers == 1 })
+            client = nil // its deinit hands the shutdown to the loop without waiting
+            #expect(await Self.collect(stream).failure?.kind == .cancelled)
+            #expect(await Self.eventually { simulator.activeStreams == 0 })
         }
     }
 
@@ -485,7 +496,6 @@ extension UpstreamClientTests {
     func simulatorStreamMatchesTheNonStreamedMessage(_ scenario: String) async throws {
         try await Self.withSimulator { server, simulator in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let body = Self.simulatorBody()
             let stream = client.streamMessage(body: body, headers: [("sluice-simulation", scenario)])
             let (events, failure) = await Self.collect(stream)
@@ -548,7 +558,6 @@ extension UpstreamClientTests {
         for key in [Self.fakeKey, Self.plainFakeKey] {
             try await Self.withSimulator { server, simulator in
                 let client = try Self.client(server, apiKey: key) { $0.idleTimeout = .milliseconds(300) }
-                defer { client.shutdown() }
                 let stream = client.streamMessage(body: Self.simulatorBody(), headers: [("sluice-simulation", fault.scenario)])
                 let (_, caught) = await Self.collect(stream)
                 let failure = try #require(caught)
@@ -575,7 +584,6 @@ extension UpstreamClientTests {
                 $0.firstByteTimeout = .milliseconds(300)
                 $0.idleTimeout = .milliseconds(100) // must not apply before the first output
             }
-            defer { client.shutdown() }
             let started = ContinuousClock.now
             let (events, failure) = await Self.collect(client.streamMessage(
                 body: Self.simulatorBody(),
@@ -600,7 +608,6 @@ extension UpstreamClientTests {
     @Test func pingsAloneDoNotKeepAStalledStreamAlive() async throws {
         try await Self.withSimulator { server, simulator in
             let client = try Self.client(server) { $0.idleTimeout = .milliseconds(400) }
-            defer { client.shutdown() }
             let started = ContinuousClock.now
             let scenario = #"{"ping_interval_ms":30,"token_interval_ms":5,"fault":{"kind":"stall","after_events":6,"keep_alive":true}}"#
             let (events, failure) = await Self.collect(client.streamMessage(
@@ -621,7 +628,6 @@ extension UpstreamClientTests {
     func cancellingMidStreamFreesTheTransferAndResetsTheStream(tls: Bool) async throws {
         try await Self.withSimulator(tls: tls) { server, simulator in
             let client = try Self.client(server)
-            defer { client.shutdown() }
             let scenario = #"{"output_tokens":2000,"token_interval_ms":10}"#
             do {
                 var received = 0
@@ -682,7 +688,7 @@ extension UpstreamClientTests {
             #expect(await Self.eventually { client.openTransfers == 0 })
             // Cancelled streams are reset at the server: at once while other streams share the connection
             // (their traffic carries the RST_STREAM), at the latest when the client closes its connections.
-            client.shutdown()
+            await client.shutdown()
             #expect(await Self.eventually { simulator.activeStreams == 0 })
             #expect(simulator.abortedStreams == count / 4)
         }
@@ -694,11 +700,11 @@ extension UpstreamClientTests {
             let client = try UpstreamClient(configuration: UpstreamConfiguration(
                 baseURL: "https://localhost:\(server.port)", apiKey: Self.plainFakeKey, caBundlePath: "/dev/null"
             ))
-            defer { client.shutdown() }
             let (_, failure) = await Self.collect(client.streamMessage(body: Self.simulatorBody(), headers: []))
             #expect(failure?.kind == .connectionFailed)
             #expect(failure?.retryable == false)
             #expect(failure.map { !"\($0)".contains(Self.plainFakeKey) } == true)
+            await client.shutdown()
         }
     }
 }

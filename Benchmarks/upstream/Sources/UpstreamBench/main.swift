@@ -308,7 +308,7 @@ func run(_ options: Options) async throws {
     }
     let lingering = try await openTransfers(after: 1)
     let leaked = try await openTransfers(after: options.int("settle-seconds", 5))
-    client.shutdown()
+    await client.shutdown()
 
     let events = results.reduce(0) { $0 + $1.events }
     let outputTokens = results.reduce(0) { $0 + $1.outputTokens }

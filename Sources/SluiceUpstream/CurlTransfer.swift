@@ -1,9 +1,9 @@
 import SluiceIO
 import CCurl
 import Glibc
-import SluiceWire
 
-/// One Messages API call: its easy handle and the response parsing state.
+/// One Messages API call: its easy handle, its response head, and the I/O, deadline and backpressure policy around
+/// the `AnthropicStreamDecoder` that reads its body.
 ///
 /// Created on the caller's thread, then touched only on its multi handle's event loop (configure, callbacks, completion);
 /// other threads use it only as an identity for cancellation. libcurl's callbacks find it through the
@@ -27,10 +27,10 @@ final class CurlTransfer: @unchecked Sendable {
     private var headers: [(String, String)] = []
     private var headerBytes = 0
     private(set) var responseHead: UpstreamResponseHead?
-    private var parser = SSEParser()
+    /// Reads the body of a 2xx response; replaced when its head arrives, to know its `request-id`.
+    private var decoder = AnthropicStreamDecoder(requestID: nil)
     private var errorBody: [UInt8] = []
     private var maxErrorBodyBytes = 0
-    private var sawMessageStop = false
     /// When `message_stop` arrived: the call is complete even if libcurl has not yet seen the end of the stream.
     private(set) var messageStopAt: ContinuousClock.Instant?
     /// The loop timer that will look at this transfer's deadline, and when (managed by `CurlMulti`).
@@ -233,6 +233,7 @@ final class CurlTransfer: @unchecked Sendable {
                     requestID: head.requestID
                 ))
             }
+            if (200..<300).contains(status) { decoder = AnthropicStreamDecoder(requestID: head.requestID) }
             return bytes.count
         }
         headerBytes += bytes.count
@@ -257,42 +258,14 @@ final class CurlTransfer: @unchecked Sendable {
             return bytes.count
         }
         // After message_stop the call is complete; whatever follows (normally nothing) is ignored.
-        if sawMessageStop { return bytes.count }
+        if decoder.end != nil { return bytes.count }
         // The consumer is gone: take nothing more; its cancellation, queued behind this callback, removes the handle.
         if channel.isClosed { return bytes.count }
 
-        let events: [SSEEvent]
-        do throws(SSEParserError) {
-            events = try parser.feed(bytes)
-        } catch {
-            return fail(UpstreamFailure(
-                .invalidResponse, message: "malformed event stream from the Anthropic API: \(error)",
-                requestID: head.requestID
-            ))
-        }
-        // Bytes that complete no event are progress (an event still arriving); a chunk whose only complete
-        // events are pings is not, so a stream kept open by pings alone still hits the idle timeout.
-        var progressed = events.isEmpty
-        for sse in events {
-            let event: AnthropicEvent
-            do throws(AnthropicDecodingError) {
-                event = try AnthropicEvent.decode(sse)
-            } catch {
-                return fail(UpstreamFailure(.invalidResponse, message: error.description, requestID: head.requestID))
-            }
-            switch event {
-            case .ping:
-                break
-            case .messageStart:
-                // Sent as soon as the request is accepted; the model's first output may be far later.
-                progressed = true
-            case .error(let type, let message, let requestID):
-                return fail(.errorEvent(type: type, message: message, requestID: requestID ?? head.requestID))
-            default:
-                progressed = true
-                noteOutput()
-            }
-            switch channel.yield(event, bytes: sse.data.utf8.count + sse.event.utf8.count) {
+        let output = decoder.feed(bytes)
+        if output.firstOutput { noteOutput() }
+        for decoded in output.events {
+            switch channel.yield(decoded.event, bytes: decoded.size) {
             case .accepted:
                 break
             case .overflow:
@@ -307,15 +280,18 @@ final class CurlTransfer: @unchecked Sendable {
             case .closed:
                 return 0
             }
-            if case .messageStop = event {
-                sawMessageStop = true
-                messageStopAt = .now
-                deadlineMovedEarlier?()
-                channel.finish(.success(()))
-                break
-            }
         }
-        if progressed { lastProgress = ContinuousClock.now }
+        switch output.end {
+        case .failed(let failure)?:
+            return fail(failure)
+        case .complete?:
+            messageStopAt = .now
+            deadlineMovedEarlier?()
+            channel.finish(.success(()))
+        case nil:
+            break
+        }
+        if output.progressed { lastProgress = ContinuousClock.now }
         return bytes.count
     }
 
@@ -331,17 +307,12 @@ final class CurlTransfer: @unchecked Sendable {
     /// How the call ended, given libcurl's result for the transfer.
     func outcome(code: CURLcode) -> Result<Void, UpstreamFailure> {
         if let failure { return .failure(failure) }
-        if sawMessageStop { return .success(()) }
-        let requestID = responseHead?.requestID
+        if decoder.end == .complete { return .success(()) }
         if let head = responseHead, !(200..<300).contains(head.status) {
             return .failure(.http(status: head.status, body: errorBody, headers: head.headers))
         }
-        if code == CURLE_OK {
-            return .failure(UpstreamFailure(
-                .streamEndedEarly, message: "Anthropic API stream ended before message_stop", requestID: requestID
-            ))
-        }
-        return .failure(classify(code, requestID: requestID))
+        if code == CURLE_OK, case .failed(let truncated) = decoder.finish() { return .failure(truncated) }
+        return .failure(classify(code, requestID: responseHead?.requestID))
     }
 
     private func classify(_ code: CURLcode, requestID: String?) -> UpstreamFailure {

@@ -97,13 +97,26 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
         return UpstreamFailure(.errorEvent, message: text, errorType: type, requestID: requestID)
     }
 
-    /// The status to end our client's call with.
+    /// The status that ends our client's call when the upstream failed for good: the one mapping from upstream
+    /// failure to gRPC status (`StreamAttempts.finalError` uses it). A mid-stream `error` event maps like the HTTP
+    /// status the API documents for its type (`errorTypeStatus`).
     ///
-    /// Transient upstream trouble (5xx, 529, overload, connection loss, stalls) is UNAVAILABLE, which gRPC
-    /// clients may retry; 429 is RESOURCE_EXHAUSTED; a rejected request keeps its meaning (INVALID_ARGUMENT,
-    /// PERMISSION_DENIED, NOT_FOUND). 401 and 402 concern Sluice's own key and account, which the client can't
-    /// fix, so they are INTERNAL (the message tells the operator what to check). A garbled upstream response
-    /// is INTERNAL; an unknown error type is UNKNOWN.
+    /// | Upstream failure                                                  | gRPC status        | Why                              |
+    /// |-------------------------------------------------------------------|--------------------|----------------------------------|
+    /// | connection failed or reset, stream ended early, first-byte or     | UNAVAILABLE        | transient: callers may retry     |
+    /// | idle timeout, 408, any 5xx (500 api_error, 504 timeout_error,     |                    |                                  |
+    /// | 529 overloaded_error)                                             |                    |                                  |
+    /// | 429 rate_limit_error                                              | RESOURCE_EXHAUSTED | a quota: retry after backing off |
+    /// | 400 invalid_request_error, 413 request_too_large, any other 4xx   | INVALID_ARGUMENT   | can never succeed as sent        |
+    /// | 401 authentication_error, 402 billing_error                       | INTERNAL           | Sluice's own key and account,    |
+    /// |                                                                   |                    | which the caller can't fix (and  |
+    /// |                                                                   |                    | UNAUTHENTICATED means its token) |
+    /// | 403 permission_error                                              | PERMISSION_DENIED  |                                  |
+    /// | 404 not_found_error                                               | NOT_FOUND          | e.g. an unknown model            |
+    /// | 409                                                               | ABORTED            | a conflict: retry at a higher level |
+    /// | garbled response (malformed stream or event)                      | INTERNAL           |                                  |
+    /// | cancelled by the consumer                                         | CANCELLED          |                                  |
+    /// | unknown error type, status outside 4xx and 5xx                    | UNKNOWN            |                                  |
     public var grpcStatus: StatusCode {
         switch kind {
         case .connectionFailed, .connectionReset, .streamEndedEarly, .idleTimeout, .firstByteTimeout: .unavailable

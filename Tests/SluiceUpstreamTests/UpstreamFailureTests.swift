@@ -2,7 +2,7 @@ import Testing
 import SluiceUpstream
 import SluiceWire
 
-@Suite struct UpstreamErrorTests {
+@Suite struct UpstreamFailureTests {
     static func body(_ type: String, _ message: String, requestID: String? = nil) -> [UInt8] {
         var json: JSONValue = ["type": "error", "error": ["type": .string(type), "message": .string(message)]]
         if let requestID, case .object(var object) = json {
