@@ -1,5 +1,6 @@
 import SluiceIO
 import SluiceWire
+import Synchronization
 
 /// Takes an attached client's events without waiting: the fast path from the job to the client.
 public protocol StreamEventSink: Sendable {
@@ -15,6 +16,13 @@ public protocol StreamEventSink: Sendable {
 ///
 /// A subscriber with a sink gets each new event pushed into it by `emit` while its task is parked
 /// in `next` with nothing left to deliver, so the common case costs no task switch per event.
+///
+/// A `HandOff` whose load is what the attached client has still to read, whose producer is the job
+/// (`waitForReader`) and whose consumer is the subscriber's task (`next`). The push runs outside the
+/// lock (the sink takes the client's outbound lock, which wakes its loop): one push is in flight at a
+/// time, claimed under the lock and counted as accepted; `pushState` says when it is over. Whoever finds
+/// it still in flight (a concurrent emit, `finish`, a waking subscriber) leaves the rest to the pusher,
+/// which comes back under the lock, so events still reach the client in seq order, each once.
 public final class StreamChannel: Sendable {
     public enum Item: Sendable, Equatable {
         /// `emittedAt`: when the job emitted it.
@@ -23,7 +31,7 @@ public final class StreamChannel: Sendable {
         case end(RPCError?)
     }
 
-    private struct State {
+    private struct Replay: Sendable {
         var events: [(seq: Int, bytes: [UInt8], emittedAt: ContinuousClock.Instant)] = []
         var head = 0
         var bufferedBytes = 0
@@ -32,38 +40,62 @@ public final class StreamChannel: Sendable {
         var subscriber: Subscriber?
         var generation = 0
         var detachedSince: ContinuousClock.Instant? = .now
-        /// The job, waiting in `waitForReader` for the attached client to catch up.
-        var producerWaiter: CheckedContinuation<Void, Never>?
+        /// The push claimed by an emitter and not yet known to be over (see `pushState`).
+        var push: Push?
 
-        /// Takes the producer's continuation if the client has caught up enough (or is gone).
-        mutating func producerMayGo(threshold: Int) -> CheckedContinuation<Void, Never>? {
-            guard producerWaiter != nil, (subscriber?.unreadBytes ?? 0) <= threshold || outcome != nil else { return nil }
-            defer { producerWaiter = nil }
-            return producerWaiter
+        /// The buffered event `seq`, if it is still buffered.
+        func event(_ seq: Int) -> (seq: Int, bytes: [UInt8], emittedAt: ContinuousClock.Instant)? {
+            guard let first = events[safe: head]?.seq, seq >= first, seq < nextSeq else { return nil }
+            return events[head + seq - first]
         }
     }
 
-    private struct Subscriber {
+    private struct Subscriber: Sendable {
         let generation: Int
-        var continuation: CheckedContinuation<Void, Never>?
         let sink: (any StreamEventSink)?
         /// The last seq this subscriber has had, pushed to its sink or returned by `next`.
         var delivered = 0
         /// The subscriber's task waits in `next` with everything delivered: `emit` may push.
         var parked = false
         /// The last seq the client is known to have: pushed to its sink, or named by `next`/`poll` as its cursor.
+        /// Bytes of buffered events after it are the hand-off's load.
         var acknowledged = 0
-        /// Bytes of buffered events after `acknowledged`: what the client still has to read.
-        var unreadBytes = 0
+    }
+
+    /// An event being offered to a sink outside the lock, counted as delivered until refused.
+    private struct Push: Sendable {
+        let generation: Int
+        let seq: Int
+        let acknowledgedBefore: Int
+    }
+
+    /// What to offer to a sink once the lock is released.
+    private struct PushAction: Sendable {
+        let sink: any StreamEventSink
+        let bytes: [UInt8]
+        let emittedAt: ContinuousClock.Instant
+    }
+
+    /// `Replay.push`'s progress, for the pusher to report without the lock: idle, in flight, or in flight
+    /// with someone waiting for it to come back under the lock.
+    private enum PushState {
+        static let idle = 0
+        static let inFlight = 1
+        static let awaited = 2
     }
 
     public let streamID: String
     public let maxBufferedBytes: Int
-    private let state = LockedValue(State())
+    /// The producer waits while its attached client has more than half the buffer to read, until a quarter.
+    private let handOff: HandOff<Replay, Never>
+    private let pushState = Atomic<Int>(PushState.idle)
 
     public init(streamID: String, maxBufferedBytes: Int) {
         self.streamID = streamID
         self.maxBufferedBytes = maxBufferedBytes
+        handOff = HandOff(
+            Replay(), machine: HandOffStateMachine(capacity: maxBufferedBytes / 2, producerResumesAt: maxBufferedBytes / 4)
+        )
     }
 
     // MARK: Producer (the job)
@@ -71,86 +103,135 @@ public final class StreamChannel: Sendable {
     /// Records an event; returns its seq.
     @discardableResult
     public func emit(_ event: StreamEvent) -> Int {
-        let (waiter, seq) = state.withLock { state -> (CheckedContinuation<Void, Never>?, Int) in
-            guard state.outcome == nil else { return (nil, state.nextSeq - 1) }
-            let seq = state.nextSeq
-            state.nextSeq += 1
+        let (seq, push) = handOff.withLock { state, wakeups -> (Int, PushAction?) in
+            guard state.buffer.outcome == nil else { return (state.buffer.nextSeq - 1, nil) }
+            let seq = state.buffer.nextSeq
+            state.buffer.nextSeq += 1
             let bytes = event.encoded(streamID: streamID, seq: seq)
-            let emittedAt = ContinuousClock.now
-            state.events.append((seq, bytes, emittedAt))
-            state.bufferedBytes += bytes.count
-            if let acknowledged = state.subscriber?.acknowledged, seq > acknowledged {
-                state.subscriber?.unreadBytes += bytes.count
+            state.buffer.events.append((seq, bytes, ContinuousClock.now))
+            state.buffer.bufferedBytes += bytes.count
+            if let acknowledged = state.buffer.subscriber?.acknowledged, seq > acknowledged {
+                _ = state.machine.add(bytes.count)
             }
             // Oldest events go first; the newest is always kept.
-            while state.bufferedBytes > maxBufferedBytes, state.events.count - state.head > 1 {
-                let evicted = state.events[state.head]
-                state.bufferedBytes -= evicted.bytes.count
-                if let acknowledged = state.subscriber?.acknowledged, evicted.seq > acknowledged {
-                    state.subscriber?.unreadBytes -= evicted.bytes.count
+            while state.buffer.bufferedBytes > maxBufferedBytes, state.buffer.events.count - state.buffer.head > 1 {
+                let evicted = state.buffer.events[state.buffer.head]
+                state.buffer.bufferedBytes -= evicted.bytes.count
+                if let acknowledged = state.buffer.subscriber?.acknowledged, evicted.seq > acknowledged {
+                    wakeups.merge(state.machine.remove(evicted.bytes.count))
                 }
-                state.head += 1
+                state.buffer.head += 1
             }
-            if state.head > 1024, state.head * 2 > state.events.count {
-                state.events.removeFirst(state.head)
-                state.head = 0
+            if state.buffer.head > 1024, state.buffer.head * 2 > state.buffer.events.count {
+                state.buffer.events.removeFirst(state.buffer.head)
+                state.buffer.head = 0
             }
-            // Pushed under the lock, so events emitted concurrently (parallel tools) keep seq order.
-            if let subscriber = state.subscriber, subscriber.parked, subscriber.delivered == seq - 1,
-                let sink = subscriber.sink, sink.offer(bytes, emittedAt: emittedAt)
-            {
-                state.subscriber?.delivered = seq
-                state.subscriber?.acknowledged = seq
-                state.subscriber?.unreadBytes -= bytes.count
-                return (nil, seq)
-            }
-            return (Self.takeWaiter(&state), seq)
+            if pushInFlight(&state.buffer) { return (seq, nil) }
+            return (seq, dispatch(&state, &wakeups))
         }
-        waiter?.resume()
+        if let push { offer(push) }
         return seq
     }
 
     /// Ends the stream: OK when `error` is nil.
     public func finish(_ error: RPCError?) {
-        let (waiter, producer) = state.withLock { state -> (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?) in
-            guard state.outcome == nil else { return (nil, nil) }
-            state.outcome = .some(error)
-            return (Self.takeWaiter(&state), state.producerMayGo(threshold: 0))
+        handOff.withLock { state, wakeups in
+            guard state.buffer.outcome == nil else { return }
+            state.buffer.outcome = .some(error)
+            // A push in flight must land before the subscriber can see the end: its pusher ends the stream.
+            if pushInFlight(&state.buffer) { return }
+            if let finished = state.machine.finish() { wakeups.merge(finished) }
         }
-        waiter?.resume()
-        producer?.resume()
     }
 
     /// The attached client's task waits in `next` with everything delivered (for tests).
-    var subscriberIsParked: Bool { state.withLock { $0.subscriber?.parked == true && $0.subscriber?.continuation != nil } }
+    var subscriberIsParked: Bool {
+        handOff.withLock { state, _ in state.buffer.subscriber?.parked == true && state.machine.hasParkedConsumer }
+    }
 
     /// The job waits in `waitForReader` (for tests).
-    var producerIsWaiting: Bool { state.withLock { $0.producerWaiter != nil } }
+    var producerIsWaiting: Bool { handOff.withLock { state, _ in state.machine.hasParkedProducer } }
 
     /// Suspends the job while an attached client has more than half the replay buffer still to read, so a
     /// producer faster than a live client waits for it instead of evicting what it has not read (the
     /// upstream's own buffer takes up the slack). With no client attached, nothing waits: a stream
     /// abandoned for longer than the buffer lasts loses its oldest events (Resume then reports DATA_LOSS).
     public func waitForReader() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let mustWait = state.withLock { state -> Bool in
-                    guard state.outcome == nil, let subscriber = state.subscriber,
-                        subscriber.unreadBytes > maxBufferedBytes / 2
-                    else { return false }
-                    state.producerWaiter = continuation
-                    return true
-                }
-                if !mustWait { continuation.resume() }
+        await handOff.waitAsProducer(unlessLoadAtMost: maxBufferedBytes / 2)
+    }
+
+    // MARK: Pushing to a sink
+
+    /// Offers `push` to its sink with no lock held, then, unless it was accepted with nobody waiting for it,
+    /// settles it under the lock, which may hand over the next event to push.
+    private func offer(_ push: PushAction) {
+        var next: PushAction? = push
+        while let push = next {
+            let accepted = push.sink.offer(push.bytes, emittedAt: push.emittedAt)
+            if accepted,
+                pushState.compareExchange(
+                    expected: PushState.inFlight, desired: PushState.idle, ordering: .acquiringAndReleasing
+                ).exchanged
+            {
+                return
             }
-        } onCancel: {
-            state.withLock { state in
-                defer { state.producerWaiter = nil }
-                return state.producerWaiter
-            }?.resume()
+            next = handOff.withLock { state, wakeups in settlePush(accepted: accepted, &state, &wakeups) }
         }
     }
 
+    /// Under the lock: true while a push is in flight, in which case its pusher is asked to come back under
+    /// the lock when it is over. Forgets a push that is over (accepted: nothing to undo).
+    private func pushInFlight(_ replay: inout Replay) -> Bool {
+        guard replay.push != nil else { return false }
+        let (exchanged, original) = pushState.compareExchange(
+            expected: PushState.inFlight, desired: PushState.awaited, ordering: .acquiringAndReleasing
+        )
+        if exchanged || original == PushState.awaited { return true }
+        replay.push = nil
+        return false
+    }
+
+    /// Under the lock, by the pusher: the push is over. A refused event is the subscriber's task's to
+    /// deliver; then whatever was left waiting for the push is done.
+    private func settlePush(
+        accepted: Bool, _ state: inout HandOff<Replay, Never>.State, _ wakeups: inout HandOffWakeups<Never>
+    ) -> PushAction? {
+        pushState.store(PushState.idle, ordering: .releasing)
+        guard let push = state.buffer.push else { return nil }
+        state.buffer.push = nil
+        if !accepted, state.buffer.subscriber?.generation == push.generation {
+            state.buffer.subscriber?.delivered = push.seq - 1
+            state.buffer.subscriber?.acknowledged = push.acknowledgedBefore
+            state.buffer.subscriber?.parked = false
+            // What the claim acknowledged is unread again, as far as it is still buffered.
+            var unread = 0
+            for seq in (push.acknowledgedBefore + 1)...push.seq { unread += state.buffer.event(seq)?.bytes.count ?? 0 }
+            _ = state.machine.add(unread)
+        }
+        if state.buffer.outcome != nil, state.buffer.subscriber.map({ !$0.parked || $0.delivered + 1 >= state.buffer.nextSeq }) ?? true {
+            if let finished = state.machine.finish() { wakeups.merge(finished) }
+            return nil
+        }
+        return dispatch(&state, &wakeups)
+    }
+
+    /// Under the lock, with no push in flight: hands the subscriber what waits for it. A parked subscriber
+    /// with a sink gets its next event pushed (claimed here, offered by the caller after unlocking);
+    /// otherwise its task is woken if there is anything for it.
+    private func dispatch(_ state: inout HandOff<Replay, Never>.State, _ wakeups: inout HandOffWakeups<Never>) -> PushAction? {
+        guard let subscriber = state.buffer.subscriber, subscriber.delivered + 1 < state.buffer.nextSeq else { return nil }
+        let seq = subscriber.delivered + 1
+        guard subscriber.parked, let sink = subscriber.sink, let event = state.buffer.event(seq) else {
+            wakeups.merge(state.machine.wakeConsumer())
+            return nil
+        }
+        state.buffer.push = Push(generation: subscriber.generation, seq: seq, acknowledgedBefore: subscriber.acknowledged)
+        // Once the stream has ended, the pusher must come back to end it for the subscriber.
+        pushState.store(state.buffer.outcome == nil ? PushState.inFlight : PushState.awaited, ordering: .relaxed)
+        state.buffer.subscriber?.delivered = seq
+        Self.acknowledge(&state, upTo: seq, &wakeups)
+        return PushAction(sink: sink, bytes: event.bytes, emittedAt: event.emittedAt)
+    }
 
     // MARK: Consumer (the attached client)
 
@@ -160,35 +241,29 @@ public final class StreamChannel: Sendable {
     ///   - sink: where `emit` may push events directly once the client has caught up.
     ///   - seq: the last event the client already has.
     public func attach(sink: (any StreamEventSink)? = nil, after seq: Int = 0) -> Int {
-        let (generation, previous, producer) = state.withLock { state in
-            state.generation += 1
-            let previous = state.subscriber?.continuation
-            let unread = state.events[state.head...].reduce(0) { $0 + ($1.seq > seq ? $1.bytes.count : 0) }
-            state.subscriber = Subscriber(
-                generation: state.generation, sink: sink, delivered: seq, acknowledged: seq, unreadBytes: unread
-            )
-            state.detachedSince = nil
-            return (state.generation, previous, state.producerMayGo(threshold: maxBufferedBytes / 4))
+        handOff.withLock { state, wakeups in
+            state.buffer.generation += 1
+            wakeups.merge(state.machine.unparkConsumer())
+            let unread = state.buffer.events[state.buffer.head...].reduce(0) { $0 + ($1.seq > seq ? $1.bytes.count : 0) }
+            state.buffer.subscriber = Subscriber(generation: state.buffer.generation, sink: sink, delivered: seq, acknowledged: seq)
+            state.buffer.detachedSince = nil
+            wakeups.merge(state.machine.setLoad(unread))
+            return state.buffer.generation
         }
-        previous?.resume()
-        producer?.resume()
-        return generation
     }
 
     public func detach(_ generation: Int) {
-        let (waiter, producer) = state.withLock { state -> (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?) in
-            guard state.subscriber?.generation == generation else { return (nil, nil) }
-            let waiter = state.subscriber?.continuation
-            state.subscriber = nil
-            state.detachedSince = .now
-            return (waiter, state.producerMayGo(threshold: 0))
+        handOff.withLock { state, wakeups in
+            guard state.buffer.subscriber?.generation == generation else { return }
+            wakeups.merge(state.machine.unparkConsumer())
+            state.buffer.subscriber = nil
+            state.buffer.detachedSince = .now
+            wakeups.merge(state.machine.setLoad(0))
         }
-        waiter?.resume()
-        producer?.resume()
     }
 
     /// Since when no client has been attached, or nil while one is.
-    public var detachedSince: ContinuousClock.Instant? { state.withLock { $0.detachedSince } }
+    public var detachedSince: ContinuousClock.Instant? { handOff.withLock { state, _ in state.buffer.detachedSince } }
 
     /// What `next` would return now, without waiting.
     public enum Poll: Sendable, Equatable {
@@ -203,12 +278,9 @@ public final class StreamChannel: Sendable {
     /// one already, without taking it: `next` after the same `seq` returns the same item. Throws
     /// DATA_LOSS when events after `seq` were already evicted from the replay buffer.
     public func poll(after seq: Int, generation: Int) throws(RPCError) -> Poll {
-        let (result, producer) = state.withLock { state in
-            let result = item(&state, after: seq, generation: generation, taking: false)
-            return (result, state.producerMayGo(threshold: maxBufferedBytes / 4))
-        }
-        producer?.resume()
-        return try result.get()
+        try handOff.withLock { state, wakeups in
+            item(&state, &wakeups, after: seq, generation: generation, taking: false)
+        }.get()
     }
 
     /// The next item after `seq` (or after the last event already delivered, if later), waiting
@@ -217,82 +289,68 @@ public final class StreamChannel: Sendable {
     /// replay buffer.
     public func next(after seq: Int, generation: Int) async throws(RPCError) -> Item? {
         while true {
-            let (result, producer) = state.withLock { state in
-                let result = item(&state, after: seq, generation: generation, taking: true)
-                return (result, state.producerMayGo(threshold: maxBufferedBytes / 4))
+            let result = handOff.withLock { state, wakeups in
+                item(&state, &wakeups, after: seq, generation: generation, taking: true)
             }
-            producer?.resume()
             switch try result.get() {
             case .ready(let item): return item
             case .detached: return nil
             case .pending: break
             }
             if Task.isCancelled { return nil }
-            await withTaskCancellationHandler {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let resumeNow = state.withLock { state -> Bool in
-                        guard let subscriber = state.subscriber, subscriber.generation == generation else { return true }
-                        // Something may have arrived (and not been pushed) since the check above, or the task
-                        // was cancelled before this continuation existed for the cancellation handler to resume.
-                        if max(seq, subscriber.delivered) + 1 < state.nextSeq || state.outcome != nil || Task.isCancelled {
-                            return true
-                        }
-                        state.subscriber?.continuation = continuation
-                        return false
-                    }
-                    if resumeNow { continuation.resume() }
-                }
-            } onCancel: {
-                let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-                    guard state.subscriber?.generation == generation else { return nil }
-                    return Self.takeWaiter(&state)
-                }
-                waiter?.resume()
+            await handOff.waitAsConsumer { state in
+                guard let subscriber = state.buffer.subscriber, subscriber.generation == generation else { return true }
+                // A push in flight wakes this task when it is over, if there is then anything for it.
+                if pushInFlight(&state.buffer) { return false }
+                // Something may have arrived (and not been pushed) since the check above.
+                return max(seq, subscriber.delivered) + 1 < state.buffer.nextSeq || state.buffer.outcome != nil
             }
         }
     }
 
     /// The item after `seq` for subscription `generation`. `taking` marks it delivered, or when there is
     /// none marks the subscriber parked: its task is about to wait, so `emit` may push to its sink.
-    private func item(_ state: inout State, after seq: Int, generation: Int, taking: Bool) -> Result<Poll, RPCError> {
-        guard let subscriber = state.subscriber, subscriber.generation == generation else { return .success(.detached) }
-        Self.acknowledge(&state, upTo: seq)
+    private func item(
+        _ state: inout HandOff<Replay, Never>.State, _ wakeups: inout HandOffWakeups<Never>, after seq: Int, generation: Int,
+        taking: Bool
+    ) -> Result<Poll, RPCError> {
+        guard let subscriber = state.buffer.subscriber, subscriber.generation == generation else { return .success(.detached) }
+        // Nothing can follow an event still being pushed until its push is over.
+        if pushInFlight(&state.buffer) { return .success(.pending) }
+        Self.acknowledge(&state, upTo: seq, &wakeups)
         let seq = max(seq, subscriber.delivered)
-        if taking { state.subscriber?.parked = false }
-        if let first = state.events[safe: state.head], first.seq > seq + 1 {
+        if taking { state.buffer.subscriber?.parked = false }
+        if let first = state.buffer.events[safe: state.buffer.head], first.seq > seq + 1 {
             return .failure(
                 RPCError(.dataLoss, "events \(seq + 1)–\(first.seq - 1) of stream \(streamID) are no longer buffered (--replay-buffer-bytes \(maxBufferedBytes)); resume sooner or raise the limit")
             )
         }
-        if seq + 1 < state.nextSeq, let first = state.events[safe: state.head] {
-            let index = state.head + (seq + 1 - first.seq)
-            if taking { state.subscriber?.delivered = state.events[index].seq }
-            let event = state.events[index]
+        if seq + 1 < state.buffer.nextSeq, let event = state.buffer.event(seq + 1) {
+            if taking { state.buffer.subscriber?.delivered = event.seq }
             return .success(.ready(.event(seq: event.seq, bytes: event.bytes, emittedAt: event.emittedAt)))
         }
-        if let outcome = state.outcome { return .success(.ready(.end(outcome))) }
-        if taking { state.subscriber?.parked = true }
+        if let outcome = state.buffer.outcome { return .success(.ready(.end(outcome))) }
+        if taking { state.buffer.subscriber?.parked = true }
         return .success(.pending)
     }
 
-    /// The client has every event up to `seq` (it asks for what follows): they no longer count as unread.
-    private static func acknowledge(_ state: inout State, upTo seq: Int) {
-        guard let acknowledged = state.subscriber?.acknowledged, seq > acknowledged else { return }
-        if let first = state.events[safe: state.head]?.seq {
-            let (lower, upper) = (max(acknowledged + 1, first), min(seq, state.nextSeq - 1))
+    /// The client has every event up to `seq` (it asks for what follows, or it was pushed): they no longer
+    /// count as unread.
+    private static func acknowledge(
+        _ state: inout HandOff<Replay, Never>.State, upTo seq: Int, _ wakeups: inout HandOffWakeups<Never>
+    ) {
+        guard let acknowledged = state.buffer.subscriber?.acknowledged, seq > acknowledged else { return }
+        if let first = state.buffer.events[safe: state.buffer.head]?.seq {
+            let (lower, upper) = (max(acknowledged + 1, first), min(seq, state.buffer.nextSeq - 1))
             if lower <= upper {
+                var read = 0
                 for acknowledgedSeq in lower...upper {
-                    state.subscriber?.unreadBytes -= state.events[state.head + acknowledgedSeq - first].bytes.count
+                    read += state.buffer.events[state.buffer.head + acknowledgedSeq - first].bytes.count
                 }
+                wakeups.merge(state.machine.remove(read))
             }
         }
-        state.subscriber?.acknowledged = seq
-    }
-
-    private static func takeWaiter(_ state: inout State) -> CheckedContinuation<Void, Never>? {
-        let waiter = state.subscriber?.continuation
-        state.subscriber?.continuation = nil
-        return waiter
+        state.buffer.subscriber?.acknowledged = seq
     }
 }
 

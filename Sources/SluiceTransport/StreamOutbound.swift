@@ -7,6 +7,9 @@ import SluiceWire
 /// whatever is queued into as few DATA frames as nghttp2 allows. When more than
 /// `capacity` bytes wait, the handler suspends until the loop has drained below half of it,
 /// so a client that stops reading costs at most `capacity` bytes per stream.
+///
+/// A `HandOff` whose load is the queued bytes, whose producer is the handler's task and whose consumer is
+/// the loop: idle until notified (`wakeLoop`), so a burst of writes wakes it once.
 final class StreamOutbound: Sendable {
     struct Drained {
         var byteCount: Int
@@ -14,17 +17,15 @@ final class StreamOutbound: Sendable {
         var status: (code: StatusCode, message: String)?
     }
 
-    private struct State {
-        var buffer: [UInt8] = []
+    private struct Queue: Sendable {
+        /// Queued bytes from `readIndex` on; how many is the hand-off's load.
+        var bytes: [UInt8] = []
         var readIndex = 0
         /// Set when the handler is done (or the call was ended for it); nothing more is queued after.
         var status: (code: StatusCode, message: String)?
-        var producerWaiting: CheckedContinuation<Void, any Error>?
         /// Set by the loop when the stream is gone: writes fail from then on.
         var closedReason: RPCError?
         var disconnect: RPCDisconnect?
-        /// True while the loop is not going to look at this queue again unless woken.
-        var loopIdle = true
         /// Plain HTTP responses: status and headers, set by the handler before its body.
         var head: [(String, String)]?
         /// Bytes drained since the call began: with what is queued, the stream offset a queued message ends at.
@@ -33,7 +34,14 @@ final class StreamOutbound: Sendable {
         var deliveryMarks: [(end: Int, since: ContinuousClock.Instant)] = []
 
         mutating func markDelivery(since: ContinuousClock.Instant) {
-            deliveryMarks.append((drainedTotal + buffer.count - readIndex, since))
+            deliveryMarks.append((drainedTotal + bytes.count - readIndex, since))
+        }
+
+        /// Drops everything queued.
+        mutating func discard() {
+            bytes = []
+            readIndex = 0
+            deliveryMarks.removeAll()
         }
     }
 
@@ -46,8 +54,7 @@ final class StreamOutbound: Sendable {
 
     let capacity: Int
     let framing: Framing
-    private let state = LockedValue(State())
-    private let wakeLoop: @Sendable () -> Void
+    private let handOff: HandOff<Queue, any Error>
     private let endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
     private let messageDelivered: (@Sendable (Duration) -> Void)?
 
@@ -67,156 +74,130 @@ final class StreamOutbound: Sendable {
         self.framing = framing
         self.endStreamEnvelope = endStreamEnvelope
         self.messageDelivered = messageDelivered
-        self.wakeLoop = wakeLoop
+        // The loop is not going to look at this queue until woken by the first activity.
+        handOff = HandOff(
+            Queue(), machine: HandOffStateMachine(capacity: capacity, producerResumesAt: capacity / 2, consumerStartsIdle: true),
+            notifyConsumer: wakeLoop
+        )
     }
 
     // MARK: Producer side (handler, any thread)
 
     func write(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
-        let (mustWait, wake) = try state.withLock { state in
-            if let reason = state.closedReason { throw reason }
-            guard state.status == nil else {
+        let mustWait = try handOff.withLock { state, wakeups throws(RPCError) -> Bool in
+            if let reason = state.buffer.closedReason { throw reason }
+            guard state.buffer.status == nil else {
                 throw RPCError(.internal, "a message was written after the call ended")
             }
-            guard framing == .envelope || state.head != nil else {
+            guard framing == .envelope || state.buffer.head != nil else {
                 throw RPCError(.internal, "an HTTP handler wrote body bytes before its status and headers")
             }
-            switch framing {
-            case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
-            case .raw: state.buffer.append(contentsOf: payload)
-            }
-            if let since, messageDelivered != nil { state.markDelivery(since: since) }
-            return (state.buffer.count - state.readIndex > capacity, Self.claimWakeup(&state))
+            return Self.enqueue(payload, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
         }
-        if wake { wakeLoop() }
-        if mustWait { try await waitForRoom() }
+        if mustWait { try await handOff.waitAsProducer(unlessLoadAtMost: capacity / 2) }
     }
 
     /// Queues `payload` only if that needs no waiting: the call is open and the queue has room for it
     /// (or is empty). Returns false otherwise, queueing nothing; `write` then tells why, or waits.
     func tryWrite(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) -> Bool {
-        let (accepted, wake) = state.withLock { state -> (Bool, Bool) in
-            let queued = state.buffer.count - state.readIndex
-            guard state.closedReason == nil, state.status == nil, framing == .envelope || state.head != nil,
+        handOff.withLock { state, wakeups in
+            let queued = state.machine.load
+            guard state.buffer.closedReason == nil, state.buffer.status == nil, framing == .envelope || state.buffer.head != nil,
                 queued == 0 || queued + payload.count <= capacity
-            else { return (false, false) }
-            switch framing {
-            case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer)
-            case .raw: state.buffer.append(contentsOf: payload)
-            }
-            if let since, messageDelivered != nil { state.markDelivery(since: since) }
-            return (true, Self.claimWakeup(&state))
+            else { return false }
+            _ = Self.enqueue(payload, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
+            return true
         }
-        if wake { wakeLoop() }
-        return accepted
     }
 
-    private func waitForRoom() async throws {
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let resumeNow: Result<Void, any Error>? = state.withLock { state in
-                    if let reason = state.closedReason { return .failure(reason) }
-                    if Task.isCancelled { return .failure(CancellationError()) }
-                    if state.buffer.count - state.readIndex <= capacity / 2 { return .success(()) }
-                    state.producerWaiting = continuation
-                    return nil
-                }
-                if let resumeNow { continuation.resume(with: resumeNow) }
-            }
-        } onCancel: {
-            let waiter = state.withLock { state in
-                defer { state.producerWaiting = nil }
-                return state.producerWaiting
-            }
-            waiter?.resume(throwing: CancellationError())
+    /// Under the lock: appends `payload` and wakes the loop if idle. True when the queue is now over capacity.
+    private static func enqueue(
+        _ payload: some Collection<UInt8>, since: ContinuousClock.Instant?, framing: Framing, measured: Bool,
+        _ state: inout HandOff<Queue, any Error>.State, _ wakeups: inout HandOffWakeups<any Error>
+    ) -> Bool {
+        let before = state.buffer.bytes.count
+        switch framing {
+        case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer.bytes)
+        case .raw: state.buffer.bytes.append(contentsOf: payload)
         }
+        if let since, measured { state.buffer.markDelivery(since: since) }
+        let overCapacity = state.machine.add(state.buffer.bytes.count - before)
+        wakeups.merge(state.machine.wakeConsumer())
+        return overCapacity
     }
 
     /// Ends the call with `code`. Queued messages are still delivered, then the status.
     /// Returns false if the call had already ended.
     @discardableResult
     func finish(_ code: StatusCode, _ message: String) -> Bool {
-        let (accepted, wake) = state.withLock { state -> (Bool, Bool) in
-            guard state.status == nil, state.closedReason == nil else { return (false, false) }
-            state.status = (code, message)
+        handOff.withLock { state, wakeups in
+            guard state.buffer.status == nil, state.buffer.closedReason == nil else { return false }
+            state.buffer.status = (code, message)
             if let endStreamEnvelope {
-                state.buffer.append(contentsOf: endStreamEnvelope(code, message))
+                let envelope = endStreamEnvelope(code, message)
+                state.buffer.bytes.append(contentsOf: envelope)
+                _ = state.machine.add(envelope.count)
             }
-            return (true, Self.claimWakeup(&state))
+            if let finished = state.machine.finish() { wakeups.merge(finished) }
+            return true
         }
-        if wake { wakeLoop() }
-        return accepted
     }
 
     /// How the client left before the call ended, if it did.
-    var disconnect: RPCDisconnect? { state.withLock { $0.disconnect } }
+    var disconnect: RPCDisconnect? { handOff.withLock { state, _ in state.buffer.disconnect } }
 
     /// Plain HTTP: the response status and headers. Only the first call counts.
     func setHead(_ headers: [(String, String)]) throws {
-        let wake = try state.withLock { state in
-            if let reason = state.closedReason { throw reason }
-            guard state.head == nil else { throw RPCError(.internal, "an HTTP handler sent its response head twice") }
-            state.head = headers
-            return Self.claimWakeup(&state)
+        try handOff.withLock { state, wakeups throws(RPCError) in
+            if let reason = state.buffer.closedReason { throw reason }
+            guard state.buffer.head == nil else { throw RPCError(.internal, "an HTTP handler sent its response head twice") }
+            state.buffer.head = headers
+            wakeups.merge(state.machine.wakeConsumer())
         }
-        if wake { wakeLoop() }
     }
 
-    var head: [(String, String)]? { state.withLock { $0.head } }
-
-    /// Under the lock that queued something: true when the loop must be woken, that is when it
-    /// was idle; it is no longer, so a burst of writes wakes it once.
-    private static func claimWakeup(_ state: inout State) -> Bool {
-        defer { state.loopIdle = false }
-        return state.loopIdle
-    }
+    var head: [(String, String)]? { handOff.withLock { state, _ in state.buffer.head } }
 
     // MARK: Consumer side (loop thread)
 
     /// Ends the call at once with `code`, dropping what is still queued (deadline, shutdown).
     /// Returns false if the call had already ended.
     func abort(_ code: StatusCode, _ message: String) -> Bool {
-        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, any Error>?) in
-            guard state.status == nil, state.closedReason == nil else { return (false, nil) }
-            state.buffer.removeAll()
-            state.readIndex = 0
-            state.deliveryMarks.removeAll()
-            state.status = (code, message)
-            if let endStreamEnvelope {
-                state.buffer.append(contentsOf: endStreamEnvelope(code, message))
-            }
-            state.closedReason = RPCError(code, message)
-            defer { state.producerWaiting = nil }
-            return (true, state.producerWaiting)
+        handOff.withLock { state, wakeups in
+            guard state.buffer.status == nil, state.buffer.closedReason == nil else { return false }
+            let reason = RPCError(code, message)
+            state.buffer.closedReason = reason
+            // Closed first, so a waiting writer fails instead of being let go by the emptied queue.
+            if let closed = state.machine.close(failingProducerWith: .failure(reason)) { wakeups.merge(closed) }
+            state.buffer.discard()
+            state.buffer.status = (code, message)
+            if let endStreamEnvelope { state.buffer.bytes.append(contentsOf: endStreamEnvelope(code, message)) }
+            wakeups.merge(state.machine.setLoad(state.buffer.bytes.count))
+            return true
         }
-        waiter?.resume(throwing: RPCError(code, message))
-        return accepted
     }
 
     /// The stream is gone (reset by the client, connection closed): fail the producer.
     func close(_ reason: RPCError, disconnect: RPCDisconnect) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
-            if state.closedReason == nil { state.closedReason = reason }
-            if state.status == nil { state.disconnect = disconnect }
-            state.buffer = []
-            state.readIndex = 0
-            state.deliveryMarks.removeAll()
-            defer { state.producerWaiting = nil }
-            return state.producerWaiting
+        handOff.withLock { state, wakeups in
+            if state.buffer.closedReason == nil { state.buffer.closedReason = reason }
+            if state.buffer.status == nil { state.buffer.disconnect = disconnect }
+            if let closed = state.machine.close(failingProducerWith: .failure(reason)) { wakeups.merge(closed) }
+            state.buffer.discard()
+            wakeups.merge(state.machine.setLoad(0))
         }
-        waiter?.resume(throwing: reason)
     }
 
     /// What the loop should do before any DATA: nil while nothing is known yet,
     /// otherwise whether the response is a bare status (gRPC trailers-only) or has a body.
     func responseShape(trailersOnlyAllowed: Bool) -> (trailersOnly: Bool, status: (code: StatusCode, message: String)?)? {
-        state.withLock { state in
-            let queued = state.buffer.count - state.readIndex
-            if let status = state.status, queued == 0, trailersOnlyAllowed {
+        handOff.withLock { state, _ in
+            let queued = state.machine.load
+            if let status = state.buffer.status, queued == 0, trailersOnlyAllowed {
                 return (true, status)
             }
-            if queued > 0 || state.status != nil || state.head != nil { return (false, nil) }
-            state.loopIdle = true
+            if queued > 0 || state.buffer.status != nil || state.buffer.head != nil { return (false, nil) }
+            state.machine.consumerIdle()
             return nil
         }
     }
@@ -225,39 +206,35 @@ final class StreamOutbound: Sendable {
     /// running, marks the loop idle (the data provider then defers until woken).
     func drain(into destination: UnsafeMutableRawBufferPointer) -> Drained {
         var delivered: [ContinuousClock.Instant] = []
-        let (drained, waiter) = state.withLock { state -> (Drained, CheckedContinuation<Void, any Error>?) in
-            let queued = state.buffer.count - state.readIndex
-            let count = min(queued, destination.count)
-            state.drainedTotal += count
-            let passed = state.deliveryMarks.firstIndex { $0.end > state.drainedTotal } ?? state.deliveryMarks.count
+        let drained = handOff.withLock { state, wakeups in
+            let count = min(state.machine.load, destination.count)
+            state.buffer.drainedTotal += count
+            let drainedTotal = state.buffer.drainedTotal
+            let passed = state.buffer.deliveryMarks.firstIndex { $0.end > drainedTotal } ?? state.buffer.deliveryMarks.count
             if passed > 0 {
-                delivered = state.deliveryMarks[..<passed].map(\.since)
-                state.deliveryMarks.removeFirst(passed)
+                delivered = state.buffer.deliveryMarks[..<passed].map(\.since)
+                state.buffer.deliveryMarks.removeFirst(passed)
             }
             if count > 0 {
-                state.buffer.withUnsafeBytes { source in
-                    destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[state.readIndex..<state.readIndex + count]))
+                let readIndex = state.buffer.readIndex
+                state.buffer.bytes.withUnsafeBytes { source in
+                    destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[readIndex..<readIndex + count]))
                 }
-                state.readIndex += count
-                if state.readIndex == state.buffer.count {
-                    state.buffer.removeAll(keepingCapacity: state.buffer.capacity <= 4 * capacity)
-                    state.readIndex = 0
-                } else if state.readIndex > capacity {
-                    state.buffer.removeFirst(state.readIndex)
-                    state.readIndex = 0
+                state.buffer.readIndex += count
+                if state.buffer.readIndex == state.buffer.bytes.count {
+                    state.buffer.bytes.removeAll(keepingCapacity: state.buffer.bytes.capacity <= 4 * capacity)
+                    state.buffer.readIndex = 0
+                } else if state.buffer.readIndex > capacity {
+                    state.buffer.bytes.removeFirst(state.buffer.readIndex)
+                    state.buffer.readIndex = 0
                 }
+                wakeups.merge(state.machine.remove(count))
             }
-            let remaining = state.buffer.count - state.readIndex
-            var waiter: CheckedContinuation<Void, any Error>?
-            if remaining <= capacity / 2 {
-                waiter = state.producerWaiting
-                state.producerWaiting = nil
-            }
-            let end = remaining == 0 && state.status != nil
-            if remaining == 0 && state.status == nil { state.loopIdle = true }
-            return (Drained(byteCount: count, endOfStream: end, status: end ? state.status : nil), waiter)
+            let remaining = state.machine.load
+            let end = remaining == 0 && state.buffer.status != nil
+            if remaining == 0 && state.buffer.status == nil { state.machine.consumerIdle() }
+            return Drained(byteCount: count, endOfStream: end, status: end ? state.buffer.status : nil)
         }
-        waiter?.resume()
         if let messageDelivered, !delivered.isEmpty {
             let now = ContinuousClock.now
             for since in delivered { messageDelivered(now - since) }

@@ -14,7 +14,8 @@ struct UpstreamResponseHead: Sendable {
 /// The bounded hand-off between the multi handle's event loop (producer) and one consumer.
 ///
 /// The producer never blocks: `yield` either accepts an event or reports that the buffer is over its byte budget
-/// (the transfer is then aborted, see `UpstreamStream`) or that the consumer is gone.
+/// (the transfer is then aborted, see `UpstreamStream`) or that the consumer is gone. The parking, waking and
+/// cancellation of the consumer task are `HandOff`'s; the budget and the ending are this type's.
 final class UpstreamEventChannel: Sendable {
     enum Poll {
         case event(AnthropicEvent)
@@ -31,88 +32,84 @@ final class UpstreamEventChannel: Sendable {
         case closed
     }
 
-    private struct State {
+    private struct Events: Sendable {
         var events: [(event: AnthropicEvent, bytes: Int)] = []
         var head = 0
-        var bufferedBytes = 0
         /// How the stream ends once `events` are drained.
         var end: Result<Void, UpstreamFailure>?
         var endDelivered = false
         var consumerCancelled = false
-        var waiter: CheckedContinuation<Void, Never>?
         var responseHead: UpstreamResponseHead?
-
-        mutating func takeWaiter() -> CheckedContinuation<Void, Never>? {
-            defer { waiter = nil }
-            return waiter
-        }
     }
 
     let maxBufferedBytes: Int
-    private let state = LockedValue(State())
+    /// The load is the buffered events' bytes; the producer never waits, so its thresholds are unused.
+    private let handOff: HandOff<Events, Never>
 
     init(maxBufferedBytes: Int) {
         self.maxBufferedBytes = maxBufferedBytes
+        handOff = HandOff(
+            Events(), machine: HandOffStateMachine(capacity: maxBufferedBytes, producerResumesAt: maxBufferedBytes)
+        )
     }
 
     // MARK: Producer (event loop)
 
     func yield(_ event: AnthropicEvent, bytes: Int) -> YieldResult {
-        let (result, waiter) = state.withLock { state -> (YieldResult, CheckedContinuation<Void, Never>?) in
-            guard state.end == nil else { return (.closed, nil) }
+        handOff.withLock { state, wakeups in
+            guard state.buffer.end == nil else { return .closed }
             // One event larger than the whole budget is still accepted into an empty buffer.
-            if state.bufferedBytes > 0, state.bufferedBytes + bytes > maxBufferedBytes { return (.overflow, nil) }
-            state.events.append((event, bytes))
-            state.bufferedBytes += bytes
-            return (.accepted, state.takeWaiter())
+            let buffered = state.machine.load
+            if buffered > 0, buffered + bytes > maxBufferedBytes { return .overflow }
+            state.buffer.events.append((event, bytes))
+            _ = state.machine.add(bytes)
+            wakeups.merge(state.machine.wakeConsumer())
+            return .accepted
         }
-        waiter?.resume()
-        return result
     }
 
     /// Ends the stream after the buffered events; a no-op once ended.
     func finish(_ result: Result<Void, UpstreamFailure>) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard state.end == nil else { return nil }
-            state.end = result
-            return state.takeWaiter()
+        handOff.withLock { state, wakeups in
+            guard state.buffer.end == nil else { return }
+            state.buffer.end = result
+            if let finished = state.machine.finish() { wakeups.merge(finished) }
         }
-        waiter?.resume()
     }
 
     func setResponseHead(_ head: UpstreamResponseHead) {
-        state.withLock { $0.responseHead = head }
+        handOff.withLock { state, _ in state.buffer.responseHead = head }
     }
 
     /// The stream has ended (or its consumer left): nothing more will be delivered.
     var isClosed: Bool {
-        state.withLock { $0.end != nil }
+        handOff.withLock { state, _ in state.buffer.end != nil }
     }
 
     // MARK: Consumer
 
     var responseHead: UpstreamResponseHead? {
-        state.withLock { $0.responseHead }
+        handOff.withLock { state, _ in state.buffer.responseHead }
     }
 
     func poll() -> Poll {
-        state.withLock { state in
-            if state.head < state.events.count {
-                let (event, bytes) = state.events[state.head]
-                state.head += 1
-                state.bufferedBytes -= bytes
-                if state.head == state.events.count {
-                    state.events.removeAll(keepingCapacity: state.events.capacity <= 256)
-                    state.head = 0
-                } else if state.head >= 1024, state.head * 2 >= state.events.count {
-                    state.events.removeFirst(state.head)
-                    state.head = 0
+        handOff.withLock { state, wakeups in
+            if state.buffer.head < state.buffer.events.count {
+                let (event, bytes) = state.buffer.events[state.buffer.head]
+                state.buffer.head += 1
+                wakeups.merge(state.machine.remove(bytes))
+                if state.buffer.head == state.buffer.events.count {
+                    state.buffer.events.removeAll(keepingCapacity: state.buffer.events.capacity <= 256)
+                    state.buffer.head = 0
+                } else if state.buffer.head >= 1024, state.buffer.head * 2 >= state.buffer.events.count {
+                    state.buffer.events.removeFirst(state.buffer.head)
+                    state.buffer.head = 0
                 }
                 return .event(event)
             }
-            guard let end = state.end else { return .empty }
-            if state.endDelivered { return .finished }
-            state.endDelivered = true
+            guard let end = state.buffer.end else { return .empty }
+            if state.buffer.endDelivered { return .finished }
+            state.buffer.endDelivered = true
             switch end {
             case .success: return .finished
             case .failure(let failure): return .failed(failure)
@@ -120,33 +117,26 @@ final class UpstreamEventChannel: Sendable {
         }
     }
 
-    /// Returns once an event or the end is available (possibly at once).
+    /// Returns once an event or the end is available (possibly at once), or the task is cancelled.
     func waitForActivity() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let ready = state.withLock { state in
-                if state.head < state.events.count || state.end != nil { return true }
-                precondition(state.waiter == nil, "an UpstreamStream must be iterated by one task at a time")
-                state.waiter = continuation
-                return false
-            }
-            if ready { continuation.resume() }
+        await handOff.waitAsConsumer { state in
+            state.buffer.head < state.buffer.events.count || state.buffer.end != nil
         }
     }
 
     /// Drops buffered events and ends the stream with `.cancelled`. True when the transfer may still be
     /// running and must be aborted (first cancellation, before the stream ended).
     func cancelByConsumer() -> Bool {
-        let (abort, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
-            guard !state.consumerCancelled else { return (false, nil) }
-            state.consumerCancelled = true
-            state.events = []
-            state.head = 0
-            state.bufferedBytes = 0
-            guard state.end == nil else { return (false, state.takeWaiter()) }
-            state.end = .failure(UpstreamFailure(.cancelled, message: "Anthropic API call cancelled by its consumer"))
-            return (true, state.takeWaiter())
+        handOff.withLock { state, wakeups in
+            guard !state.buffer.consumerCancelled else { return false }
+            state.buffer.consumerCancelled = true
+            state.buffer.events = []
+            state.buffer.head = 0
+            wakeups.merge(state.machine.setLoad(0))
+            if let closed = state.machine.close(failingProducerWith: .success(())) { wakeups.merge(closed) }
+            guard state.buffer.end == nil else { return false }
+            state.buffer.end = .failure(UpstreamFailure(.cancelled, message: "Anthropic API call cancelled by its consumer"))
+            return true
         }
-        waiter?.resume()
-        return abort
     }
 }

@@ -1,4 +1,6 @@
+import Dispatch
 import SluiceIO
+import Synchronization
 import SluiceWire
 import Testing
 
@@ -192,5 +194,152 @@ final class RecordingSink: StreamEventSink {
         }
         let generation = channel.attach()
         #expect(throws: RPCError.self) { try channel.poll(after: 0, generation: generation) }
+    }
+}
+
+/// What one client received, in order, by either path: pushed by the job or delivered by its task.
+final class ClientLog: Sendable {
+    let seqs = LockedValue<[Int]>([])
+
+    func append(_ seq: Int) { seqs.withLock { $0.append(seq) } }
+    var value: [Int] { seqs.withLock { $0 } }
+
+    static func seq(of bytes: [UInt8]) -> Int { (try? JSONValue(parsing: bytes))?["seq"]?.intValue ?? -1 }
+}
+
+/// Accepts events into a `ClientLog`, refusing every `refuseEvery`-th offer (a client that falls behind now and
+/// then), and looks at the channel from inside `offer`, which would deadlock if the channel held its lock.
+final class LoggingSink: StreamEventSink {
+    let log: ClientLog
+    let refuseEvery: Int
+    let offers = LockedValue(0)
+    let channel = LockedValue<StreamChannel?>(nil)
+
+    init(log: ClientLog, refuseEvery: Int) {
+        self.log = log
+        self.refuseEvery = refuseEvery
+    }
+
+    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
+        _ = channel.withLock({ $0 })?.detachedSince
+        let offer = offers.withLock { offers in
+            offers += 1
+            return offers
+        }
+        if refuseEvery > 0, offer % refuseEvery == 0 { return false }
+        log.append(ClientLog.seq(of: bytes))
+        return true
+    }
+}
+
+/// Blocks inside `offer` until opened: a push held in flight.
+final class GatedSink: StreamEventSink {
+    let log: ClientLog
+    let entered = Atomic<Bool>(false)
+    let gate = DispatchSemaphore(value: 0)
+
+    init(log: ClientLog) { self.log = log }
+
+    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
+        entered.store(true, ordering: .releasing)
+        gate.wait()
+        log.append(ClientLog.seq(of: bytes))
+        return true
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct StreamChannelConcurrencyTests {
+    /// The subscriber's task: appends what `next` returns to the client's log until the end.
+    func deliver(_ channel: StreamChannel, generation: Int, to log: ClientLog) async throws -> Bool {
+        var cursor = 0
+        while let item = try await channel.next(after: cursor, generation: generation) {
+            switch item {
+            case .event(let seq, _, _):
+                log.append(seq)
+                cursor = seq
+            case .end: return true
+            }
+        }
+        return false
+    }
+
+    @Test func theSinkIsOfferedEventsWithNoLockHeld() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1 << 20)
+        let log = ClientLog()
+        let sink = LoggingSink(log: log, refuseEvery: 0)
+        sink.channel.withLock { $0 = channel }
+        let generation = channel.attach(sink: sink)
+        let task = Task { try await deliver(channel, generation: generation, to: log) }
+        while !channel.subscriberIsParked { await Task.yield() }
+        channel.emit(.messageDelta(id: "m", delta: "pushed"))
+        #expect(log.value == [1], "the event was pushed (and the sink could look at the channel)")
+        channel.finish(nil)
+        #expect(try await task.value)
+        #expect(log.value == [1])
+    }
+
+    /// Parallel tool calls emit concurrently; pushes run outside the lock and some are refused: the client
+    /// still gets every event once, in seq order.
+    @Test(arguments: [0, 7]) func concurrentEmittersReachTheClientInOrder(refuseEvery: Int) async throws {
+        for _ in 0..<20 {
+            let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1 << 22)
+            let log = ClientLog()
+            let generation = channel.attach(sink: LoggingSink(log: log, refuseEvery: refuseEvery))
+            let subscriber = Task.detached { try await deliver(channel, generation: generation, to: log) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for emitter in 0..<4 {
+                    group.addTask {
+                        for index in 0..<250 {
+                            channel.emit(.messageDelta(id: "m", delta: "\(emitter).\(index)"))
+                            if index % 50 == 0 { await Task.yield() }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            channel.finish(nil)
+            #expect(try await subscriber.value)
+            let received = log.value
+            #expect(received.count == 1000, "every event once")
+            #expect(received.indices.first { received[$0] != $0 + 1 } == nil, "the first position out of seq order")
+        }
+    }
+
+    @Test func theEndWaitsForAPushStillInFlight() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1 << 20)
+        let log = ClientLog()
+        let sink = GatedSink(log: log)
+        let generation = channel.attach(sink: sink)
+        let subscriber = Task.detached { try await deliver(channel, generation: generation, to: log) }
+        while !channel.subscriberIsParked { await Task.yield() }
+        let emitted = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            channel.emit(.messageDelta(id: "m", delta: "held"))
+            emitted.signal()
+        }
+        while !sink.entered.load(ordering: .acquiring) { await Task.yield() }
+        // The push is in flight: the job ends the stream and may emit no more, without waiting for it.
+        channel.finish(nil)
+        #expect(channel.emit(.messageDelta(id: "m", delta: "too late")) == 1)
+        #expect(try channel.poll(after: 0, generation: generation) == .pending, "the end may not overtake the push")
+        sink.gate.signal()
+        #expect(try await subscriber.value)
+        #expect(log.value == [1])
+        emitted.wait()
+    }
+
+    @Test func aProducerWaitingForTheReaderIsReleasedByItsDetach() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1024)
+        let generation = channel.attach()
+        let producer = Task.detached {
+            for _ in 0..<100 {
+                channel.emit(.messageDelta(id: "m", delta: String(repeating: "x", count: 40)))
+                await channel.waitForReader()
+            }
+        }
+        while !channel.producerIsWaiting { await Task.yield() }
+        channel.detach(generation)
+        await producer.value
+        #expect(!channel.producerIsWaiting)
     }
 }

@@ -1,3 +1,4 @@
+import Dispatch
 import SluiceIO
 import SluiceWire
 import Synchronization
@@ -177,5 +178,43 @@ import Testing
         try await outbound.write(Array("hello".utf8))
         outbound.finish(.ok, "")
         #expect(drainAll(outbound).bytes == Array("hello".utf8))
+    }
+
+    /// The loop side on its own thread, as in the server: woken by the queue, draining until it would idle.
+    /// Every message arrives once, in order, whole, while the writer keeps waiting for room (run under TSan too).
+    @Test(.timeLimit(.minutes(2))) func aWriterAndALoopOnAnotherThreadHandOverEveryMessageInOrder() async throws {
+        final class Loop: Sendable {
+            let queue = DispatchQueue(label: "outbound loop")
+            let outbound = LockedValue<StreamOutbound?>(nil)
+            let received = LockedValue<[UInt8]>([])
+            let ended = Atomic<Bool>(false)
+
+            func drain() {
+                guard let outbound = outbound.withLock({ $0 }) else { return }
+                var buffer = [UInt8](repeating: 0, count: 37)
+                while true {
+                    let drained = buffer.withUnsafeMutableBytes { outbound.drain(into: $0) }
+                    received.withLock { $0 += buffer[0..<drained.byteCount] }
+                    if drained.endOfStream { return ended.store(true, ordering: .releasing) }
+                    if drained.byteCount == 0 { return }  // idle: the next write wakes the loop
+                }
+            }
+        }
+        let loop = Loop()
+        let outbound = StreamOutbound(capacity: 256, endStreamEnvelope: nil, wakeLoop: { loop.queue.async { loop.drain() } })
+        loop.outbound.withLock { $0 = outbound }
+        let messages = (0..<3_000).map { [UInt8](repeating: UInt8($0 % 251), count: 1 + $0 % 97) }
+        let writer = Task.detached {
+            for message in messages { try await outbound.write(message) }
+            outbound.finish(.ok, "")
+        }
+        try await writer.value
+        while !loop.ended.load(ordering: .acquiring) { await Task.yield() }
+        var decoder = EnvelopeDecoder()
+        decoder.append(loop.received.withLock { $0 })
+        var decoded: [[UInt8]] = []
+        while let envelope = try decoder.next() { decoded.append(envelope.payload) }
+        #expect(decoded.count == messages.count)
+        #expect(decoded == messages)
     }
 }
