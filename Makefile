@@ -26,7 +26,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPLOY_VENV := .venv-deploy
 DEPLOY_REQUIREMENTS := Tests/Deploy/requirements.txt
 
-FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts
+FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts FuzzHTTP1Request
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := .build-fuzz
 

@@ -7,7 +7,8 @@ import Logging
 /// HTTP/2 preface, or a TLS client that negotiated ALPN `http/1.1` (or none). It serves the
 /// router's plain HTTP handlers one request at a time; pipelined requests wait in `input`, in
 /// order, and reading pauses once too much waits. gRPC and Connect need HTTP/2 and are refused.
-/// Counted, idled out and drained like HTTP/2 connections. Loop-confined.
+/// Counted, idled out and drained like HTTP/2 connections. Its lifecycle is an
+/// `HTTP1ConnectionStateMachine`; this class performs what it decides. Loop-confined.
 final class HTTP1Connection: Selectable {
     private let io: SessionIO
     unowned let loop: EventLoop
@@ -16,18 +17,12 @@ final class HTTP1Connection: Selectable {
     /// Received and not parsed yet: the requests behind the one being answered.
     private var input: [UInt8] = []
     private var inputIndex = 0
-    private var readingPaused = false
-    /// The response being sent; nothing more is parsed until it is out.
+    private var machine: HTTP1ConnectionStateMachine
+    /// The response being sent (while the machine is `responding`).
     private var response: HTTP1Response?
     /// A `100 Continue` to send before the response.
     private var interim: [UInt8] = []
-    /// False once the connection will take no more requests (`connection: close`, an error, drain).
-    private var acceptsRequests = true
-    private var draining = false
-    /// Our side is shut down; reading only to let the last response reach a client still sending.
-    private var lingering = false
     private var lingerTimer: TimerID?
-    private var closed = false
     /// When the last request arrived or response finished: idle connections close after the idle
     /// timeout, and so does a client that dribbles one request for that long.
     private var lastActivity = ContinuousClock.now
@@ -41,6 +36,7 @@ final class HTTP1Connection: Selectable {
         self.server = server
         let limits = server.configuration.limits
         parser = HTTP1RequestParser(maxHeaderBytes: limits.maxHeaderListSize, maxBodyBytes: limits.maxMessageSize)
+        machine = HTTP1ConnectionStateMachine(limits: .init(maxHeaderBytes: limits.maxHeaderListSize, maxBodyBytes: limits.maxMessageSize))
         loop.reassign(io.fd, to: self)
     }
 
@@ -48,7 +44,7 @@ final class HTTP1Connection: Selectable {
     func start(replaying bytes: [UInt8]) {
         input = bytes
         readAvailable()
-        if !closed { flush() }
+        if machine.state != .closed { flush() }
     }
 
     // MARK: Reading
@@ -58,12 +54,12 @@ final class HTTP1Connection: Selectable {
             close(reason: "socket error or hang-up")
             return
         }
-        if lingering {
+        if machine.state == .lingering {
             discardInput()
             return
         }
         if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue) != 0 { readAvailable() }
-        if closed { return }
+        if machine.state == .closed { return }
         flush()
     }
 
@@ -72,7 +68,7 @@ final class HTTP1Connection: Selectable {
         // A bounded number of reads per wakeup keeps one busy connection from starving the loop.
         for _ in 0..<8 {
             guard input.count - inputIndex < Self.inputLimit else {
-                readingPaused = true
+                machine.backlogFull()
                 io.setReadableInterest(false)
                 break
             }
@@ -93,7 +89,7 @@ final class HTTP1Connection: Selectable {
 
     /// Parses and starts requests until one is in flight or the input runs out.
     private func processInput() {
-        parsing: while response == nil, acceptsRequests, !closed, inputIndex < input.count {
+        parsing: while machine.mayParse, inputIndex < input.count {
             let (consumed, outcome) = input.withUnsafeBytes { parser.parse(UnsafeRawBufferPointer(rebasing: $0[inputIndex...])) }
             inputIndex += consumed
             switch outcome {
@@ -103,39 +99,37 @@ final class HTTP1Connection: Selectable {
                 handleExpectation(request, contentLength: contentLength)
             case .request(let request):
                 lastActivity = .now
-                // After CONNECT, http_parser takes the rest for another protocol: no more requests.
-                if !request.keepAlive || request.method == "CONNECT" { acceptsRequests = false }
+                machine.requestReceived(request)
                 respond(to: request)
             case .failed(let failure):
-                reject(failure)
+                // Answer and close: the rest of the input cannot be trusted.
+                let (status, body) = machine.parseFailed(failure)
+                respondFixed(to: HTTP1Request(), status: status, headers: Self.textHeaders, body: body)
             }
         }
         if inputIndex == input.count {
             input.removeAll(keepingCapacity: input.capacity <= Self.inputLimit)
             inputIndex = 0
         }
-        if readingPaused && input.count - inputIndex < Self.inputLimit && acceptsRequests {
-            readingPaused = false
+        if input.count - inputIndex < Self.inputLimit && machine.backlogDrained() {
             io.setReadableInterest(true)
         }
-        if response == nil && !acceptsRequests && !closed { endConnection() }
     }
 
-    /// `Expect: 100-continue` (RFC 9110 §10.1.1): a client waiting to send its body learns now
-    /// whether it is wanted; any other expectation cannot be met.
+    /// `Expect` (RFC 9110 §10.1.1), before the body is read.
     private func handleExpectation(_ request: HTTP1Request, contentLength: UInt64?) {
-        guard let expectation = request.header("expect"), request.versionMinor >= 1 else { return }
-        guard expectation.lowercased() == "100-continue" else {
-            acceptsRequests = false
-            let body = "Unsupported Expect: \(expectation). Only 100-continue is understood.\n"
-            return respondFixed(to: request, status: 417, headers: Self.textHeaders, body: body)
-        }
-        if case .refuse(let status, let headers, let body) = route(request) {
-            // Refused whatever the body says: answer now and close instead of reading the body.
-            acceptsRequests = false
-            respondFixed(to: request, status: status, headers: headers, body: body)
-        } else if contentLength != 0 {
-            interim = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+        switch machine.headReceived(request, contentLength: contentLength) {
+        case .none: break
+        case .rejectExpectation(let body):
+            respondFixed(to: request, status: 417, headers: Self.textHeaders, body: body)
+        case .routeBeforeBody(let sendContinue):
+            if case .refuse(let status, let headers, let body) = route(request) {
+                // Refused whatever the body says: answer now and close instead of reading the body.
+                machine.refusedBeforeBody()
+                respondFixed(to: request, status: status, headers: headers, body: body)
+            } else if sendContinue {
+                interim = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+            }
         }
     }
 
@@ -165,31 +159,18 @@ final class HTTP1Connection: Selectable {
     /// For the connection's own short answers, which may echo parts of the request.
     static let textHeaders = [("content-type", "text/plain; charset=utf-8"), ("x-content-type-options", "nosniff")]
 
-    /// A request the parser refused: answer and close (the rest of the input cannot be trusted).
-    private func reject(_ failure: HTTP1RequestParser.Failure) {
-        acceptsRequests = false
-        let limits = server.configuration.limits
-        let (status, body) =
-            switch failure {
-            case .malformed(let reason): (400, "Malformed HTTP/1.1 request (\(reason)).\n")
-            case .headersTooLarge: (431, "The request line and headers exceed the limit of \(limits.maxHeaderListSize) bytes.\n")
-            case .bodyTooLarge: (413, "The request body exceeds the limit of \(limits.maxMessageSize) bytes.\n")
-            }
-        respondFixed(to: HTTP1Request(), status: status, headers: Self.textHeaders, body: body)
-    }
-
     // MARK: Writing
 
     /// Writes what is ready; called after reads, on EPOLLOUT, and when a handler queued output.
     func flush() {
         let scratch = server.readBuffer(for: loop)
-        while !closed {
+        while machine.state != .closed {
             let outcome = io.flush { out in
                 if !interim.isEmpty {
                     out += interim
                     interim = []
                 } else if let response {
-                    response.produce(into: &out, scratch: scratch, closing: !acceptsRequests || draining)
+                    response.produce(into: &out, scratch: scratch, closing: machine.respondingLast)
                 }
             }
             switch outcome {
@@ -200,19 +181,19 @@ final class HTTP1Connection: Selectable {
             guard let finished = response, finished.complete else { return }
             response = nil
             lastActivity = .now
-            if finished.closesConnection || draining { acceptsRequests = false }
-            processInput()
+            switch machine.responseFinished(closesConnection: finished.closesConnection) {
+            case .readNext: processInput()
+            case .endConnection: endConnection()
+            }
         }
     }
 
     // MARK: Lifecycle
 
-    /// Everything is answered and no more requests are taken: send FIN, then read and discard
-    /// for a moment, so a client still sending does not turn our close into a reset that would
-    /// destroy the response in its receive buffer.
+    /// Everything is answered and no more requests are taken (the machine is `lingering`): send
+    /// FIN, then read and discard for a moment, so a client still sending does not turn our close
+    /// into a reset that would destroy the response in its receive buffer.
     private func endConnection() {
-        guard !lingering else { return }
-        lingering = true
         input = []
         inputIndex = 0
         io.shutdownWrite()
@@ -234,16 +215,13 @@ final class HTTP1Connection: Selectable {
 
     /// Idle timeout: no response in flight and no complete request for a while.
     func closeIfIdle(before cutoff: ContinuousClock.Instant) {
-        if response == nil && lastActivity < cutoff { close(reason: "idle timeout") }
+        if machine.mayCloseWhenIdle && lastActivity < cutoff { close(reason: "idle timeout") }
     }
 
     /// Graceful shutdown: an idle connection closes now; one with a response in flight finishes
     /// it (with `connection: close` if its head has not gone out yet) and then closes.
     func beginDrain() {
-        guard !closed else { return }
-        draining = true
-        acceptsRequests = false
-        if response == nil { endConnection() }
+        if machine.beginDrain() { endConnection() }
     }
 
     /// The drain timeout passed: cut the response in flight short.
@@ -253,8 +231,7 @@ final class HTTP1Connection: Selectable {
     }
 
     func close(reason: String) {
-        guard !closed else { return }
-        closed = true
+        guard machine.close() else { return }
         server.logger.trace("HTTP/1.1 connection closed: \(reason)")
         if let lingerTimer { loop.cancelTimer(lingerTimer) }
         response?.connectionClosed()

@@ -94,6 +94,6 @@ extension HTTP2Connection {
     func streamClosed() {
         lastActivity = .now
         // A draining connection sends its final GOAWAY (and then closes) once its last stream is done.
-        if draining && streams.isEmpty { scheduleFlush() }
+        if isDraining && streams.isEmpty { scheduleFlush() }
     }
 }

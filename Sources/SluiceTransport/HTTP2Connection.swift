@@ -7,36 +7,29 @@ import Logging
 import SluiceWire
 
 /// One accepted connection: a socket (optionally TLS, see `SessionIO`), an nghttp2 server
-/// session and its streams. Lives on one event loop and is touched only from that loop's thread.
+/// session and its streams. Its lifecycle (handshake, protocol detection, drain, close) is a
+/// `ServerConnectionStateMachine`; this class performs what it decides. Lives on one event loop
+/// and is touched only from that loop's thread.
 final class HTTP2Connection: Selectable {
     private let io: SessionIO
     unowned let loop: EventLoop
     let server: HTTP2Server
     let logger: Logger
-    private var tlsHandshakeDone = false
+    private var machine: ServerConnectionStateMachine
     private(set) var session: OpaquePointer?
     var streams: [Int32: HTTP2Stream] = [:]
-    private var closed = false
     private var flushScheduled = false
-    /// Bytes of the client preface matched so far (cleartext): anything else is HTTP/1.x.
-    private var prefaceBytesChecked = 0
-    /// The client speaks HTTP/2: its preface arrived, or TLS negotiated ALPN h2. Nothing is sent
-    /// before, so a client that turns out to speak HTTP/1.1 gets only HTTP/1.1.
-    private var speaksHTTP2 = false
     var lastActivity = ContinuousClock.now
     /// Since when the idle sweep has seen a begun response held up by the client's flow-control
     /// window with no WINDOW_UPDATE from it; a WINDOW_UPDATE clears it.
     var windowBlockedSince: ContinuousClock.Instant?
-    private(set) var draining = false
-    private var finalGoAwaySent = false
-
-    private static let clientPreface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
 
     init(fd: Int32, loop: EventLoop, server: HTTP2Server, tlsContext: TLSContext?) throws {
         self.io = SessionIO(fd: fd, loop: loop)
         self.loop = loop
         self.server = server
         self.logger = server.logger
+        machine = ServerConnectionStateMachine(tls: tlsContext != nil)
         if let tlsContext {
             guard let ssl = SSL_new(tlsContext.context) else {
                 throw IOError.configuration("TLS: SSL_new failed: \(TLSContext.lastError())")
@@ -44,8 +37,6 @@ final class HTTP2Connection: Selectable {
             SSL_set_fd(ssl, fd)
             SSL_set_accept_state(ssl)
             io.tls = ssl
-        } else {
-            tlsHandshakeDone = true
         }
         try makeSession()
         try loop.register(fd, self, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
@@ -91,12 +82,12 @@ final class HTTP2Connection: Selectable {
             close(reason: "socket error or hang-up")
             return
         }
-        if !tlsHandshakeDone {
+        if machine.isHandshaking {
             continueHandshake()
-            if closed || !tlsHandshakeDone { return }
+            if machine.isHandshaking || machine.isClosed { return }
         }
         if events & EPOLLIN.rawValue != 0 { readAvailable() }
-        if closed { return }
+        if machine.isClosed { return }
         // Reading may have queued frames (SETTINGS ACK, WINDOW_UPDATE, responses); EPOLLOUT means room again.
         flushNow()
     }
@@ -105,17 +96,13 @@ final class HTTP2Connection: Selectable {
         guard let tls = io.tls else { return }
         let rv = SSL_do_handshake(tls)
         if rv == 1 {
-            tlsHandshakeDone = true
             var protocolName: UnsafePointer<UInt8>?
             var length: UInt32 = 0
             SSL_get0_alpn_selected(tls, &protocolName, &length)
             io.setWritableInterest(false)
-            guard length == 2, let protocolName, protocolName[0] == UInt8(ascii: "h"), protocolName[1] == UInt8(ascii: "2") else {
-                // ALPN http/1.1, or none at all.
-                switchToHTTP1(replaying: [])
-                return
-            }
-            speaksHTTP2 = true
+            let alpnH2 = length == 2 && protocolName?[0] == UInt8(ascii: "h") && protocolName?[1] == UInt8(ascii: "2")
+            // ALPN http/1.1, or none at all: HTTP/1.1.
+            if !machine.handshakeCompleted(alpnH2: alpnH2) { switchToHTTP1(replaying: []) }
             return
         }
         switch SSL_get_error(tls, rv) {
@@ -135,7 +122,7 @@ final class HTTP2Connection: Selectable {
             if count > 0 {
                 lastActivity = .now
                 let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
-                if !speaksHTTP2, io.tls == nil, !checkPreface(bytes) { return }
+                if case .switchToHTTP1(let replay) = machine.received(bytes) { return switchToHTTP1(replaying: replay) }
                 if let error = io.deliver(bytes, to: session!) {
                     logger.debug("closing connection: \(error)")
                     // Some fatal errors (a CONTINUATION flood, say) leave no GOAWAY queued: say why we hang up.
@@ -154,26 +141,9 @@ final class HTTP2Connection: Selectable {
         }
     }
 
-    /// Matches the cleartext client preface, which may arrive a byte at a time. Returns false
-    /// when the bytes diverge from it: the connection then continues as HTTP/1.x.
-    private func checkPreface(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        for (index, byte) in bytes.enumerated() {
-            if byte != Self.clientPreface[prefaceBytesChecked] {
-                switchToHTTP1(replaying: Array(Self.clientPreface[0..<prefaceBytesChecked]) + Array(bytes[index...]))
-                return false
-            }
-            prefaceBytesChecked += 1
-            if prefaceBytesChecked == Self.clientPreface.count {
-                speaksHTTP2 = true
-                break
-            }
-        }
-        return true
-    }
-
-    /// Hands the socket to an `HTTP1Connection`; this connection is done without closing it.
+    /// Hands the socket to an `HTTP1Connection` (the machine is in `handedToHTTP1`); this
+    /// connection is done without closing it.
     private func switchToHTTP1(replaying bytes: [UInt8]) {
-        closed = true
         if let session {
             nghttp2_session_del(session)
             self.session = nil
@@ -185,17 +155,17 @@ final class HTTP2Connection: Selectable {
 
     /// Coalesces flushes requested while the loop processes a batch of tasks.
     func scheduleFlush() {
-        guard !flushScheduled, !closed else { return }
+        guard !flushScheduled, !machine.isClosed else { return }
         flushScheduled = true
         server.enqueueFlush(self, on: loop)
     }
 
     func flushNow() {
         flushScheduled = false
-        guard !closed, speaksHTTP2, let session else { return }
+        guard machine.speaksHTTP2, let session else { return }
         // nghttp2 callbacks run inside mem_send/mem_recv; whatever they want flushed waits for the loop.
         guard !io.inNGHTTP2Call else { return scheduleFlush() }
-        if draining && streams.isEmpty && !finalGoAwaySent { submitFinalGoAway() }
+        if machine.willWrite(hasOpenStreams: !streams.isEmpty) { submitFinalGoAway() }
         switch io.flush(session) {
         case .failed(let reason): return close(reason: reason)
         case .blocked: return
@@ -223,7 +193,7 @@ final class HTTP2Connection: Selectable {
     /// A client that stopped reading: its streams' handlers are suspended on full queues, and the
     /// connection would hold them (up to 64 KiB each) for as long as it stays open.
     func closeStalled() {
-        guard !closed, let session else { return }
+        guard !machine.isClosed, let session else { return }
         logger.debug("closing a connection whose client has not opened its flow-control window for the idle timeout")
         nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM.rawValue)
         flushNow()
@@ -232,8 +202,7 @@ final class HTTP2Connection: Selectable {
 
     /// Graceful shutdown, step 1: tell the client no new streams are welcome soon.
     func sendShutdownNotice() {
-        guard !closed, let session, !draining else { return }
-        draining = true
+        guard let session, machine.shutdownNotice() else { return }
         nghttp2_submit_shutdown_notice(session)
         flushNow()
     }
@@ -242,24 +211,25 @@ final class HTTP2Connection: Selectable {
     /// nghttp2 then stops wanting to read or write once the remaining streams finish, and
     /// `flushNow` closes the connection.
     func sendGoAway() {
-        guard !closed else { return }
+        switch machine.goAway() {
+        case .none: break
         // Idle or shutting down before it said which protocol it speaks: nothing to tell it.
-        guard speaksHTTP2 else { return close(reason: "no request before the idle timeout or shutdown") }
-        draining = true
-        submitFinalGoAway()
-        flushNow()
+        case .close: close(reason: "no request before the idle timeout or shutdown")
+        case .submitFinalGoAway:
+            submitFinalGoAway()
+            flushNow()
+        case .flush: flushNow()
+        }
     }
 
     private func submitFinalGoAway() {
-        guard let session, !finalGoAwaySent else { return }
-        finalGoAwaySent = true
+        guard let session else { return }
         let lastStreamID = nghttp2_session_get_last_proc_stream_id(session)
         nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), lastStreamID, NGHTTP2_NO_ERROR.rawValue, nil, 0)
     }
 
     func close(reason: String) {
-        guard !closed else { return }
-        closed = true
+        guard machine.close() else { return }
         logger.trace("connection closed: \(reason)")
         for stream in streams.values {
             stream.connectionClosed()
@@ -273,5 +243,6 @@ final class HTTP2Connection: Selectable {
         server.connectionClosed(self, on: loop)
     }
 
-    var isClosed: Bool { closed }
+    var isClosed: Bool { machine.isClosed }
+    var isDraining: Bool { machine.isDraining }
 }

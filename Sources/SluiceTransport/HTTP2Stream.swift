@@ -2,183 +2,121 @@ import SluiceIO
 import CNGHTTP2
 import SluiceWire
 
-/// One request stream: collects the request, validates it, runs the handler and feeds the
-/// response to nghttp2. Loop-confined, like its connection.
+/// One request stream: feeds nghttp2's request events to its `HTTP2StreamStateMachine` and
+/// performs what it decides (the outbound queue, the handler task, the deadline timer, the
+/// response submitted to nghttp2). Loop-confined, like its connection.
 final class HTTP2Stream {
     let id: Int32
     unowned let connection: HTTP2Connection
 
-    private var method: String?
-    private(set) var path: String?
-    private var contentType: String?
-    private var headers: [(name: String, value: String)] = []
-    private var headerBytes = 0
-
-    private var rpcProtocol: RPCProtocol = .grpc
-    private var handler: RPCHandler?
-    /// Set for plain HTTP routes; the request body is collected whole into `requestBody`.
-    private var httpHandler: HTTPHandler?
-    private var requestBody: [UInt8] = []
-    private var decoder: EnvelopeDecoder
-    private var requestMessage: [UInt8]?
+    private var machine: HTTP2StreamStateMachine
+    private(set) var outbound: StreamOutbound?
     private var deadline: ContinuousClock.Instant?
     private var deadlineTimer: TimerID?
     private var handlerTask: Task<Void, Never>?
-
-    /// The client has sent END_STREAM.
-    private(set) var requestComplete = false
-    /// The response is decided (an error, or the handler is running): ignore further request bytes.
-    private var requestHandled = false
-    private(set) var outbound: StreamOutbound?
-    private(set) var responseSubmitted = false
-    /// A plain HTTP response body (405, 415), served instead of RPC messages.
-    private var plainBody: [UInt8]?
-    private var plainBodyIndex = 0
+    /// The handler the router chose, run once the request is complete.
+    private var httpHandler: HTTPHandler?
+    private var rpcHandler: RPCHandler?
 
     init(id: Int32, connection: HTTP2Connection) {
         self.id = id
         self.connection = connection
-        self.decoder = EnvelopeDecoder(maxMessageSize: connection.server.configuration.limits.maxMessageSize)
+        let limits = connection.server.configuration.limits
+        machine = HTTP2StreamStateMachine(limits: .init(maxHeaderListSize: limits.maxHeaderListSize, maxMessageSize: limits.maxMessageSize))
     }
+
+    var path: String? { machine.path }
+    /// The client has sent END_STREAM.
+    var requestComplete: Bool { machine.requestEnded }
+    var responseSubmitted: Bool { machine.responseSubmitted }
 
     // MARK: Request
 
     /// Returns false when the header list exceeds the limit (the stream is then reset).
     func addHeader(name: String, value: String) -> Bool {
-        // RFC 7541 §4.1 size accounting, the same the client sees in SETTINGS_MAX_HEADER_LIST_SIZE.
-        headerBytes += name.utf8.count + value.utf8.count + 32
-        guard headerBytes <= connection.server.configuration.limits.maxHeaderListSize else { return false }
-        switch name {
-        case ":method": method = value
-        case ":path": path = value
-        case "content-type":
-            contentType = value
-            headers.append((name, value))
-        default: if !name.hasPrefix(":") { headers.append((name, value)) }
-        }
-        return true
+        machine.receiveHeader(name: name, value: value)
     }
 
     func headersComplete() {
-        let target = (path ?? "").split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
-        if let route = target.first, let httpHandler = connection.server.router.httpHandler(for: String(route)) {
-            self.httpHandler = httpHandler
-            outbound = makeOutbound(framing: .raw, endStreamEnvelope: nil)
-            return
+        let router = connection.server.router
+        let httpRoute = router.httpHandler(for: machine.routePath)
+        let rpcRoute = machine.path.flatMap { router.handler(for: $0) }
+        let action = machine.headersComplete(httpRoute: httpRoute != nil, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline)
+        switch action {
+        case .none: break
+        case .startHTTP:
+            httpHandler = httpRoute
+            outbound = makeOutbound(framing: .raw, rpcProtocol: nil)
+        case .startRPC(let rpcProtocol, let deadline):
+            rpcHandler = rpcRoute?.handler
+            outbound = makeOutbound(framing: .envelope, rpcProtocol: rpcProtocol)
+            if let deadline { startDeadline(deadline) }
+        case .failRPC(let rpcProtocol, let code, let message):
+            outbound = makeOutbound(framing: .envelope, rpcProtocol: rpcProtocol)
+            fail(code, message)
+        case .respondPlain:
+            submitResponse()
         }
-        guard method == "POST" else {
-            respondPlain(status: 405, extraHeaders: [("allow", "POST")], body: "\(method ?? "this method") is not allowed: RPCs use POST.\n")
-            return
-        }
-        let type = contentType ?? ""
-        if type.hasPrefix("application/grpc") {
-            rpcProtocol = .grpc
-        } else if type == "application/connect+json" || type.hasPrefix("application/connect+json;") {
-            rpcProtocol = .connect
-        } else {
-            respondPlain(
-                status: 415, extraHeaders: [("accept-post", "application/grpc, application/grpc+json, application/connect+json")],
-                body: "Unsupported content-type '\(type)': send application/grpc, application/grpc+json or application/connect+json.\n"
-            )
-            return
-        }
+    }
+
+    private func makeOutbound(framing: StreamOutbound.Framing, rpcProtocol: RPCProtocol?) -> StreamOutbound {
         var connectEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
         if rpcProtocol == .connect {
             connectEnvelope = { code, message in
                 EnvelopeEncoder.encode(ConnectEndStream.body(status: code, message: message), flags: .endStream)
             }
         }
-        outbound = makeOutbound(framing: .envelope, endStreamEnvelope: connectEnvelope)
-
-        let encodingHeader = rpcProtocol == .grpc ? "grpc-encoding" : "connect-content-encoding"
-        if let encoding = header(encodingHeader), encoding != "identity" {
-            fail(.unimplemented, "\(encodingHeader) '\(encoding)' is not supported: this server accepts identity only (send messages uncompressed)")
-            return
-        }
-        guard let path, let route = connection.server.router.handler(for: path) else {
-            fail(.unimplemented, "unknown method \(path ?? "(no :path)"): this server has no such RPC")
-            return
-        }
-        self.handler = route.handler
-        if !startDeadline(backstop: route.enforcesDeadline ? RPCRouter.deadlineBackstop : .zero) { return }
-    }
-
-    private func makeOutbound(
-        framing: StreamOutbound.Framing, endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
-    ) -> StreamOutbound {
         let box = LoopBound(connection, loop: connection.loop)
         let streamID = id
         return StreamOutbound(
             capacity: connection.server.configuration.limits.streamQueueBytes,
             framing: framing,
-            endStreamEnvelope: endStreamEnvelope,
+            endStreamEnvelope: connectEnvelope,
             messageDelivered: connection.server.configuration.messageDelivered
         ) { [loop = connection.loop] in
             loop.execute { box.value.streamHasOutput(streamID) }
         }
     }
 
-    private func startDeadline(backstop: Duration) -> Bool {
-        let name = rpcProtocol == .grpc ? "grpc-timeout" : "connect-timeout-ms"
-        guard let value = header(name) else { return true }
-        let timeout = rpcProtocol == .grpc ? Timeouts.parseGRPCTimeout(value) : Timeouts.parseConnectTimeout(value)
-        guard let timeout else {
-            fail(.invalidArgument, "malformed \(name) header '\(value)'")
-            return false
-        }
-        deadline = .now + timeout
-        deadlineTimer = connection.loop.scheduleTimer(after: timeout + backstop) { [weak self] in
+    private func startDeadline(_ deadline: HTTP2StreamStateMachine.Deadline) {
+        self.deadline = .now + deadline.timeout
+        deadlineTimer = connection.loop.scheduleTimer(after: deadline.timeout + deadline.backstop) { [weak self] in
             self?.deadlineTimer = nil
-            self?.end(.deadlineExceeded, "deadline exceeded: the call ran longer than its \(name) of \(value)")
+            self?.end(.deadlineExceeded, "deadline exceeded: the call ran longer than its \(deadline.header) of \(deadline.value)")
         }
-        return true
     }
 
     func receiveData(_ bytes: UnsafeRawBufferPointer) {
-        guard !requestHandled else { return }
-        if httpHandler != nil {
-            let limit = connection.server.configuration.limits.maxMessageSize
-            guard requestBody.count + bytes.count <= limit else {
-                respondPlain(status: 413, extraHeaders: [], body: "The request body exceeds the limit of \(limit) bytes.\n")
-                return
-            }
-            requestBody.append(contentsOf: bytes)
-            return
-        }
-        decoder.append(bytes)
-        do {
-            while let envelope = try decoder.next() {
-                guard requestMessage == nil else {
-                    fail(.invalidArgument, "this method takes exactly one request message, but the client sent more")
-                    return
-                }
-                requestMessage = envelope.payload
-            }
-        } catch {
-            fail(error.code, error.message)
+        switch machine.receiveData(bytes) {
+        case .none: break
+        case .fail(let code, let message): fail(code, message)
+        case .respondPlain: submitResponse()
         }
     }
 
     func endOfRequest() {
-        requestComplete = true
-        guard !requestHandled else { return }
-        if let httpHandler {
-            runHTTPHandler(httpHandler)
-            return
+        switch machine.endOfRequest() {
+        case .none: break
+        case .fail(let code, let message): fail(code, message)
+        case .runHTTPHandler(let request):
+            guard let outbound, let handler = httpHandler else {
+                preconditionFailure("an HTTP stream runs its handler only after its route and outbound queue were set up")
+            }
+            handlerTask = outbound.runHTTPHandler(handler, request, on: connection.loop)
+        case .runRPCHandler(let message):
+            guard let outbound, let path = machine.path, let handler = rpcHandler, case .rpc(let rpcProtocol)? = machine.route
+            else {
+                preconditionFailure("an RPC stream runs its handler only after its route and outbound queue were set up")
+            }
+            runRPCHandler(handler, path: path, rpcProtocol: rpcProtocol, message: message, outbound: outbound)
         }
-        if let description = decoder.partialMessageDescription {
-            fail(.invalidArgument, description)
-            return
-        }
-        guard let message = requestMessage, let handler, let outbound, let path else {
-            fail(.invalidArgument, "this method takes exactly one request message, but the client sent none")
-            return
-        }
-        requestHandled = true
+    }
+
+    private func runRPCHandler(_ handler: @escaping RPCHandler, path: String, rpcProtocol: RPCProtocol, message: [UInt8], outbound: StreamOutbound) {
         let server = connection.server
         let workLoop = server.placeCall(preferring: connection.loop)
         let request = RPCRequest(
-            path: path, rpcProtocol: rpcProtocol, headers: headers, message: message, deadline: deadline,
+            path: path, rpcProtocol: rpcProtocol, headers: machine.headers, message: message, deadline: deadline,
             executor: workLoop
         )
         let writer = RPCResponseWriter(outbound: outbound)
@@ -197,102 +135,58 @@ final class HTTP2Stream {
         }
     }
 
-    private func runHTTPHandler(_ handler: @escaping HTTPHandler) {
-        guard let outbound else { return }
-        requestHandled = true
-        let target = (path ?? "/").split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
-        let request = HTTPRequest(
-            method: method ?? "GET", path: String(target[0]), query: target.count > 1 ? String(target[1]) : nil,
-            headers: headers, body: requestBody
-        )
-        requestBody = []
-        handlerTask = outbound.runHTTPHandler(handler, request, on: connection.loop)
-    }
-
-    private func header(_ name: String) -> String? {
-        headers.first { $0.name == name }?.value
-    }
-
     // MARK: Ending
 
     /// Ends the call now (deadline, shutdown): queued messages are dropped, the handler is cancelled.
     func end(_ code: StatusCode, _ message: String) {
-        requestHandled = true
-        if let outbound, outbound.abort(code, message) {
-            handlerTask?.cancel()
-            streamHasOutput()
-        }
+        guard machine.end(), let outbound, outbound.abort(code, message) else { return }
+        handlerTask?.cancel()
+        streamHasOutput()
     }
 
     private func fail(_ code: StatusCode, _ message: String) {
-        requestHandled = true
         outbound?.finish(code, message)
         streamHasOutput()
     }
 
     /// The stream closed (completed, or reset by the client).
     func closed(errorCode: UInt32) {
-        cancelDeadline()
-        outbound?.close(RPCError(.cancelled, "the client cancelled the call (RST_STREAM \(errorCode))"), disconnect: .reset(errorCode: errorCode))
-        handlerTask?.cancel()
+        tearDown(RPCError(.cancelled, "the client cancelled the call (RST_STREAM \(errorCode))"), disconnect: .reset(errorCode: errorCode))
     }
 
     func connectionClosed() {
-        cancelDeadline()
-        outbound?.close(RPCError(.cancelled, "the client's connection closed"), disconnect: .connectionLost)
-        handlerTask?.cancel()
+        tearDown(RPCError(.cancelled, "the client's connection closed"), disconnect: .connectionLost)
     }
 
-    private func cancelDeadline() {
+    private func tearDown(_ reason: RPCError, disconnect: RPCDisconnect) {
+        machine.close()
         if let deadlineTimer { connection.loop.cancelTimer(deadlineTimer) }
         deadlineTimer = nil
+        outbound?.close(reason, disconnect: disconnect)
+        handlerTask?.cancel()
     }
 
     // MARK: Response
 
-    private func respondPlain(status: Int, extraHeaders: [(String, String)], body: String) {
-        requestHandled = true
-        plainBody = Array(body.utf8)
-        var headers = [(":status", String(status)), ("content-type", "text/plain; charset=utf-8")]
-        headers += extraHeaders
-        submitResponse(headers: headers, withBody: true)
-    }
-
     /// Called on the loop whenever the handler queued bytes or the call ended.
     func streamHasOutput() {
         guard let session = connection.session else { return }
-        if responseSubmitted {
-            nghttp2_session_resume_data(session, id)
-        } else if let outbound, let shape = outbound.responseShape(trailersOnlyAllowed: httpHandler == nil && rpcProtocol == .grpc) {
-            if httpHandler != nil {
-                submitResponse(headers: outbound.head ?? [(":status", "500")], withBody: true)
-            } else if shape.trailersOnly, let status = shape.status {
-                submitResponse(headers: [(":status", "200"), ("content-type", contentType ?? "application/grpc")] + statusHeaders(status), withBody: false)
-            } else {
-                submitResponse(headers: responseHeaders(), withBody: true)
+        switch machine.outputReady() {
+        case .none: break
+        case .resumeData: nghttp2_session_resume_data(session, id)
+        case .submitHeadIfReady(let trailersOnlyAllowed):
+            if let outbound, let shape = outbound.responseShape(trailersOnlyAllowed: trailersOnlyAllowed) {
+                submitResponse(trailersOnlyStatus: shape.trailersOnly ? shape.status : nil, httpHead: outbound.head)
             }
         }
         connection.scheduleFlush()
     }
 
-    private func responseHeaders() -> [(String, String)] {
-        switch rpcProtocol {
-        case .grpc: [(":status", "200"), ("content-type", contentType ?? "application/grpc"), ("grpc-accept-encoding", "identity")]
-        case .connect: [(":status", "200"), ("content-type", "application/connect+json"), ("connect-accept-encoding", "identity")]
-        }
-    }
-
-    private func statusHeaders(_ status: (code: StatusCode, message: String)) -> [(String, String)] {
-        var headers = [("grpc-status", String(status.code.rawValue))]
-        if !status.message.isEmpty { headers.append(("grpc-message", GRPCMessageEncoding.encode(status.message))) }
-        return headers
-    }
-
-    private func submitResponse(headers: [(String, String)], withBody: Bool) {
-        guard let session = connection.session, !responseSubmitted else { return }
-        responseSubmitted = true
-        withNameValues(headers) { nva, count in
-            if withBody {
+    private func submitResponse(trailersOnlyStatus: (code: StatusCode, message: String)? = nil, httpHead: [(String, String)]? = nil) {
+        guard let session = connection.session, !machine.responseSubmitted else { return }
+        let head = machine.responseHead(trailersOnlyStatus: trailersOnlyStatus, httpHead: httpHead)
+        withNameValues(head.fields.map { ($0.name, $0.value) }) { nva, count in
+            if head.withBody {
                 var provider = nghttp2_data_provider()
                 provider.read_callback = HTTP2Connection.dataSourceRead
                 _ = nghttp2_submit_response(session, id, nva, count, &provider)
@@ -306,32 +200,31 @@ final class HTTP2Stream {
     /// nghttp2's data source read callback for this stream: fills `buffer`, defers while the
     /// handler has nothing queued, and sends trailers once it is done.
     func readBody(into buffer: UnsafeMutableRawBufferPointer, flags: UnsafeMutablePointer<UInt32>) -> Int {
-        if let plainBody {
-            let count = min(buffer.count, plainBody.count - plainBodyIndex)
-            plainBody.withUnsafeBytes { source in
-                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[plainBodyIndex..<plainBodyIndex + count]))
-            }
-            plainBodyIndex += count
-            if plainBodyIndex == plainBody.count { flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }
+        if machine.state == .respondingPlain {
+            let (count, end) = machine.readPlainBody(into: buffer)
+            if end { flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }
             return count
         }
         guard let outbound else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
         let drained = outbound.drain(into: buffer)
-        if httpHandler != nil, drained.endOfStream, let status = drained.status, status.code != .ok {
+        guard drained.endOfStream else {
+            return drained.byteCount == 0 ? Int(NGHTTP2_ERR_DEFERRED.rawValue) : drained.byteCount
+        }
+        switch machine.bodyEnd(status: drained.status) {
+        case .reset:
             // Deliver what was queued, then reset instead of ending cleanly.
             return drained.byteCount > 0 ? drained.byteCount : Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
-        }
-        if drained.endOfStream {
+        case .endStream:
             flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
-            if httpHandler == nil, rpcProtocol == .grpc, let status = drained.status, let session = connection.session {
+        case .trailers(let fields):
+            flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
+            if let session = connection.session {
                 flags.pointee |= NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
-                withNameValues(statusHeaders(status)) { nva, count in
+                withNameValues(fields.map { ($0.name, $0.value) }) { nva, count in
                     _ = nghttp2_submit_trailer(session, id, nva, count)
                 }
             }
-            return drained.byteCount
         }
-        if drained.byteCount == 0 { return Int(NGHTTP2_ERR_DEFERRED.rawValue) }
         return drained.byteCount
     }
 }
