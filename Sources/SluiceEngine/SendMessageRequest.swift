@@ -7,7 +7,8 @@ public struct SendMessageRequest: Sendable {
     public var system: JSONValue?
     public var messages: [JSONValue]
     public var tools: [String]
-    public var temperature: Double?
+    /// Kept as sent, so the upstream request carries exactly the client's number.
+    public var temperature: JSONNumber?
     public var metadata: JSONValue?
     /// The simulator scenario, forwarded as the `sluice-simulation` header.
     public var simulation: JSONValue?
@@ -60,9 +61,9 @@ public struct SendMessageRequest: Sendable {
             }
             tools = names
         }
-        var temperature: Double?
+        var temperature: JSONNumber?
         if let value = fields["temperature"], !value.isNull {
-            guard let number = value.doubleValue, (0...1).contains(number) else {
+            guard let number = value.numberValue, (0...1).contains(number.doubleValue) else {
                 throw RPCError(.invalidArgument, "'temperature' must be a number from 0 to 1")
             }
             temperature = number
@@ -88,7 +89,7 @@ public struct SendMessageRequest: Sendable {
     func upstreamBody(conversation: [JSONValue], prefill: String?, tools: [JSONValue]) -> [UInt8] {
         var body: [String: JSONValue] = [
             "model": .string(model),
-            "max_tokens": .number(Double(maxTokens)),
+            "max_tokens": .integer(maxTokens),
             "stream": .bool(true),
         ]
         if !tools.isEmpty { body["tools"] = .array(tools) }

@@ -62,7 +62,7 @@ struct StreamAttempts {
             conversation.append(["role": "assistant", "content": .array(assistantContent)])
             conversation.append(["role": "user", "content": .array(results)])
         }
-        channel.emit(.streamComplete(usage: ["input_tokens": .number(Double(inputTokens)), "output_tokens": .number(Double(outputTokens))]))
+        channel.emit(.streamComplete(usage: ["input_tokens": .integer(inputTokens), "output_tokens": .integer(outputTokens)]))
     }
 
     /// One model turn, retried until it completes or the retry budget is spent.

@@ -36,19 +36,19 @@ public enum StreamEvent: Sendable, Equatable {
     /// The event's own fields (without `stream_id`, `seq`, `type`), in key order.
     private var fields: KeyValuePairs<String, JSONValue> {
         switch self {
-        case .streamQueued(let position): ["position": .number(Double(position))]
+        case .streamQueued(let position): ["position": .integer(position)]
         case .messageStart(let id, let role, let model): ["id": .string(id), "model": .string(model), "role": .string(role)]
         case .messageDelta(let id, let delta): ["delta": .string(delta), "id": .string(id)]
         case .messageStop(let id, let stopReason): ["id": .string(id), "stop_reason": stopReason.map(JSONValue.string) ?? .null]
         case .messageRestart(let id, let reason): ["id": .string(id), "reason": .string(reason)]
         case .upstreamRetry(let attempt, let reason, let delay, let mode):
             [
-                "attempt": .number(Double(attempt)), "delay_ms": .number(Double(delay)), "mode": .string(mode.rawValue),
+                "attempt": .integer(attempt), "delay_ms": .integer(delay), "mode": .string(mode.rawValue),
                 "reason": .string(reason),
             ]
         case .toolStart(let id, let name, let input): ["id": .string(id), "input": input, "name": .string(name)]
         case .toolProgress(let id, let message, let percentage):
-            percentage.map { ["id": .string(id), "message": .string(message), "percentage": .number(Double($0))] }
+            percentage.map { ["id": .string(id), "message": .string(message), "percentage": .integer($0)] }
                 ?? ["id": .string(id), "message": .string(message)]
         case .toolComplete(let id, let output): ["id": .string(id), "output": output]
         case .toolError(let id, let error): ["error": .string(error), "id": .string(id)]
@@ -72,7 +72,7 @@ public enum StreamEvent: Sendable, Equatable {
                 JSONValue.serialize(string: Self.commonKeys[common], into: &out)
                 out.append(UInt8(ascii: ":"))
                 switch common {
-                case 0: out.append(contentsOf: String(seq).utf8)
+                case 0: JSONNumber(seq).write(into: &out)
                 case 1: JSONValue.serialize(string: streamID, into: &out)
                 default: JSONValue.serialize(string: type, into: &out)
                 }

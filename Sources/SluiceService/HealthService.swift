@@ -32,7 +32,7 @@ public struct HealthService: Sendable {
             }
             let serving = !isDraining()
             if isJSON {
-                try await writer.write(Array(#"{"status":"\#(serving ? "SERVING" : "NOT_SERVING")"}"#.utf8))
+                try await writer.write(JSONValue.object(["status": .string(serving ? "SERVING" : "NOT_SERVING")]).serialized())
             } else {
                 // HealthCheckResponse { ServingStatus status = 1; }: SERVING = 1, NOT_SERVING = 2.
                 try await writer.write([0x08, serving ? 0x01 : 0x02])

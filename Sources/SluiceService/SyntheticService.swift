@@ -30,19 +30,19 @@ public enum SyntheticService {
             guard (0...maxIntervalMilliseconds).contains(interval) else {
                 throw RPCError(.invalidArgument, "interval_ms must be between 0 and \(maxIntervalMilliseconds), got \(interval)")
             }
+            // `{"seq":N,"type":"message_delta","delta":"…"}`: only `seq` changes, so the rest is written once.
             let prefix = Array(#"{"seq":"#.utf8)
-            let middle = Array(#","type":"message_delta","delta":""#.utf8)
-            let delta = (0..<size).map { UInt8(ascii: "a") + UInt8($0 % 26) }
+            var suffix = Array(#","type":"message_delta","delta":"#.utf8)
+            JSONValue.serialize(string: String(decoding: (0..<size).map { UInt8(ascii: "a") + UInt8($0 % 26) }, as: UTF8.self), into: &suffix)
+            suffix.append(UInt8(ascii: "}"))
             var frame: [UInt8] = []
-            frame.reserveCapacity(prefix.count + middle.count + size + 24)
+            frame.reserveCapacity(prefix.count + suffix.count + 20)
             for seq in stride(from: 1, through: frames, by: 1) {
                 if interval > 0 && seq > 1 { try await Task.sleep(for: .milliseconds(interval)) }
                 frame.removeAll(keepingCapacity: true)
                 frame += prefix
-                frame += String(seq).utf8
-                frame += middle
-                frame += delta
-                frame += #""}"#.utf8
+                JSONNumber(seq).write(into: &frame)
+                frame += suffix
                 try await writer.write(frame)
             }
         }

@@ -37,7 +37,7 @@ public struct AnthropicUsage: Sendable, Equatable {
             ("cache_creation_input_tokens", cacheCreationInputTokens),
             ("cache_read_input_tokens", cacheReadInputTokens),
         ]
-        for case let (key, value?) in fields { object[key] = .number(Double(value)) }
+        for case let (key, value?) in fields { object[key] = .integer(value) }
         return .object(object)
     }
 }

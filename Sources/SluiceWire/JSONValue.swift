@@ -2,10 +2,12 @@
 ///
 /// Objects are unordered dictionaries; `serialized()` sorts keys by code point, so output is deterministic
 /// and comparable with Python's `json.dumps(..., sort_keys=True, separators=(",", ":"))` on ASCII keys.
+/// Numbers are exact (`JSONNumber`): parsing and writing a document gives back the same values.
+/// This is Sluice's one JSON writer: everything it sends as JSON is written here.
 public enum JSONValue: Sendable, Equatable, Hashable {
     case null
     case bool(Bool)
-    case number(Double)
+    case number(JSONNumber)
     case string(String)
     case array([JSONValue])
     case object([String: JSONValue])
@@ -22,15 +24,15 @@ public enum JSONValue: Sendable, Equatable, Hashable {
         if case .bool(let b) = self { b } else { nil }
     }
 
-    public var doubleValue: Double? {
-        if case .number(let d) = self { d } else { nil }
+    public var numberValue: JSONNumber? {
+        if case .number(let n) = self { n } else { nil }
     }
 
+    /// The number as the nearest `Double`.
+    public var doubleValue: Double? { numberValue?.doubleValue }
+
     /// The number as an `Int` when it is integral and in range.
-    public var intValue: Int? {
-        guard case .number(let d) = self, d.rounded(.towardZero) == d, let i = Int(exactly: d) else { return nil }
-        return i
-    }
+    public var intValue: Int? { numberValue?.int64Value.flatMap { Int(exactly: $0) } }
 
     public var arrayValue: [JSONValue]? {
         if case .array(let a) = self { a } else { nil }
@@ -41,6 +43,15 @@ public enum JSONValue: Sendable, Equatable, Hashable {
     }
 
     public var isNull: Bool { self == .null }
+
+    /// An integer number, exact at any size.
+    public static func integer(_ value: some BinaryInteger) -> JSONValue { .number(JSONNumber(value)) }
+
+    /// The common case without the generic's cost: events carry `Int` counters.
+    public static func integer(_ value: Int) -> JSONValue { .number(JSONNumber(value)) }
+
+    /// A number computed as a `Double`, written in its shortest exact form (non-finite values as `null`).
+    public static func double(_ value: Double) -> JSONValue { .number(JSONNumber(value)) }
 }
 
 extension JSONValue: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral, ExpressibleByIntegerLiteral,
@@ -48,8 +59,8 @@ extension JSONValue: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral, Expre
 {
     public init(nilLiteral: ()) { self = .null }
     public init(booleanLiteral value: Bool) { self = .bool(value) }
-    public init(integerLiteral value: Int) { self = .number(Double(value)) }
-    public init(floatLiteral value: Double) { self = .number(value) }
+    public init(integerLiteral value: Int) { self = .integer(value) }
+    public init(floatLiteral value: Double) { self = .double(value) }
     public init(stringLiteral value: String) { self = .string(value) }
     public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
     public init(dictionaryLiteral elements: (String, JSONValue)...) {
@@ -69,6 +80,7 @@ public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertibl
 
 extension JSONValue {
     /// Parses one JSON document (RFC 8259). Invalid UTF-8 and lone surrogate escapes become U+FFFD.
+    /// Numbers keep their exact value, even beyond `Double`'s precision or range.
     public init(parsing bytes: some Collection<UInt8>) throws(JSONParseError) {
         let result = bytes.withContiguousStorageIfAvailable { buffer in
             Result { () throws(JSONParseError) in
@@ -91,6 +103,9 @@ extension JSONValue {
 private struct JSONParser {
     /// Deep enough for any real payload, shallow enough that recursion cannot exhaust a thread's stack.
     static let maxDepth = 512
+    /// Significant digits of a number's exponent: beyond `Double`'s range (±308) by far, and small enough
+    /// that exact comparisons (`JSONNumber`'s `==`) cannot overflow.
+    static let maxExponentDigits = 9
 
     let bytes: UnsafeBufferPointer<UInt8>
     var index = 0
@@ -307,14 +322,18 @@ private struct JSONParser {
             if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
                 index += 1
             }
-            guard skipDigits() else { throw failure("invalid number") }
+            let exponentStart = index
+            while index < bytes.count, bytes[index] == UInt8(ascii: "0") { index += 1 }
+            let significantStart = index
+            _ = skipDigits()
+            guard index > exponentStart else { throw failure("invalid number") }
+            guard index - significantStart <= Self.maxExponentDigits else {
+                index = start
+                throw failure("number exponent beyond \(Self.maxExponentDigits) digits")
+            }
         }
         let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
-        guard let value = Double(text), value.isFinite else {
-            index = start
-            throw failure("number out of range")
-        }
-        return .number(value)
+        return .number(JSONNumber(validatedText: text))
     }
 
     /// Skips one or more ASCII digits; false when there are none.
@@ -328,8 +347,7 @@ private struct JSONParser {
 // MARK: - Serialization
 
 extension JSONValue {
-    /// Compact JSON: no whitespace, keys sorted by code point, integral numbers without a fraction,
-    /// non-finite numbers as `null` (JSON has no spelling for them).
+    /// Compact JSON: no whitespace, keys sorted by code point, numbers as `JSONNumber` writes them.
     public func serialized() -> [UInt8] {
         var out: [UInt8] = []
         serialize(into: &out)
@@ -345,14 +363,8 @@ extension JSONValue {
             out.append(contentsOf: "null".utf8)
         case .bool(let b):
             out.append(contentsOf: (b ? "true" : "false").utf8)
-        case .number(let d):
-            if !d.isFinite {
-                out.append(contentsOf: "null".utf8)
-            } else if d.rounded(.towardZero) == d, abs(d) < 0x1p53 {
-                out.append(contentsOf: String(Int64(d)).utf8)
-            } else {
-                out.append(contentsOf: d.description.utf8)
-            }
+        case .number(let number):
+            number.write(into: &out)
         case .string(let s):
             Self.serialize(string: s, into: &out)
         case .array(let elements):
@@ -401,39 +413,4 @@ extension JSONValue {
     }
 
     private static let hexDigits = Array("0123456789abcdef".utf8)
-}
-
-// MARK: - Codable
-
-extension JSONValue: Codable {
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let b = try? container.decode(Bool.self) {
-            self = .bool(b)
-        } else if let d = try? container.decode(Double.self) {
-            self = .number(d)
-        } else if let s = try? container.decode(String.self) {
-            self = .string(s)
-        } else if let a = try? container.decode([JSONValue].self) {
-            self = .array(a)
-        } else if let o = try? container.decode([String: JSONValue].self) {
-            self = .object(o)
-        } else {
-            throw DecodingError.dataCorruptedError(in: container, debugDescription: "not a JSON value")
-        }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        switch self {
-        case .null: try container.encodeNil()
-        case .bool(let b): try container.encode(b)
-        case .number(let d): try container.encode(d)
-        case .string(let s): try container.encode(s)
-        case .array(let a): try container.encode(a)
-        case .object(let o): try container.encode(o)
-        }
-    }
 }

@@ -61,10 +61,10 @@ struct Call: AsyncParsableCommand {
 
     private func request() throws -> (path: String, message: JSONValue) {
         if let resume {
-            return ("/sluice.v1.StreamingService/Resume", ["stream_id": .string(resume), "after_seq": .number(Double(afterSeq ?? 0))])
+            return ("/sluice.v1.StreamingService/Resume", ["stream_id": .string(resume), "after_seq": .integer(afterSeq ?? 0)])
         }
         var fields: [String: JSONValue] = [
-            "model": .string(model), "max_tokens": .number(Double(maxTokens)),
+            "model": .string(model), "max_tokens": .integer(maxTokens),
             "messages": [["role": "user", "content": .string(prompt ?? "")]],
         ]
         if let system { fields["system"] = .string(system) }

@@ -90,11 +90,11 @@ struct LoadTest: AsyncParsableCommand {
     private func request() throws -> (path: String, message: [UInt8]) {
         switch method {
         case .synthetic:
-            let body: JSONValue = ["frames": .number(Double(frames)), "size": .number(Double(size)), "interval_ms": .number(Double(intervalMs))]
+            let body: JSONValue = ["frames": .integer(frames), "size": .integer(size), "interval_ms": .integer(intervalMs)]
             return ("/sluice.v1.Synthetic/Stream", body.serialized())
         case .sendMessage:
             var fields: [String: JSONValue] = [
-                "model": .string(model), "max_tokens": .number(Double(maxTokens)),
+                "model": .string(model), "max_tokens": .integer(maxTokens),
                 "messages": [["role": "user", "content": .string(prompt)]],
             ]
             if let simulation { fields["simulation"] = try JSONValue(parsing: simulation) }
@@ -423,22 +423,22 @@ struct LoadReport {
     func json(method: String, target: String) -> JSONValue {
         var latency: [String: JSONValue] = [:]
         for (_, key, histogram) in rows() {
-            var fields: [String: JSONValue] = ["count": .number(Double(histogram.totalCount))]
+            var fields: [String: JSONValue] = ["count": .integer(histogram.totalCount)]
             if histogram.totalCount > 0 {
                 for percentile in Self.percentiles {
-                    fields[percentile.key] = .number(Self.milliseconds(histogram.valueAtPercentile(percentile.value)))
+                    fields[percentile.key] = .double(Self.milliseconds(histogram.valueAtPercentile(percentile.value)))
                 }
-                fields["max"] = .number(Self.milliseconds(histogram.max))
+                fields["max"] = .double(Self.milliseconds(histogram.max))
             }
             latency[key] = .object(fields)
         }
         return [
             "method": .string(method), "target": .string(target),
-            "streams": ["started": .number(Double(started)), "ok": .number(Double(ok)), "failed": .number(Double(failed))],
-            "statuses": .object(Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.name, JSONValue.number(Double($0.value))) })),
-            "events": .number(Double(events)),
-            "wall_seconds": .number(wallSeconds),
-            "events_per_second": .number(Double(events) / max(wallSeconds, 1e-9)),
+            "streams": ["started": .integer(started), "ok": .integer(ok), "failed": .integer(failed)],
+            "statuses": .object(Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.name, JSONValue.integer($0.value)) })),
+            "events": .integer(events),
+            "wall_seconds": .double(wallSeconds),
+            "events_per_second": .double(Double(events) / max(wallSeconds, 1e-9)),
             "latency_ms": .object(latency),
         ]
     }

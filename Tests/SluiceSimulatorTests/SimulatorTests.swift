@@ -114,7 +114,7 @@ import SluiceUpstream
         maxTokens: Int = 1024, extra: [String: JSONValue] = [:]
     ) -> String {
         var object: [String: JSONValue] = [
-            "model": "claude-sim-1", "max_tokens": .number(Double(maxTokens)), "messages": messages, "stream": .bool(stream),
+            "model": "claude-sim-1", "max_tokens": .integer(maxTokens), "messages": messages, "stream": .bool(stream),
         ]
         object.merge(extra) { _, new in new }
         return JSONValue.object(object).serializedString

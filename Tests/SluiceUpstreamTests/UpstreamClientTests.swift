@@ -470,7 +470,7 @@ extension UpstreamClientTests {
 
     static func simulatorBody(_ question: String = "Tell me about rivers.", maxTokens: Int = 1024) -> [UInt8] {
         JSONValue.object([
-            "model": "claude-sim-1", "max_tokens": .number(Double(maxTokens)), "stream": true,
+            "model": "claude-sim-1", "max_tokens": .integer(maxTokens), "stream": true,
             "messages": [["role": "user", "content": .string(question)]],
         ]).serialized()
     }

@@ -69,7 +69,7 @@ public struct ReadFileTool: StreamingTool {
             throw ToolError("\(path) is not valid UTF-8 text (or the range splits a character): read_file returns UTF-8 text only")
         }
         if length == 0 { progress.report("read 0 bytes", percentage: 100) }
-        return ["path": .string(sandbox.displayPath(resolved)), "offset": .number(Double(offset)), "bytes": .number(Double(length)), "content": .string(text)]
+        return ["path": .string(sandbox.displayPath(resolved)), "offset": .integer(offset), "bytes": .integer(length), "content": .string(text)]
     }
 }
 
@@ -156,7 +156,7 @@ public struct ListDirectoryTool: StreamingTool {
                 truncated = true
                 return false
             }
-            entries.append(["path": .string(sandbox.displayPath(entry.path)), "kind": .string(entry.kind), "size": .number(Double(entry.size))])
+            entries.append(["path": .string(sandbox.displayPath(entry.path)), "kind": .string(entry.kind), "size": .integer(entry.size)])
             return true
         }
         progress.report("listed \(entries.count) entries", percentage: 100)
@@ -219,12 +219,12 @@ public struct SearchFilesTool: StreamingTool {
             progress.report("scanned \(index) of \(files.count) files", percentage: files.isEmpty ? 100 : index * 100 / files.count)
             guard matches.count < Self.matchLimit, let text = Self.readText(file) else { continue }
             for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where matcher(line) {
-                matches.append(["file": .string(sandbox.displayPath(file)), "line": .number(Double(number + 1)), "text": .string(String(line.prefix(500)))])
+                matches.append(["file": .string(sandbox.displayPath(file)), "line": .integer(number + 1), "text": .string(String(line.prefix(500)))])
                 if matches.count == Self.matchLimit { break }
             }
         }
         progress.report("scanned \(files.count) files", percentage: 100)
-        return ["matches": .array(matches), "files_scanned": .number(Double(files.count)), "truncated": .bool(matches.count >= Self.matchLimit)]
+        return ["matches": .array(matches), "files_scanned": .integer(files.count), "truncated": .bool(matches.count >= Self.matchLimit)]
     }
 
     /// The file's text, or nil for unreadable, binary or non-UTF-8 files (skipped).

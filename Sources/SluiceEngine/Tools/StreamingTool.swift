@@ -66,7 +66,7 @@ enum ToolInputValidation {
             let matches: Bool =
                 switch (type, value) {
                 case ("string", .string), ("boolean", .bool), ("object", .object), ("array", .array): true
-                case ("integer", .number(let number)): number == number.rounded() && number >= 0
+                case ("integer", .number(let number)): number.isIntegral && number.doubleValue >= 0
                 case ("number", .number): true
                 default: type == nil
                 }
