@@ -185,7 +185,11 @@ public final class HTTP2Client: Sendable {
         let index = nextLoop.wrappingAdd(1, ordering: .relaxed).oldValue % loops.count
         let context = contexts[index]
         let bound = LoopBound(stream, loop: loops[index])
-        loops[index].execute { context.value.start(bound.value, target: target) }
+        let accepted = loops[index].execute { context.value.start(bound.value, target: target) }
+        if !accepted {
+            // The loop has stopped: nothing would ever finish the call.
+            observer.callFinished(RPCClientStatus(code: .unavailable, message: "the client has shut down"))
+        }
         return RPCClientCallHandle(loop: loops[index], stream: bound)
     }
 
@@ -197,6 +201,14 @@ public final class HTTP2Client: Sendable {
         let target = try HTTP2Target(url: url)
         return RPCClientCall { observer in
             startCall(target: target, path: path, headers: headers, message: message, timeout: timeout, observer: observer)
+        }
+    }
+
+    /// Closes every open connection at once, as a network failure would: their calls fail with UNAVAILABLE,
+    /// and later calls connect again.
+    package func dropConnections(reason: String) {
+        for context in contexts {
+            context.loop.execute { context.value.dropConnections(reason: reason) }
         }
     }
 
@@ -290,6 +302,10 @@ final class ClientLoopContext {
         let batch = pendingFlush
         pendingFlush.removeAll(keepingCapacity: true)
         for connection in batch { connection.flushNow() }
+    }
+
+    func dropConnections(reason: String) {
+        for pool in pools.values { pool.closeConnections(reason: reason) }
     }
 
     func closeAll() {
