@@ -42,6 +42,7 @@ public final class SluiceTestServer: Sendable {
     /// For raw gRPC and Connect calls.
     private let rawClient: HTTP2Client
     private let rawConnectClient: HTTP2Client
+    private let shutDown = LockedValue(false)
 
     public var url: String { "http://127.0.0.1:\(port)" }
     public var isDraining: Bool { server.isDraining }
@@ -116,8 +117,13 @@ public final class SluiceTestServer: Sendable {
         await server.shutdown(drainTimeout: timeout)
     }
 
-    /// Stops the server (at once), its upstream and the simulator.
+    /// Stops the server (at once), its upstream and the simulator. Later calls return at once.
     public func shutdown() async {
+        let first = shutDown.withLock { done in
+            defer { done = true }
+            return !done
+        }
+        guard first else { return }
         await rawClient.shutdown()
         await rawConnectClient.shutdown()
         await server.shutdown(drainTimeout: .zero)
