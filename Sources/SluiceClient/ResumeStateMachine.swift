@@ -1,22 +1,5 @@
 import SluiceWire
 
-/// How a `SluiceEventStream` resumes after its call drops: bounded attempts with exponential backoff.
-public struct SluiceResumePolicy: Sendable, Equatable {
-    /// Resume calls in a row that may fail before the stream gives up; an event that arrives starts the
-    /// count again. 0 turns automatic resume off.
-    public var maxAttempts: Int
-    /// Wait before the first resume; each failed attempt doubles it, up to `maxBackoff`.
-    public var initialBackoff: Duration
-    public var maxBackoff: Duration
-
-    public init(maxAttempts: Int = 5, initialBackoff: Duration = .milliseconds(100), maxBackoff: Duration = .seconds(2)) {
-        precondition(maxAttempts >= 0, "maxAttempts must be 0 or more")
-        self.maxAttempts = maxAttempts
-        self.initialBackoff = initialBackoff
-        self.maxBackoff = maxBackoff
-    }
-}
-
 /// The decisions of one `SluiceEventStream`, without I/O: which seq comes next, when a dropped call is
 /// resumed (and after how long), and when to give up. The stream's shell feeds it what its calls report
 /// and performs the actions it returns.

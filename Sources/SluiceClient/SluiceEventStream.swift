@@ -16,8 +16,9 @@ public final class SluiceEventStream: AsyncSequence, Sendable {
     init(client: SluiceClient, machine: ResumeStateMachine, path: String, message: [UInt8], timeout: Duration?) {
         let (events, continuation) = AsyncThrowingStream<SluiceEvent, any Error>.makeStream()
         let driver = ResumingCallDriver(client: client, machine: machine, continuation: continuation)
-        continuation.onTermination = { reason in
-            if case .cancelled = reason { driver.cancel() }
+        // Weak: the driver holds the continuation, and lives while a call (or a backoff) runs.
+        continuation.onTermination = { [weak driver] reason in
+            if case .cancelled = reason { driver?.cancel() }
         }
         self.events = events
         self.driver = driver

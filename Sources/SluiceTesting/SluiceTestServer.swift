@@ -136,11 +136,11 @@ public final class SluiceTestServer: Sendable {
     /// A gRPC call (`application/grpc+json`) with one request message, to its end.
     public func grpc(
         _ path: String, message: some Collection<UInt8>, headers: [(String, String)] = [], timeout: Duration? = nil
-    ) async -> GRPCResult {
+    ) async -> RawCallResult {
         await collect(rawClient, path, message: Array(message), headers: headers, timeout: timeout)
     }
 
-    public func grpc(_ path: String, json: JSONValue, headers: [(String, String)] = [], timeout: Duration? = nil) async -> GRPCResult {
+    public func grpc(_ path: String, json: JSONValue, headers: [(String, String)] = [], timeout: Duration? = nil) async -> RawCallResult {
         await grpc(path, message: json.serialized(), headers: headers, timeout: timeout)
     }
 
@@ -154,18 +154,18 @@ public final class SluiceTestServer: Sendable {
     /// A Connect streaming call (`application/connect+json`) with one request message, to its end.
     public func connect(
         _ path: String, json: JSONValue, headers: [(String, String)] = [], timeout: Duration? = nil
-    ) async -> GRPCResult {
+    ) async -> RawCallResult {
         await collect(rawConnectClient, path, message: json.serialized(), headers: headers, timeout: timeout)
     }
 
     private func collect(
         _ client: HTTP2Client, _ path: String, message: [UInt8], headers: [(String, String)], timeout: Duration?
-    ) async -> GRPCResult {
+    ) async -> RawCallResult {
         let call: RPCClientCall
         do {
             call = try client.unaryStream(url: url, path: path, headers: headers, message: message, timeout: timeout)
         } catch {
-            return GRPCResult(messages: [], status: RPCClientStatus(code: .internal, message: "\(error)"))
+            return RawCallResult(messages: [], status: RPCClientStatus(code: .internal, message: "\(error)"))
         }
         var messages: [[UInt8]] = []
         do {
@@ -173,17 +173,8 @@ public final class SluiceTestServer: Sendable {
         } catch {
             // The status says why.
         }
-        return GRPCResult(messages: messages, status: await call.status)
+        return RawCallResult(messages: messages, status: await call.status)
     }
-}
-
-/// What a raw call returned: its messages and final status.
-public struct GRPCResult: Sendable {
-    public var messages: [[UInt8]]
-    public var status: RPCClientStatus
-
-    /// The messages parsed as JSON (a message that is not JSON reads as null).
-    public var json: [JSONValue] { messages.map { (try? JSONValue(parsing: $0)) ?? .null } }
 }
 
 /// Lets the router ask the server, created after it, whether it is draining.

@@ -98,6 +98,33 @@ import Testing
         #expect(seqs == Array(1...seqs.count))
     }
 
+    @Test func cancellingTheConsumingTaskCancelsTheStreamAndDoesNotResume() async throws {
+        try await SluiceTestServer.run { server in
+            let client = try server.client()
+            let stream = client.sendMessage(request(tokens: 400, intervalMilliseconds: 5))
+            let (firstEvent, firstEventSeen) = AsyncStream<String>.makeStream()
+            let consumer = Task {
+                for try await event in stream where event.seq == 1 { firstEventSeen.yield(event.streamID) }
+            }
+            var ids = firstEvent.makeAsyncIterator()
+            let streamID = try #require(await ids.next())
+            consumer.cancel()
+            _ = await consumer.result
+            let status = await stream.status
+            #expect(status.code == .cancelled, "\(status)")
+            #expect(stream.resumeCount == 0)
+            // The reset reached the server: the stream there ended with stream_error CANCELLED.
+            var last: SluiceEvent?
+            do { for try await event in client.resume(streamID: streamID) { last = event } } catch {}
+            guard case .streamError(_, let code, _)? = last?.kind else {
+                Issue.record("the server's stream ended with \(last?.type ?? "nothing"), not stream_error")
+                return
+            }
+            #expect(code == .cancelled)
+            await client.shutdown()
+        }
+    }
+
     @Test func cancelEndsTheStreamOnTheServer() async throws {
         try await SluiceTestServer.run { server in
             let client = try server.client()
