@@ -101,10 +101,23 @@ let package = Package(
             ]
         ),
 
+        // An in-process Sluice server (real transport, services, engine; the simulator upstream) and raw request
+        // helpers, for Swift tests of the transport and service layers. Not a product.
+        .target(
+            name: "SluiceTesting",
+            dependencies: [
+                "SluiceClient", "SluiceService", "SluiceEngine", "SluiceSimulator", "SluiceTransport", "SluiceUpstream", "SluiceWire",
+                "SluiceIO",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+
         .testTarget(name: "SluiceWireTests", dependencies: ["SluiceWire"]),
         .testTarget(name: "SluiceIOTests", dependencies: ["SluiceIO"]),
         .testTarget(name: "SluiceTransportTests", dependencies: ["SluiceTransport", "SluiceService", "SluiceIO", "SluiceWire"]),
-        .testTarget(name: "SluiceClientTests", dependencies: ["SluiceClient", "SluiceTransport", "SluiceIO", "SluiceWire"]),
+        .testTarget(name: "SluiceClientTests", dependencies: ["SluiceClient", "SluiceTesting", "SluiceTransport", "SluiceIO", "SluiceWire"]),
+        .testTarget(name: "SluiceServiceTests", dependencies: ["SluiceTesting", "SluiceClient", "SluiceService", "SluiceWire"]),
         .testTarget(name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceSimulator", "SluiceTransport", "SluiceIO", "SluiceWire"]),
         .testTarget(name: "SluiceSimulatorTests", dependencies: ["SluiceSimulator", "SluiceUpstream", "SluiceTransport", "SluiceIO", "SluiceWire"]),
         .testTarget(name: "SluiceEngineTests", dependencies: ["SluiceEngine", "SluiceUpstream", "SluiceIO", "SluiceWire"]),

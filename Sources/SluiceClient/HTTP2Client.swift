@@ -15,8 +15,11 @@ public struct HTTP2ClientConfiguration: Sendable {
     public var maxMessageSize = EnvelopeDecoder.defaultMaxMessageSize
     /// Giving up on TCP connect plus TLS handshake.
     public var connectTimeout: Duration = .seconds(10)
-    /// Sent as `content-type`: gRPC with JSON messages.
+    /// Sent as `content-type`: gRPC with JSON messages. An `application/connect+…` type speaks the Connect
+    /// streaming protocol instead (`connect-timeout-ms`, the status in an end-stream message).
     public var contentType = "application/grpc+json"
+
+    var isConnect: Bool { contentType.hasPrefix("application/connect") }
 
     public init() {}
 }
@@ -176,16 +179,25 @@ public final class HTTP2Client: Sendable {
             (":method", "POST"), (":scheme", target.isTLS ? "https" : "http"), (":authority", target.authority),
             (":path", path), ("content-type", configuration.contentType), ("te", "trailers"),
         ]
-        if let timeout { requestHeaders.append(("grpc-timeout", Timeouts.formatGRPCTimeout(timeout))) }
+        if configuration.isConnect {
+            requestHeaders.append(("connect-protocol-version", "1"))
+            if let timeout { requestHeaders.append(("connect-timeout-ms", String(max(1, timeout.nanoseconds / 1_000_000)))) }
+        } else if let timeout {
+            requestHeaders.append(("grpc-timeout", Timeouts.formatGRPCTimeout(timeout)))
+        }
         requestHeaders += headers
         let stream = HTTP2ClientStream(
-            headers: requestHeaders, body: EnvelopeEncoder.encode(message), timeout: timeout,
+            headers: requestHeaders, body: EnvelopeEncoder.encode(message), isConnect: configuration.isConnect, timeout: timeout,
             maxMessageSize: configuration.maxMessageSize, observer: observer
         )
         let index = nextLoop.wrappingAdd(1, ordering: .relaxed).oldValue % loops.count
         let context = contexts[index]
         let bound = LoopBound(stream, loop: loops[index])
-        loops[index].execute { context.value.start(bound.value, target: target) }
+        let accepted = loops[index].execute { context.value.start(bound.value, target: target) }
+        if !accepted {
+            // The loop has stopped: nothing would ever finish the call.
+            observer.callFinished(RPCClientStatus(code: .unavailable, message: "the client has shut down"))
+        }
         return RPCClientCallHandle(loop: loops[index], stream: bound)
     }
 
@@ -197,6 +209,14 @@ public final class HTTP2Client: Sendable {
         let target = try HTTP2Target(url: url)
         return RPCClientCall { observer in
             startCall(target: target, path: path, headers: headers, message: message, timeout: timeout, observer: observer)
+        }
+    }
+
+    /// Closes every open connection at once, as a network failure would: their calls fail with UNAVAILABLE,
+    /// and later calls connect again.
+    package func dropConnections(reason: String) {
+        for context in contexts {
+            context.loop.execute { context.value.dropConnections(reason: reason) }
         }
     }
 
@@ -290,6 +310,10 @@ final class ClientLoopContext {
         let batch = pendingFlush
         pendingFlush.removeAll(keepingCapacity: true)
         for connection in batch { connection.flushNow() }
+    }
+
+    func dropConnections(reason: String) {
+        for pool in pools.values { pool.closeConnections(reason: reason) }
     }
 
     func closeAll() {

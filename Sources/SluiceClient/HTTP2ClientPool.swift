@@ -105,6 +105,11 @@ final class HTTP2ClientPool {
 
     func closeAll(reason: String) {
         failWaiting(RPCClientStatus(code: .unavailable, message: reason))
+        closeConnections(reason: reason)
+    }
+
+    /// Closes the open connections; streams waiting for one stay queued and get a new one.
+    func closeConnections(reason: String) {
         for connection in connections { connection.close(reason: reason) }
     }
 }

@@ -10,6 +10,9 @@ final class HTTP2ClientStream {
     let body: [UInt8]
     var bodyOffset = 0
     private let timeout: Duration?
+    /// Connect streaming: the status arrives in an end-stream message, not in trailers.
+    private let isConnect: Bool
+    private var connectStatus: RPCClientStatus?
     private let observer: any RPCClientCallObserver
     private var decoder: EnvelopeDecoder
 
@@ -32,9 +35,13 @@ final class HTTP2ClientStream {
     private var deadlineTimer: TimerID?
     private(set) var finished = false
 
-    init(headers: [(String, String)], body: [UInt8], timeout: Duration?, maxMessageSize: Int, observer: any RPCClientCallObserver) {
+    init(
+        headers: [(String, String)], body: [UInt8], isConnect: Bool = false, timeout: Duration?, maxMessageSize: Int,
+        observer: any RPCClientCallObserver
+    ) {
         self.headers = headers
         self.body = body
+        self.isConnect = isConnect
         self.timeout = timeout
         self.observer = observer
         decoder = EnvelopeDecoder(maxMessageSize: maxMessageSize)
@@ -84,7 +91,12 @@ final class HTTP2ClientStream {
         decoder.append(bytes)
         do {
             while let envelope = try decoder.next() {
-                observer.callReceived(envelope.payload)
+                guard isConnect, envelope.flags.contains(.endStream) else {
+                    observer.callReceived(envelope.payload)
+                    continue
+                }
+                let (code, message) = try ConnectEndStream.parse(envelope.payload)
+                connectStatus = RPCClientStatus(code: code, message: message, httpStatus: httpStatus)
             }
         } catch {
             cancel(error.code, "bad response message: \(error.message)")
@@ -92,7 +104,7 @@ final class HTTP2ClientStream {
     }
 
     private var isGRPCResponse: Bool {
-        httpStatus == 200 && (contentType ?? "").hasPrefix("application/grpc")
+        httpStatus == 200 && (contentType ?? "").hasPrefix(isConnect ? "application/connect" : "application/grpc")
     }
 
     /// nghttp2 closed the stream (END_STREAM both ways, or a reset either way).
@@ -102,6 +114,12 @@ final class HTTP2ClientStream {
     }
 
     private func status(errorCode: UInt32) -> RPCClientStatus {
+        if let connectStatus {
+            if connectStatus.isOK, decoder.hasPartialMessage {
+                return RPCClientStatus(code: .internal, message: "the response ended inside a message", httpStatus: httpStatus)
+            }
+            return connectStatus
+        }
         if let grpcStatus {
             let code = Int(grpcStatus).flatMap(StatusCode.init(rawValue:)) ?? .unknown
             let message = grpcMessage.map(GRPCMessageEncoding.decode) ?? ""
@@ -133,10 +151,11 @@ final class HTTP2ClientStream {
         }
         if !isGRPCResponse {
             return RPCClientStatus(
-                code: .unknown, message: "the response's content-type '\(contentType ?? "")' is not gRPC", httpStatus: httpStatus
+                code: .unknown, message: "the response's content-type '\(contentType ?? "")' is not \(isConnect ? "Connect" : "gRPC")", httpStatus: httpStatus
             )
         }
-        return RPCClientStatus(code: .internal, message: "the server ended the stream without a grpc-status trailer", httpStatus: httpStatus)
+        let missing = isConnect ? "an end-stream message" : "a grpc-status trailer"
+        return RPCClientStatus(code: .internal, message: "the server ended the stream without \(missing)", httpStatus: httpStatus)
     }
 
     /// grpc/grpc doc/http-grpc-status-mapping.md.

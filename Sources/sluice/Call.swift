@@ -2,7 +2,6 @@ import ArgumentParser
 import Dispatch
 import Glibc
 import SluiceClient
-import SluiceTransport
 import SluiceWire
 
 struct Call: AsyncParsableCommand {
@@ -59,49 +58,42 @@ struct Call: AsyncParsableCommand {
         return try JSONValue(parsing: simulation)
     }
 
-    private func request() throws -> (path: String, message: JSONValue) {
-        if let resume {
-            return ("/sluice.v1.StreamingService/Resume", ["stream_id": .string(resume), "after_seq": .integer(afterSeq ?? 0)])
-        }
-        var fields: [String: JSONValue] = [
-            "model": .string(model), "max_tokens": .integer(maxTokens),
-            "messages": [["role": "user", "content": .string(prompt ?? "")]],
-        ]
-        if let system { fields["system"] = .string(system) }
-        if let tools {
-            fields["tools"] = .array(tools.split(separator: ",").map { .string(String($0.trimmingPrefix(while: \.isWhitespace))) })
-        }
-        if let simulation = try simulationValue() { fields["simulation"] = simulation }
-        return ("/sluice.v1.StreamingService/SendMessage", .object(fields))
+    private func request() throws -> SluiceMessageRequest {
+        SluiceMessageRequest(
+            model: model, maxTokens: maxTokens, messages: [.user(prompt ?? "")], system: system,
+            tools: tools.map { $0.split(separator: ",").map { String($0.trimmingPrefix(while: \.isWhitespace)) } } ?? [],
+            simulation: try simulationValue()
+        )
     }
 
     func run() async throws {
-        var configuration = HTTP2ClientConfiguration()
-        configuration.caCertificatePath = server.caCert
-        let client: HTTP2Client
+        let client: SluiceClient
         do {
-            client = try HTTP2Client(loops: 1, configuration: configuration)
+            client = try SluiceClient(target: server.target, configuration: server.clientConfiguration())
         } catch {
             throw ValidationError("\(error)")
         }
-        let (path, message) = try request()
-        let headers = server.authorizationHeaders
         let started = ContinuousClock.now
-        let call = try client.unaryStream(url: server.target, path: path, headers: headers, message: message.serialized(), timeout: timeout?.duration)
+        let stream =
+            if let resume {
+                client.resume(streamID: resume, afterSeq: afterSeq ?? 0, timeout: timeout?.duration)
+            } else {
+                client.sendMessage(try request(), timeout: timeout?.duration)
+            }
 
         signal(SIGINT, SIG_IGN)
         let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        interrupt.setEventHandler { call.cancel() }
+        interrupt.setEventHandler { stream.cancel() }
         interrupt.resume()
         defer { interrupt.cancel() }
 
         var renderer = EventRenderer(json: json, started: started)
         do {
-            for try await event in call { renderer.render(event) }
+            for try await event in stream { renderer.render(event) }
         } catch {
             // The status below says why.
         }
-        let status = await call.status
+        let status = await stream.status
         renderer.finish(status, elapsed: .now - started)
         await client.shutdown()
         if !status.isOK { throw ExitCode(Int32(min(max(status.code.rawValue, 1), 16))) }
@@ -121,7 +113,7 @@ private struct EventRenderer {
     private var firstToken: Duration?
     private var streamID: String?
     private var lastSeq = 0
-    private var usage: JSONValue?
+    private var usage: (input: Int, output: Int)?
     private var toolNames: [String: String] = [:]
 
     init(json: Bool, started: ContinuousClock.Instant) {
@@ -129,43 +121,36 @@ private struct EventRenderer {
         self.started = started
     }
 
-    mutating func render(_ bytes: [UInt8]) {
-        let event = (try? JSONValue(parsing: bytes)) ?? .null
-        if streamID == nil { streamID = event["stream_id"]?.stringValue }
-        lastSeq = event["seq"]?.intValue ?? lastSeq
-        let type = event["type"]?.stringValue ?? ""
-        if type == "message_delta" && firstToken == nil { firstToken = .now - started }
-        if type == "stream_complete" { usage = event["usage"] }
+    mutating func render(_ event: SluiceEvent) {
+        if streamID == nil { streamID = event.streamID }
+        lastSeq = event.seq
+        if case .messageDelta = event.kind, firstToken == nil { firstToken = .now - started }
+        if case .streamComplete(let input, let output) = event.kind { usage = (input, output) }
         if json {
-            writeOut(String(decoding: bytes, as: UTF8.self) + "\n")
+            writeOut(String(decoding: event.json, as: UTF8.self) + "\n")
             return
         }
-        switch type {
-        case "message_delta":
+        switch event.kind {
+        case .messageDelta(_, let text):
             endProgress()
-            let text = event["delta"]?.stringValue ?? ""
             writeOut(text)
             if !text.isEmpty { stdoutMidLine = !text.hasSuffix("\n") }
-        case "stream_queued":
-            note("queued at position \(event["position"]?.intValue ?? 0)")
-        case "upstream_retry":
-            let attempt = event["attempt"]?.intValue ?? 0
-            let delay = event["delay_ms"]?.intValue ?? 0
-            note("upstream retry \(attempt) in \(delay) ms (\(event["mode"]?.stringValue ?? "?")): \(event["reason"]?.stringValue ?? "")")
-        case "message_restart":
-            note("message restarted (\(event["reason"]?.stringValue ?? "")): the text that follows replaces the partial text above")
-        case "tool_start":
-            let id = event["id"]?.stringValue ?? ""
-            toolNames[id] = event["name"]?.stringValue ?? "tool"
+        case .streamQueued(let position):
+            note("queued at position \(position)")
+        case .upstreamRetry(let attempt, let reason, let delay, let mode):
+            note("upstream retry \(attempt) in \(delay) ms (\(mode)): \(reason)")
+        case .messageRestart(_, let reason):
+            note("message restarted (\(reason)): the text that follows replaces the partial text above")
+        case .toolStart(let id, let name, _):
+            toolNames[id] = name
             progress(id: id, percentage: 0, message: "started")
-        case "tool_progress":
-            progress(id: event["id"]?.stringValue ?? "", percentage: event["percentage"]?.intValue, message: event["message"]?.stringValue ?? "")
-        case "tool_complete":
-            progress(id: event["id"]?.stringValue ?? "", percentage: 100, message: "done")
+        case .toolProgress(let id, let message, let percentage):
+            progress(id: id, percentage: percentage, message: message)
+        case .toolComplete(let id, _):
+            progress(id: id, percentage: 100, message: "done")
             endProgress()
-        case "tool_error":
-            let id = event["id"]?.stringValue ?? ""
-            note("\(toolNames[id] ?? "tool") failed: \(event["error"]?.stringValue ?? "")")
+        case .toolError(let id, let error):
+            note("\(toolNames[id] ?? "tool") failed: \(error)")
         default: break
         }
     }
@@ -214,7 +199,7 @@ private struct EventRenderer {
         if stdoutMidLine { writeOut("\n") }
         var parts: [String] = []
         if let usage {
-            parts.append("\(usage["input_tokens"]?.intValue ?? 0) input + \(usage["output_tokens"]?.intValue ?? 0) output tokens")
+            parts.append("\(usage.input) input + \(usage.output) output tokens")
         }
         if let firstToken { parts.append("first token \(Self.milliseconds(firstToken)) ms") }
         parts.append("total \(Self.milliseconds(elapsed)) ms")

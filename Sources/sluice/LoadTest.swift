@@ -3,7 +3,6 @@ import SluiceIO
 import ArgumentParser
 import Glibc
 import Histogram
-import SluiceTransport
 import SluiceWire
 
 struct LoadTest: AsyncParsableCommand {
@@ -93,33 +92,29 @@ struct LoadTest: AsyncParsableCommand {
             let body: JSONValue = ["frames": .integer(frames), "size": .integer(size), "interval_ms": .integer(intervalMs)]
             return ("/sluice.v1.Synthetic/Stream", body.serialized())
         case .sendMessage:
-            var fields: [String: JSONValue] = [
-                "model": .string(model), "max_tokens": .integer(maxTokens),
-                "messages": [["role": "user", "content": .string(prompt)]],
-            ]
-            if let simulation { fields["simulation"] = try JSONValue(parsing: simulation) }
-            return ("/sluice.v1.StreamingService/SendMessage", JSONValue.object(fields).serialized())
+            var request = SluiceMessageRequest(model: model, maxTokens: maxTokens, prompt: prompt)
+            if let simulation { request.simulation = try JSONValue(parsing: simulation) }
+            return (SluiceClient.sendMessagePath, request.json.serialized())
         }
     }
 
     func run() async throws {
         // Ten thousand streams need a few hundred sockets at most, but --streams-per-connection 1 needs many.
         raiseDescriptorLimit()
-        var configuration = HTTP2ClientConfiguration()
-        configuration.caCertificatePath = server.caCert
-        configuration.streamsPerConnection = streamsPerConnection
-        configuration.maxConnectionsPerTarget = connections
-        let client: HTTP2Client
+        var configuration = server.clientConfiguration()
+        configuration.http2.streamsPerConnection = streamsPerConnection
+        configuration.http2.maxConnectionsPerTarget = connections
+        configuration.eventLoops = eventLoops
+        let client: SluiceClient
         do {
-            client = try HTTP2Client(loops: eventLoops, configuration: configuration)
+            client = try SluiceClient(target: server.target, configuration: configuration)
         } catch {
             throw ValidationError("\(error)")
         }
         let (path, message) = try request()
-        let headers = server.authorizationHeaders
         let plan = LoadDriver.Plan(
-            total: streams ?? (duration == nil ? 1000 : nil), concurrency: concurrency, rate: rate,
-            target: try HTTP2Target(url: server.target), path: path, headers: headers, message: message, timeout: timeout?.duration
+            total: streams ?? (duration == nil ? 1000 : nil), concurrency: concurrency, rate: rate, path: path, message: message,
+            timeout: timeout?.duration
         )
         let driver = LoadDriver(client: client, plan: plan)
         // On the client's first loop, its 5 ms clock is a loop timer and starting calls needs no thread hop.
@@ -145,9 +140,7 @@ final class LoadDriver: Sendable {
         var total: Int?
         var concurrency: Int
         var rate: Double?
-        var target: HTTP2Target
         var path: String
-        var headers: [(String, String)]
         var message: [UInt8]
         var timeout: Duration?
     }
@@ -170,12 +163,12 @@ final class LoadDriver: Sendable {
         var finishedAt: ContinuousClock.Instant?
     }
 
-    let client: HTTP2Client
+    let client: SluiceClient
     let plan: Plan
     let startedAt = ContinuousClock.now
     let state = LockedValue(State())
 
-    init(client: HTTP2Client, plan: Plan) {
+    init(client: SluiceClient, plan: Plan) {
         self.client = client
         self.plan = plan
     }
@@ -224,10 +217,7 @@ final class LoadDriver: Sendable {
         }
         for _ in 0..<count {
             let observer = LoadStream(driver: self, started: .now)
-            client.startCall(
-                target: plan.target, path: plan.path, headers: plan.headers, message: plan.message, timeout: plan.timeout,
-                observer: observer
-            )
+            client.startCall(path: plan.path, message: plan.message, timeout: plan.timeout, observer: observer)
         }
         resumeIfDone()
     }
@@ -310,7 +300,7 @@ final class LoadDriver: Sendable {
         if terminal { writeAll("\n", to: STDERR_FILENO) }
     }
 
-    func report(client: HTTP2Client) -> LoadReport {
+    func report(client: SluiceClient) -> LoadReport {
         state.withLock { state in
             LoadReport(
                 started: state.started, ok: state.ok, failed: state.failed, events: state.events,

@@ -16,9 +16,13 @@ struct ServerOptions: ParsableArguments {
         do { _ = try HTTP2Target(url: target) } catch { throw ValidationError("--target: \(error)") }
     }
 
-    /// The `authorization` header, when a token is given here or in SLUICE_TOKEN.
-    var authorizationHeaders: [(String, String)] {
-        guard let token = token ?? getenv("SLUICE_TOKEN").map({ String(cString: $0) }), !token.isEmpty else { return [] }
-        return [("authorization", "Bearer \(token)")]
+    /// The client settings these options give: the CA certificates, and the token given here or in SLUICE_TOKEN.
+    func clientConfiguration() -> SluiceClientConfiguration {
+        var configuration = SluiceClientConfiguration()
+        configuration.http2.caCertificatePath = caCert
+        if let token = token ?? getenv("SLUICE_TOKEN").map({ String(cString: $0) }), !token.isEmpty {
+            configuration.bearerToken = token
+        }
+        return configuration
     }
 }
