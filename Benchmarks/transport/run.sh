@@ -16,6 +16,7 @@
 #   WARMUP_SECONDS [3]    duration of the warm-up h2load pass per scenario per server
 #   SKIP_BUILD [0]        1 = reuse existing release binaries
 #   BIN [this checkout's release build]  the current Sluice binary to measure (not built if set)
+#   PEER_BIN [GRPCSwiftPeer's release build]  a prebuilt grpc-swift-2 peer (not built if set)
 #   BASELINE_BIN []       an older Sluice binary to measure alongside (e.g. a pre-refactor build)
 #   BASELINE_LABEL [baseline]  its server name in the results (letters, digits, . _ -)
 #   KEEP_LOGS [0]         1 = keep the raw h2load outputs/logs (path printed at the end)
@@ -36,6 +37,7 @@ MEASURE_SECONDS=${MEASURE_SECONDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-3}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BIN=${BIN:-}
+PEER_BIN=${PEER_BIN:-}
 BASELINE_BIN=${BASELINE_BIN:-}
 BASELINE_LABEL=${BASELINE_LABEL:-baseline}
 KEEP_LOGS=${KEEP_LOGS:-0}
@@ -96,11 +98,13 @@ if [[ $SKIP_BUILD != 1 ]]; then
         log "building sluice (release) at $ROOT"
         (cd "$ROOT" && swift build -c release --product sluice) >&2
     fi
-    log "building grpc-swift-2 peer (release) in $PEER_DIR (first build takes several minutes)"
-    (cd "$PEER_DIR" && swift build -c release --product GRPCSwiftPeer) >&2
+    if [[ -z $PEER_BIN ]]; then
+        log "building grpc-swift-2 peer (release) in $PEER_DIR (first build takes several minutes)"
+        (cd "$PEER_DIR" && swift build -c release --product GRPCSwiftPeer) >&2
+    fi
 fi
 SLUICE_BIN=${BIN:-"$(cd "$ROOT" && swift build -c release --product sluice --show-bin-path)/sluice"}
-PEER_BIN="$(cd "$PEER_DIR" && swift build -c release --product GRPCSwiftPeer --show-bin-path)/GRPCSwiftPeer"
+PEER_BIN=${PEER_BIN:-"$(cd "$PEER_DIR" && swift build -c release --product GRPCSwiftPeer --show-bin-path)/GRPCSwiftPeer"}
 [[ -x $SLUICE_BIN ]] || die "sluice binary missing: $SLUICE_BIN"
 [[ -x $PEER_BIN ]] || die "peer binary missing: $PEER_BIN"
 [[ -z $BASELINE_BIN || -x $BASELINE_BIN ]] || die "baseline binary missing or not executable: $BASELINE_BIN"
@@ -281,8 +285,10 @@ if [[ -n $BASELINE_BIN ]]; then
     # The checkout the baseline was built in, when it lives in one (e.g. <checkout>/.build/release/sluice).
     BASELINE_COMMIT="$(git -C "$(dirname "$BASELINE_BIN")" rev-parse HEAD 2>/dev/null || echo unknown)"
 fi
-export GIT_COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
-export GIT_DIRTY="$(git -C "$ROOT" status --porcelain -- Sources Package.swift 2>/dev/null | awk '{ print $2 }' | tr '\n' ' ')"
+# The checkout the measured Sluice was built in (this one unless BIN points elsewhere).
+SLUICE_SRC="$(git -C "$(dirname "$SLUICE_BIN")" rev-parse --show-toplevel 2>/dev/null || echo "$ROOT")"
+export GIT_COMMIT="$(git -C "$SLUICE_SRC" rev-parse HEAD 2>/dev/null || echo unknown)"
+export GIT_DIRTY="$(git -C "$SLUICE_SRC" status --porcelain -- Sources Package.swift 2>/dev/null | awk '{ print $2 }' | tr '\n' ' ')"
 python3 - <<'PY'
 import json, os, glob
 env = os.environ

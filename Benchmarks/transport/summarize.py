@@ -492,7 +492,7 @@ def render_markdown(result):
     w("| Sluice commit | `%s`%s |" % (run["git_commit"], (" + uncommitted changes in " + ", ".join("`%s`" % d for d in dirty)) if dirty else ""))
     w("")
     w("## Servers\n")
-    w("Both use their defaults for threads (this machine has %s cores):\n" % m["nproc"])
+    w("%s use their defaults for threads (this machine has %s cores):\n" % ("All" if comparison else "Both", m["nproc"]))
     for s in run["servers"]:
         w("- **%s**: `%s`  \n  %s  \n  ready line: `%s`; OS threads after the run: %s"
           % (s["name"], s["command"], s["description"], s["ready_line"], s.get("threads_at_end", "?")))
