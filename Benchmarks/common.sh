@@ -1,9 +1,14 @@
 # Shared by the benchmark scripts (sourced after `cd` to the repository root and setting OUT):
-# a release build in $BIN, a throwaway certificate in $OUT, `start_simulator LOOPS` (a TLS
+# the Sluice binary in $BIN, a throwaway certificate in $OUT, `start_simulator LOOPS` (a TLS
 # `sluice simulate`, its port in $SIMULATOR_PORT), and cleanup of $SERVER_PID/$SIMULATOR_PID on exit.
+# $BIN is the caller's `BIN=...` if given, else this checkout's release build, built first unless
+# SKIP_BUILD=1.
 
-swift build -c release --product sluice >/dev/null
-BIN=$(swift build -c release --show-bin-path)/sluice
+if [ -z "${BIN:-}" ]; then
+  [ "${SKIP_BUILD:-0}" = 1 ] || swift build -c release --product sluice >/dev/null
+  BIN=$(swift build -c release --show-bin-path)/sluice
+fi
+[ -x "$BIN" ] || { echo "sluice binary missing: $BIN (pass BIN=..., or build it: unset SKIP_BUILD)" >&2; exit 1; }
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1 \
   -addext subjectAltName=IP:127.0.0.1 -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null

@@ -4,12 +4,21 @@
 # script.
 #
 #   Benchmarks/transport/run.sh
+#   BASELINE_BIN=/path/to/older/sluice BASELINE_LABEL=before Benchmarks/transport/run.sh
+#
+# With BASELINE_BIN, an older Sluice build is a third server in the same run (same scenarios,
+# alternating with the others), and the results add the ratio current / baseline per scenario:
+# on a shared machine, only a same-run comparison separates a regression from noise.
 #
 # Environment knobs (defaults in brackets):
 #   ROUNDS [3]            measured rounds; each round runs every scenario on both servers
 #   MEASURE_SECONDS [5]   target duration of each measured h2load run (sizes -n from the warm-up)
 #   WARMUP_SECONDS [3]    duration of the warm-up h2load pass per scenario per server
 #   SKIP_BUILD [0]        1 = reuse existing release binaries
+#   BIN [this checkout's release build]  the current Sluice binary to measure (not built if set)
+#   PEER_BIN [GRPCSwiftPeer's release build]  a prebuilt grpc-swift-2 peer (not built if set)
+#   BASELINE_BIN []       an older Sluice binary to measure alongside (e.g. a pre-refactor build)
+#   BASELINE_LABEL [baseline]  its server name in the results (letters, digits, . _ -)
 #   KEEP_LOGS [0]         1 = keep the raw h2load outputs/logs (path printed at the end)
 #   H2LOAD_TIMEOUT [300]  hard limit (s) for any single h2load run
 #   IDLE_WAIT_MAX [0]     wait up to this many seconds for the 1-min load average to fall to
@@ -27,6 +36,10 @@ ROUNDS=${ROUNDS:-3}
 MEASURE_SECONDS=${MEASURE_SECONDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-3}
 SKIP_BUILD=${SKIP_BUILD:-0}
+BIN=${BIN:-}
+PEER_BIN=${PEER_BIN:-}
+BASELINE_BIN=${BASELINE_BIN:-}
+BASELINE_LABEL=${BASELINE_LABEL:-baseline}
 KEEP_LOGS=${KEEP_LOGS:-0}
 H2LOAD_TIMEOUT=${H2LOAD_TIMEOUT:-300}
 HOST=127.0.0.1
@@ -40,9 +53,15 @@ for tool in swift h2load nghttp python3 timeout; do
     command -v "$tool" >/dev/null || die "'$tool' not found in PATH"
 done
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-transport-bench.XXXXXX")
 declare -A SERVER_PID=() SERVER_PORT=()
 SERVER_NAMES=(sluice grpc-swift-2)
+if [[ -n $BASELINE_BIN ]]; then
+    [[ $BASELINE_LABEL =~ ^[A-Za-z0-9._-]+$ && $BASELINE_LABEL != sluice && $BASELINE_LABEL != grpc-swift-2 ]] \
+        || die "BASELINE_LABEL '$BASELINE_LABEL' must be letters, digits, '.', '_' or '-', and not 'sluice' or 'grpc-swift-2'"
+    # Next to the current build, so the two Sluice runs of a scenario are mostly back to back.
+    SERVER_NAMES=(sluice "$BASELINE_LABEL" grpc-swift-2)
+fi
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-transport-bench.XXXXXX")
 
 cleanup() {
     local status=$?
@@ -75,15 +94,20 @@ trap 'exit 143' TERM
 # Build
 
 if [[ $SKIP_BUILD != 1 ]]; then
-    log "building sluice (release) at $ROOT"
-    (cd "$ROOT" && swift build -c release --product sluice) >&2
-    log "building grpc-swift-2 peer (release) in $PEER_DIR (first build takes several minutes)"
-    (cd "$PEER_DIR" && swift build -c release --product GRPCSwiftPeer) >&2
+    if [[ -z $BIN ]]; then
+        log "building sluice (release) at $ROOT"
+        (cd "$ROOT" && swift build -c release --product sluice) >&2
+    fi
+    if [[ -z $PEER_BIN ]]; then
+        log "building grpc-swift-2 peer (release) in $PEER_DIR (first build takes several minutes)"
+        (cd "$PEER_DIR" && swift build -c release --product GRPCSwiftPeer) >&2
+    fi
 fi
-SLUICE_BIN="$(cd "$ROOT" && swift build -c release --product sluice --show-bin-path)/sluice"
-PEER_BIN="$(cd "$PEER_DIR" && swift build -c release --product GRPCSwiftPeer --show-bin-path)/GRPCSwiftPeer"
+SLUICE_BIN=${BIN:-"$(cd "$ROOT" && swift build -c release --product sluice --show-bin-path)/sluice"}
+PEER_BIN=${PEER_BIN:-"$(cd "$PEER_DIR" && swift build -c release --product GRPCSwiftPeer --show-bin-path)/GRPCSwiftPeer"}
 [[ -x $SLUICE_BIN ]] || die "sluice binary missing: $SLUICE_BIN"
 [[ -x $PEER_BIN ]] || die "peer binary missing: $PEER_BIN"
+[[ -z $BASELINE_BIN || -x $BASELINE_BIN ]] || die "baseline binary missing or not executable: $BASELINE_BIN"
 
 # ----------------------------------------------------------------------------------------------
 # Servers
@@ -136,6 +160,12 @@ start_server sluice "$sluice_port" "${SLUICE_CMD[@]}"
 peer_port=$(free_port)
 PEER_CMD=("$PEER_BIN" "$peer_port" "$HOST")
 start_server grpc-swift-2 "$peer_port" "${PEER_CMD[@]}"
+BASELINE_CMD=()
+if [[ -n $BASELINE_BIN ]]; then
+    baseline_port=$(free_port)
+    BASELINE_CMD=("$BASELINE_BIN" serve --host "$HOST" --port "$baseline_port")
+    start_server "$BASELINE_LABEL" "$baseline_port" "${BASELINE_CMD[@]}"
+fi
 
 # ----------------------------------------------------------------------------------------------
 # Scenarios: name frames size clients streams-per-client
@@ -226,8 +256,9 @@ for spec in "${SCENARIOS[@]}"; do
 done
 
 for round in $(seq 1 "$ROUNDS"); do
-    order=("${SERVER_NAMES[@]}")
-    ((round % 2 == 0)) && order=("${SERVER_NAMES[1]}" "${SERVER_NAMES[0]}")
+    # Rotate the server order by one each round, so no server always runs first (or right after another).
+    shift_by=$(((round - 1) % ${#SERVER_NAMES[@]}))
+    order=("${SERVER_NAMES[@]:shift_by}" "${SERVER_NAMES[@]:0:shift_by}")
     for spec in "${SCENARIOS[@]}"; do
         read -r sc frames size c m <<<"$spec"
         for name in "${order[@]}"; do
@@ -247,8 +278,17 @@ export WORK ROOT ROUNDS MEASURE_SECONDS WARMUP_SECONDS HOST METHOD_PATH
 export SLUICE_CMD_STR="${SLUICE_CMD[*]}" PEER_CMD_STR="${PEER_CMD[*]}"
 export SLUICE_READY="$(head -n 1 "$WORK/sluice.server.log")" PEER_READY="$(head -n 1 "$WORK/grpc-swift-2.server.log")"
 export SLUICE_THREADS="$(threads_of "${SERVER_PID[sluice]}")" PEER_THREADS="$(threads_of "${SERVER_PID[grpc-swift-2]}")"
-export GIT_COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
-export GIT_DIRTY="$(git -C "$ROOT" status --porcelain -- Sources Package.swift 2>/dev/null | awk '{ print $2 }' | tr '\n' ' ')"
+export BASELINE_LABEL BASELINE_CMD_STR="${BASELINE_CMD[*]}" BASELINE_READY= BASELINE_THREADS=0 BASELINE_COMMIT=
+if [[ -n $BASELINE_BIN ]]; then
+    BASELINE_READY="$(head -n 1 "$WORK/$BASELINE_LABEL.server.log")"
+    BASELINE_THREADS="$(threads_of "${SERVER_PID[$BASELINE_LABEL]}")"
+    # The checkout the baseline was built in, when it lives in one (e.g. <checkout>/.build/release/sluice).
+    BASELINE_COMMIT="$(git -C "$(dirname "$BASELINE_BIN")" rev-parse HEAD 2>/dev/null || echo unknown)"
+fi
+# The checkout the measured Sluice was built in (this one unless BIN points elsewhere).
+SLUICE_SRC="$(git -C "$(dirname "$SLUICE_BIN")" rev-parse --show-toplevel 2>/dev/null || echo "$ROOT")"
+export GIT_COMMIT="$(git -C "$SLUICE_SRC" rev-parse HEAD 2>/dev/null || echo unknown)"
+export GIT_DIRTY="$(git -C "$SLUICE_SRC" status --porcelain -- Sources Package.swift 2>/dev/null | awk '{ print $2 }' | tr '\n' ' ')"
 python3 - <<'PY'
 import json, os, glob
 env = os.environ
@@ -272,6 +312,7 @@ commands = [
     "# servers",
     env["SLUICE_CMD_STR"].replace(env["ROOT"], "$REPO"),
     env["PEER_CMD_STR"].replace(env["ROOT"], "$REPO"),
+] + (["# baseline (built at commit %s)" % env["BASELINE_COMMIT"], env["BASELINE_CMD_STR"]] if env["BASELINE_CMD_STR"] else []) + [
     "# request bodies: gRPC envelope (flag 0, 4-byte big-endian length) + JSON",
 ] + ["#   %s: %s" % (sc, j) for sc, j in request_json.items()] + [
     "# warm-up (sizes -n): same as below with -D %s instead of -n" % env["WARMUP_SECONDS"],
@@ -310,6 +351,13 @@ run = {
          "ready_line": env["PEER_READY"], "threads_at_end": int(env["PEER_THREADS"])},
     ],
 }
+if env["BASELINE_CMD_STR"]:
+    label = env["BASELINE_LABEL"]
+    run["baseline"] = {"name": label, "git_commit": env["BASELINE_COMMIT"]}
+    run["servers"].insert(1, {
+        "name": label, "command": env["BASELINE_CMD_STR"],
+        "description": "the baseline Sluice build (commit %s), same flags as `sluice`" % env["BASELINE_COMMIT"],
+        "ready_line": env["BASELINE_READY"], "threads_at_end": int(env["BASELINE_THREADS"])})
 json.dump(run, open(os.path.join(work, "run.json"), "w"), indent=2)
 PY
 
