@@ -147,12 +147,14 @@ final class HTTP1Connection: Selectable {
                 loop.execute { box.value.flush() }
             }
             let task = outbound.runHTTPHandler(handler, httpRequest, on: loop)
+            assert(machine.isResponding, "a response starts only after the machine's transition to responding")
             response = HTTP1Response(.handler(outbound, task), method: request.method, versionMinor: request.versionMinor)
         }
     }
 
     private func respondFixed(to request: HTTP1Request, status: Int, headers: [(String, String)], body: String) {
         let source = HTTP1Response.Source.fixed(status: status, headers: headers, body: Array(body.utf8))
+        assert(machine.isResponding, "a response starts only after the machine's transition to responding")
         response = HTTP1Response(source, method: request.method, versionMinor: request.versionMinor)
     }
 

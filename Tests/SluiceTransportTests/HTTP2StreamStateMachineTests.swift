@@ -334,4 +334,33 @@ import Testing
         #expect(http.bodyEnd(status: (.ok, "")) == .endStream)
         #expect(http.bodyEnd(status: (.aborted, "reset by the handler")) == .reset)
     }
+
+    // MARK: closed
+
+    @Test(arguments: ["receivingHeaders", "receivingRequest", "handling", "answeredEarly", "respondingPlain"])
+    func closeFromEveryStateIgnoresWhatFollows(_ from: String) {
+        var machine: Machine
+        switch from {
+        case "receivingHeaders": machine = self.machine()
+        case "receivingRequest": (machine, _) = routed(Self.grpcCall)
+        case "handling":
+            (machine, _) = routed(Self.grpcCall)
+            _ = receive(&machine, envelope("{}"))
+            _ = machine.endOfRequest()
+        case "answeredEarly": (machine, _) = routed(Self.grpcCall + [("grpc-timeout", "soon")])
+        default: (machine, _) = routed([(":method", "GET"), (":path", "/x")])
+        }
+        machine.close()
+        #expect(machine.state == .closed)
+        #expect(machine.route == nil)
+        let data = receive(&machine, envelope("late"))
+        #expect(data == .none)
+        guard case .none = machine.endOfRequest() else {
+            Issue.record("a closed stream runs nothing")
+            return
+        }
+        let ended = machine.end()
+        #expect(!ended)
+        #expect(machine.state == .closed)
+    }
 }
