@@ -98,6 +98,6 @@ public final class SluiceClient: Sendable {
     }
 
     static func resumeRequest(streamID: String, afterSeq: Int) -> [UInt8] {
-        JSONValue.object(["stream_id": .string(streamID), "after_seq": .number(Double(afterSeq))]).serialized()
+        JSONValue.object(["stream_id": .string(streamID), "after_seq": .integer(afterSeq)]).serialized()
     }
 }

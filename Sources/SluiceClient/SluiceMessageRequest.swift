@@ -47,12 +47,12 @@ public struct SluiceMessageRequest: Sendable, Equatable {
 
     public var json: JSONValue {
         var fields: [String: JSONValue] = [
-            "model": .string(model), "max_tokens": .number(Double(maxTokens)),
+            "model": .string(model), "max_tokens": .integer(maxTokens),
             "messages": .array(messages.map { ["role": .string($0.role), "content": $0.content] }),
         ]
         if let system { fields["system"] = .string(system) }
         if !tools.isEmpty { fields["tools"] = .array(tools.map(JSONValue.string)) }
-        if let temperature { fields["temperature"] = .number(temperature) }
+        if let temperature { fields["temperature"] = .double(temperature) }
         if let simulation { fields["simulation"] = simulation }
         return .object(fields)
     }

@@ -127,7 +127,7 @@ public final class SluiceTestServer: Sendable {
         await rawClient.shutdown()
         await rawConnectClient.shutdown()
         await server.shutdown(drainTimeout: .zero)
-        upstream.shutdown()
+        await upstream.shutdown()
         await simulatorServer.shutdown(drainTimeout: .zero)
     }
 

@@ -8,7 +8,7 @@ import Testing
 @Suite struct SluiceEventStreamTests {
     private func request(tokens: Int, intervalMilliseconds: Int) -> SluiceMessageRequest {
         var request = SluiceMessageRequest(model: "claude-sonnet-4-5", maxTokens: tokens + 10, prompt: "Tell me about rivers.")
-        request.simulation = ["output_tokens": .number(Double(tokens)), "token_interval_ms": .number(Double(intervalMilliseconds)), "seed": 7]
+        request.simulation = ["output_tokens": .integer(tokens), "token_interval_ms": .integer(intervalMilliseconds), "seed": 7]
         return request
     }
 

@@ -10,7 +10,7 @@ import Testing
     static func request(tokens: Int = 5, intervalMilliseconds: Int = 1, extra: [String: JSONValue] = [:]) -> JSONValue {
         var fields: [String: JSONValue] = [
             "model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [["role": "user", "content": "Tell me about rivers."]],
-            "simulation": ["output_tokens": .number(Double(tokens)), "token_interval_ms": .number(Double(intervalMilliseconds)), "seed": 3],
+            "simulation": ["output_tokens": .integer(tokens), "token_interval_ms": .integer(intervalMilliseconds), "seed": 3],
         ]
         fields.merge(extra) { $1 }
         return .object(fields)
