@@ -10,7 +10,9 @@ struct Call: AsyncParsableCommand {
         discussion: """
             Text goes to stdout as it arrives. Queueing, retries, restarts and tool progress go to stderr, and so \
             does a closing summary: token usage, time to first token, total time. --json prints every event as one \
-            JSON line on stdout instead of the text. Ctrl-C cancels the call (RST_STREAM CANCEL).
+            JSON line on stdout instead of the text. A connection that drops mid-stream is resumed from the last seq \
+            received (a few attempts with backoff), with no text lost or repeated. Ctrl-C cancels the call \
+            (RST_STREAM CANCEL).
 
             Exit status: 0 when the call ends OK; otherwise its gRPC status code, 1 to 16 (1 CANCELLED, \
             3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE — also for a server that \
