@@ -83,6 +83,18 @@ import SluiceWire
         #expect(UpstreamFailure(kind, message: "x", retryable: !retryable).retryable == !retryable)
     }
 
+    /// UNAVAILABLE tells gRPC callers to retry: it must never end a call that retrying cannot fix.
+    @Test func onlyRetryableFailuresAreUnavailable() {
+        let types = ["invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
+                     "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error", "mystery_error"]
+        var failures = (100...599).map { UpstreamFailure.http(status: $0, body: [], headers: []) }
+        failures += types.map { UpstreamFailure.errorEvent(type: $0, message: "") }
+        failures += UpstreamFailure.Kind.allCases.map { UpstreamFailure($0, message: "") }
+        for failure in failures where failure.grpcStatus == .unavailable {
+            #expect(failure.retryable, "\(failure.message) is UNAVAILABLE but not retryable")
+        }
+    }
+
     @Test func readsTheErrorBodyAndRequestID() {
         let failure = UpstreamFailure.http(
             status: 429,
