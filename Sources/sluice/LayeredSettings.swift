@@ -10,7 +10,8 @@ import SystemPackage
 /// highest layer that sets a repeatable flag supplies all its values: layers replace, they do not merge.
 ///
 /// ArgumentParser still parses the command line (help, errors, defaults); the command-line layer reads the same
-/// arguments, so that a flag given there beats the other layers even when it repeats the default.
+/// arguments, so that a flag given there beats the other layers even when it repeats the default. That layer splits
+/// values at commas, as the environment does: `--tool-root /a,/b` is two roots, and a one-value flag holds no comma.
 final class LayeredSettings {
     /// Variables that name secrets or other programs' settings, never flags.
     static let reservedVariables: Set = ["SLUICE_API_KEYS", "SLUICE_TOKEN", "SLUICE_BIN"]
