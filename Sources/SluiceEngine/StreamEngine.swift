@@ -87,15 +87,17 @@ public final class StreamEngine: Sendable {
         }
     }
 
-    public init(configuration: EngineConfiguration, upstream: any MessageUpstream, logger: Logger) {
+    /// - Parameter sweepLoop: the event loop whose timer paces the sweep for abandoned and expired streams; without
+    ///   one the sweep sleeps on the runtime's timers.
+    public init(configuration: EngineConfiguration, upstream: any MessageUpstream, logger: Logger, sweepLoop: EventLoop? = nil) {
         self.configuration = configuration
         self.scheduler = Scheduler(limits: configuration.limits, queueTimeout: configuration.queueTimeout)
         self.tools = Dictionary(configuration.tools.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         self.upstream = upstream
         self.logger = logger
-        let sweepTask = Task { [weak self] in
+        let sweepTask = Task(executorPreference: sweepLoop) { [weak self] in
             while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(250))
+                try? await EventLoop.sleep(for: .milliseconds(250))
                 self?.sweep()
             }
         }
@@ -120,7 +122,7 @@ public final class StreamEngine: Sendable {
             let offered = tools.keys.sorted()
             throw RPCError(
                 .invalidArgument,
-                "unknown tool '\(unknown)': this server offers \(offered.isEmpty ? "no tools (start it with --tool-root to offer file tools)" : offered.joined(separator: ", "))"
+                "unknown tool '\(unknown)': this server offers \(offered.isEmpty ? "no tools (it has no tool roots configured)" : offered.joined(separator: ", "))"
             )
         }
         let admitted: Scheduler.Admitted
@@ -200,7 +202,7 @@ public final class StreamEngine: Sendable {
         }
         for record in abandoned {
             metrics.abandoned()
-            record.cancel(RPCError(.cancelled, "the client disconnected and did not resume within \(DurationParsing.format(configuration.abandonGrace)) (--abandon-grace)"))
+            record.cancel(RPCError(.cancelled, "the client disconnected and did not resume within the server's abandon grace of \(DurationParsing.format(configuration.abandonGrace))"))
         }
     }
 
@@ -278,7 +280,7 @@ public final class StreamEngine: Sendable {
             return try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
         } catch {
             guard timer.fired else { throw error }
-            let why = clients ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed" : "the stream reached --max-stream-duration \(DurationParsing.format(configuration.maxStreamDuration))"
+            let why = clients ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed" : "the stream reached the server's limit of \(DurationParsing.format(configuration.maxStreamDuration)) per stream"
             throw RPCError(.deadlineExceeded, why)
         }
     }

@@ -1,4 +1,5 @@
 import SluiceEngine
+import SluiceIO
 import SluiceTransport
 import SluiceWire
 
@@ -160,7 +161,9 @@ public struct EventStreamService: Sendable {
             return try await withThrowingTaskGroup(of: Wakeup.self) { group in
                 group.addTask { try await channel.next(after: cursor, generation: generation).map(Wakeup.item) ?? .detached }
                 group.addTask {
-                    try await Task.sleep(for: heartbeat)
+                    // A child task keeps the handler's loop as its executor, so the wait is a timer of that loop,
+                    // freed when cancelled (a cancelled `Task.sleep` keeps its memory until the deadline on Linux).
+                    try await EventLoop.sleep(for: heartbeat)
                     return .heartbeat
                 }
                 defer { group.cancelAll() }

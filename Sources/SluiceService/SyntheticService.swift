@@ -1,3 +1,4 @@
+import SluiceIO
 import SluiceTransport
 import SluiceWire
 
@@ -38,7 +39,7 @@ public enum SyntheticService {
             var frame: [UInt8] = []
             frame.reserveCapacity(prefix.count + suffix.count + 20)
             for seq in stride(from: 1, through: frames, by: 1) {
-                if interval > 0 && seq > 1 { try await Task.sleep(for: .milliseconds(interval)) }
+                if interval > 0 && seq > 1 { try await EventLoop.sleep(for: .milliseconds(interval)) }
                 frame.removeAll(keepingCapacity: true)
                 frame += prefix
                 JSONNumber(seq).write(into: &frame)

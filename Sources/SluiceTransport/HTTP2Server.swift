@@ -80,7 +80,7 @@ public final class HTTP2Server: @unchecked Sendable {
         switch (configuration.tlsCertificatePath, configuration.tlsPrivateKeyPath) {
         case (let certificate?, let key?): tlsContext = try TLSContext(certificatePath: certificate, privateKeyPath: key)
         case (nil, nil): tlsContext = nil
-        default: throw IOError.configuration("TLS needs both --tls-cert and --tls-key")
+        default: throw IOError.configuration("TLS needs both a certificate chain and a private key")
         }
     }
 
@@ -214,7 +214,7 @@ public final class HTTP2Server: @unchecked Sendable {
         guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
             let code = errno
             close(fd)
-            throw IOError.configuration("cannot listen on \(host):\(port): \(String(cString: strerror(code))). Choose another --port or stop what holds it.")
+            throw IOError.configuration("cannot listen on \(host):\(port): \(String(cString: strerror(code))). Choose another port or stop what holds it.")
         }
         guard Glibc.listen(fd, 4096) == 0 else {
             let code = errno
@@ -315,7 +315,7 @@ private final class LoopContext: Selectable {
         if let last = lastShedReport, now - last < .seconds(10) { return }
         lastShedReport = now
         server.logger.warning(
-            "closing new connections: \(server.configuration.limits.maxConnections) are open (--max-connections); raise it together with the open-file limit"
+            "closing new connections: \(server.configuration.limits.maxConnections) are open, the limit of client connections; raise it together with the open-file limit"
         )
     }
 

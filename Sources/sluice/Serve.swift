@@ -108,7 +108,65 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "JSON file of settings (flag names as keys); flags and SLUICE_* variables take precedence.")
     var config: String?
 
-    func validate() throws {
+    func run() async throws {
+        let command: Serve
+        do {
+            let settings = try await LayeredSettings(
+                arguments: CommandLine.arguments, environment: UpstreamConfiguration.processEnvironment(), warn: Sluice.warn
+            )
+            command = try await layered(settings)
+            settings.warnAboutUnknownVariables(Sluice.warn)
+            try command.validateSettings()
+        } catch {
+            throw Sluice.configurationFailure(error)
+        }
+        do { try await command.serve() } catch let error as ValidationError { throw Sluice.configurationFailure(error) }
+    }
+
+    /// This command with each setting taken from the highest layer that sets it (flag, SLUICE_* variable, --config file).
+    func layered(_ settings: LayeredSettings) async throws -> Serve {
+        var command = self
+        command.host = try await settings.string("host", host)
+        command.port = try await settings.int("port", port)
+        command.eventLoops = try await settings.int("event-loops", eventLoops)
+        command.tlsCert = try await settings.string("tls-cert", tlsCert)
+        command.tlsKey = try await settings.string("tls-key", tlsKey)
+        command.maxStreamsPerConnection = try await settings.int("max-streams-per-connection", maxStreamsPerConnection)
+        command.maxMessageSize = try await settings.int("max-message-size", maxMessageSize)
+        command.maxConnections = try await settings.int("max-connections", maxConnections)
+        command.idleTimeout = try await settings.duration("idle-timeout", idleTimeout)
+        command.drainTimeout = try await settings.duration("drain-timeout", drainTimeout)
+        command.maxActive = try await settings.int("max-active", maxActive)
+        command.maxQueued = try await settings.int("max-queued", maxQueued)
+        command.queueTimeout = try await settings.duration("queue-timeout", queueTimeout)
+        command.maxActivePerKey = try await settings.int("max-active-per-key", maxActivePerKey)
+        command.maxStreamDuration = try await settings.duration("max-stream-duration", maxStreamDuration)
+        command.maxRetries = try await settings.int("max-retries", maxRetries)
+        command.abandonGrace = try await settings.duration("abandon-grace", abandonGrace)
+        command.retention = try await settings.duration("retention", retention)
+        command.replayBufferBytes = try await settings.int("replay-buffer-bytes", replayBufferBytes)
+        command.sseHeartbeat = try await settings.duration("sse-heartbeat", sseHeartbeat)
+        command.toolRoot = try await settings.strings("tool-root", toolRoot)
+        command.toolTimeout = try await settings.duration("tool-timeout", toolTimeout)
+        command.toolMaxBytes = try await settings.int("tool-max-bytes", toolMaxBytes)
+        command.toolResultMaxBytes = try await settings.int("tool-result-max-bytes", toolResultMaxBytes)
+        command.maxTurns = try await settings.int("max-turns", maxTurns)
+        command.upstreamURL = try await settings.string("upstream-url", upstreamURL)
+        command.apiKeyFile = try await settings.string("api-key-file", apiKeyFile)
+        command.caBundle = try await settings.string("ca-bundle", caBundle)
+        command.upstreamIsSimulator = try await settings.bool("upstream-is-simulator", upstreamIsSimulator)
+        command.firstTokenTimeout = try await settings.duration("first-token-timeout", firstTokenTimeout)
+        command.upstreamIdleTimeout = try await settings.duration("upstream-idle-timeout", upstreamIdleTimeout)
+        command.upstreamStreamsPerConnection = try await settings.int("upstream-streams-per-connection", upstreamStreamsPerConnection)
+        command.keysFile = try await settings.string("keys-file", keysFile)
+        command.allowUnauthenticated = try await settings.bool("allow-unauthenticated", allowUnauthenticated)
+        command.logLevel = try await settings.choice("log-level", logLevel)
+        command.logFormat = try await settings.choice("log-format", logFormat)
+        return command
+    }
+
+    /// Checks the settings from every layer; ArgumentParser's `validate()` would see only the command line's.
+    func validateSettings() throws {
         if let eventLoops, eventLoops < 1 { throw ValidationError("--event-loops must be at least 1") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("TLS needs both --tls-cert and --tls-key") }
         if maxStreamsPerConnection < 1 { throw ValidationError("--max-streams-per-connection must be at least 1") }
@@ -124,7 +182,7 @@ struct Serve: AsyncParsableCommand {
         if sseHeartbeat.duration <= .zero { throw ValidationError("--sse-heartbeat must be more than 0") }
     }
 
-    func run() async throws {
+    private func serve() async throws {
         LogFormat.bootstrap(logFormat, level: logLevel)
         let logger = Logger(label: "sluice")
         let registry = PrometheusCollectorRegistry()
@@ -199,7 +257,7 @@ struct Serve: AsyncParsableCommand {
                 SearchFilesTool(sandbox: sandbox, maxBytes: toolMaxBytes),
             ]
         }
-        let engine = StreamEngine(configuration: engineConfiguration, upstream: upstream, logger: logger)
+        let engine = StreamEngine(configuration: engineConfiguration, upstream: upstream, logger: logger, sweepLoop: loops[0])
 
         // Running out of descriptors aborts the process (libdispatch needs some for its thread pool):
         // upstream transfers (two descriptors each with the in-process h2c simulator: its client and
@@ -235,7 +293,7 @@ struct Serve: AsyncParsableCommand {
         )
         let server = try HTTP2Server(configuration: configuration, router: router, logger: logger, loops: loops)
         serverReference.set(server)
-        try server.start()
+        do { try server.start() } catch IOError.configuration(let message) { throw ValidationError("\(message) (--host, --port)") }
 
         let scheme = server.isTLS ? "https (TLS, ALPN h2 or http/1.1)" : "h2c (HTTP/2 cleartext, prior knowledge) and HTTP/1.1"
         let upstreamDescription =
@@ -248,7 +306,8 @@ struct Serve: AsyncParsableCommand {
         )
         fflush(nil)  // scripts wait for this line
 
-        let trimmer = Task { await Self.returnMemoryWhenIdle(engine: engine, upstream: upstream) }
+        // On a loop, so that its sleeps are that loop's timers; it trims only when no stream is running.
+        let trimmer = Task(executorPreference: loops[0]) { await Self.returnMemoryWhenIdle(engine: engine, upstream: upstream) }
         await server.runUntilSignalled(drainTimeout: drainTimeout.duration, logger: logger)
         trimmer.cancel()
         await upstream.shutdown()
@@ -261,7 +320,7 @@ struct Serve: AsyncParsableCommand {
     /// this, resident memory after 100,000 streams stood 45 % above the figure after 10,000 (Benchmarks/soak).
     private static func returnMemoryWhenIdle(engine: StreamEngine, upstream: UpstreamClient) async {
         var trimmedThisSpell = false
-        while (try? await Task.sleep(for: .seconds(5))) != nil {
+        while (try? await EventLoop.sleep(for: .seconds(5))) != nil {
             let idle = engine.streamCount == 0 && upstream.openTransfers == 0
             if idle && !trimmedThisSpell { malloc_trim(0) }
             trimmedThisSpell = idle

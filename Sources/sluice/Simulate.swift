@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import SluiceIO
 import SluiceSimulator
 import SluiceTransport
 import SluiceUpstream
@@ -39,12 +40,41 @@ struct Simulate: AsyncParsableCommand {
     @Option(help: "JSON file of settings (flag names as keys); flags and SLUICE_* variables take precedence.")
     var config: String?
 
-    func validate() throws {
+    func run() async throws {
+        let command: Simulate
+        do {
+            let settings = try await LayeredSettings(
+                arguments: CommandLine.arguments, environment: UpstreamConfiguration.processEnvironment(), warn: Sluice.warn
+            )
+            command = try await layered(settings)
+            settings.warnAboutUnknownVariables(Sluice.warn)
+            try command.validateSettings()
+        } catch {
+            throw Sluice.configurationFailure(error)
+        }
+        do { try await command.simulate() } catch let error as ValidationError { throw Sluice.configurationFailure(error) }
+    }
+
+    /// This command with each setting taken from the highest layer that sets it (flag, SLUICE_* variable, --config file).
+    func layered(_ settings: LayeredSettings) async throws -> Simulate {
+        var command = self
+        command.host = try await settings.string("host", host)
+        command.port = try await settings.int("port", port)
+        command.eventLoops = try await settings.int("event-loops", eventLoops)
+        command.tlsCert = try await settings.string("tls-cert", tlsCert)
+        command.tlsKey = try await settings.string("tls-key", tlsKey)
+        command.logLevel = try await settings.choice("log-level", logLevel)
+        command.logFormat = try await settings.choice("log-format", logFormat)
+        return command
+    }
+
+    /// Checks the settings from every layer; ArgumentParser's `validate()` would see only the command line's.
+    func validateSettings() throws {
         if eventLoops < 1 { throw ValidationError("--event-loops must be at least 1") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("TLS needs both --tls-cert and --tls-key") }
     }
 
-    func run() async throws {
+    private func simulate() async throws {
         LogFormat.bootstrap(logFormat, level: logLevel)
         let logger = Logger(label: "sluice.simulator")
 
@@ -59,7 +89,7 @@ struct Simulate: AsyncParsableCommand {
         simulator.register(in: &router)
 
         let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
-        try server.start()
+        do { try server.start() } catch IOError.configuration(let message) { throw ValidationError("\(message) (--host, --port)") }
         print("sluice simulator listening on \(host):\(server.port)\(server.isTLS ? " (TLS, ALPN h2 or http/1.1)" : "")")
         fflush(nil)  // scripts and tests wait for this line
 

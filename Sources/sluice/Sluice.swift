@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 
+@main
 struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Streams Claude's responses and tool progress to backends over HTTP/2 (gRPC and Connect, JSON messages).",
@@ -14,26 +15,17 @@ struct Sluice: AsyncParsableCommand {
     )
 }
 
-@main
-enum Main {
-    static func main() async {
-        let arguments: [String]
-        do {
-            arguments = try LayeredArguments.merge(
-                arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment,
-                knownFlags: flags(of:), warn: { FileHandle.standardError.write(Data("warning: \($0)\n".utf8)) }
-            )
-        } catch {
-            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
-            exit(64)
-        }
-        await Sluice.main(arguments)
+extension Sluice {
+    /// A warning about the command's settings, before logging is set up.
+    static func warn(_ message: String) {
+        FileHandle.standardError.write(Data("warning: \(message)\n".utf8))
     }
 
-    /// The long flags a subcommand accepts, read from its help text.
-    static func flags(of subcommand: String) -> Set<String> {
-        let help = subcommand == "simulate" ? Simulate.helpMessage(columns: 10_000) : Serve.helpMessage(columns: 10_000)
-        let pattern = /--[a-z][a-z0-9-]*/
-        return Set(help.matches(of: pattern).map { String($0.output) })
+    /// Reports a bad setting (or an address the server cannot listen on) as ArgumentParser reports a bad flag, exit
+    /// code 64, but without a usage line: the setting may come from a variable or the --config file, and an error
+    /// thrown by a subcommand's `run` would print the root command's usage.
+    static func configurationFailure(_ error: any Error) -> ExitCode {
+        FileHandle.standardError.write(Data("Error: \(message(for: error))\n".utf8))
+        return .validationFailure
     }
 }

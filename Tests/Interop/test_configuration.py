@@ -95,3 +95,23 @@ def test_kubernetes_service_links_are_ignored_with_a_warning(sluice_bin, tmp_pat
 def test_upstream_streams_per_connection_must_be_positive(sluice_bin):
     _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--upstream-streams-per-connection", "0"], {})
     assert code != 0 and "--upstream-streams-per-connection must be at least 1" in stderr
+
+
+def test_a_flag_at_its_default_still_beats_the_environment(sluice_bin):
+    line, _, _ = start_line(sluice_bin, ["serve", "--port", "0", "--max-active", "256"], {"SLUICE_MAX_ACTIVE": "5"})
+    assert LIMITS.search(line).group(1) == "256"
+
+
+def test_settings_from_every_layer_are_validated(sluice_bin, tmp_path):
+    _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0"], {"SLUICE_MAX_ACTIVE": "0"})
+    assert code == 64 and "--max-active must be at least 1" in stderr
+    config = tmp_path / "timeout.json"
+    config.write_text('{"queue-timeout": "soon"}')
+    _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--config", str(config)], {})
+    assert code == 64 and "--queue-timeout" in stderr and "must be a duration" in stderr, stderr
+
+
+def test_simulate_reads_the_environment(sluice_bin):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")} | {"SLUICE_PORT": "0", "SLUICE_EVENT_LOOPS": "0"}
+    proc = subprocess.run([sluice_bin, "simulate"], capture_output=True, env=env, text=True, timeout=10)
+    assert proc.returncode == 64 and "--event-loops must be at least 1" in proc.stderr

@@ -161,7 +161,7 @@ def test_queue_timeout_ends_queued_stream(start_server):
     assert queued.code == "RESOURCE_EXHAUSTED"
     assert queued.types == ["stream_queued", "stream_error"]
     assert queued.events[0]["position"] == 1
-    assert "--queue-timeout" in queued.details and "queue" in queued.events[-1]["error"], queued.details
+    assert "queue timeout of" in queued.details and "queue" in queued.events[-1]["error"], queued.details
     wait_idle(server.port)
 
 
@@ -371,7 +371,7 @@ def test_abandoned_stream_is_cleaned_up_after_grace(start_server):
     with SluiceClient(server.port) as client:
         replay = client.resume(first_part[0]["stream_id"])
     assert replay.code == "CANCELLED"
-    assert "--abandon-grace" in replay.events[-1]["error"], replay.events[-1]
+    assert "abandon grace of" in replay.events[-1]["error"], replay.events[-1]
 
 
 # MARK: 7. Authentication and isolation

@@ -71,7 +71,7 @@ final class ProgressLog: Sendable {
             _ = try await ReadFileTool(sandbox: sandbox, maxBytes: 4).execute(input: ["path": "hello.txt"], progress: ProgressLog().reporter())
             Issue.record("a file over the cap was read")
         } catch {
-            #expect(error.message.contains("--tool-max-bytes"))
+            #expect(error.message.contains("limit of 4 bytes"))
         }
     }
 

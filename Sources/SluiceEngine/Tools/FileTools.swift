@@ -46,7 +46,7 @@ public struct ReadFileTool: StreamingTool {
         guard offset <= size else { throw ToolError("offset \(offset) is past the end of \(path) (\(size) bytes)") }
         let length = min(input["length"]?.intValue ?? (size - offset), size - offset)
         guard length <= maxBytes else {
-            throw ToolError("\(path) has \(length) bytes to read, over the limit of \(maxBytes) (--tool-max-bytes); pass offset and length to read a part")
+            throw ToolError("\(path) has \(length) bytes to read, over the tools' limit of \(maxBytes) bytes; pass offset and length to read a part")
         }
         var bytes: [UInt8] = []
         // Reserved, not zero-filled: pages are touched only as chunks arrive.

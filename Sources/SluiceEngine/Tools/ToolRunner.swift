@@ -94,7 +94,7 @@ struct ToolRunner {
         defer { timer.cancel() }
         let result = await withTaskCancellationHandler { await work.value } onCancel: { work.cancel() }
         if timer.fired {
-            return .failure(ToolError("\(tool.name) did not finish within \(DurationParsing.format(timeout)) (--tool-timeout)"))
+            return .failure(ToolError("\(tool.name) did not finish within the tool timeout of \(DurationParsing.format(timeout))"))
         }
         return result
     }

@@ -23,7 +23,7 @@ public struct ToolSandbox: Sendable {
     /// taken relative to the first root.
     public func resolve(_ path: String, as kind: Kind) throws(ToolError) -> String {
         guard let firstRoot = roots.first else {
-            throw ToolError("no tool roots are configured (--tool-root), so no file can be read")
+            throw ToolError("no tool roots are configured, so no file can be read")
         }
         guard !path.isEmpty, !path.utf8.contains(0) else { throw ToolError("the path is empty or contains a NUL byte") }
         let candidate = path.hasPrefix("/") ? path : firstRoot + "/" + path
@@ -31,7 +31,7 @@ public struct ToolSandbox: Sendable {
             throw ToolError("\(path) does not exist inside the tool roots")
         }
         guard roots.contains(where: { resolved == $0 || resolved.hasPrefix($0 == "/" ? "/" : $0 + "/") }) else {
-            throw ToolError("\(path) resolves outside the tool roots (sandbox rule: tools see only --tool-root directories, after resolving symlinks and '..')")
+            throw ToolError("\(path) resolves outside the tool roots (sandbox rule: tools see only the tool root directories, after resolving symlinks and '..')")
         }
         var info = stat()
         guard stat(resolved, &info) == 0 else { throw ToolError("\(path) cannot be examined: \(String(cString: strerror(errno)))") }
