@@ -208,11 +208,10 @@ public final class StreamChannel: Sendable {
             for seq in (push.acknowledgedBefore + 1)...push.seq { unread += state.buffer.event(seq)?.bytes.count ?? 0 }
             _ = state.machine.add(unread)
         }
-        if state.buffer.outcome != nil, state.buffer.subscriber.map({ !$0.parked || $0.delivered + 1 >= state.buffer.nextSeq }) ?? true {
-            if let finished = state.machine.finish() { wakeups.merge(finished) }
-            return nil
-        }
-        return dispatch(&state, &wakeups)
+        let next = dispatch(&state, &wakeups)
+        // The end `finish` left to this pusher, once nothing more is to be pushed.
+        if next == nil, state.buffer.outcome != nil, let finished = state.machine.finish() { wakeups.merge(finished) }
+        return next
     }
 
     /// Under the lock, with no push in flight: hands the subscriber what waits for it. A parked subscriber

@@ -130,11 +130,12 @@ final class StreamOutbound: Sendable {
     /// Returns false if the call had already ended.
     @discardableResult
     func finish(_ code: StatusCode, _ message: String) -> Bool {
-        handOff.withLock { state, wakeups in
+        // Encoded before locking: the lock runs no caller-supplied closure.
+        let envelope = endStreamEnvelope?(code, message)
+        return handOff.withLock { state, wakeups in
             guard state.buffer.status == nil, state.buffer.closedReason == nil else { return false }
             state.buffer.status = (code, message)
-            if let endStreamEnvelope {
-                let envelope = endStreamEnvelope(code, message)
+            if let envelope {
                 state.buffer.bytes.append(contentsOf: envelope)
                 _ = state.machine.add(envelope.count)
             }
@@ -163,7 +164,8 @@ final class StreamOutbound: Sendable {
     /// Ends the call at once with `code`, dropping what is still queued (deadline, shutdown).
     /// Returns false if the call had already ended.
     func abort(_ code: StatusCode, _ message: String) -> Bool {
-        handOff.withLock { state, wakeups in
+        let envelope = endStreamEnvelope?(code, message)
+        return handOff.withLock { state, wakeups in
             guard state.buffer.status == nil, state.buffer.closedReason == nil else { return false }
             let reason = RPCError(code, message)
             state.buffer.closedReason = reason
@@ -171,7 +173,7 @@ final class StreamOutbound: Sendable {
             if let closed = state.machine.close(failingProducerWith: .failure(reason)) { wakeups.merge(closed) }
             state.buffer.discard()
             state.buffer.status = (code, message)
-            if let endStreamEnvelope { state.buffer.bytes.append(contentsOf: endStreamEnvelope(code, message)) }
+            if let envelope { state.buffer.bytes.append(contentsOf: envelope) }
             wakeups.merge(state.machine.setLoad(state.buffer.bytes.count))
             return true
         }

@@ -249,7 +249,7 @@ final class GatedSink: StreamEventSink {
 }
 
 @Suite(.timeLimit(.minutes(2))) struct StreamChannelConcurrencyTests {
-    /// The subscriber's task: appends what `next` returns to the client's log until the end.
+    /// The subscriber's task: appends what `next` returns to the client's log until the end, logged as 0.
     func deliver(_ channel: StreamChannel, generation: Int, to log: ClientLog) async throws -> Bool {
         var cursor = 0
         while let item = try await channel.next(after: cursor, generation: generation) {
@@ -257,7 +257,9 @@ final class GatedSink: StreamEventSink {
             case .event(let seq, _, _):
                 log.append(seq)
                 cursor = seq
-            case .end: return true
+            case .end:
+                log.append(0)
+                return true
             }
         }
         return false
@@ -275,7 +277,7 @@ final class GatedSink: StreamEventSink {
         #expect(log.value == [1], "the event was pushed (and the sink could look at the channel)")
         channel.finish(nil)
         #expect(try await task.value)
-        #expect(log.value == [1])
+        #expect(log.value == [1, 0])
     }
 
     /// Parallel tool calls emit concurrently; pushes run outside the lock and some are refused: the client
@@ -300,8 +302,9 @@ final class GatedSink: StreamEventSink {
             channel.finish(nil)
             #expect(try await subscriber.value)
             let received = log.value
-            #expect(received.count == 1000, "every event once")
-            #expect(received.indices.first { received[$0] != $0 + 1 } == nil, "the first position out of seq order")
+            #expect(received.count == 1001, "every event once, then the end")
+            #expect(received.last == 0)
+            #expect(received.indices.dropLast().first { received[$0] != $0 + 1 } == nil, "the first position out of seq order")
         }
     }
 
@@ -324,7 +327,7 @@ final class GatedSink: StreamEventSink {
         #expect(try channel.poll(after: 0, generation: generation) == .pending, "the end may not overtake the push")
         sink.gate.signal()
         #expect(try await subscriber.value)
-        #expect(log.value == [1])
+        #expect(log.value == [1, 0], "the pushed event, then the end")
         emitted.wait()
     }
 
