@@ -49,7 +49,7 @@ struct StreamAttempts {
             guard turn < engine.configuration.maxTurns else {
                 throw RPCError(
                     .resourceExhausted,
-                    "the model still asked for tools after \(engine.configuration.maxTurns) turns (--max-turns); the stream stops here"
+                    "the model still asked for tools at the server's turn limit (\(engine.configuration.maxTurns) per stream); the stream stops here"
                 )
             }
             let toolUses = pendingToolUses
@@ -100,7 +100,7 @@ struct StreamAttempts {
                     sentText = ""
                     sawNonTextBlock = false
                 }
-                try await Task.sleep(for: delay)
+                try await EventLoop.sleep(for: delay)
                 prefill = mode == .continue ? sentText : nil
             }
         }

@@ -22,9 +22,7 @@ package final class TLSClientContext: @unchecked Sendable {
         }
         if let caCertificatePath {
             guard SSL_CTX_load_verify_locations(context, caCertificatePath, nil) == 1 else {
-                throw IOError.configuration(
-                    "TLS: cannot load CA certificates from \(caCertificatePath): \(TLSContext.lastError()). Pass a PEM file with --ca-cert."
-                )
+                throw IOError.tlsFile("TLS: cannot load CA certificates from \(caCertificatePath): \(TLSContext.lastError()); it must be a PEM file")
             }
         } else {
             guard SSL_CTX_set_default_verify_paths(context) == 1 else {

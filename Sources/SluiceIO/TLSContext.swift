@@ -23,17 +23,13 @@ public final class TLSContext: @unchecked Sendable {
         }
         _ = sluice_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER))
         guard SSL_CTX_use_certificate_chain_file(context, certificatePath) == 1 else {
-            throw IOError.configuration(
-                "TLS: cannot load the certificate chain from \(certificatePath): \(Self.lastError()). Pass a PEM file with --tls-cert."
-            )
+            throw IOError.tlsFile("TLS: cannot load the certificate chain from \(certificatePath): \(Self.lastError()); it must be a PEM file")
         }
         guard SSL_CTX_use_PrivateKey_file(context, privateKeyPath, SSL_FILETYPE_PEM) == 1 else {
-            throw IOError.configuration(
-                "TLS: cannot load the private key from \(privateKeyPath): \(Self.lastError()). Pass a PEM key with --tls-key."
-            )
+            throw IOError.tlsFile("TLS: cannot load the private key from \(privateKeyPath): \(Self.lastError()); it must be a PEM key")
         }
         guard SSL_CTX_check_private_key(context) == 1 else {
-            throw IOError.configuration("TLS: the private key does not match the certificate: \(Self.lastError())")
+            throw IOError.tlsFile("TLS: the private key does not match the certificate: \(Self.lastError())")
         }
         SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, input, inputLength, _ in
             // h2 if the client offers it, else http/1.1; a client offering neither is refused.

@@ -69,7 +69,8 @@ public struct EventStreamService: Sendable {
             throw Failure(415, .invalidArgument, "the request body must be a SendMessage request with content-type application/json, not '\(type)'")
         }
         let parsed = try SendMessageRequest(json: request.body)
-        let channel = try engine.start(parsed, caller: caller, deadline: nil)
+        // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are then loop timers.
+        let channel = try engine.start(parsed, caller: caller, deadline: nil, executor: EventLoop.current)
         return JSONResponse(
             status: 201, body: ["stream_id": .string(channel.streamID)],
             headers: [("location", "\(Self.collectionPath)/\(channel.streamID)/events")]

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Glibc
 import SluiceClient
+import SluiceIO
 import SluiceWire
 
 struct Call: AsyncParsableCommand {
@@ -72,6 +73,8 @@ struct Call: AsyncParsableCommand {
         let client: SluiceClient
         do {
             client = try SluiceClient(target: server.target, configuration: server.clientConfiguration())
+        } catch IOError.tlsFile(let message) {
+            throw ValidationError("\(message) (--ca-cert)")
         } catch {
             throw ValidationError("\(error)")
         }

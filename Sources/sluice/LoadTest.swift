@@ -108,6 +108,8 @@ struct LoadTest: AsyncParsableCommand {
         let client: SluiceClient
         do {
             client = try SluiceClient(target: server.target, configuration: configuration)
+        } catch IOError.tlsFile(let message) {
+            throw ValidationError("\(message) (--ca-cert)")
         } catch {
             throw ValidationError("\(error)")
         }

@@ -291,7 +291,12 @@ struct Serve: AsyncParsableCommand {
             sampledGauges: sampledGauges, sseHeartbeat: sseHeartbeat.duration, console: console,
             isDraining: { serverReference.isDraining }
         )
-        let server = try HTTP2Server(configuration: configuration, router: router, logger: logger, loops: loops)
+        let server: HTTP2Server
+        do {
+            server = try HTTP2Server(configuration: configuration, router: router, logger: logger, loops: loops)
+        } catch IOError.tlsFile(let message) {
+            throw ValidationError("\(message) (--tls-cert, --tls-key)")
+        }
         serverReference.set(server)
         do { try server.start() } catch IOError.configuration(let message) { throw ValidationError("\(message) (--host, --port)") }
 

@@ -88,7 +88,12 @@ struct Simulate: AsyncParsableCommand {
         let simulator = AnthropicSimulator()
         simulator.register(in: &router)
 
-        let server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
+        let server: HTTP2Server
+        do {
+            server = try HTTP2Server(configuration: configuration, router: router, logger: logger)
+        } catch IOError.tlsFile(let message) {
+            throw ValidationError("\(message) (--tls-cert, --tls-key)")
+        }
         do { try server.start() } catch IOError.configuration(let message) { throw ValidationError("\(message) (--host, --port)") }
         print("sluice simulator listening on \(host):\(server.port)\(server.isTLS ? " (TLS, ALPN h2 or http/1.1)" : "")")
         fflush(nil)  // scripts and tests wait for this line

@@ -379,8 +379,8 @@ def test_max_turns_ends_the_stream(start_server, root):
     with SluiceClient(server.port) as client:
         outcome = client.send_message(tool_request(read_file("small.txt")))
     assert outcome.code == "RESOURCE_EXHAUSTED"
-    assert "--max-turns" in outcome.events[-1]["error"]
-    assert "--max-turns" in outcome.details
+    assert "turn limit (1 per stream)" in outcome.events[-1]["error"]
+    assert "turn limit (1 per stream)" in outcome.details
 
 
 # MARK: 6. Tools the request did not enable

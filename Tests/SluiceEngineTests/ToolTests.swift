@@ -174,7 +174,7 @@ final class ProgressLog: Sendable {
         let upstream = FakeUpstream([turn, turn, turn])
         let (events, end) = try await StreamEngineTests().collect(try engine(upstream, fixture: fixture, maxTurns: 2).start(Self.request, caller: "a", deadline: nil))
         #expect(end?.code == .resourceExhausted)
-        #expect(end?.message.contains("--max-turns") == true)
+        #expect(end?.message.contains("turn limit (2 per stream)") == true)
         #expect(events.last?["type"] == "stream_error")
         #expect(upstream.requests.withLock { $0.count } == 2)
     }
