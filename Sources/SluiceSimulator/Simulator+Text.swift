@@ -225,18 +225,3 @@ enum SimulatorText {
         }
     }
 }
-
-/// Compact JSON with keys in the order given (the API's own order: `type` first), for output only.
-enum SimulatorJSON {
-    static func string(_ value: String) -> String {
-        JSONValue.string(value).serializedString
-    }
-
-    static func object(_ members: KeyValuePairs<String, String>) -> String {
-        "{" + members.map { string($0.key) + ":" + $0.value }.joined(separator: ",") + "}"
-    }
-
-    static func array(_ elements: [String]) -> String {
-        "[" + elements.joined(separator: ",") + "]"
-    }
-}
