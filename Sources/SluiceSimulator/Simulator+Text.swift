@@ -1,5 +1,3 @@
-import SluiceWire
-
 // Deterministic text for the simulator: a seeded PRNG, stable hashing, and a generator of prose, markdown
 // lists and fenced code, as "tokens" (word-ish chunks whose concatenation is the text).
 //
