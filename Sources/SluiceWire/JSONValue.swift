@@ -375,6 +375,12 @@ extension JSONValue {
         }
     }
 
+    /// Appends an object with `members` in the order given (sorted, for output `JSONValue` would also give):
+    /// for writers that know their keys, without building a dictionary and sorting it.
+    public static func serialize(members: KeyValuePairs<String, JSONValue>, into out: inout [UInt8]) {
+        serialize(members: members.lazy.map { ($0.key, $0.value) }, into: &out) { $0.serialize(into: &$1) }
+    }
+
     /// Appends an array of `elements`, each written by `write`: the writer of `JSONValue`'s arrays and of
     /// `OrderedJSON`'s.
     static func serialize<Element>(
