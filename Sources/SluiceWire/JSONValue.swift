@@ -375,8 +375,8 @@ extension JSONValue {
         }
     }
 
-    /// Appends an object with `members` in the order given (sorted, for output `JSONValue` would also give):
-    /// for writers that know their keys, without building a dictionary and sorting it.
+    /// Appends an object with `members` in the order given, for writers that know their keys (a stream event's):
+    /// no dictionary to build and sort. Give them sorted to match what `.object` writes.
     public static func serialize(members: KeyValuePairs<String, JSONValue>, into out: inout [UInt8]) {
         serialize(members: members.lazy.map { ($0.key, $0.value) }, into: &out) { $0.serialize(into: &$1) }
     }
