@@ -33,65 +33,58 @@ public enum StreamEvent: Sendable, Equatable {
         }
     }
 
-    /// The event's own fields (without `stream_id`, `seq`, `type`), in key order.
-    private var fields: KeyValuePairs<String, JSONValue> {
-        switch self {
-        case .streamQueued(let position): ["position": .integer(position)]
-        case .messageStart(let id, let role, let model): ["id": .string(id), "model": .string(model), "role": .string(role)]
-        case .messageDelta(let id, let delta): ["delta": .string(delta), "id": .string(id)]
-        case .messageStop(let id, let stopReason): ["id": .string(id), "stop_reason": stopReason.map(JSONValue.string) ?? .null]
-        case .messageRestart(let id, let reason): ["id": .string(id), "reason": .string(reason)]
+    /// The frame's members, with the `seq` and `stream_id` of its stream, in the order `JSONValue` sorts keys
+    /// (the tests check it does).
+    private func members(streamID: String, seq: Int) -> KeyValuePairs<String, JSONValue> {
+        let seq = JSONValue.integer(seq)
+        let streamID = JSONValue.string(streamID)
+        let type = JSONValue.string(type)
+        return switch self {
+        case .streamQueued(let position):
+            ["position": .integer(position), "seq": seq, "stream_id": streamID, "type": type]
+        case .messageStart(let id, let role, let model):
+            ["id": .string(id), "model": .string(model), "role": .string(role), "seq": seq, "stream_id": streamID, "type": type]
+        case .messageDelta(let id, let delta):
+            ["delta": .string(delta), "id": .string(id), "seq": seq, "stream_id": streamID, "type": type]
+        case .messageStop(let id, let stopReason):
+            ["id": .string(id), "seq": seq, "stop_reason": stopReason.map(JSONValue.string) ?? .null, "stream_id": streamID, "type": type]
+        case .messageRestart(let id, let reason):
+            ["id": .string(id), "reason": .string(reason), "seq": seq, "stream_id": streamID, "type": type]
         case .upstreamRetry(let attempt, let reason, let delay, let mode):
             [
-                "attempt": .integer(attempt), "delay_ms": .integer(delay), "mode": .string(mode.rawValue),
-                "reason": .string(reason),
+                "attempt": .integer(attempt), "delay_ms": .integer(delay), "mode": .string(mode.rawValue), "reason": .string(reason),
+                "seq": seq, "stream_id": streamID, "type": type,
             ]
-        case .toolStart(let id, let name, let input): ["id": .string(id), "input": input, "name": .string(name)]
-        case .toolProgress(let id, let message, let percentage):
-            percentage.map { ["id": .string(id), "message": .string(message), "percentage": .integer($0)] }
-                ?? ["id": .string(id), "message": .string(message)]
-        case .toolComplete(let id, let output): ["id": .string(id), "output": output]
-        case .toolError(let id, let error): ["error": .string(error), "id": .string(id)]
-        case .streamError(let error, let details):
-            details.map { ["details": $0, "error": .string(error)] } ?? ["error": .string(error)]
-        case .streamComplete(let usage): ["usage": usage]
+        case .toolStart(let id, let name, let input):
+            ["id": .string(id), "input": input, "name": .string(name), "seq": seq, "stream_id": streamID, "type": type]
+        case .toolProgress(let id, let message, let percentage?):
+            [
+                "id": .string(id), "message": .string(message), "percentage": .integer(percentage), "seq": seq,
+                "stream_id": streamID, "type": type,
+            ]
+        case .toolProgress(let id, let message, nil):
+            ["id": .string(id), "message": .string(message), "seq": seq, "stream_id": streamID, "type": type]
+        case .toolComplete(let id, let output):
+            ["id": .string(id), "output": output, "seq": seq, "stream_id": streamID, "type": type]
+        case .toolError(let id, let error):
+            ["error": .string(error), "id": .string(id), "seq": seq, "stream_id": streamID, "type": type]
+        case .streamError(let error, let details?):
+            ["details": details, "error": .string(error), "seq": seq, "stream_id": streamID, "type": type]
+        case .streamError(let error, nil):
+            ["error": .string(error), "seq": seq, "stream_id": streamID, "type": type]
+        case .streamComplete(let usage):
+            ["seq": seq, "stream_id": streamID, "type": type, "usage": usage]
         }
     }
 
-    /// The JSON bytes of the frame, keys sorted as `JSONValue` sorts them. Written directly, without
-    /// building a dictionary: this runs once per event of every stream.
+    /// The JSON bytes of the frame, keys sorted as `JSONValue` sorts them. Written from the members in
+    /// order, without building a dictionary and sorting it: this runs once per event of every stream.
     public func encoded(streamID: String, seq: Int) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(128)
-        out.append(UInt8(ascii: "{"))
-        // The three members every event has, merged in key order with the event's own.
-        var common = 0
-        func appendCommon(before key: String?) {
-            while common < 3, key.map({ Self.commonKeys[common].utf8.lexicographicallyPrecedes($0.utf8) }) ?? true {
-                if out.count > 1 { out.append(UInt8(ascii: ",")) }
-                JSONValue.serialize(string: Self.commonKeys[common], into: &out)
-                out.append(UInt8(ascii: ":"))
-                switch common {
-                case 0: JSONNumber(seq).write(into: &out)
-                case 1: JSONValue.serialize(string: streamID, into: &out)
-                default: JSONValue.serialize(string: type, into: &out)
-                }
-                common += 1
-            }
-        }
-        for (key, value) in fields {
-            appendCommon(before: key)
-            if out.count > 1 { out.append(UInt8(ascii: ",")) }
-            JSONValue.serialize(string: key, into: &out)
-            out.append(UInt8(ascii: ":"))
-            value.serialize(into: &out)
-        }
-        appendCommon(before: nil)
-        out.append(UInt8(ascii: "}"))
+        JSONValue.serialize(members: members(streamID: streamID, seq: seq), into: &out)
         return out
     }
-
-    private static let commonKeys = ["seq", "stream_id", "type"]
 }
 
 /// How a retry continues the interrupted message.

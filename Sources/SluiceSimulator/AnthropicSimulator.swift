@@ -149,15 +149,15 @@ public final class AnthropicSimulator: Sendable {
     }
 
     private func respond(_ failure: SimulatorFailure, requestID: String, _ writer: HTTPResponseWriter) async throws {
-        let body = SimulatorJSON.object([
-            "type": #""error""#,
-            "error": SimulatorJSON.object(["type": SimulatorJSON.string(failure.type), "message": SimulatorJSON.string(failure.message)]),
-            "request_id": SimulatorJSON.string(requestID),
-        ])
+        let body: OrderedJSON = [
+            "type": "error",
+            "error": ["type": .string(failure.type), "message": .string(failure.message)],
+            "request_id": .string(requestID),
+        ]
         try writer.head(
             status: failure.status,
             headers: [("content-type", "application/json"), ("request-id", requestID)] + failure.headers)
-        try await writer.write(Array(body.utf8))
+        try await writer.write(body.serialized())
     }
 
     private func responseHeaders(_ message: SimulatedMessage, requestID: String, contentType: String) -> [(String, String)] {
@@ -184,7 +184,7 @@ public final class AnthropicSimulator: Sendable {
             break
         }
         try writer.head(status: 200, headers: responseHeaders(message, requestID: requestID, contentType: "application/json"))
-        try await writer.write(Array(message.messageJSON.utf8))
+        try await writer.write(message.messageJSON.serialized())
     }
 
     private func stream(
@@ -241,8 +241,10 @@ private struct EventEmitter {
         try await writer.write(SSEEncoder.encode(event: name, data: data))
     }
 
+    private static let pingData = OrderedJSON.object([("type", "ping")]).serializedString
+
     mutating func ping() async throws {
-        try await send("ping", #"{"type":"ping"}"#)
+        try await send("ping", Self.pingData)
         nextPing = .now + pingInterval
     }
 
@@ -277,14 +279,11 @@ private struct EventEmitter {
                 }
             }
         case .errorEvent:
-            let error = SimulatorJSON.object([
-                "type": #""error""#,
-                "error": SimulatorJSON.object([
-                    "type": SimulatorJSON.string(fault.errorType ?? "overloaded_error"),
-                    "message": SimulatorJSON.string(fault.message ?? "Overloaded"),
-                ]),
-            ])
-            try await send("error", error)
+            let error: OrderedJSON = [
+                "type": "error",
+                "error": ["type": .string(fault.errorType ?? "overloaded_error"), "message": .string(fault.message ?? "Overloaded")],
+            ]
+            try await send("error", error.serializedString)
         case .httpStatus:
             break  // answered before the stream started
         }

@@ -367,38 +367,35 @@ struct SimulatedMessage {
 
     // MARK: JSON
 
-    private var usageJSON: String {
-        SimulatorJSON.object([
-            "input_tokens": String(inputTokens),
-            "cache_creation_input_tokens": "0",
-            "cache_read_input_tokens": "0",
-            "output_tokens": String(outputTokens),
-        ])
+    private var usageJSON: OrderedJSON {
+        [
+            "input_tokens": .integer(inputTokens),
+            "cache_creation_input_tokens": .integer(0),
+            "cache_read_input_tokens": .integer(0),
+            "output_tokens": .integer(outputTokens),
+        ]
     }
 
     /// The non-streaming response body: the whole Message.
-    var messageJSON: String {
-        let content = blocks.map { block in
+    var messageJSON: OrderedJSON {
+        let content = blocks.map { block -> OrderedJSON in
             switch block {
             case .text(let deltas):
-                SimulatorJSON.object(["type": #""text""#, "text": SimulatorJSON.string(deltas.map(\.text).joined())])
+                ["type": "text", "text": .string(deltas.map(\.text).joined())]
             case .toolUse(let id, let name, let input, _):
-                SimulatorJSON.object([
-                    "type": #""tool_use""#, "id": SimulatorJSON.string(id), "name": SimulatorJSON.string(name),
-                    "input": input.serializedString,
-                ])
+                ["type": "tool_use", "id": .string(id), "name": .string(name), "input": .value(input)]
             }
         }
-        return SimulatorJSON.object([
-            "id": SimulatorJSON.string(id),
-            "type": #""message""#,
-            "role": #""assistant""#,
-            "model": SimulatorJSON.string(model),
-            "content": SimulatorJSON.array(content),
-            "stop_reason": SimulatorJSON.string(stopReason),
-            "stop_sequence": stopSequence.map(SimulatorJSON.string) ?? "null",
+        return [
+            "id": .string(id),
+            "type": "message",
+            "role": "assistant",
+            "model": .string(model),
+            "content": .array(content),
+            "stop_reason": .string(stopReason),
+            "stop_sequence": stopSequence.map(OrderedJSON.string) ?? .value(.null),
             "usage": usageJSON,
-        ])
+        ]
     }
 
     struct Event {
@@ -413,75 +410,60 @@ struct SimulatedMessage {
     /// The stream's events, `message_start` to `message_stop`, with the first ping and the pacing.
     func events(tokenInterval: Duration, firstTokenDelay: Duration) -> [Event] {
         var events: [Event] = []
-        let start = SimulatorJSON.object([
-            "id": SimulatorJSON.string(id),
-            "type": #""message""#,
-            "role": #""assistant""#,
-            "model": SimulatorJSON.string(model),
-            "content": "[]",
-            "stop_reason": "null",
-            "stop_sequence": "null",
-            "usage": SimulatorJSON.object([
-                "input_tokens": String(inputTokens),
-                "cache_creation_input_tokens": "0",
-                "cache_read_input_tokens": "0",
-                "output_tokens": "1",
-            ]),
-        ])
-        events.append(Event(name: "message_start", data: SimulatorJSON.object(["type": #""message_start""#, "message": start])))
-        events.append(Event(name: "ping", data: SimulatorJSON.object(["type": #""ping""#])))
+        let start: OrderedJSON = [
+            "id": .string(id),
+            "type": "message",
+            "role": "assistant",
+            "model": .string(model),
+            "content": [],
+            "stop_reason": nil,
+            "stop_sequence": nil,
+            "usage": [
+                "input_tokens": .integer(inputTokens),
+                "cache_creation_input_tokens": .integer(0),
+                "cache_read_input_tokens": .integer(0),
+                "output_tokens": .integer(1),
+            ],
+        ]
+        func append(_ name: String, _ data: OrderedJSON, isTextDelta: Bool = false, delay: Duration = .zero) {
+            events.append(Event(name: name, data: data.serializedString, isTextDelta: isTextDelta, delay: delay))
+        }
+        append("message_start", ["type": "message_start", "message": start])
+        append("ping", ["type": "ping"])
         var firstDelta = true
         for (index, block) in blocks.enumerated() {
-            let contentBlock: String
-            switch block {
-            case .text:
-                contentBlock = SimulatorJSON.object(["type": #""text""#, "text": #""""#])
-            case .toolUse(let id, let name, _, _):
-                contentBlock = SimulatorJSON.object([
-                    "type": #""tool_use""#, "id": SimulatorJSON.string(id), "name": SimulatorJSON.string(name), "input": "{}",
-                ])
-            }
-            events.append(Event(
-                name: "content_block_start",
-                data: SimulatorJSON.object(["type": #""content_block_start""#, "index": String(index), "content_block": contentBlock]),
-                delay: index == 0 ? firstTokenDelay : .zero
-            ))
-            func delta(_ delta: String, tokens: Int, isText: Bool) {
-                events.append(Event(
-                    name: "content_block_delta",
-                    data: SimulatorJSON.object(["type": #""content_block_delta""#, "index": String(index), "delta": delta]),
-                    isTextDelta: isText,
-                    delay: firstDelta ? .zero : tokenInterval * tokens
-                ))
+            let contentBlock: OrderedJSON =
+                switch block {
+                case .text: ["type": "text", "text": ""]
+                case .toolUse(let id, let name, _, _): ["type": "tool_use", "id": .string(id), "name": .string(name), "input": .object([])]
+                }
+            append(
+                "content_block_start", ["type": "content_block_start", "index": .integer(index), "content_block": contentBlock],
+                delay: index == 0 ? firstTokenDelay : .zero)
+            func delta(_ delta: OrderedJSON, tokens: Int, isText: Bool) {
+                append(
+                    "content_block_delta", ["type": "content_block_delta", "index": .integer(index), "delta": delta],
+                    isTextDelta: isText, delay: firstDelta ? .zero : tokenInterval * tokens)
                 firstDelta = false
             }
             switch block {
             case .text(let deltas):
                 for item in deltas {
-                    delta(SimulatorJSON.object(["type": #""text_delta""#, "text": SimulatorJSON.string(item.text)]), tokens: item.tokens, isText: true)
+                    delta(["type": "text_delta", "text": .string(item.text)], tokens: item.tokens, isText: true)
                 }
             case .toolUse(_, _, _, let fragments):
                 for fragment in fragments {
-                    delta(SimulatorJSON.object(["type": #""input_json_delta""#, "partial_json": SimulatorJSON.string(fragment)]), tokens: 1, isText: false)
+                    delta(["type": "input_json_delta", "partial_json": .string(fragment)], tokens: 1, isText: false)
                 }
             }
-            events.append(Event(
-                name: "content_block_stop",
-                data: SimulatorJSON.object(["type": #""content_block_stop""#, "index": String(index)])
-            ))
+            append("content_block_stop", ["type": "content_block_stop", "index": .integer(index)])
         }
-        events.append(Event(
-            name: "message_delta",
-            data: SimulatorJSON.object([
-                "type": #""message_delta""#,
-                "delta": SimulatorJSON.object([
-                    "stop_reason": SimulatorJSON.string(stopReason),
-                    "stop_sequence": stopSequence.map(SimulatorJSON.string) ?? "null",
-                ]),
-                "usage": SimulatorJSON.object(["output_tokens": String(outputTokens)]),
-            ])
-        ))
-        events.append(Event(name: "message_stop", data: SimulatorJSON.object(["type": #""message_stop""#])))
+        append("message_delta", [
+            "type": "message_delta",
+            "delta": ["stop_reason": .string(stopReason), "stop_sequence": stopSequence.map(OrderedJSON.string) ?? .value(.null)],
+            "usage": ["output_tokens": .integer(outputTokens)],
+        ])
+        append("message_stop", ["type": "message_stop"])
         return events
     }
 

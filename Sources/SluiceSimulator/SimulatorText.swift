@@ -1,5 +1,3 @@
-import SluiceWire
-
 // Deterministic text for the simulator: a seeded PRNG, stable hashing, and a generator of prose, markdown
 // lists and fenced code, as "tokens" (word-ish chunks whose concatenation is the text).
 //
@@ -223,20 +221,5 @@ enum SimulatorText {
                 inCode.append(false)
             }
         }
-    }
-}
-
-/// Compact JSON with keys in the order given (the API's own order: `type` first), for output only.
-enum SimulatorJSON {
-    static func string(_ value: String) -> String {
-        JSONValue.string(value).serializedString
-    }
-
-    static func object(_ members: KeyValuePairs<String, String>) -> String {
-        "{" + members.map { string($0.key) + ":" + $0.value }.joined(separator: ",") + "}"
-    }
-
-    static func array(_ elements: [String]) -> String {
-        "[" + elements.joined(separator: ",") + "]"
     }
 }

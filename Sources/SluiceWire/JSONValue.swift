@@ -368,23 +368,49 @@ extension JSONValue {
         case .string(let s):
             Self.serialize(string: s, into: &out)
         case .array(let elements):
-            out.append(UInt8(ascii: "["))
-            for (i, element) in elements.enumerated() {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                element.serialize(into: &out)
-            }
-            out.append(UInt8(ascii: "]"))
+            Self.serialize(elements: elements, into: &out) { $0.serialize(into: &$1) }
         case .object(let members):
-            out.append(UInt8(ascii: "{"))
             let keys = members.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
-            for (i, key) in keys.enumerated() {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                Self.serialize(string: key, into: &out)
-                out.append(UInt8(ascii: ":"))
-                members[key]!.serialize(into: &out)
-            }
-            out.append(UInt8(ascii: "}"))
+            Self.serialize(members: keys.lazy.map { ($0, members[$0]!) }, into: &out) { $0.serialize(into: &$1) }
         }
+    }
+
+    /// Appends an object with `members` in the order given, for writers that know their keys (a stream event's):
+    /// no dictionary to build and sort. Give them sorted to match what `.object` writes.
+    public static func serialize(members: KeyValuePairs<String, JSONValue>, into out: inout [UInt8]) {
+        serialize(members: members.lazy.map { ($0.key, $0.value) }, into: &out) { $0.serialize(into: &$1) }
+    }
+
+    /// Appends an array of `elements`, each written by `write`: the writer of `JSONValue`'s arrays and of
+    /// `OrderedJSON`'s.
+    static func serialize<Element>(
+        elements: some Sequence<Element>, into out: inout [UInt8], _ write: (Element, inout [UInt8]) -> Void
+    ) {
+        out.append(UInt8(ascii: "["))
+        var first = true
+        for element in elements {
+            if !first { out.append(UInt8(ascii: ",")) }
+            first = false
+            write(element, &out)
+        }
+        out.append(UInt8(ascii: "]"))
+    }
+
+    /// Appends an object with `members` in the order given, each value written by `write`: the writer of
+    /// `JSONValue`'s objects (keys sorted) and of `OrderedJSON`'s (keys as the format orders them).
+    static func serialize<Value>(
+        members: some Sequence<(String, Value)>, into out: inout [UInt8], _ write: (Value, inout [UInt8]) -> Void
+    ) {
+        out.append(UInt8(ascii: "{"))
+        var first = true
+        for (key, value) in members {
+            if !first { out.append(UInt8(ascii: ",")) }
+            first = false
+            serialize(string: key, into: &out)
+            out.append(UInt8(ascii: ":"))
+            write(value, &out)
+        }
+        out.append(UInt8(ascii: "}"))
     }
 
     /// Appends `string` as a JSON string literal. Runs of bytes that need no escaping are copied whole.

@@ -480,7 +480,7 @@ extension UpstreamClientTests {
         let message = SimulatedMessage(
             request: try MessagesRequest.parse(body), scenario: try SimulationScenario(header: scenario)
         )
-        return try JSONValue(parsing: message.messageJSON)
+        return try JSONValue(parsing: message.messageJSON.serialized())
     }
 
     static func accumulate(_ events: [AnthropicEvent]) -> MessageAccumulator {
