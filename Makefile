@@ -4,11 +4,12 @@
 #   make build   release build of the sluice executable
 #   make run     deps + build + `sluice serve $(ARGS)`, e.g. make run ARGS="--port 9000"
 #   make venv    .venv with the pinned interop test requirements
-#   make test    test-deps + debug build + swift test + venv + interop tests (pytest Tests/Interop) + fuzz smoke + deploy checks + test-tsan
+#   make test    test-deps + format check + debug build + swift test + venv + interop tests (pytest Tests/Interop) + fuzz smoke + deploy checks + test-tsan
 #   make chaos   1,000 streams with random upstream faults (CHAOS_STREAMS, CHAOS_SEED); make test runs 200
 #   make soak    Benchmarks/soak/run.sh: 100,000 streams, server memory and descriptors → RESULTS.md
 #   make test-tsan  the concurrent code's tests under ThreadSanitizer
 #   make hostile    the full-length hostile HTTP/2 client tests (Tests/Interop/test_hostile.py)
+#   make format     rewrite the Swift sources in the house style (.swift-format); make test checks it (format-check)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -30,7 +31,7 @@ FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts FuzzHTTP1Request
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := .build-fuzz
 
-.PHONY: deps test-deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos soak test-tsan hostile
+.PHONY: format format-check deps test-deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos soak test-tsan hostile
 
 # Installs whichever of $(1) are missing (and python3-venv when $(2) is "venv" and Python lacks it).
 define install-missing
@@ -67,9 +68,19 @@ $(VENV)/.requirements-installed: $(REQUIREMENTS)
 	$(VENV)/bin/pip install --quiet -r $(REQUIREMENTS)
 	touch $@
 
+# Every Swift file of the project, for swift-format (the toolchain's `swift format`).
+SWIFT_SOURCES := Package.swift Sources Tests Fuzz/Package.swift Fuzz/Sources Benchmarks/upstream/Package.swift \
+  Benchmarks/upstream/Sources Benchmarks/transport/GRPCSwiftPeer/Package.swift Benchmarks/transport/GRPCSwiftPeer/Sources
+
+format:
+	swift format --in-place --recursive $(SWIFT_SOURCES)
+
+format-check:
+	@swift format lint --strict --recursive $(SWIFT_SOURCES) || { echo "swift-format: run 'make format'"; exit 1; }
+
 # Serial: some tests time live streams (pings, idle timeouts), and CPU-heavy tests running beside
 # them on a 2-core machine can starve Swift's cooperative pool for seconds.
-test: test-deps
+test: test-deps format-check
 	swift build
 	swift test --no-parallel
 	$(MAKE) venv

@@ -121,10 +121,13 @@ let package = Package(
         .testTarget(name: "SluiceWireTests", dependencies: ["SluiceWire"]),
         .testTarget(name: "SluiceIOTests", dependencies: ["SluiceIO"]),
         .testTarget(name: "SluiceTransportTests", dependencies: ["SluiceTransport", "SluiceService", "SluiceIO", "SluiceWire"]),
-        .testTarget(name: "SluiceClientTests", dependencies: ["SluiceClient", "SluiceTesting", "SluiceTransport", "SluiceIO", "SluiceWire"]),
+        .testTarget(
+            name: "SluiceClientTests", dependencies: ["SluiceClient", "SluiceTesting", "SluiceTransport", "SluiceIO", "SluiceWire"]),
         .testTarget(name: "SluiceServiceTests", dependencies: ["SluiceTesting", "SluiceClient", "SluiceWire"]),
-        .testTarget(name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceSimulator", "SluiceTransport", "SluiceIO", "SluiceWire"]),
-        .testTarget(name: "SluiceSimulatorTests", dependencies: ["SluiceSimulator", "SluiceUpstream", "SluiceTransport", "SluiceIO", "SluiceWire"]),
+        .testTarget(
+            name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceSimulator", "SluiceTransport", "SluiceIO", "SluiceWire"]),
+        .testTarget(
+            name: "SluiceSimulatorTests", dependencies: ["SluiceSimulator", "SluiceUpstream", "SluiceTransport", "SluiceIO", "SluiceWire"]),
         .testTarget(name: "SluiceEngineTests", dependencies: ["SluiceEngine", "SluiceUpstream", "SluiceIO", "SluiceWire"]),
     ]
 )

@@ -20,6 +20,6 @@ let package = Package(
                 .product(name: "SluiceIO", package: "sluice"),
                 .product(name: "Logging", package: "swift-log"),
             ]
-        ),
+        )
     ]
 )

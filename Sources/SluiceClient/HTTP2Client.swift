@@ -1,5 +1,5 @@
-import SluiceIO
 import Glibc
+import SluiceIO
 import SluiceWire
 import Synchronization
 
@@ -145,9 +145,12 @@ public final class HTTP2Client: Sendable {
         for index in 0..<loopCount {
             let loop = try EventLoop(index: index)
             loops.append(loop)
-            contexts.append(LoopBound(ClientLoopContext(
-                loop: loop, configuration: configuration, tlsContext: tlsContext, loopCount: loopCount, connectionCount: connectionCount
-            ), loop: loop))
+            contexts.append(
+                LoopBound(
+                    ClientLoopContext(
+                        loop: loop, configuration: configuration, tlsContext: tlsContext, loopCount: loopCount,
+                        connectionCount: connectionCount
+                    ), loop: loop))
         }
         self.loops = loops
         self.contexts = contexts

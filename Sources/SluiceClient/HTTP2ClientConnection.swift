@@ -1,8 +1,8 @@
-import SluiceIO
 import CLinux
 import CNGHTTP2
 import COpenSSL
 import Glibc
+import SluiceIO
 import SluiceWire
 
 /// One client connection: a nonblocking socket (optionally TLS), an nghttp2 client session
@@ -43,7 +43,8 @@ final class HTTP2ClientConnection: Selectable {
         connectTimer = context.loop.scheduleTimer(after: context.configuration.connectTimeout) { [weak self] in
             guard let self else { return }
             connectTimer = nil
-            close(reason: "cannot connect to \(target): no connection within \(DurationParsing.format(context.configuration.connectTimeout))")
+            close(
+                reason: "cannot connect to \(target): no connection within \(DurationParsing.format(context.configuration.connectTimeout))")
         }
         if let failure = connectNext() { closeLater(reason: "cannot connect to \(target): \(failure)") }
     }
@@ -93,7 +94,8 @@ final class HTTP2ClientConnection: Selectable {
                 acceptingStreams = false
                 pool.retry(stream)
             } else {
-                stream.finish(RPCClientStatus(code: .internal, message: "cannot start the stream: \(String(cString: nghttp2_strerror(id)))"))
+                stream.finish(
+                    RPCClientStatus(code: .internal, message: "cannot start the stream: \(String(cString: nghttp2_strerror(id)))"))
             }
             return
         }
@@ -141,7 +143,8 @@ final class HTTP2ClientConnection: Selectable {
         while nextAddress < addresses.count {
             let address = addresses[nextAddress]
             nextAddress += 1
-            let socketFD = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let socketFD = socket(
+                address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard socketFD >= 0 else {
                 failure = String(cString: strerror(errno))
                 continue

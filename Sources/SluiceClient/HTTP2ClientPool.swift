@@ -1,6 +1,6 @@
-import SluiceIO
 import CLinux
 import Glibc
+import SluiceIO
 import SluiceWire
 
 /// One loop's connections to one target, and the streams waiting for room on them. A stream
@@ -135,10 +135,11 @@ struct SocketAddress {
         var addresses: [SocketAddress] = []
         var next = result
         while let info = next {
-            addresses.append(SocketAddress(
-                family: info.pointee.ai_family,
-                bytes: Array(UnsafeRawBufferPointer(start: info.pointee.ai_addr, count: Int(info.pointee.ai_addrlen)))
-            ))
+            addresses.append(
+                SocketAddress(
+                    family: info.pointee.ai_family,
+                    bytes: Array(UnsafeRawBufferPointer(start: info.pointee.ai_addr, count: Int(info.pointee.ai_addrlen)))
+                ))
             next = info.pointee.ai_next
         }
         guard !addresses.isEmpty else { throw IOError.configuration("cannot resolve \(host): no addresses") }

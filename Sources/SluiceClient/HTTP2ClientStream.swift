@@ -1,5 +1,5 @@
-import SluiceIO
 import CNGHTTP2
+import SluiceIO
 import SluiceWire
 
 /// One client call: the request to send, the response as it arrives, and how it ended.
@@ -132,9 +132,11 @@ final class HTTP2ClientStream {
             let name = String(cString: nghttp2_http2_strerror(errorCode))
             switch errorCode {
             case NGHTTP2_REFUSED_STREAM.rawValue:
-                return RPCClientStatus(code: .unavailable, message: "the server refused the stream (REFUSED_STREAM): retry", httpStatus: httpStatus)
+                return RPCClientStatus(
+                    code: .unavailable, message: "the server refused the stream (REFUSED_STREAM): retry", httpStatus: httpStatus)
             case NGHTTP2_CANCEL.rawValue:
-                return RPCClientStatus(code: .cancelled, message: "the server cancelled the stream (RST_STREAM CANCEL)", httpStatus: httpStatus)
+                return RPCClientStatus(
+                    code: .cancelled, message: "the server cancelled the stream (RST_STREAM CANCEL)", httpStatus: httpStatus)
             default:
                 return RPCClientStatus(code: .internal, message: "the server reset the stream (\(name))", httpStatus: httpStatus)
             }
@@ -151,7 +153,8 @@ final class HTTP2ClientStream {
         }
         if !isGRPCResponse {
             return RPCClientStatus(
-                code: .unknown, message: "the response's content-type '\(contentType ?? "")' is not \(isConnect ? "Connect" : "gRPC")", httpStatus: httpStatus
+                code: .unknown, message: "the response's content-type '\(contentType ?? "")' is not \(isConnect ? "Connect" : "gRPC")",
+                httpStatus: httpStatus
             )
         }
         let missing = isConnect ? "an end-stream message" : "a grpc-status trailer"

@@ -72,7 +72,6 @@ struct ResumeStateMachine {
     /// `cancel` was asked while a call was in flight (the call may not have been started yet).
     var cancelPending: Bool { cancelRequested && state == .calling }
 
-
     mutating func received(seq: Int, streamID eventStreamID: String, isLast: Bool) -> ReceiveAction {
         guard state == .calling, !sawLastEvent else { return .ignore }
         if let streamID, streamID != eventStreamID {
@@ -102,20 +101,22 @@ struct ResumeStateMachine {
         guard !status.isOK, !sawLastEvent, !cancelRequested else { return finish(status) }
         guard status.code == .unavailable, let streamID else {
             if resumes > 0, status.code == .notFound || status.code == .dataLoss {
-                return finish(RPCClientStatus(
-                    code: status.code, message: "stream \(streamID ?? "?") cannot be resumed after seq \(lastSeq): \(status.message)",
-                    httpStatus: status.httpStatus
-                ))
+                return finish(
+                    RPCClientStatus(
+                        code: status.code, message: "stream \(streamID ?? "?") cannot be resumed after seq \(lastSeq): \(status.message)",
+                        httpStatus: status.httpStatus
+                    ))
             }
             return finish(status)
         }
         guard failedAttempts < policy.maxAttempts else {
             let tried = policy.maxAttempts == 0 ? "automatic resume is off" : "gave up after \(policy.maxAttempts) resume attempts"
-            return finish(RPCClientStatus(
-                code: .unavailable,
-                message: "\(status.message) (\(tried); the stream may still be running: resume \(streamID) after seq \(lastSeq))",
-                httpStatus: status.httpStatus
-            ))
+            return finish(
+                RPCClientStatus(
+                    code: .unavailable,
+                    message: "\(status.message) (\(tried); the stream may still be running: resume \(streamID) after seq \(lastSeq))",
+                    httpStatus: status.httpStatus
+                ))
         }
         let delay = backoff(attempt: failedAttempts)
         failedAttempts += 1
@@ -128,7 +129,9 @@ struct ResumeStateMachine {
         var timeout: Duration?
         if let deadline {
             guard now < deadline else {
-                if case .finish(let status) = finish(.deadlineExceeded, "the deadline passed while resuming stream \(streamID) after seq \(lastSeq)") {
+                if case .finish(let status) = finish(
+                    .deadlineExceeded, "the deadline passed while resuming stream \(streamID) after seq \(lastSeq)")
+                {
                     return .finish(status)
                 }
                 return .none

@@ -49,7 +49,8 @@ public final class SluiceClient: Sendable {
     /// Starts a stream from a request given as JSON, e.g. with members `SluiceMessageRequest` does not name.
     public func sendMessage(json request: JSONValue, timeout: Duration? = nil) -> SluiceEventStream {
         let machine = ResumeStateMachine(policy: configuration.resume, deadline: timeout.map { .now + $0 })
-        return SluiceEventStream(client: self, machine: machine, path: Self.sendMessagePath, message: request.serialized(), timeout: timeout)
+        return SluiceEventStream(
+            client: self, machine: machine, path: Self.sendMessagePath, message: request.serialized(), timeout: timeout)
     }
 
     /// Re-attaches to a running (or recently finished) stream: the events after `afterSeq`, then live ones.
@@ -66,7 +67,8 @@ public final class SluiceClient: Sendable {
     /// Ends a stream (its events end with stream_error CANCELLED). Throws `RPCError` when the server
     /// refuses, e.g. NOT_FOUND for an unknown or expired stream.
     public func cancel(streamID: String, timeout: Duration? = .seconds(10)) async throws {
-        let call = startCall(path: Self.cancelPath, message: JSONValue.object(["stream_id": .string(streamID)]).serialized(), timeout: timeout)
+        let call = startCall(
+            path: Self.cancelPath, message: JSONValue.object(["stream_id": .string(streamID)]).serialized(), timeout: timeout)
         for try await _ in call {}
     }
 

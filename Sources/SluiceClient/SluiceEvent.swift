@@ -86,7 +86,8 @@ public struct SluiceEvent: Sendable, Equatable {
             )
         case "tool_start": kind = .toolStart(id: try fields.string("id"), name: try fields.string("name"), input: value["input"] ?? .null)
         case "tool_progress":
-            kind = .toolProgress(id: try fields.string("id"), message: try fields.string("message"), percentage: value["percentage"]?.intValue)
+            kind = .toolProgress(
+                id: try fields.string("id"), message: try fields.string("message"), percentage: value["percentage"]?.intValue)
         case "tool_complete": kind = .toolComplete(id: try fields.string("id"), output: value["output"] ?? .null)
         case "tool_error": kind = .toolError(id: try fields.string("id"), error: try fields.string("error"))
         case "stream_error":

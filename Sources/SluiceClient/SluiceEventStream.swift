@@ -127,7 +127,9 @@ private final class ResumingCallDriver: RPCClientCallObserver {
     private func backoffElapsed() {
         switch state.withLock({ $0.machine.backoffElapsed(now: .now) }) {
         case .startResume(let streamID, let afterSeq, let timeout):
-            start(path: SluiceClient.resumePath, message: SluiceClient.resumeRequest(streamID: streamID, afterSeq: afterSeq), timeout: timeout)
+            start(
+                path: SluiceClient.resumePath, message: SluiceClient.resumeRequest(streamID: streamID, afterSeq: afterSeq), timeout: timeout
+            )
         case .finish(let status): finish(status)
         case .none: break
         }

@@ -43,7 +43,8 @@ public struct Admission: Sendable {
         }
         guard queue.count < limits.maxQueued else {
             return .rejected(
-                reason: "Sluice is at capacity: \(active) streams running (limit \(limits.maxActive)) and \(queue.count) queued (limit \(limits.maxQueued)); retry later"
+                reason:
+                    "Sluice is at capacity: \(active) streams running (limit \(limits.maxActive)) and \(queue.count) queued (limit \(limits.maxQueued)); retry later"
             )
         }
         queue.append((ticket, key))

@@ -6,7 +6,10 @@ public struct RetryPolicy: Sendable {
     /// The longest `retry-after` honoured; longer waits fail the stream instead of holding a slot.
     public var maxRetryAfter: Duration
 
-    public init(maxRetries: Int = 3, baseDelay: Duration = .milliseconds(500), maxDelay: Duration = .seconds(8), maxRetryAfter: Duration = .seconds(30)) {
+    public init(
+        maxRetries: Int = 3, baseDelay: Duration = .milliseconds(500), maxDelay: Duration = .seconds(8),
+        maxRetryAfter: Duration = .seconds(30)
+    ) {
         self.maxRetries = maxRetries
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay

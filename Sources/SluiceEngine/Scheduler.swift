@@ -64,7 +64,10 @@ public final class Scheduler: Sendable {
         let timer = DeadlineTimer(after: timeout) { [weak self] in
             self?.giveUp(
                 ticket,
-                RPCError(.resourceExhausted, "the stream waited in the queue for the server's queue timeout of \(DurationParsing.format(timeout)) without getting a slot; retry later")
+                RPCError(
+                    .resourceExhausted,
+                    "the stream waited in the queue for the server's queue timeout of \(DurationParsing.format(timeout)) without getting a slot; retry later"
+                )
             )
         }
         defer { timer.cancel() }

@@ -31,7 +31,8 @@ struct StreamAttempts {
         didSet { stats.update { [outputTokens] in $0.outputTokens = outputTokens } }
     }
 
-    init(engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant, stats: StreamStats) {
+    init(engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant, stats: StreamStats)
+    {
         self.stats = stats
         self.engine = engine
         self.request = request
@@ -58,7 +59,9 @@ struct StreamAttempts {
             try Task.checkCancellation()
             var assistantContent: [JSONValue] = []
             if !sentText.isEmpty { assistantContent.append(["type": "text", "text": .string(sentText)]) }
-            assistantContent += toolUses.map { ["type": "tool_use", "id": .string($0.id), "name": .string($0.name), "input": $0.inputJSON] }
+            assistantContent += toolUses.map {
+                ["type": "tool_use", "id": .string($0.id), "name": .string($0.name), "input": $0.inputJSON]
+            }
             conversation.append(["role": "assistant", "content": .array(assistantContent)])
             conversation.append(["role": "user", "content": .array(results)])
         }
@@ -88,9 +91,9 @@ struct StreamAttempts {
                 retries += 1
                 stats.update { $0.retries = retries }
                 let mode: RetryMode =
-                    if sentText.isEmpty && !sawNonTextBlock { .transparent }
-                    else if sawNonTextBlock || prefillRefused { .restart }
-                    else { .continue }
+                    if sentText.isEmpty && !sawNonTextBlock { .transparent } else if sawNonTextBlock || prefillRefused { .restart } else {
+                        .continue
+                    }
                 let delay = policy.delay(attempt: retries, retryAfter: error.retryAfter, unitRandom: Double.random(in: 0..<1))
                 let reason = Self.reason(error)
                 engine.metrics.retried(reason: error.kind.rawValue)

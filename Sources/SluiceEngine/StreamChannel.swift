@@ -321,7 +321,10 @@ public final class StreamChannel: Sendable {
         if taking { state.buffer.subscriber?.parked = false }
         if let first = state.buffer.events[safe: state.buffer.head], first.seq > seq + 1 {
             return .failure(
-                RPCError(.dataLoss, "events \(seq + 1)–\(first.seq - 1) of stream \(streamID) are no longer buffered (the replay buffer keeps \(maxBufferedBytes) bytes per stream); resume sooner")
+                RPCError(
+                    .dataLoss,
+                    "events \(seq + 1)–\(first.seq - 1) of stream \(streamID) are no longer buffered (the replay buffer keeps \(maxBufferedBytes) bytes per stream); resume sooner"
+                )
             )
         }
         if seq + 1 < state.buffer.nextSeq, let event = state.buffer.event(seq + 1) {

@@ -1,5 +1,5 @@
-import SluiceIO
 import Logging
+import SluiceIO
 import SluiceUpstream
 import SluiceWire
 
@@ -105,7 +105,8 @@ public final class StreamEngine: Sendable {
     }
 
     deinit {
-        sweeper.withLock { $0?.cancel() }
+        // Cancelling runs the task's cancellation handlers: outside the lock.
+        sweeper.withLock { $0 }?.cancel()
     }
 
     // MARK: Starting and finding streams
@@ -116,7 +117,9 @@ public final class StreamEngine: Sendable {
         _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil
     ) throws(RPCError) -> StreamChannel {
         if request.simulation != nil && !configuration.upstreamIsSimulator {
-            throw RPCError(.invalidArgument, "'simulation' is only accepted when Sluice runs on its simulator; this server talks to the real Anthropic API")
+            throw RPCError(
+                .invalidArgument,
+                "'simulation' is only accepted when Sluice runs on its simulator; this server talks to the real Anthropic API")
         }
         if let unknown = request.tools.first(where: { tools[$0] == nil }) {
             let offered = tools.keys.sorted()
@@ -165,7 +168,10 @@ public final class StreamEngine: Sendable {
 
     private func record(_ streamID: String, caller: String) throws(RPCError) -> StreamRecord {
         guard let record = registry.withLock({ $0.streams[streamID] }), record.owner == caller else {
-            throw RPCError(.notFound, "no stream \(streamID) for this caller (it never existed, belongs to another key, or finished more than \(DurationParsing.format(configuration.retention)) ago)")
+            throw RPCError(
+                .notFound,
+                "no stream \(streamID) for this caller (it never existed, belongs to another key, or finished more than \(DurationParsing.format(configuration.retention)) ago)"
+            )
         }
         return record
     }
@@ -191,18 +197,25 @@ public final class StreamEngine: Sendable {
     /// Cancels streams whose client vanished longer than the grace ago; forgets finished ones after the retention.
     private func sweep() {
         let now = ContinuousClock.now
-        let abandoned = registry.withLock { registry in
+        let running = registry.withLock { registry in
             registry.forgetFinished(before: now - configuration.retention)
-            let abandoned = registry.running.values.filter { record in
-                record.channel.detachedSince.map { now - $0 > configuration.abandonGrace } ?? false
-            }
-            // Cancelled once: the job ends soon after, and is not counted again meanwhile.
+            return Array(registry.running.values)
+        }
+        // Each channel's state is read outside the registry's lock: no lock is taken while holding another.
+        let abandoned = running.filter { record in
+            record.channel.detachedSince.map { now - $0 > configuration.abandonGrace } ?? false
+        }
+        // Cancelled once: the job ends soon after, and is not counted again meanwhile.
+        registry.withLock { registry in
             for record in abandoned { registry.running[record.channel.streamID] = nil }
-            return abandoned
         }
         for record in abandoned {
             metrics.abandoned()
-            record.cancel(RPCError(.cancelled, "the client disconnected and did not resume within the server's abandon grace of \(DurationParsing.format(configuration.abandonGrace))"))
+            record.cancel(
+                RPCError(
+                    .cancelled,
+                    "the client disconnected and did not resume within the server's abandon grace of \(DurationParsing.format(configuration.abandonGrace))"
+                ))
         }
     }
 
@@ -277,10 +290,17 @@ public final class StreamEngine: Sendable {
         let timer = DeadlineTimer(after: ContinuousClock.now.duration(to: deadline)) { work.cancel() }
         defer { timer.cancel() }
         do {
-            return try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
+            return try await withTaskCancellationHandler {
+                try await work.value
+            } onCancel: {
+                work.cancel()
+            }
         } catch {
             guard timer.fired else { throw error }
-            let why = clients ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed" : "the stream reached the server's limit of \(DurationParsing.format(configuration.maxStreamDuration)) per stream"
+            let why =
+                clients
+                ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed"
+                : "the stream reached the server's limit of \(DurationParsing.format(configuration.maxStreamDuration)) per stream"
             throw RPCError(.deadlineExceeded, why)
         }
     }

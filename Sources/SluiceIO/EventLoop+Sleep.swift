@@ -1,4 +1,3 @@
-
 extension EventLoop {
     /// Suspends the calling task until `deadline`. On a loop thread the wait is a timer of that loop, so a task
     /// that runs on the loop is resumed by it with no thread switch (`Task.sleep` on Linux fires on a dispatch
@@ -65,7 +64,10 @@ private final class LoopSleeper: Sendable {
         let (continuation, timer) = state.withLock { state -> (CheckedContinuation<Void, any Error>?, TimerID?) in
             guard !state.done else { return (nil, nil) }
             state.done = true
-            defer { state.continuation = nil; state.timer = nil }
+            defer {
+                state.continuation = nil
+                state.timer = nil
+            }
             return (state.continuation, state.timer)
         }
         continuation?.resume(with: result)

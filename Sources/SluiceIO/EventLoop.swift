@@ -168,12 +168,14 @@ public final class EventLoop: @unchecked Sendable {
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
         var handle = pthread_t()
-        let result = pthread_create(&handle, &attributes, { raw in
-            let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
-            loop.run()
-            loop.onExit?()
-            return nil
-        }, box.toOpaque())
+        let result = pthread_create(
+            &handle, &attributes,
+            { raw in
+                let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
+                loop.run()
+                loop.onExit?()
+                return nil
+            }, box.toOpaque())
         precondition(result == 0, "pthread_create failed: \(result)")
         // Nobody joins the thread: `onExit` reports its end.
         pthread_detach(handle)

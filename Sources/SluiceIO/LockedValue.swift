@@ -1,7 +1,7 @@
 #if SLUICE_TSAN
-import Glibc
+    import Glibc
 #else
-import Synchronization
+    import Synchronization
 #endif
 
 /// A value behind a lock: Sluice's one mutex type, used by every module instead of `Synchronization.Mutex`.
@@ -17,16 +17,16 @@ import Synchronization
 /// (`docs/design.md`, "Lock order").
 public struct LockedValue<Value>: ~Copyable, @unchecked Sendable {
     #if SLUICE_TSAN
-    private let box: PThreadMutexBox<Value>
+        private let box: PThreadMutexBox<Value>
     #else
-    private let mutex: Mutex<Value>
+        private let mutex: Mutex<Value>
     #endif
 
     public init(_ initialValue: consuming sending Value) {
         #if SLUICE_TSAN
-        box = PThreadMutexBox(initialValue)
+            box = PThreadMutexBox(initialValue)
         #else
-        mutex = Mutex(initialValue)
+            mutex = Mutex(initialValue)
         #endif
     }
 
@@ -34,34 +34,34 @@ public struct LockedValue<Value>: ~Copyable, @unchecked Sendable {
         _ body: (inout sending Value) throws(E) -> sending Result
     ) throws(E) -> sending Result {
         #if SLUICE_TSAN
-        try box.withLock(body)
+            try box.withLock(body)
         #else
-        try mutex.withLock(body)
+            try mutex.withLock(body)
         #endif
     }
 }
 
 #if SLUICE_TSAN
-private final class PThreadMutexBox<Value>: @unchecked Sendable {
-    private var value: Value
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private final class PThreadMutexBox<Value>: @unchecked Sendable {
+        private var value: Value
+        private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
-    init(_ initialValue: consuming sending Value) {
-        value = initialValue
-        pthread_mutex_init(lock, nil)
-    }
+        init(_ initialValue: consuming sending Value) {
+            value = initialValue
+            pthread_mutex_init(lock, nil)
+        }
 
-    deinit {
-        pthread_mutex_destroy(lock)
-        lock.deallocate()
-    }
+        deinit {
+            pthread_mutex_destroy(lock)
+            lock.deallocate()
+        }
 
-    func withLock<Result: ~Copyable, E: Error>(
-        _ body: (inout sending Value) throws(E) -> sending Result
-    ) throws(E) -> sending Result {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        return try body(&value)
+        func withLock<Result: ~Copyable, E: Error>(
+            _ body: (inout sending Value) throws(E) -> sending Result
+        ) throws(E) -> sending Result {
+            pthread_mutex_lock(lock)
+            defer { pthread_mutex_unlock(lock) }
+            return try body(&value)
+        }
     }
-}
 #endif

@@ -22,7 +22,8 @@ package final class TLSClientContext: @unchecked Sendable {
         }
         if let caCertificatePath {
             guard SSL_CTX_load_verify_locations(context, caCertificatePath, nil) == 1 else {
-                throw IOError.tlsFile("TLS: cannot load CA certificates from \(caCertificatePath): \(TLSContext.lastError()); it must be a PEM file")
+                throw IOError.tlsFile(
+                    "TLS: cannot load CA certificates from \(caCertificatePath): \(TLSContext.lastError()); it must be a PEM file")
             }
         } else {
             guard SSL_CTX_set_default_verify_paths(context) == 1 else {

@@ -23,7 +23,8 @@ public final class TLSContext: @unchecked Sendable {
         }
         _ = sluice_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER))
         guard SSL_CTX_use_certificate_chain_file(context, certificatePath) == 1 else {
-            throw IOError.tlsFile("TLS: cannot load the certificate chain from \(certificatePath): \(Self.lastError()); it must be a PEM file")
+            throw IOError.tlsFile(
+                "TLS: cannot load the certificate chain from \(certificatePath): \(Self.lastError()); it must be a PEM file")
         }
         guard SSL_CTX_use_PrivateKey_file(context, privateKeyPath, SSL_FILETYPE_PEM) == 1 else {
             throw IOError.tlsFile("TLS: cannot load the private key from \(privateKeyPath): \(Self.lastError()); it must be a PEM key")
@@ -31,25 +32,27 @@ public final class TLSContext: @unchecked Sendable {
         guard SSL_CTX_check_private_key(context) == 1 else {
             throw IOError.tlsFile("TLS: the private key does not match the certificate: \(Self.lastError())")
         }
-        SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, input, inputLength, _ in
-            // h2 if the client offers it, else http/1.1; a client offering neither is refused.
-            guard let input, let out, let outLength else { return SSL_TLSEXT_ERR_ALERT_FATAL }
-            let offered = UnsafeBufferPointer(start: input, count: Int(inputLength))
-            for wanted in TLSContext.supportedProtocols {
-                var index = 0
-                while index < offered.count {
-                    let length = Int(offered[index])
-                    let start = index + 1
-                    if start + length <= offered.count, offered[start..<start + length].elementsEqual(wanted) {
-                        out.pointee = UnsafePointer(input + start)
-                        outLength.pointee = UInt8(length)
-                        return SSL_TLSEXT_ERR_OK
+        SSL_CTX_set_alpn_select_cb(
+            context,
+            { _, out, outLength, input, inputLength, _ in
+                // h2 if the client offers it, else http/1.1; a client offering neither is refused.
+                guard let input, let out, let outLength else { return SSL_TLSEXT_ERR_ALERT_FATAL }
+                let offered = UnsafeBufferPointer(start: input, count: Int(inputLength))
+                for wanted in TLSContext.supportedProtocols {
+                    var index = 0
+                    while index < offered.count {
+                        let length = Int(offered[index])
+                        let start = index + 1
+                        if start + length <= offered.count, offered[start..<start + length].elementsEqual(wanted) {
+                            out.pointee = UnsafePointer(input + start)
+                            outLength.pointee = UInt8(length)
+                            return SSL_TLSEXT_ERR_OK
+                        }
+                        index = start + length
                     }
-                    index = start + length
                 }
-            }
-            return SSL_TLSEXT_ERR_ALERT_FATAL
-        }, nil)
+                return SSL_TLSEXT_ERR_ALERT_FATAL
+            }, nil)
     }
 
     /// ALPN protocol names in order of preference.

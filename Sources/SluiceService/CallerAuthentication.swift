@@ -26,7 +26,10 @@ public struct CallerAuthentication: Sendable {
     public func caller(authorization: String?) throws(RPCError) -> String {
         guard isEnabled else { return "anonymous" }
         guard let authorization, authorization.count > 7, authorization.prefix(7).lowercased() == "bearer " else {
-            throw RPCError(.unauthenticated, "missing credentials: send 'authorization: Bearer <token>' with a caller token this server accepts (its operator issues them)")
+            throw RPCError(
+                .unauthenticated,
+                "missing credentials: send 'authorization: Bearer <token>' with a caller token this server accepts (its operator issues them)"
+            )
         }
         let presented = Array(authorization.dropFirst(7).utf8)
         var match: Int?

@@ -37,8 +37,10 @@ public struct ConsoleService: Sendable {
     /// Scripts only from this server, no inline script or style (the page has none), no framing, and
     /// requests only back to this server: a sanitizer bug in a rendered answer still cannot run or leak.
     static let securityHeaders: [(String, String)] = [
-        ("content-security-policy",
-         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+        (
+            "content-security-policy",
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ),
         ("x-content-type-options", "nosniff"),
         ("referrer-policy", "no-referrer"),
         ("cross-origin-opener-policy", "same-origin"),
@@ -79,14 +81,19 @@ public struct ConsoleService: Sendable {
 
     private static func serve(_ asset: Asset?, route: String, _ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
         guard request.method == "GET" || request.method == "HEAD" else {
-            try writer.head(status: 405, headers: securityHeaders + [("allow", "GET, HEAD"), ("content-type", "text/plain; charset=utf-8")])
+            try writer.head(
+                status: 405, headers: securityHeaders + [("allow", "GET, HEAD"), ("content-type", "text/plain; charset=utf-8")])
             try await writer.write(Array("\(request.method) is not allowed on \(route): use GET.\n".utf8))
             return
         }
         guard let asset else {
             let file = vendorFiles.first { $0.route == route }
-            try writer.head(status: 404, headers: securityHeaders + [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")])
-            try await writer.write(Array("\(file?.path ?? route) is not installed on this server: install the Debian package \(file?.package ?? "") and restart.\n".utf8))
+            try writer.head(
+                status: 404, headers: securityHeaders + [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")])
+            try await writer.write(
+                Array(
+                    "\(file?.path ?? route) is not installed on this server: install the Debian package \(file?.package ?? "") and restart.\n"
+                        .utf8))
             return
         }
         // Revalidated on every load (the names carry no version), which the ETag makes a cheap 304.

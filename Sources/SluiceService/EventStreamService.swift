@@ -66,7 +66,8 @@ public struct EventStreamService: Sendable {
         // loopback server without caller keys) fail instead of starting a stream.
         let type = request.header("content-type") ?? ""
         guard type == "application/json" || type.hasPrefix("application/json;") else {
-            throw Failure(415, .invalidArgument, "the request body must be a SendMessage request with content-type application/json, not '\(type)'")
+            throw Failure(
+                415, .invalidArgument, "the request body must be a SendMessage request with content-type application/json, not '\(type)'")
         }
         let parsed = try SendMessageRequest(json: request.body)
         // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are then loop timers.
@@ -167,8 +168,13 @@ public struct EventStreamService: Sendable {
                     try await EventLoop.sleep(for: heartbeat)
                     return .heartbeat
                 }
-                defer { group.cancelAll() }
-                return try await group.next() ?? .detached
+                let first = try await group.next() ?? .detached
+                group.cancelAll()
+                guard case .heartbeat = first else { return first }
+                // An event taken just as the heartbeat fired is marked delivered by `next`: dropping it here would
+                // lose it for good, so the other child's result is awaited (a cancelled `next` returns nil).
+                if case .item(let item)? = try? await group.next() { return .item(item) }
+                return .heartbeat
             }
         } catch let error as RPCError {
             throw error
@@ -188,7 +194,9 @@ public struct EventStreamService: Sendable {
     static func resumePoint(_ request: HTTPRequest) throws(Failure) -> Int {
         if let lastEventID = request.header("last-event-id"), !lastEventID.isEmpty {
             guard let seq = Int(lastEventID), seq >= 0 else {
-                throw Failure(400, .invalidArgument, "Last-Event-ID must be the id (seq) of the last event received, an integer of 0 or more, not '\(lastEventID)'")
+                throw Failure(
+                    400, .invalidArgument,
+                    "Last-Event-ID must be the id (seq) of the last event received, an integer of 0 or more, not '\(lastEventID)'")
             }
             return seq
         }
@@ -238,7 +246,8 @@ public struct EventStreamService: Sendable {
 
     private static func requireMethod(_ method: String, _ request: HTTPRequest) throws(Failure) {
         guard request.method == method else {
-            throw Failure(405, .unimplemented, "\(request.method) is not allowed on \(request.path): use \(method)", headers: [("allow", method)])
+            throw Failure(
+                405, .unimplemented, "\(request.method) is not allowed on \(request.path): use \(method)", headers: [("allow", method)])
         }
     }
 

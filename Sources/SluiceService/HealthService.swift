@@ -24,7 +24,8 @@ public struct HealthService: Sendable {
             try await writer.write(Array((draining ? "draining\n" : "ready\n").utf8))
         }
         router.register(Self.checkPath) { request, writer in
-            let isJSON = request.rpcProtocol == .connect || request.header("content-type")?.hasSuffix("+json") == true
+            let isJSON =
+                request.rpcProtocol == .connect || request.header("content-type")?.hasSuffix("+json") == true
                 || request.message.first == UInt8(ascii: "{")
             let service = isJSON ? try Self.jsonService(request.message) : try Self.protobufService(request.message)
             guard Self.knownServices.contains(service) else {

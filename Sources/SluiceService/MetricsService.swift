@@ -1,9 +1,10 @@
 import Glibc
-import class CoreMetrics.Timer
 import Prometheus
 import SluiceEngine
 import SluiceTransport
 import SluiceWire
+
+import class CoreMetrics.Timer
 
 /// `GET /metrics` in Prometheus text format: the engine's counters and histograms (recorded
 /// through swift-metrics into `registry`), plus gauges and process metrics read at scrape time.

@@ -34,7 +34,8 @@ public enum SyntheticService {
             // `{"seq":N,"type":"message_delta","delta":"…"}`: only `seq` changes, so the rest is written once.
             let prefix = Array(#"{"seq":"#.utf8)
             var suffix = Array(#","type":"message_delta","delta":"#.utf8)
-            JSONValue.serialize(string: String(decoding: (0..<size).map { UInt8(ascii: "a") + UInt8($0 % 26) }, as: UTF8.self), into: &suffix)
+            JSONValue.serialize(
+                string: String(decoding: (0..<size).map { UInt8(ascii: "a") + UInt8($0 % 26) }, as: UTF8.self), into: &suffix)
             suffix.append(UInt8(ascii: "}"))
             var frame: [UInt8] = []
             frame.reserveCapacity(prefix.count + suffix.count + 20)

@@ -1,5 +1,5 @@
-import SluiceIO
 import Glibc
+import SluiceIO
 import SluiceTransport
 import SluiceWire
 import Synchronization
@@ -75,7 +75,8 @@ public final class AnthropicSimulator: Sendable {
         let requestID = SimulatorText.identifier(
             prefix: "req_", seed: SimulatorHash.combine(requestIDBase, requestIDs.add(1, ordering: .relaxed).newValue))
         guard request.method == "POST" else {
-            let failure = SimulatorFailure(status: 405, type: "invalid_request_error", message: "Method \(request.method) not allowed: use POST")
+            let failure = SimulatorFailure(
+                status: 405, type: "invalid_request_error", message: "Method \(request.method) not allowed: use POST")
             return try await respond(failure, requestID: requestID, writer)
         }
         let scenarioHeader = request.header(SimulationScenario.headerName)
@@ -132,7 +133,7 @@ public final class AnthropicSimulator: Sendable {
             "messages": .array(request.conversation),
         ]).serialized()
         return AttemptTable.Key(
-            first: SimulatorHash.hash(bytes), second: SimulatorHash.hash(bytes, basis: 0x84222325CBF29CE4), length: bytes.count)
+            first: SimulatorHash.hash(bytes), second: SimulatorHash.hash(bytes, basis: 0x8422_2325_CBF2_9CE4), length: bytes.count)
     }
 
     private static func failure(for fault: SimulationScenario.Fault) -> SimulatorFailure {
@@ -168,7 +169,8 @@ public final class AnthropicSimulator: Sendable {
         _ message: SimulatedMessage, scenario: SimulationScenario, fault: SimulationScenario.Fault?, requestID: String,
         _ writer: HTTPResponseWriter
     ) async throws {
-        try await EventLoop.sleep(for: message.generationTime(tokenInterval: scenario.tokenInterval, firstTokenDelay: scenario.firstTokenDelay))
+        try await EventLoop.sleep(
+            for: message.generationTime(tokenInterval: scenario.tokenInterval, firstTokenDelay: scenario.firstTokenDelay))
         switch fault?.kind {
         case .drop?:
             throw HTTPStreamReset()

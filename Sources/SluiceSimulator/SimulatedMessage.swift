@@ -272,7 +272,10 @@ struct SimulatedMessage {
                 fragments.append(String(String.UnicodeScalarView(scalars.prefix(count))))
                 scalars = scalars.dropFirst(count)
             }
-            blocks.append(.toolUse(id: SimulatorText.identifier(prefix: "toolu_", seed: toolSeed), name: call.name, input: call.input, fragments: fragments))
+            blocks.append(
+                .toolUse(
+                    id: SimulatorText.identifier(prefix: "toolu_", seed: toolSeed), name: call.name, input: call.input, fragments: fragments
+                ))
         }
         if stopReason == "tool_use", !blocks.contains(where: { if case .toolUse = $0 { true } else { false } }) {
             stopReason = "max_tokens"
@@ -458,11 +461,13 @@ struct SimulatedMessage {
             }
             append("content_block_stop", ["type": "content_block_stop", "index": .integer(index)])
         }
-        append("message_delta", [
-            "type": "message_delta",
-            "delta": ["stop_reason": .string(stopReason), "stop_sequence": stopSequence.map(OrderedJSON.string) ?? .value(.null)],
-            "usage": ["output_tokens": .integer(outputTokens)],
-        ])
+        append(
+            "message_delta",
+            [
+                "type": "message_delta",
+                "delta": ["stop_reason": .string(stopReason), "stop_sequence": stopSequence.map(OrderedJSON.string) ?? .value(.null)],
+                "usage": ["output_tokens": .integer(outputTokens)],
+            ])
         append("message_stop", ["type": "message_stop"])
         return events
     }

@@ -85,8 +85,10 @@ public struct SimulationScenario: Sendable, Equatable {
             throw SimulationScenarioError("\(Self.headerName) header must be a JSON object")
         }
         let fields = Fields(path: "", object: root)
-        try fields.allow(["seed", "output_tokens", "token_interval_ms", "first_token_delay_ms", "ping_interval_ms",
-                          "tool_calls", "tool_preamble", "prefill", "fault", "stamp_deltas", "text"])
+        try fields.allow([
+            "seed", "output_tokens", "token_interval_ms", "first_token_delay_ms", "ping_interval_ms",
+            "tool_calls", "tool_preamble", "prefill", "fault", "stamp_deltas", "text",
+        ])
         if let seed = try fields.integer("seed", in: 0...Int(1 << 53)) { self.seed = UInt64(seed) }
         if let tokens = try fields.integer("output_tokens", in: 0...Self.maxOutputTokens) { outputTokens = tokens }
         text = try fields.string("text")
@@ -105,10 +107,14 @@ public struct SimulationScenario: Sendable, Equatable {
             guard let array = calls.arrayValue else { throw fields.failure("tool_calls", "must be an array") }
             toolCalls = try array.enumerated().map { index, call throws(SimulationScenarioError) in
                 let path = "tool_calls[\(index)]"
-                guard let object = call.objectValue else { throw SimulationScenarioError("\(Self.headerName): '\(path)' must be an object") }
+                guard let object = call.objectValue else {
+                    throw SimulationScenarioError("\(Self.headerName): '\(path)' must be an object")
+                }
                 let fields = Fields(path: path + ".", object: object)
                 try fields.allow(["name", "input"])
-                guard let name = try fields.string("name"), !name.isEmpty else { throw fields.failure("name", "is required (a non-empty string)") }
+                guard let name = try fields.string("name"), !name.isEmpty else {
+                    throw fields.failure("name", "is required (a non-empty string)")
+                }
                 let input = object["input"] ?? [:]
                 guard input.objectValue != nil else { throw fields.failure("input", "must be an object") }
                 return ToolCall(name: name, input: input)
@@ -122,7 +128,9 @@ public struct SimulationScenario: Sendable, Equatable {
 
     private static func parseFault(_ object: [String: JSONValue]) throws(SimulationScenarioError) -> Fault {
         let fields = Fields(path: "fault.", object: object)
-        try fields.allow(["kind", "after_events", "status", "retry_after_s", "times", "keep_alive", "error_type", "message", "should_retry"])
+        try fields.allow([
+            "kind", "after_events", "status", "retry_after_s", "times", "keep_alive", "error_type", "message", "should_retry",
+        ])
         guard let kindName = try fields.string("kind") else {
             throw fields.failure("kind", "is required: \"drop\", \"stall\", \"error_event\" or \"http_status\"")
         }

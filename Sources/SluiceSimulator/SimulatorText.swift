@@ -130,29 +130,41 @@ enum SimulatorText {
     private static let listLeads = ["Here is what happens", "In short", "The steps are", "Key points", "To recap"]
 
     private static let codeSamples: [(language: String, lines: [String])] = [
-        ("swift", [
-            "let stream = try await client.messages(request)",
-            "for try await event in stream {",
-            "    accumulator.apply(event)",
-            "}",
-            "print(accumulator.message().content.count)",
-        ]),
-        ("python", [
-            "def resume(partial, request):",
-            "    messages = request[\"messages\"] + [{\"role\": \"assistant\", \"content\": partial}]",
-            "    return {**request, \"messages\": messages}",
-        ]),
-        ("json", [
-            "{",
-            "  \"type\": \"content_block_delta\",",
-            "  \"index\": 0,",
-            "  \"delta\": {\"type\": \"text_delta\", \"text\": \"Hello\"}",
-            "}",
-        ]),
-        ("bash", [
-            "curl --http2-prior-knowledge -sN http://127.0.0.1:8090/v1/messages \\",
-            "  -d '{\"model\": \"sim\", \"max_tokens\": 64, \"stream\": true}'",
-        ]),
+        (
+            "swift",
+            [
+                "let stream = try await client.messages(request)",
+                "for try await event in stream {",
+                "    accumulator.apply(event)",
+                "}",
+                "print(accumulator.message().content.count)",
+            ]
+        ),
+        (
+            "python",
+            [
+                "def resume(partial, request):",
+                "    messages = request[\"messages\"] + [{\"role\": \"assistant\", \"content\": partial}]",
+                "    return {**request, \"messages\": messages}",
+            ]
+        ),
+        (
+            "json",
+            [
+                "{",
+                "  \"type\": \"content_block_delta\",",
+                "  \"index\": 0,",
+                "  \"delta\": {\"type\": \"text_delta\", \"text\": \"Hello\"}",
+                "}",
+            ]
+        ),
+        (
+            "bash",
+            [
+                "curl --http2-prior-knowledge -sN http://127.0.0.1:8090/v1/messages \\",
+                "  -d '{\"model\": \"sim\", \"max_tokens\": 64, \"stream\": true}'",
+            ]
+        ),
     ]
 
     /// About `count` tokens of markdown: paragraphs, lists and fenced code. Exactly `count` unless the cut
@@ -190,7 +202,9 @@ enum SimulatorText {
                 emit("```")
             default:
                 for sentence in 0..<random.inRange(1...3) {
-                    appendWords(random.inRange(5...12), capitalized: true, leadingSpace: sentence > 0, to: &tokens, inCode: &inCode, random: &random)
+                    appendWords(
+                        random.inRange(5...12), capitalized: true, leadingSpace: sentence > 0, to: &tokens, inCode: &inCode, random: &random
+                    )
                     emit(random.chance(15) ? "!" : ".")
                 }
             }

@@ -27,7 +27,8 @@ extension HTTP1Connection {
         let contentType = request.header("content-type") ?? ""
         let isRPC = contentType.hasPrefix("application/grpc") || contentType.hasPrefix("application/connect")
         if isRPC || server.router.handler(for: path) != nil {
-            let body = "gRPC and Connect calls need HTTP/2: use HTTP/2 with prior knowledge (h2c, e.g. "
+            let body =
+                "gRPC and Connect calls need HTTP/2: use HTTP/2 with prior knowledge (h2c, e.g. "
                 + "curl --http2-prior-knowledge) or TLS with ALPN h2.\n"
             return .refuse(status: 505, headers: text, body: body)
         }

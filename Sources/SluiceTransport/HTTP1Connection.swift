@@ -1,7 +1,7 @@
-import SluiceIO
 import CLinux
 import Glibc
 import Logging
+import SluiceIO
 
 /// An HTTP/1.1 connection on the HTTP/2 port: a cleartext client whose first bytes were not the
 /// HTTP/2 preface, or a TLS client that negotiated ALPN `http/1.1` (or none). It serves the

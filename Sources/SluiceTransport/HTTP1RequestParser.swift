@@ -87,7 +87,8 @@ final class HTTP1RequestParser {
         }
         if code != HPE_OK {
             let reason =
-                failure ?? (code == HPE_HEADER_OVERFLOW
+                failure
+                ?? (code == HPE_HEADER_OVERFLOW
                     ? .headersTooLarge
                     : .malformed(String(cString: http_errno_description(code))))
             failure = reason

@@ -1,7 +1,7 @@
-import SluiceIO
 import CLinux
 import Glibc
 import Logging
+import SluiceIO
 import SluiceWire
 import Synchronization
 
@@ -206,7 +206,8 @@ public final class HTTP2Server: @unchecked Sendable {
             throw IOError.configuration("cannot resolve listen address \(host): \(String(cString: gai_strerror(rv)))")
         }
         defer { freeaddrinfo(result) }
-        let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(
+            info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw IOError.system("socket", errno) }
         var on: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
@@ -214,7 +215,8 @@ public final class HTTP2Server: @unchecked Sendable {
         guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
             let code = errno
             close(fd)
-            throw IOError.configuration("cannot listen on \(host):\(port): \(String(cString: strerror(code))). Choose another port or stop what holds it.")
+            throw IOError.configuration(
+                "cannot listen on \(host):\(port): \(String(cString: strerror(code))). Choose another port or stop what holds it.")
         }
         guard Glibc.listen(fd, 4096) == 0 else {
             let code = errno
@@ -404,7 +406,8 @@ private final class LoopContext: Selectable {
         }
         loop.scheduleTimer(after: drainTimeout) { [weak self] in
             guard let self else { return }
-            let message = "the server is shutting down and its drain timeout (\(DurationParsing.format(drainTimeout))) has passed: retry the call"
+            let message =
+                "the server is shutting down and its drain timeout (\(DurationParsing.format(drainTimeout))) has passed: retry the call"
             for connection in self.connections.values {
                 for stream in connection.streams.values { stream.end(.unavailable, message) }
                 connection.flushNow()

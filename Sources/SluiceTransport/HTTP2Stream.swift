@@ -1,5 +1,5 @@
-import SluiceIO
 import CNGHTTP2
+import SluiceIO
 import SluiceWire
 
 /// One request stream: feeds nghttp2's request events to its `HTTP2StreamStateMachine` and
@@ -112,7 +112,9 @@ final class HTTP2Stream {
         }
     }
 
-    private func runRPCHandler(_ handler: @escaping RPCHandler, path: String, rpcProtocol: RPCProtocol, message: [UInt8], outbound: StreamOutbound) {
+    private func runRPCHandler(
+        _ handler: @escaping RPCHandler, path: String, rpcProtocol: RPCProtocol, message: [UInt8], outbound: StreamOutbound
+    ) {
         let server = connection.server
         let workLoop = server.placeCall(preferring: connection.loop)
         let request = RPCRequest(

@@ -220,7 +220,8 @@ struct HTTP2StreamStateMachine {
         switch route {
         case .http:
             guard requestBody.count + bytes.count <= limits.maxMessageSize else {
-                preparePlainResponse(status: 413, extra: nil, body: "The request body exceeds the limit of \(limits.maxMessageSize) bytes.\n")
+                preparePlainResponse(
+                    status: 413, extra: nil, body: "The request body exceeds the limit of \(limits.maxMessageSize) bytes.\n")
                 return .respondPlain
             }
             requestBody.append(contentsOf: bytes)
@@ -305,7 +306,9 @@ struct HTTP2StreamStateMachine {
     private mutating func preparePlainResponse(status: Int, extra: Field?, body: String) {
         state = .respondingPlain
         plainBody = Array(body.utf8)
-        plainResponseHead = [Field(name: ":status", value: String(status)), Field(name: "content-type", value: "text/plain; charset=utf-8")]
+        plainResponseHead = [
+            Field(name: ":status", value: String(status)), Field(name: "content-type", value: "text/plain; charset=utf-8"),
+        ]
         if let extra { plainResponseHead.append(extra) }
     }
 

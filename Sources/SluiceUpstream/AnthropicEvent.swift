@@ -37,7 +37,7 @@ public struct AnthropicUsage: Sendable, Equatable {
             ("cache_creation_input_tokens", cacheCreationInputTokens),
             ("cache_read_input_tokens", cacheReadInputTokens),
         ]
-        for case let (key, value?) in fields { object[key] = .integer(value) }
+        for case (let key, let value?) in fields { object[key] = .integer(value) }
         return .object(object)
     }
 }
@@ -149,7 +149,7 @@ extension AnthropicEvent {
                 stopSequence: try payload.optionalString("stop_sequence", in: delta),
                 usage: try payload.usage(root["usage"])
             )
-        default: // "error"
+        default:  // "error"
             let error = try payload.object("error")
             return .error(
                 type: try payload.string("type", in: error),

@@ -58,9 +58,10 @@ public struct AnthropicStreamDecoder: Sendable {
         do throws(SSEParserError) {
             sseEvents = try parser.feed(bytes)
         } catch {
-            fail(UpstreamFailure(
-                .invalidResponse, message: "malformed event stream from the Anthropic API: \(error)", requestID: requestID
-            ), &output)
+            fail(
+                UpstreamFailure(
+                    .invalidResponse, message: "malformed event stream from the Anthropic API: \(error)", requestID: requestID
+                ), &output)
             return output
         }
         // Bytes that complete no event belong to one still arriving.
@@ -102,9 +103,10 @@ public struct AnthropicStreamDecoder: Sendable {
     /// The response body ended. Before `message_stop` that is a truncated stream (retryable).
     public mutating func finish() -> End {
         if let end { return end }
-        let truncated = End.failed(UpstreamFailure(
-            .streamEndedEarly, message: "Anthropic API stream ended before message_stop", requestID: requestID
-        ))
+        let truncated = End.failed(
+            UpstreamFailure(
+                .streamEndedEarly, message: "Anthropic API stream ended before message_stop", requestID: requestID
+            ))
         end = truncated
         return truncated
     }

@@ -1,8 +1,8 @@
-import SluiceIO
 import CCurl
 import CLinux
 import Glibc
 import Logging
+import SluiceIO
 import SluiceWire
 import Synchronization
 
@@ -138,7 +138,14 @@ final class CurlMulti: @unchecked Sendable {
 
     private func closeOnLoop(then done: @escaping @Sendable () -> Void) {
         // A loop that never started (or has exited) will not run anything: clean up here.
-        if loop.isRunning, loop.execute({ self.close(); done() }) { return }
+        if loop.isRunning,
+            loop.execute({
+                self.close()
+                done()
+            })
+        {
+            return
+        }
         close()
         done()
     }
@@ -149,7 +156,7 @@ final class CurlMulti: @unchecked Sendable {
         let failure = UpstreamFailure(.cancelled, message: "the upstream client has shut down")
         for transfer in Array(active.values) { remove(transfer, failure: failure) }
         if let curlTimer { loop.cancelTimer(curlTimer) }
-        curl_multi_cleanup(multiHandle) // closes every connection
+        curl_multi_cleanup(multiHandle)  // closes every connection
         for socket in watchedSockets.keys { loop.unwatch(socket) }
         watchedSockets = [:]
         lifecycle.withLock { $0 = .closed }
@@ -159,12 +166,13 @@ final class CurlMulti: @unchecked Sendable {
     /// loop, inside libcurl calls.
     private func installCallbacks() {
         let context = Unmanaged.passUnretained(self).toOpaque()
-        let socketFunction: @convention(c) (
-            UnsafeMutableRawPointer?, curl_socket_t, Int32, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?
-        ) -> Int32 = { _, socket, what, context, _ in
-            Unmanaged<CurlMulti>.fromOpaque(context!).takeUnretainedValue().watch(socket, what: what)
-            return 0
-        }
+        let socketFunction:
+            @convention(c) (
+                UnsafeMutableRawPointer?, curl_socket_t, Int32, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?
+            ) -> Int32 = { _, socket, what, context, _ in
+                Unmanaged<CurlMulti>.fromOpaque(context!).takeUnretainedValue().watch(socket, what: what)
+                return 0
+            }
         let timerFunction: @convention(c) (UnsafeMutableRawPointer?, Int, UnsafeMutableRawPointer?) -> Int32 = {
             _, milliseconds, context in
             Unmanaged<CurlMulti>.fromOpaque(context!).takeUnretainedValue().setCurlTimer(milliseconds: milliseconds)
@@ -222,7 +230,7 @@ final class CurlMulti: @unchecked Sendable {
 
     private func start(_ transfer: CurlTransfer) {
         let now = ContinuousClock.now
-        guard !transfer.channel.isClosed else { return } // cancelled before it started
+        guard !transfer.channel.isClosed else { return }  // cancelled before it started
         guard lifecycle.withLock({ $0 == .running }) else {
             transfer.channel.finish(.failure(UpstreamFailure(.cancelled, message: "the upstream client has shut down")))
             return
@@ -241,9 +249,11 @@ final class CurlMulti: @unchecked Sendable {
         let code = curl_multi_add_handle(multiHandle, transfer.easy)
         guard code == CURLM_OK else {
             transfer.release()
-            transfer.channel.finish(.failure(UpstreamFailure(
-                .connectionFailed, message: "curl_multi_add_handle failed: \(String(cString: curl_multi_strerror(code)))"
-            )))
+            transfer.channel.finish(
+                .failure(
+                    UpstreamFailure(
+                        .connectionFailed, message: "curl_multi_add_handle failed: \(String(cString: curl_multi_strerror(code)))"
+                    )))
             return
         }
         active[ObjectIdentifier(transfer)] = transfer
@@ -271,9 +281,11 @@ final class CurlMulti: @unchecked Sendable {
         let result = transfer.outcome(code: code)
         if transfer.abortedForSlowConsumer { slowConsumerAborts.add(1, ordering: .relaxed) }
         if case .failure(let failure) = result {
-            logger.debug("Anthropic API call failed", metadata: [
-                "kind": "\(failure.kind.rawValue)", "error": "\(failure.message)",
-            ])
+            logger.debug(
+                "Anthropic API call failed",
+                metadata: [
+                    "kind": "\(failure.kind.rawValue)", "error": "\(failure.message)",
+                ])
         }
         curl_multi_remove_handle(multiHandle, transfer.easy)
         transfer.release()

@@ -1,6 +1,6 @@
-import SluiceIO
 import CCurl
 import Glibc
+import SluiceIO
 
 /// One Messages API call: its easy handle, its response head, and the I/O, deadline and backpressure policy around
 /// the `AnthropicStreamDecoder` that reads its body.
@@ -113,20 +113,29 @@ final class CurlTransfer: @unchecked Sendable {
             ("TCP_KEEPALIVE", sluice_curl_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)),
             ("SSL_VERIFYPEER", sluice_curl_easy_setopt_long(easy, CURLOPT_SSL_VERIFYPEER, 1)),
             ("SSL_VERIFYHOST", sluice_curl_easy_setopt_long(easy, CURLOPT_SSL_VERIFYHOST, 2)),
-            ("CONNECTTIMEOUT_MS", sluice_curl_easy_setopt_long(
-                easy, CURLOPT_CONNECTTIMEOUT_MS, max(1, Self.milliseconds(configuration.connectTimeout))
-            )),
-            ("POST", sluice_curl_easy_setopt_long(easy, CURLOPT_POST, 1)),
-            ("POSTFIELDSIZE_LARGE", sluice_curl_easy_setopt_offset(
-                easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count)
-            )),
-            ("COPYPOSTFIELDS", body.withUnsafeBytes { bytes in
-                // COPYPOSTFIELDS copies `POSTFIELDSIZE` bytes; an empty body still needs a valid pointer.
-                var empty: UInt8 = 0
-                return sluice_curl_easy_setopt_ptr(
-                    easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress) ?? .init(&empty)
+            (
+                "CONNECTTIMEOUT_MS",
+                sluice_curl_easy_setopt_long(
+                    easy, CURLOPT_CONNECTTIMEOUT_MS, max(1, Self.milliseconds(configuration.connectTimeout))
                 )
-            }),
+            ),
+            ("POST", sluice_curl_easy_setopt_long(easy, CURLOPT_POST, 1)),
+            (
+                "POSTFIELDSIZE_LARGE",
+                sluice_curl_easy_setopt_offset(
+                    easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count)
+                )
+            ),
+            (
+                "COPYPOSTFIELDS",
+                body.withUnsafeBytes { bytes in
+                    // COPYPOSTFIELDS copies `POSTFIELDSIZE` bytes; an empty body still needs a valid pointer.
+                    var empty: UInt8 = 0
+                    return sluice_curl_easy_setopt_ptr(
+                        easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress) ?? .init(&empty)
+                    )
+                }
+            ),
             ("HTTPHEADER", sluice_curl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, headerList)),
             ("ERRORBUFFER", sluice_curl_easy_setopt_ptr(easy, CURLOPT_ERRORBUFFER, buffer)),
             ("WRITEFUNCTION", sluice_curl_easy_setopt_write_function(easy, writeFunction)),
@@ -227,11 +236,12 @@ final class CurlTransfer: @unchecked Sendable {
             if (200..<300).contains(status), let type = headers.first(where: { $0.0 == "content-type" })?.1,
                 !type.lowercased().contains("text/event-stream")
             {
-                return fail(UpstreamFailure(
-                    .invalidResponse,
-                    message: "Anthropic API answered HTTP \(status) with content-type '\(type)', not an event stream",
-                    requestID: head.requestID
-                ))
+                return fail(
+                    UpstreamFailure(
+                        .invalidResponse,
+                        message: "Anthropic API answered HTTP \(status) with content-type '\(type)', not an event stream",
+                        requestID: head.requestID
+                    ))
             }
             if (200..<300).contains(status) { decoder = AnthropicStreamDecoder(requestID: head.requestID) }
             return bytes.count
@@ -270,13 +280,14 @@ final class CurlTransfer: @unchecked Sendable {
                 break
             case .overflow:
                 abortedForSlowConsumer = true
-                return fail(UpstreamFailure(
-                    .streamEndedEarly,
-                    message: "consumer too slow: more than \(channel.maxBufferedBytes) bytes of Anthropic API events "
-                        + "were waiting to be read, so the upstream call was aborted",
-                    retryable: true,
-                    requestID: head.requestID
-                ))
+                return fail(
+                    UpstreamFailure(
+                        .streamEndedEarly,
+                        message: "consumer too slow: more than \(channel.maxBufferedBytes) bytes of Anthropic API events "
+                            + "were waiting to be read, so the upstream call was aborted",
+                        retryable: true,
+                        requestID: head.requestID
+                    ))
             case .closed:
                 return 0
             }
@@ -361,13 +372,14 @@ final class CurlTransfer: @unchecked Sendable {
 
     /// An HTTP field name (RFC 9110 token).
     private static func isToken(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.allSatisfy { byte in
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): true
-            default: "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        !name.isEmpty
+            && name.utf8.allSatisfy { byte in
+                switch byte {
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"): true
+                default: "!#$%&'*+-.^_`|~".utf8.contains(byte)
+                }
             }
-        }
     }
 
     private static func printable(_ text: String) -> String {

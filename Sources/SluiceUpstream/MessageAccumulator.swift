@@ -103,10 +103,11 @@ public struct MessageAccumulator: Sendable {
             self.role = role
             self.usage = usage
         case .contentBlockStart(let index, let block):
-            let text = switch block {
-            case .text(let text), .thinking(let text): text
-            case .toolUse, .redactedThinking, .other: ""
-            }
+            let text =
+                switch block {
+                case .text(let text), .thinking(let text): text
+                case .toolUse, .redactedThinking, .other: ""
+                }
             blocks[index] = BlockState(start: block, text: text)
         case .contentBlockDelta(let index, let delta):
             guard let start = blocks[index]?.start else { return }

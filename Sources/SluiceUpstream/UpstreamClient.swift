@@ -1,5 +1,5 @@
-import SluiceIO
 import Logging
+import SluiceIO
 import Synchronization
 
 /// Streams Messages API responses over libcurl's multi interface.

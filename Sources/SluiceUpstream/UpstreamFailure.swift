@@ -63,13 +63,15 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
         let upstreamMessage = json?["error"]?["message"]?.stringValue
         let requestID = header("request-id") ?? json?["request_id"]?.stringValue
         let retryAfterMilliseconds = header("retry-after-ms").flatMap(parseDecimal)
-        let retryAfter = retryAfterMilliseconds.map { Duration.milliseconds(min($0, maxRetryAfterSeconds * 1000)) }
+        let retryAfter =
+            retryAfterMilliseconds.map { Duration.milliseconds(min($0, maxRetryAfterSeconds * 1000)) }
             ?? header("retry-after").flatMap(parseDecimal).map { Duration.seconds(min($0, maxRetryAfterSeconds)) }
-        let retryable: Bool? = switch header("x-should-retry")?.lowercased() {
-        case "true": true
-        case "false": false
-        default: nil
-        }
+        let retryable: Bool? =
+            switch header("x-should-retry")?.lowercased() {
+            case "true": true
+            case "false": false
+            default: nil
+            }
 
         var detail = errorType.map { " \($0)" } ?? ""
         if let upstreamMessage, !upstreamMessage.isEmpty {
@@ -77,7 +79,8 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
         } else if json == nil, !body.isEmpty {
             detail += ": \(String(decoding: body.prefix(maxMessageLength), as: UTF8.self))"
         }
-        var message = status == 401
+        var message =
+            status == 401
             ? "Anthropic API rejected Sluice's credentials (HTTP 401\(detail));"
                 + " the operator should check ANTHROPIC_API_KEY"
             : "Anthropic API returned HTTP \(status)\(detail)"
@@ -189,9 +192,11 @@ public struct UpstreamFailure: Error, Sendable, Equatable, CustomStringConvertib
     private static func sanitize(_ text: String) -> String {
         // The regex is only built (costly) for text that may hold a key.
         var result = text.contains("sk-ant-") ? text.replacing(#/sk-ant-[A-Za-z0-9_\-]*/#, with: "sk-ant-[REDACTED]") : text
-        result = String(String.UnicodeScalarView(result.unicodeScalars.map {
-            $0.properties.generalCategory == .control ? " " : $0
-        }))
+        result = String(
+            String.UnicodeScalarView(
+                result.unicodeScalars.map {
+                    $0.properties.generalCategory == .control ? " " : $0
+                }))
         if result.count > maxMessageLength { result = String(result.prefix(maxMessageLength)) + "…" }
         return result
     }

@@ -90,7 +90,7 @@ final class UpstreamTransferHandle: Sendable {
             }
             if Task.isCancelled {
                 cancel()
-                continue // the channel now reports `.failed(.cancelled)`
+                continue  // the channel now reports `.failed(.cancelled)`
             }
             await withTaskCancellationHandler {
                 await channel.waitForActivity()

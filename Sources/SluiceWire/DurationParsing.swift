@@ -23,8 +23,8 @@ public enum DurationParsing {
         let whole = number[..<(dot ?? number.endIndex)]
         let fraction = dot.map { number[($0 + 1)...] } ?? []
         guard (1...maxWholeDigits).contains(whole.count), dot == nil || !fraction.isEmpty,
-              fraction.count <= maxFractionDigits,
-              whole.allSatisfy(isDigit), fraction.allSatisfy(isDigit)
+            fraction.count <= maxFractionDigits,
+            whole.allSatisfy(isDigit), fraction.allSatisfy(isDigit)
         else { return nil }
         // Checking the whole part against Duration's range first keeps the products below in Int128.
         let wholeValue = decimalValue(whole)

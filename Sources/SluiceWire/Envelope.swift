@@ -123,7 +123,8 @@ public struct EnvelopeDecoder: Sendable {
     private var pendingHeader: (flags: EnvelopeFlags, length: Int)? {
         guard buffer.count - readIndex >= EnvelopeEncoder.headerSize else { return nil }
         let i = readIndex
-        let length = UInt32(buffer[i + 1]) << 24 | UInt32(buffer[i + 2]) << 16
+        let length =
+            UInt32(buffer[i + 1]) << 24 | UInt32(buffer[i + 2]) << 16
             | UInt32(buffer[i + 3]) << 8 | UInt32(buffer[i + 4])
         return (EnvelopeFlags(rawValue: buffer[i]), Int(length))
     }

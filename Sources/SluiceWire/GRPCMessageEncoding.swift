@@ -32,7 +32,8 @@ public enum GRPCMessageEncoding {
         var i = 0
         while i < bytes.count {
             if bytes[i] == percent, i + 2 < bytes.count,
-               let high = hexValue(bytes[i + 1]), let low = hexValue(bytes[i + 2]) {
+                let high = hexValue(bytes[i + 1]), let low = hexValue(bytes[i + 2])
+            {
                 out.append(high << 4 | low)
                 i += 3
             } else {

@@ -194,11 +194,12 @@ public struct SSEParser: Sendable {
         }
         guard !data.isEmpty else { return }
         data.removeLast()
-        events.append(SSEEvent(
-            event: eventType.isEmpty ? "message" : eventType,
-            data: String(decoding: data, as: UTF8.self),
-            id: lastEventID.isEmpty ? nil : lastEventID,
-            retry: eventRetry
-        ))
+        events.append(
+            SSEEvent(
+                event: eventType.isEmpty ? "message" : eventType,
+                data: String(decoding: data, as: UTF8.self),
+                id: lastEventID.isEmpty ? nil : lastEventID,
+                retry: eventRetry
+            ))
     }
 }

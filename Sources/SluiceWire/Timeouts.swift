@@ -16,8 +16,8 @@ public enum Timeouts {
     public static func parseGRPCTimeout(_ value: String) -> Duration? {
         let bytes = value.utf8
         guard let unitByte = bytes.last,
-              let unit = grpcUnits.first(where: { $0.unit == unitByte }),
-              let amount = parseDigits(bytes.dropLast(), maxCount: 8)
+            let unit = grpcUnits.first(where: { $0.unit == unitByte }),
+            let amount = parseDigits(bytes.dropLast(), maxCount: 8)
         else { return nil }
         // At most 99999999 hours: about 3.6e11 seconds, far inside Duration's range.
         return Duration(totalAttoseconds: Int128(amount) * unit.attoseconds)

@@ -98,7 +98,9 @@ final class LayeredSettings {
     }
 
     func duration(_ flag: String, _ parsed: CLIDuration) async throws -> CLIDuration {
-        try await read(flag, "a duration such as 250ms, 30s or 2m") { try await reader.fetchString(forKey: $0, as: CLIDuration.self, default: parsed) }
+        try await read(flag, "a duration such as 250ms, 30s or 2m") {
+            try await reader.fetchString(forKey: $0, as: CLIDuration.self, default: parsed)
+        }
     }
 
     func choice<Value: RawRepresentable<String> & CaseIterable>(_ flag: String, _ parsed: Value) async throws -> Value {

@@ -1,8 +1,8 @@
-import SluiceClient
-import SluiceIO
 import ArgumentParser
 import Glibc
 import Histogram
+import SluiceClient
+import SluiceIO
 import SluiceWire
 
 struct LoadTest: AsyncParsableCommand {
@@ -81,7 +81,8 @@ struct LoadTest: AsyncParsableCommand {
         if eventLoops < 1 { throw ValidationError("--event-loops must be at least 1") }
         if frames < 0 || size < 0 || intervalMs < 0 { throw ValidationError("--frames, --size and --interval-ms must be 0 or more") }
         if simulation != nil && method != .sendMessage { throw ValidationError("--simulation applies to --method send-message") }
-        if let simulation, case .object? = try? JSONValue(parsing: simulation) {} else if simulation != nil {
+        if let simulation, case .object? = try? JSONValue(parsing: simulation) {
+        } else if simulation != nil {
             throw ValidationError("--simulation must be a JSON object")
         }
     }
@@ -307,7 +308,8 @@ final class LoadDriver: Sendable {
             LoadReport(
                 started: state.started, ok: state.ok, failed: state.failed, events: state.events,
                 wall: (state.finishedAt ?? .now) - startedAt, statuses: state.statuses, failureMessages: state.failureMessages,
-                firstEvent: state.firstEvent, gap: state.gap, endToEnd: state.endToEnd, streamDuration: state.streamDuration, concurrency: plan.concurrency,
+                firstEvent: state.firstEvent, gap: state.gap, endToEnd: state.endToEnd, streamDuration: state.streamDuration,
+                concurrency: plan.concurrency,
                 connections: client.openConnections
             )
         }
@@ -371,8 +373,10 @@ struct LoadReport {
     }
 
     private func rows() -> [(String, String, Histogram<UInt64>)] {
-        [("time to first event", "time_to_first_event", firstEvent), ("inter-event gap", "inter_event_gap", gap),
-         ("end-to-end latency", "end_to_end", endToEnd), ("stream duration", "stream_duration", streamDuration)]
+        [
+            ("time to first event", "time_to_first_event", firstEvent), ("inter-event gap", "inter_event_gap", gap),
+            ("end-to-end latency", "end_to_end", endToEnd), ("stream duration", "stream_duration", streamDuration),
+        ]
     }
 
     func table(method: String, target: String, eventLoops: Int) -> String {
@@ -402,9 +406,10 @@ struct LoadReport {
         }
         let widths = (0..<header.count).map { column in table.map { $0[column].count }.max() ?? 0 }
         for row in table {
-            lines.append(row.enumerated().map { column, cell in
-                column == 0 ? cell.padding(toLength: widths[0]) : String(repeating: " ", count: widths[column] - cell.count) + cell
-            }.joined(separator: "  "))
+            lines.append(
+                row.enumerated().map { column, cell in
+                    column == 0 ? cell.padding(toLength: widths[0]) : String(repeating: " ", count: widths[column] - cell.count) + cell
+                }.joined(separator: "  "))
         }
         if endToEnd.totalCount == 0 {
             lines.append("(end-to-end latency needs send-message with a scenario that sets \"stamp_deltas\": true)")

@@ -1,5 +1,3 @@
-import SluiceSimulator
-import SluiceIO
 import ArgumentParser
 import CLinux
 import Glibc
@@ -7,7 +5,9 @@ import Logging
 import Metrics
 import Prometheus
 import SluiceEngine
+import SluiceIO
 import SluiceService
+import SluiceSimulator
 import SluiceTransport
 import SluiceUpstream
 import SluiceWire
@@ -36,9 +36,13 @@ struct Serve: AsyncParsableCommand {
     var maxStreamsPerConnection = 1000
     @Option(help: "Largest request message in bytes.")
     var maxMessageSize = 4 * 1024 * 1024
-    @Option(help: "Client connections open at once; more are closed on arrival (default: what the open-file limit leaves after --max-active).")
+    @Option(
+        help: "Client connections open at once; more are closed on arrival (default: what the open-file limit leaves after --max-active).")
     var maxConnections: Int?
-    @Option(help: "Close connections that have had no open stream, or whose client has not opened its flow-control window to a waiting response, for this long.")
+    @Option(
+        help:
+            "Close connections that have had no open stream, or whose client has not opened its flow-control window to a waiting response, for this long."
+    )
     var idleTimeout = CLIDuration(.seconds(120))
     @Option(help: "On SIGTERM/SIGINT, how long in-flight streams may finish before they are cancelled.")
     var drainTimeout = CLIDuration(.seconds(30))
@@ -90,7 +94,10 @@ struct Serve: AsyncParsableCommand {
     var firstTokenTimeout = CLIDuration(.seconds(60))
     @Option(help: "Give up on an upstream attempt that sends nothing but pings for this long.")
     var upstreamIdleTimeout = CLIDuration(.seconds(30))
-    @Option(help: "Most streams multiplexed on one upstream HTTP/2 connection; more streams open more connections. libcurl 7.88 runs every stream of a connection for each read on it, so fewer per connection cost less CPU.")
+    @Option(
+        help:
+            "Most streams multiplexed on one upstream HTTP/2 connection; more streams open more connections. libcurl 7.88 runs every stream of a connection for each read on it, so fewer per connection cost less CPU."
+    )
     var upstreamStreamsPerConnection = 10
 
     // MARK: Callers
@@ -233,9 +240,10 @@ struct Serve: AsyncParsableCommand {
         // connection then share one thread.
         let loops = try (0..<(eventLoops ?? HTTP2ServerConfiguration().eventLoops)).map { try EventLoop(index: $0) }
         let upstream = try UpstreamClient(configuration: upstreamConfiguration, logger: logger, loops: loops)
-        sampledGauges.append(.init(name: "sluice_upstream_open_transfers", help: "libcurl transfers to the upstream now") {
-            Double(upstream.openTransfers)
-        })
+        sampledGauges.append(
+            .init(name: "sluice_upstream_open_transfers", help: "libcurl transfers to the upstream now") {
+                Double(upstream.openTransfers)
+            })
 
         var engineConfiguration = EngineConfiguration()
         engineConfiguration.limits = Admission.Limits(maxActive: maxActive, maxQueued: maxQueued, maxActivePerKey: maxActivePerKey)
@@ -283,7 +291,9 @@ struct Serve: AsyncParsableCommand {
 
         let console = ConsoleService()
         for file in console.missingVendorFiles {
-            logger.warning("console: \(file.path) is missing, so the page at / shows answers as plain text: install the Debian package \(file.package)")
+            logger.warning(
+                "console: \(file.path) is missing, so the page at / shows answers as plain text: install the Debian package \(file.package)"
+            )
         }
         let serverReference = ServerReference()
         let router = ServiceRouter.make(

@@ -338,6 +338,19 @@ def test_heartbeats_keep_a_slow_stream_alive(start_server, monkeypatch, configur
     assert_stream_shape(stream.frames, "OK")
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_event_arriving_as_the_heartbeat_fires_is_not_lost(start_server, protocol):
+    # A heartbeat every millisecond beside a delta every 10 ms: many events become ready just as a heartbeat
+    # fires, and each must still be written exactly once.
+    server = start_server("--sse-heartbeat", "1ms")
+    stream_id = curl_post(server.port, slow_request(seed=9, seconds=3, output_tokens=300), protocol=protocol)
+
+    stream = curl_events(server.port, stream_id, protocol=protocol)
+
+    assert stream.comments, "no heartbeat was written"
+    assert_stream_shape(stream.frames, "OK")
+
+
 def test_heartbeat_must_be_positive(sluice_bin):
     result = subprocess.run([sluice_bin, "serve", "--port", "0", "--sse-heartbeat", "0s"],
                             capture_output=True, timeout=IO_TIMEOUT, check=False)

@@ -1,11 +1,11 @@
-import SluiceIO
 import Logging
+import SluiceIO
+import SluiceTransport
 import SluiceWire
 import Synchronization
 import Testing
 
 @testable import SluiceClient
-import SluiceTransport
 
 @Suite struct HTTP2ClientTests {
     /// Runs `body` against an in-process server with `routes`, then shuts both down.
@@ -129,17 +129,20 @@ import SluiceTransport
         let arrived = Atomic<Int>(0)
         var clientConfiguration = HTTP2ClientConfiguration()
         clientConfiguration.streamsPerConnection = 100
-        try await withServer(maxStreamsPerConnection: 300, routes: { router in
-            router.register("/test.Echo/Barrier") { request, writer in
-                // Every stream holds until all have arrived: proves they are concurrent.
-                arrived.add(1, ordering: .relaxed)
-                let deadline = ContinuousClock.now + .seconds(20)
-                while arrived.load(ordering: .relaxed) < total && ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(5))
+        try await withServer(
+            maxStreamsPerConnection: 300,
+            routes: { router in
+                router.register("/test.Echo/Barrier") { request, writer in
+                    // Every stream holds until all have arrived: proves they are concurrent.
+                    arrived.add(1, ordering: .relaxed)
+                    let deadline = ContinuousClock.now + .seconds(20)
+                    while arrived.load(ordering: .relaxed) < total && ContinuousClock.now < deadline {
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                    try await writer.write(request.message)
                 }
-                try await writer.write(request.message)
-            }
-        }, clientConfiguration: clientConfiguration) { client, url in
+            }, clientConfiguration: clientConfiguration
+        ) { client, url in
             let statuses = try await withThrowingTaskGroup(of: (RPCClientStatus, Int).self) { group in
                 for index in 0..<total {
                     group.addTask {

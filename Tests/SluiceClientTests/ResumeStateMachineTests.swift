@@ -177,18 +177,20 @@ import Testing
         #expect(delta.json == bytes)
         #expect(!delta.isLast)
 
-        let error = try SluiceEvent(json: Array(
-            #"{"details":{"code":"DEADLINE_EXCEEDED"},"error":"too slow","seq":9,"stream_id":"st_1","type":"stream_error"}"#.utf8
-        ))
+        let error = try SluiceEvent(
+            json: Array(
+                #"{"details":{"code":"DEADLINE_EXCEEDED"},"error":"too slow","seq":9,"stream_id":"st_1","type":"stream_error"}"#.utf8
+            ))
         guard case .streamError(let message, let code, _) = error.kind else {
             Issue.record("expected stream_error")
             return
         }
         #expect(message == "too slow" && code == .deadlineExceeded && error.isLast)
 
-        let complete = try SluiceEvent(json: Array(
-            #"{"seq":3,"stream_id":"st_1","type":"stream_complete","usage":{"input_tokens":5,"output_tokens":7}}"#.utf8
-        ))
+        let complete = try SluiceEvent(
+            json: Array(
+                #"{"seq":3,"stream_id":"st_1","type":"stream_complete","usage":{"input_tokens":5,"output_tokens":7}}"#.utf8
+            ))
         #expect(complete.kind == .streamComplete(inputTokens: 5, outputTokens: 7))
         #expect(complete.isLast)
 
@@ -217,9 +219,10 @@ import Testing
         var request = SluiceMessageRequest(model: "claude-sonnet-4-5", maxTokens: 64, prompt: "hello")
         request.tools = ["read_file"]
         request.simulation = ["output_tokens": 3]
-        #expect(request.json == [
-            "model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [["role": "user", "content": "hello"]],
-            "tools": ["read_file"], "simulation": ["output_tokens": 3],
-        ])
+        #expect(
+            request.json == [
+                "model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [["role": "user", "content": "hello"]],
+                "tools": ["read_file"], "simulation": ["output_tokens": 3],
+            ])
     }
 }

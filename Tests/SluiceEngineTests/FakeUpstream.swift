@@ -1,5 +1,5 @@
-import SluiceIO
 import SluiceEngine
+import SluiceIO
 import SluiceUpstream
 
 /// An upstream whose attempts are scripted: each call to `streamMessage` plays the next script.

@@ -1,7 +1,7 @@
 import Dispatch
 import SluiceIO
-import Synchronization
 import SluiceWire
+import Synchronization
 import Testing
 
 @testable import SluiceEngine

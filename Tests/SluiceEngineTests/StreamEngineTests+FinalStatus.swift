@@ -10,25 +10,26 @@ extension StreamEngineTests {
         Array(#"{"type":"error","error":{"type":"\#(type)","message":"details"}}"#.utf8)
     }
 
-    @Test(arguments: [
-        (UpstreamFailure.errorEvent(type: "invalid_request_error", message: "bad"), StatusCode.invalidArgument),
-        (.errorEvent(type: "overloaded_error", message: "Overloaded"), .unavailable),
-        (.errorEvent(type: "rate_limit_error", message: "slow down"), .resourceExhausted),
-        (.errorEvent(type: "billing_error", message: "no credit"), .internal),
-        (.errorEvent(type: "mystery_error", message: "?"), .unknown),
-        (.http(status: 400, body: errorBody("invalid_request_error"), headers: []), .invalidArgument),
-        (.http(status: 401, body: errorBody("authentication_error"), headers: []), .internal),
-        (.http(status: 402, body: errorBody("billing_error"), headers: []), .internal),
-        (.http(status: 403, body: errorBody("permission_error"), headers: []), .permissionDenied),
-        (.http(status: 404, body: errorBody("not_found_error"), headers: []), .notFound),
-        (.http(status: 409, body: [], headers: []), .aborted),
-        (.http(status: 413, body: errorBody("request_too_large"), headers: []), .invalidArgument),
-        (.http(status: 429, body: errorBody("rate_limit_error"), headers: []), .resourceExhausted),
-        (.http(status: 529, body: errorBody("overloaded_error"), headers: []), .unavailable),
-        (UpstreamFailure(.connectionReset, message: "reset"), .unavailable),
-        (UpstreamFailure(.idleTimeout, message: "idle"), .unavailable),
-        (UpstreamFailure(.invalidResponse, message: "garbled"), .internal),
-    ] as [(UpstreamFailure, StatusCode)])
+    @Test(
+        arguments: [
+            (UpstreamFailure.errorEvent(type: "invalid_request_error", message: "bad"), StatusCode.invalidArgument),
+            (.errorEvent(type: "overloaded_error", message: "Overloaded"), .unavailable),
+            (.errorEvent(type: "rate_limit_error", message: "slow down"), .resourceExhausted),
+            (.errorEvent(type: "billing_error", message: "no credit"), .internal),
+            (.errorEvent(type: "mystery_error", message: "?"), .unknown),
+            (.http(status: 400, body: errorBody("invalid_request_error"), headers: []), .invalidArgument),
+            (.http(status: 401, body: errorBody("authentication_error"), headers: []), .internal),
+            (.http(status: 402, body: errorBody("billing_error"), headers: []), .internal),
+            (.http(status: 403, body: errorBody("permission_error"), headers: []), .permissionDenied),
+            (.http(status: 404, body: errorBody("not_found_error"), headers: []), .notFound),
+            (.http(status: 409, body: [], headers: []), .aborted),
+            (.http(status: 413, body: errorBody("request_too_large"), headers: []), .invalidArgument),
+            (.http(status: 429, body: errorBody("rate_limit_error"), headers: []), .resourceExhausted),
+            (.http(status: 529, body: errorBody("overloaded_error"), headers: []), .unavailable),
+            (UpstreamFailure(.connectionReset, message: "reset"), .unavailable),
+            (UpstreamFailure(.idleTimeout, message: "idle"), .unavailable),
+            (UpstreamFailure(.invalidResponse, message: "garbled"), .internal),
+        ] as [(UpstreamFailure, StatusCode)])
     func finalErrorIsTheFailuresGRPCStatus(_ failure: UpstreamFailure, _ expected: StatusCode) {
         let error = StreamAttempts.finalError(failure, attempts: 3)
         #expect(failure.grpcStatus == expected)

@@ -1,6 +1,6 @@
-import SluiceIO
 import Dispatch
 import Logging
+import SluiceIO
 import SluiceUpstream
 import SluiceWire
 import Testing
@@ -66,7 +66,8 @@ import Testing
         script.insert(probe, at: 0)
         script.insert(probe, at: 4)
         let engine = makeEngine(FakeUpstream([script]))
-        let (events, end) = try await collect(try engine.start(Self.request, caller: "a", deadline: .now + .seconds(60), executor: executor))
+        let (events, end) = try await collect(
+            try engine.start(Self.request, caller: "a", deadline: .now + .seconds(60), executor: executor))
         #expect(end == nil)
         #expect(text(events) == "Hello world")
         #expect(onExecutor.withLock { $0 } == [true, true])
@@ -143,7 +144,9 @@ import Testing
     }
 
     @Test func retryableFailuresEndCleanlyAfterTheBudget() async throws {
-        let overloaded = UpstreamFailure.http(status: 529, body: Array(#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.utf8), headers: [("request-id", "req_9")])
+        let overloaded = UpstreamFailure.http(
+            status: 529, body: Array(#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.utf8),
+            headers: [("request-id", "req_9")])
         let upstream = FakeUpstream(Array(repeating: [.fail(overloaded)], count: 4))
         let (events, end) = try await collect(try makeEngine(upstream).start(Self.request, caller: "a", deadline: nil))
         #expect(types(events) == ["message_start", "upstream_retry", "upstream_retry", "upstream_retry", "stream_error"])
@@ -154,8 +157,10 @@ import Testing
     }
 
     @Test func finalFailuresAreNotRetried() async throws {
-        let invalid = UpstreamFailure.http(status: 400, body: Array(#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#.utf8), headers: [])
-        let (events, end) = try await collect(try makeEngine(FakeUpstream([[.fail(invalid)]])).start(Self.request, caller: "a", deadline: nil))
+        let invalid = UpstreamFailure.http(
+            status: 400, body: Array(#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#.utf8), headers: [])
+        let (events, end) = try await collect(
+            try makeEngine(FakeUpstream([[.fail(invalid)]])).start(Self.request, caller: "a", deadline: nil))
         #expect(types(events) == ["message_start", "stream_error"])
         #expect(end?.code == .invalidArgument)
     }
@@ -203,7 +208,11 @@ import Testing
         let request = try SendMessageRequest(
             json: Array(#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"simulation":{"seed":1}}"#.utf8)
         )
-        #expect(throws: RPCError(.invalidArgument, "'simulation' is only accepted when Sluice runs on its simulator; this server talks to the real Anthropic API")) {
+        #expect(
+            throws: RPCError(
+                .invalidArgument,
+                "'simulation' is only accepted when Sluice runs on its simulator; this server talks to the real Anthropic API")
+        ) {
             try engine.start(request, caller: "a", deadline: nil)
         }
     }

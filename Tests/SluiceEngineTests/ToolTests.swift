@@ -1,6 +1,6 @@
-import SluiceIO
 import Foundation
 import Logging
+import SluiceIO
 import SluiceUpstream
 import SluiceWire
 import Testing
@@ -55,7 +55,8 @@ final class ProgressLog: Sendable {
         let big = String(repeating: "0123456789abcdef\n", count: 40_000)
         try big.write(toFile: fixture.root + "/big.txt", atomically: true, encoding: .utf8)
         let log = ProgressLog()
-        let output = try await ReadFileTool(sandbox: try fixture.sandbox(), maxBytes: 1 << 24).execute(input: ["path": "big.txt"], progress: log.reporter())
+        let output = try await ReadFileTool(sandbox: try fixture.sandbox(), maxBytes: 1 << 24).execute(
+            input: ["path": "big.txt"], progress: log.reporter())
         #expect(output["content"]?.stringValue == big)
         #expect(log.percentages.last == 100)
         #expect(log.percentages == log.percentages.sorted())
@@ -65,10 +66,12 @@ final class ProgressLog: Sendable {
         let fixture = try SandboxFixture()
         let sandbox = try fixture.sandbox()
         await #expect(throws: ToolError.self) {
-            try await ReadFileTool(sandbox: sandbox, maxBytes: 1 << 20).execute(input: ["path": "binary.bin"], progress: ProgressLog().reporter())
+            try await ReadFileTool(sandbox: sandbox, maxBytes: 1 << 20).execute(
+                input: ["path": "binary.bin"], progress: ProgressLog().reporter())
         }
         do {
-            _ = try await ReadFileTool(sandbox: sandbox, maxBytes: 4).execute(input: ["path": "hello.txt"], progress: ProgressLog().reporter())
+            _ = try await ReadFileTool(sandbox: sandbox, maxBytes: 4).execute(
+                input: ["path": "hello.txt"], progress: ProgressLog().reporter())
             Issue.record("a file over the cap was read")
         } catch {
             #expect(error.message.contains("limit of 4 bytes"))
@@ -78,14 +81,17 @@ final class ProgressLog: Sendable {
     @Test func listsAndSearchesInsideTheRootOnly() async throws {
         let fixture = try SandboxFixture()
         let sandbox = try fixture.sandbox()
-        let listing = try await ListDirectoryTool(sandbox: sandbox).execute(input: ["path": ".", "recursive": true], progress: ProgressLog().reporter())
+        let listing = try await ListDirectoryTool(sandbox: sandbox).execute(
+            input: ["path": ".", "recursive": true], progress: ProgressLog().reporter())
         let paths = Set(listing["entries"]?.arrayValue?.compactMap { $0["path"]?.stringValue } ?? [])
         #expect(paths.isSuperset(of: ["hello.txt", "sub", "sub/deep.txt", "escape"]))
         #expect(listing["entries"]?.arrayValue?.first { $0["path"] == "escape" }?["kind"] == "symlink")
-        let search = try await SearchFilesTool(sandbox: sandbox, maxBytes: 1 << 20).execute(input: ["path": ".", "pattern": "needle|second", "regex": true], progress: ProgressLog().reporter())
+        let search = try await SearchFilesTool(sandbox: sandbox, maxBytes: 1 << 20).execute(
+            input: ["path": ".", "pattern": "needle|second", "regex": true], progress: ProgressLog().reporter())
         let found = search["matches"]?.arrayValue?.map { "\($0["file"]?.stringValue ?? ""):\($0["line"]?.intValue ?? 0)" }
         #expect(found == ["hello.txt:2", "sub/deep.txt:1"])
-        let secret = try await SearchFilesTool(sandbox: sandbox, maxBytes: 1 << 20).execute(input: ["path": ".", "pattern": "TOP SECRET"], progress: ProgressLog().reporter())
+        let secret = try await SearchFilesTool(sandbox: sandbox, maxBytes: 1 << 20).execute(
+            input: ["path": ".", "pattern": "TOP SECRET"], progress: ProgressLog().reporter())
         #expect(secret["matches"]?.arrayValue?.isEmpty == true, "symlinks out of the root are not followed")
     }
 
@@ -102,7 +108,9 @@ final class ProgressLog: Sendable {
 @Suite struct ToolLoopTests {
     static func toolTurn(id: String, name: String, inputJSON: String) -> [FakeUpstream.Step] {
         [
-            .event(.messageStart(id: "msg_t1", model: "claude-test", role: "assistant", usage: AnthropicUsage(inputTokens: 5, outputTokens: 1))),
+            .event(
+                .messageStart(id: "msg_t1", model: "claude-test", role: "assistant", usage: AnthropicUsage(inputTokens: 5, outputTokens: 1))
+            ),
             .event(.contentBlockStart(index: 0, block: .toolUse(id: id, name: name))),
             .event(.contentBlockDelta(index: 0, delta: .inputJSON(""))),
             .event(.contentBlockDelta(index: 0, delta: .inputJSON(String(inputJSON.prefix(5))))),
@@ -123,7 +131,8 @@ final class ProgressLog: Sendable {
     }
 
     static let request = try! SendMessageRequest(
-        json: Array(#"{"model":"claude-test","max_tokens":100,"tools":["read_file"],"messages":[{"role":"user","content":"read it"}]}"#.utf8)
+        json: Array(
+            #"{"model":"claude-test","max_tokens":100,"tools":["read_file"],"messages":[{"role":"user","content":"read it"}]}"#.utf8)
     )
 
     @Test func aToolTurnRunsTheToolAndFeedsTheResultBack() async throws {
@@ -158,7 +167,8 @@ final class ProgressLog: Sendable {
             Self.toolTurn(id: "toolu_y", name: "read_file", inputJSON: #"{"paht":"typo"}"#),
             FakeUpstream.message(["Recovered."]),
         ])
-        let (events, end) = try await StreamEngineTests().collect(try engine(upstream, fixture: fixture).start(Self.request, caller: "a", deadline: nil))
+        let (events, end) = try await StreamEngineTests().collect(
+            try engine(upstream, fixture: fixture).start(Self.request, caller: "a", deadline: nil))
         #expect(end == nil)
         let errors = events.filter { $0["type"] == "tool_error" }.compactMap { $0["error"]?.stringValue }
         #expect(errors.count == 2)
@@ -172,7 +182,8 @@ final class ProgressLog: Sendable {
         let fixture = try SandboxFixture()
         let turn = Self.toolTurn(id: "toolu_1", name: "read_file", inputJSON: #"{"path":"hello.txt"}"#)
         let upstream = FakeUpstream([turn, turn, turn])
-        let (events, end) = try await StreamEngineTests().collect(try engine(upstream, fixture: fixture, maxTurns: 2).start(Self.request, caller: "a", deadline: nil))
+        let (events, end) = try await StreamEngineTests().collect(
+            try engine(upstream, fixture: fixture, maxTurns: 2).start(Self.request, caller: "a", deadline: nil))
         #expect(end?.code == .resourceExhausted)
         #expect(end?.message.contains("turn limit (2 per stream)") == true)
         #expect(events.last?["type"] == "stream_error")
@@ -181,7 +192,8 @@ final class ProgressLog: Sendable {
 
     @Test func requestsNamingUnknownServerToolsAreRejected() throws {
         let fixture = try SandboxFixture()
-        let request = try SendMessageRequest(json: Array(#"{"model":"m","max_tokens":1,"tools":["rm_rf"],"messages":[{"role":"user","content":"x"}]}"#.utf8))
+        let request = try SendMessageRequest(
+            json: Array(#"{"model":"m","max_tokens":1,"tools":["rm_rf"],"messages":[{"role":"user","content":"x"}]}"#.utf8))
         #expect(throws: RPCError.self) { try engine(FakeUpstream([]), fixture: fixture).start(request, caller: "a", deadline: nil) }
     }
 }

@@ -1,5 +1,5 @@
-import SluiceIO
 import Dispatch
+import SluiceIO
 import Testing
 
 @testable import SluiceIO

@@ -112,7 +112,12 @@ final class NumberQueue: Sendable {
             consumer.cancel()
             #expect(await consumer.value == nil)
 
-            for number in 0..<3 { queue.handOff.withLock { state, _ in state.buffer.append(number); _ = state.machine.add(1) } }
+            for number in 0..<3 {
+                queue.handOff.withLock { state, _ in
+                    state.buffer.append(number)
+                    _ = state.machine.add(1)
+                }
+            }
             let producer = Task.detached { try await queue.send(3) }
             for _ in 0..<(attempt % 3) { await Task.yield() }
             producer.cancel()

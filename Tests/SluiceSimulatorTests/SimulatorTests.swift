@@ -1,12 +1,12 @@
-import SluiceIO
 import Foundation
 import Logging
+import SluiceIO
 import SluiceTransport
+import SluiceUpstream
 import SluiceWire
 import Testing
 
 @testable import SluiceSimulator
-import SluiceUpstream
 
 /// The Anthropic simulator served in-process over h2c and fetched with `curl --http2-prior-knowledge`; its
 /// streams are decoded with SSEParser + AnthropicEvent and rebuilt with MessageAccumulator.
@@ -69,8 +69,10 @@ import SluiceUpstream
     static func fetch(
         port: Int, body: String, scenario: String? = nil, method: String = "POST", extraArguments: [String] = []
     ) async throws -> Fetched {
-        var arguments = ["--http2-prior-knowledge", "-sN", "-X", method, "--max-time", "20",
-                         "-H", "content-type: application/json", "-H", "x-api-key: test", "--data-raw", body]
+        var arguments = [
+            "--http2-prior-knowledge", "-sN", "-X", method, "--max-time", "20",
+            "-H", "content-type: application/json", "-H", "x-api-key: test", "--data-raw", body,
+        ]
         if let scenario { arguments += ["-H", "sluice-simulation: \(scenario)"] }
         arguments += extraArguments
         arguments.append("http://127.0.0.1:\(port)/v1/messages")
@@ -169,7 +171,8 @@ import SluiceUpstream
 
     @Test func streamHasTheDocumentedShape() async throws {
         try await Self.withSimulator { _, port in
-            let fetched = try await Self.fetch(port: port, body: Self.requestBody(stream: true), scenario: #"{"seed":7,"output_tokens":30}"#)
+            let fetched = try await Self.fetch(
+                port: port, body: Self.requestBody(stream: true), scenario: #"{"seed":7,"output_tokens":30}"#)
             let text = fetched.text
             #expect(text.hasPrefix("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01"))
             #expect(text.contains("\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":"))
@@ -177,7 +180,11 @@ import SluiceUpstream
             let names = try fetched.sseEvents().map(\.event)
             #expect(names.prefix(3) == ["message_start", "ping", "content_block_start"])
             #expect(names.suffix(3) == ["content_block_stop", "message_delta", "message_stop"])
-            #expect(Set(names) == ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"])
+            #expect(
+                Set(names) == [
+                    "message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
+                    "message_stop",
+                ])
             let events = try fetched.events()
             guard case .messageDelta(let stopReason, let stopSequence, let usage)? = events.dropLast().last else {
                 Issue.record("no message_delta before message_stop")
@@ -257,7 +264,8 @@ import SluiceUpstream
             var full = ""
             for seed in 0..<40 {
                 scenario = #"{"seed":\#(seed),"output_tokens":60}"#
-                let json = try #require(try await Self.fetch(port: port, body: Self.requestBody(messages: [question], stream: false), scenario: scenario).json)
+                let json = try #require(
+                    try await Self.fetch(port: port, body: Self.requestBody(messages: [question], stream: false), scenario: scenario).json)
                 full = try #require(json["content"]?.arrayValue?.first?["text"]?.stringValue)
                 if full.unicodeScalars.contains(where: { $0.value > 0x7F }) { break }
             }
@@ -273,7 +281,8 @@ import SluiceUpstream
                 let prefix = String(String.UnicodeScalarView(scalars[..<split]))
                 let messages: JSONValue = [question, ["role": "assistant", "content": .string(prefix)]]
                 let stream = split.isMultiple(of: 2)
-                let fetched = try await Self.fetch(port: port, body: Self.requestBody(messages: messages, stream: stream), scenario: scenario)
+                let fetched = try await Self.fetch(
+                    port: port, body: Self.requestBody(messages: messages, stream: stream), scenario: scenario)
                 #expect(fetched.headers["sluice-simulation-prefill"] == "continued")
                 let json = try stream ? try fetched.accumulated().jsonValue : #require(fetched.json)
                 let rest = json["content"]?.arrayValue?.first?["text"]?.stringValue ?? ""
@@ -281,7 +290,9 @@ import SluiceUpstream
                 #expect(json["stop_reason"] == "end_turn")
             }
             // Prefill as content blocks works the same way.
-            let blocks: JSONValue = [question, ["role": "assistant", "content": [["type": "text", "text": .string(String(full.prefix(10)))]]]]
+            let blocks: JSONValue = [
+                question, ["role": "assistant", "content": [["type": "text", "text": .string(String(full.prefix(10)))]]],
+            ]
             let fetched = try await Self.fetch(port: port, body: Self.requestBody(messages: blocks, stream: true), scenario: scenario)
             guard case .text(let rest, _)? = try fetched.accumulated().message().content.first else {
                 Issue.record("no text")
@@ -291,7 +302,8 @@ import SluiceUpstream
 
             // The whole text as prefill: nothing left to say.
             let all: JSONValue = [question, ["role": "assistant", "content": .string(full)]]
-            let done = try #require(try await Self.fetch(port: port, body: Self.requestBody(messages: all, stream: false), scenario: scenario).json)
+            let done = try #require(
+                try await Self.fetch(port: port, body: Self.requestBody(messages: all, stream: false), scenario: scenario).json)
             #expect(done["content"] == [])
             #expect(done["stop_reason"] == "end_turn")
 
@@ -306,11 +318,13 @@ import SluiceUpstream
     @Test func prefillPolicies() async throws {
         try await Self.withSimulator { _, port in
             let messages: JSONValue = [["role": "user", "content": "Hi"], ["role": "assistant", "content": "Well "]]
-            let rejected = try await Self.fetch(port: port, body: Self.requestBody(messages: messages, stream: true), scenario: #"{"prefill":"reject"}"#)
+            let rejected = try await Self.fetch(
+                port: port, body: Self.requestBody(messages: messages, stream: true), scenario: #"{"prefill":"reject"}"#)
             #expect(rejected.status == 400)
             #expect(rejected.json?["error"]?["message"]?.stringValue?.contains("must end with a user message") == true)
             let whitespace = try await Self.fetch(
-                port: port, body: Self.requestBody(messages: messages, stream: true), scenario: #"{"prefill":"reject_trailing_whitespace"}"#)
+                port: port, body: Self.requestBody(messages: messages, stream: true), scenario: #"{"prefill":"reject_trailing_whitespace"}"#
+            )
             #expect(whitespace.status == 400)
             #expect(whitespace.json?["error"]?["message"]?.stringValue?.contains("trailing whitespace") == true)
         }
@@ -318,11 +332,14 @@ import SluiceUpstream
 
     // MARK: Tools
 
-    static let tools: JSONValue = [[
-        "name": "get_weather", "description": "Weather for a city",
-        "input_schema": ["type": "object", "properties": ["city": ["type": "string"]]],
-    ]]
-    static let toolScenario = #"{"seed":5,"tool_calls":[{"name":"get_weather","input":{"city":"São Paulo","days":3,"units":{"temp":"celsius"}}},{"name":"get_time","input":{}}]}"#
+    static let tools: JSONValue = [
+        [
+            "name": "get_weather", "description": "Weather for a city",
+            "input_schema": ["type": "object", "properties": ["city": ["type": "string"]]],
+        ]
+    ]
+    static let toolScenario =
+        #"{"seed":5,"tool_calls":[{"name":"get_weather","input":{"city":"São Paulo","days":3,"units":{"temp":"celsius"}}},{"name":"get_time","input":{}}]}"#
 
     @Test func toolUseTurn() async throws {
         try await Self.withSimulator { _, port in
@@ -354,7 +371,8 @@ import SluiceUpstream
             #expect(fragments.joined() == input.serializedString)
             #expect(streamed.text.contains(#""content_block":{"type":"tool_use","id":"\#(id)","name":"get_weather","input":{}}"#))
 
-            let whole = try await Self.fetch(port: port, body: Self.requestBody(stream: false, extra: ["tools": Self.tools]), scenario: Self.toolScenario)
+            let whole = try await Self.fetch(
+                port: port, body: Self.requestBody(stream: false, extra: ["tools": Self.tools]), scenario: Self.toolScenario)
             #expect(whole.json == accumulator.jsonValue)
 
             // Without tools in the request, tool_calls are ignored.
@@ -368,14 +386,20 @@ import SluiceUpstream
             let long = String(repeating: "0123456789", count: 30)
             let messages: JSONValue = [
                 ["role": "user", "content": "Weather?"],
-                ["role": "assistant", "content": [
-                    ["type": "tool_use", "id": "toolu_A", "name": "get_weather", "input": ["city": "Oslo"]],
-                    ["type": "tool_use", "id": "toolu_B", "name": "get_time", "input": [:]],
-                ]],
-                ["role": "user", "content": [
-                    ["type": "tool_result", "tool_use_id": "toolu_A", "content": "Sunny, 21 °C — light wind"],
-                    ["type": "tool_result", "tool_use_id": "toolu_B", "content": [["type": "text", "text": .string(long)]]],
-                ]],
+                [
+                    "role": "assistant",
+                    "content": [
+                        ["type": "tool_use", "id": "toolu_A", "name": "get_weather", "input": ["city": "Oslo"]],
+                        ["type": "tool_use", "id": "toolu_B", "name": "get_time", "input": [:]],
+                    ],
+                ],
+                [
+                    "role": "user",
+                    "content": [
+                        ["type": "tool_result", "tool_use_id": "toolu_A", "content": "Sunny, 21 °C — light wind"],
+                        ["type": "tool_result", "tool_use_id": "toolu_B", "content": [["type": "text", "text": .string(long)]]],
+                    ],
+                ],
             ]
             let body = Self.requestBody(messages: messages, stream: true, extra: ["tools": Self.tools])
             let streamed = try await Self.fetch(port: port, body: body, scenario: Self.toolScenario)
@@ -389,7 +413,8 @@ import SluiceUpstream
             #expect(text.contains(String(long.prefix(200)) + "…"))
             #expect(!text.contains(String(long.prefix(201))))
             let whole = try await Self.fetch(
-                port: port, body: Self.requestBody(messages: messages, stream: false, extra: ["tools": Self.tools]), scenario: Self.toolScenario)
+                port: port, body: Self.requestBody(messages: messages, stream: false, extra: ["tools": Self.tools]),
+                scenario: Self.toolScenario)
             #expect(whole.json == (try streamed.accumulated().jsonValue))
         }
     }
@@ -407,8 +432,11 @@ import SluiceUpstream
             #expect(message.usage.outputTokens == SimulatorText.tokenize(script).count)
 
             let prefill = String(script.prefix(20))
-            let messages: JSONValue = [["role": "user", "content": "Tell me about streams."], ["role": "assistant", "content": .string(prefill)]]
-            let rest = try #require(try await Self.fetch(port: port, body: Self.requestBody(messages: messages, stream: false), scenario: scenario).json)
+            let messages: JSONValue = [
+                ["role": "user", "content": "Tell me about streams."], ["role": "assistant", "content": .string(prefill)],
+            ]
+            let rest = try #require(
+                try await Self.fetch(port: port, body: Self.requestBody(messages: messages, stream: false), scenario: scenario).json)
             #expect(rest["content"]?.arrayValue?.first?["text"]?.stringValue == String(script.dropFirst(20)))
         }
         #expect(throws: SimulationScenarioError.self) { try SimulationScenario(header: #"{"text":3}"#) }
@@ -469,7 +497,9 @@ import SluiceUpstream
             simulator.resetAttempts()
             #expect(try await Self.fetch(port: port, body: Self.requestBody(stream: true), scenario: scenario).status == 429)
 
-            for (status, type) in [(529, "overloaded_error"), (500, "api_error"), (401, "authentication_error"), (400, "invalid_request_error")] {
+            for (status, type) in [
+                (529, "overloaded_error"), (500, "api_error"), (401, "authentication_error"), (400, "invalid_request_error"),
+            ] {
                 let fetched = try await Self.fetch(
                     port: port, body: Self.requestBody(stream: false), scenario: #"{"fault":{"kind":"http_status","status":\#(status)}}"#)
                 #expect(fetched.status == status)
@@ -494,7 +524,9 @@ import SluiceUpstream
                 return
             }
             // The next attempt, as a continuation from the partial text, succeeds and completes it exactly.
-            let messages: JSONValue = [["role": "user", "content": "Tell me about streams."], ["role": "assistant", "content": .string(partialText)]]
+            let messages: JSONValue = [
+                ["role": "user", "content": "Tell me about streams."], ["role": "assistant", "content": .string(partialText)],
+            ]
             let resumed = try await Self.fetch(port: port, body: Self.requestBody(messages: messages, stream: true), scenario: scenario)
             #expect(resumed.exitCode == 0)
             guard case .text(let rest, _)? = try resumed.accumulated().message().content.first else {
@@ -516,14 +548,17 @@ import SluiceUpstream
             let events = try fetched.events()
             #expect(events.count == 6)
             #expect(events.last == .error(type: "overloaded_error", message: "Overloaded", requestID: nil))
-            #expect(fetched.text.hasSuffix("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"))
+            #expect(
+                fetched.text.hasSuffix(
+                    "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"))
         }
     }
 
     @Test func stallHoldsTheStreamUntilTheClientGoesAway() async throws {
         try await Self.withSimulator { simulator, port in
             let scenario = #"{"fault":{"kind":"stall","after_events":3,"keep_alive":true},"ping_interval_ms":50}"#
-            let fetched = try await Self.fetch(port: port, body: Self.requestBody(stream: true), scenario: scenario, extraArguments: ["--max-time", "3"])
+            let fetched = try await Self.fetch(
+                port: port, body: Self.requestBody(stream: true), scenario: scenario, extraArguments: ["--max-time", "3"])
             #expect(fetched.exitCode == 28)  // curl's timeout
             let names = try fetched.sseEvents().map(\.event)
             #expect(names.prefix(3) == ["message_start", "ping", "content_block_start"])
@@ -555,7 +590,8 @@ import SluiceUpstream
 
             // A client that goes away mid-stream is counted, and the handler stops.
             let slow = #"{"output_tokens":1000,"token_interval_ms":50}"#
-            _ = try await Self.fetch(port: port, body: Self.requestBody(stream: true), scenario: slow, extraArguments: ["--max-time", "0.3"])
+            _ = try await Self.fetch(
+                port: port, body: Self.requestBody(stream: true), scenario: slow, extraArguments: ["--max-time", "0.3"])
             #expect(await Self.eventually { simulator.activeStreams == 0 })
             #expect(simulator.abortedStreams == 1)
         }

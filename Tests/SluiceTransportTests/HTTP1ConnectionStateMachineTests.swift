@@ -9,7 +9,9 @@ import Testing
         Machine(limits: .init(maxHeaderBytes: 100, maxBodyBytes: 200))
     }
 
-    private func request(method: String = "GET", keepAlive: Bool = true, versionMinor: Int = 1, headers: [(String, String)] = []) -> HTTP1Request {
+    private func request(method: String = "GET", keepAlive: Bool = true, versionMinor: Int = 1, headers: [(String, String)] = [])
+        -> HTTP1Request
+    {
         var request = HTTP1Request()
         request.method = method
         request.target = "/"

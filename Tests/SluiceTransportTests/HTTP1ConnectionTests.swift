@@ -1,6 +1,6 @@
-import SluiceIO
 import Glibc
 import Logging
+import SluiceIO
 import Synchronization
 import Testing
 
@@ -143,7 +143,9 @@ import Testing
             let received = String(decoding: await onOwnThread { client.readUntilClosed() }, as: UTF8.self)
             let responses = received.split(separator: "HTTP/1.1 200 OK\r\n", omittingEmptySubsequences: false)
             try #require(responses.count == 3, "two responses: \(received.prefix(500))")
-            #expect(responses[1].hasSuffix("\r\n\r\n") && !responses[1].contains("xx"), "the HEAD response is its head only: \(responses[1].prefix(500))")
+            #expect(
+                responses[1].hasSuffix("\r\n\r\n") && !responses[1].contains("xx"),
+                "the HEAD response is its head only: \(responses[1].prefix(500))")
             #expect(responses[2].contains("connection: close\r\n"))
             #expect(responses[2].hasSuffix("\r\n0\r\n\r\n"))
             #expect(responses[2].filter { $0 == "x" }.count == 5 * piece.count)
@@ -184,10 +186,12 @@ private func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async
     await withCheckedContinuation { continuation in
         let work = Unmanaged.passRetained(Work { continuation.resume(returning: body()) })
         var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { raw in
-            Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, work.toOpaque())
+        let result = pthread_create(
+            &thread, nil,
+            { raw in
+                Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue().run()
+                return nil
+            }, work.toOpaque())
         precondition(result == 0, "pthread_create failed: \(result)")
         pthread_detach(thread)
     }

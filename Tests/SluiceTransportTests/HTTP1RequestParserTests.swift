@@ -31,7 +31,8 @@ import Testing
                 case .needMore: #expect(consumed > 0 || piece.isEmpty)
                 case .head(let request, let length): steps.append(.head(target: request.target, contentLength: length))
                 case .request(let request):
-                    steps.append(.request(method: request.method, target: request.target, body: String(decoding: request.body, as: UTF8.self)))
+                    steps.append(
+                        .request(method: request.method, target: request.target, body: String(decoding: request.body, as: UTF8.self)))
                     requests.append(request)
                 case .failed(let failure):
                     steps.append(.failed(failure))
@@ -45,7 +46,8 @@ import Testing
 
     @Test(arguments: [1, 7, Int.max])
     func requestInAnyPiecesHasLowerCaseHeadersAndItsBody(chunk: Int) {
-        let (steps, requests) = parse("POST /v1/x?a=1 HTTP/1.1\r\nHost: h\r\nX-Trace-ID: Abc\r\nContent-Length: 5\r\n\r\nhello", chunk: chunk)
+        let (steps, requests) = parse(
+            "POST /v1/x?a=1 HTTP/1.1\r\nHost: h\r\nX-Trace-ID: Abc\r\nContent-Length: 5\r\n\r\nhello", chunk: chunk)
         #expect(steps == [.head(target: "/v1/x?a=1", contentLength: 5), .request(method: "POST", target: "/v1/x?a=1", body: "hello")])
         let request = try! #require(requests.first)
         #expect(request.headers.map(\.name) == ["host", "x-trace-id", "content-length"])
@@ -55,11 +57,15 @@ import Testing
 
     @Test func pipelinedRequestsComeOneAtATimeInOrder() {
         let (steps, _) = parse("GET /a HTTP/1.1\r\nHost: h\r\n\r\nHEAD /b HTTP/1.1\r\nHost: h\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n")
-        #expect(steps.compactMap { if case .request(let method, let target, _) = $0 { "\(method) \(target)" } else { nil } } == ["GET /a", "HEAD /b", "GET /c"])
+        #expect(
+            steps.compactMap { if case .request(let method, let target, _) = $0 { "\(method) \(target)" } else { nil } } == [
+                "GET /a", "HEAD /b", "GET /c",
+            ])
     }
 
     @Test func chunkedBodyIsReassembled() {
-        let (steps, _) = parse("POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n", chunk: 4)
+        let (steps, _) = parse(
+            "POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n", chunk: 4)
         #expect(steps.last == .request(method: "POST", target: "/p", body: "abcde"))
         #expect(steps.first == .head(target: "/p", contentLength: nil))
     }
@@ -82,7 +88,8 @@ import Testing
 
     @Test func bodiesOverTheLimitFailDeclaredOrChunked() {
         #expect(parse("POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n").steps == [.failed(.bodyTooLarge)])
-        let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n\(String(repeating: "x", count: 1024))\r\n1\r\nx\r\n0\r\n\r\n"
+        let chunked =
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n\(String(repeating: "x", count: 1024))\r\n1\r\nx\r\n0\r\n\r\n"
         #expect(parse(chunked, chunk: 256).steps.last == .failed(.bodyTooLarge))
     }
 

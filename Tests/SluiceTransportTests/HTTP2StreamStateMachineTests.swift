@@ -97,7 +97,8 @@ import Testing
             connectAction
                 == .startRPC(
                     .connect,
-                    deadline: .init(header: "connect-timeout-ms", value: "250", timeout: .milliseconds(250), backstop: RPCRouter.deadlineBackstop)
+                    deadline: .init(
+                        header: "connect-timeout-ms", value: "250", timeout: .milliseconds(250), backstop: RPCRouter.deadlineBackstop)
                 )
         )
         #expect(connect.state == .receivingRequest(.rpc(.connect)))
@@ -327,7 +328,9 @@ import Testing
     @Test func bodyEndsByRoute() {
         let (grpc, _) = routed(Self.grpcCall)
         #expect(grpc.bodyEnd(status: (.ok, "")) == .trailers([.init(name: "grpc-status", value: "0")]))
-        #expect(grpc.bodyEnd(status: (.internal, "boom")) == .trailers([.init(name: "grpc-status", value: "13"), .init(name: "grpc-message", value: "boom")]))
+        #expect(
+            grpc.bodyEnd(status: (.internal, "boom"))
+                == .trailers([.init(name: "grpc-status", value: "13"), .init(name: "grpc-message", value: "boom")]))
         let (connect, _) = routed(Self.connectCall)
         #expect(connect.bodyEnd(status: (.internal, "boom")) == .endStream)
         let (http, _) = routed([(":method", "GET"), (":path", "/healthz")], httpRoute: true)

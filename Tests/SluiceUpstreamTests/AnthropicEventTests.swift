@@ -1,6 +1,6 @@
-import Testing
 import SluiceUpstream
 import SluiceWire
+import Testing
 
 /// Hand-recorded streams in the documented wire format.
 enum AnthropicFixtures {
@@ -218,30 +218,47 @@ struct SplitMix64: RandomNumberGenerator {
         #expect(events[1] == .contentBlockStart(index: 0, block: .thinking("")))
         #expect(events[4] == .contentBlockDelta(index: 0, delta: .signature("EqQBCgIYAhIM1gbcDa9GJwZA2b3h")))
         #expect(events[6] == .contentBlockStart(index: 1, block: .redactedThinking(data: "EmwKAhgBEgy3va3pzix/LafPsn4a")))
-        #expect(events[10] == .contentBlockDelta(index: 2, delta: .citation([
-            "type": "char_location", "cited_text": "42", "document_index": 0, "document_title": "Guide",
-            "start_char_index": 10, "end_char_index": 12,
-        ])))
+        #expect(
+            events[10]
+                == .contentBlockDelta(
+                    index: 2,
+                    delta: .citation([
+                        "type": "char_location", "cited_text": "42", "document_index": 0, "document_title": "Guide",
+                        "start_char_index": 10, "end_char_index": 12,
+                    ])))
         #expect(events[11] == .unknown(event: "brand_new_event"))
-        #expect(events[12] == .contentBlockDelta(index: 2, delta: .other(type: "shiny_new_delta", raw: ["type": "shiny_new_delta", "value": 1])))
-        #expect(events[15] == .contentBlockStart(index: 3, block: .other(
-            type: "server_tool_use", raw: ["type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": [:]]
-        )))
-        #expect(events[17] == .messageDelta(
-            stopReason: "end_turn", stopSequence: nil, usage: AnthropicUsage(outputTokens: 120, cacheReadInputTokens: 64)
-        ))
+        #expect(
+            events[12]
+                == .contentBlockDelta(index: 2, delta: .other(type: "shiny_new_delta", raw: ["type": "shiny_new_delta", "value": 1])))
+        #expect(
+            events[15]
+                == .contentBlockStart(
+                    index: 3,
+                    block: .other(
+                        type: "server_tool_use", raw: ["type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": [:]]
+                    )))
+        #expect(
+            events[17]
+                == .messageDelta(
+                    stopReason: "end_turn", stopSequence: nil, usage: AnthropicUsage(outputTokens: 120, cacheReadInputTokens: 64)
+                ))
     }
 
     @Test func decodesMidStreamErrors() throws {
-        let data = #"{"type":"error","error":{"details":null,"type":"overloaded_error","message":"Overloaded"},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}"#
-        #expect(try AnthropicFixtures.decode(event: "error", data: data)
-            == .error(type: "overloaded_error", message: "Overloaded", requestID: "req_011CSHoEeqs5C35K2UUqR7Fy"))
-        #expect(try AnthropicFixtures.decode(event: "error", data: #"{"type":"error","error":{"type":"api_error"}}"#)
-            == .error(type: "api_error", message: "", requestID: nil))
+        let data =
+            #"{"type":"error","error":{"details":null,"type":"overloaded_error","message":"Overloaded"},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}"#
+        #expect(
+            try AnthropicFixtures.decode(event: "error", data: data)
+                == .error(type: "overloaded_error", message: "Overloaded", requestID: "req_011CSHoEeqs5C35K2UUqR7Fy"))
+        #expect(
+            try AnthropicFixtures.decode(event: "error", data: #"{"type":"error","error":{"type":"api_error"}}"#)
+                == .error(type: "api_error", message: "", requestID: nil))
     }
 
     @Test func unnamedEventsFallBackToThePayloadType() throws {
-        #expect(try AnthropicFixtures.decode(event: "message", data: #"{"type":"content_block_stop","index":4}"#) == .contentBlockStop(index: 4))
+        #expect(
+            try AnthropicFixtures.decode(event: "message", data: #"{"type":"content_block_stop","index":4}"#) == .contentBlockStop(index: 4)
+        )
         #expect(try AnthropicFixtures.decode(event: "message", data: #"{"type":"ping"}"#) == .ping)
         #expect(try AnthropicFixtures.decode(event: "message", data: #"{"type":"future_thing"}"#) == .unknown(event: "future_thing"))
         #expect(try AnthropicFixtures.decode(event: "message", data: "not json") == .unknown(event: "message"))
@@ -254,14 +271,19 @@ struct SplitMix64: RandomNumberGenerator {
     }
 
     @Test func toleratesAbsentOptionalFields() throws {
-        #expect(try AnthropicFixtures.decode(event: "message_delta", data: #"{"type":"message_delta","delta":{}}"#)
-            == .messageDelta(stopReason: nil, stopSequence: nil, usage: AnthropicUsage()))
-        #expect(try AnthropicFixtures.decode(event: "message_delta", data: #"{"delta":{"stop_reason":"stop_sequence","stop_sequence":"END"},"usage":null}"#)
-            == .messageDelta(stopReason: "stop_sequence", stopSequence: "END", usage: AnthropicUsage()))
-        #expect(try AnthropicFixtures.decode(event: "message_start", data: #"{"message":{"id":"m","model":"x"}}"#)
-            == .messageStart(id: "m", model: "x", role: "assistant", usage: AnthropicUsage()))
-        #expect(try AnthropicFixtures.decode(event: "content_block_start", data: #"{"index":0,"content_block":{"type":"text"}}"#)
-            == .contentBlockStart(index: 0, block: .text("")))
+        #expect(
+            try AnthropicFixtures.decode(event: "message_delta", data: #"{"type":"message_delta","delta":{}}"#)
+                == .messageDelta(stopReason: nil, stopSequence: nil, usage: AnthropicUsage()))
+        #expect(
+            try AnthropicFixtures.decode(
+                event: "message_delta", data: #"{"delta":{"stop_reason":"stop_sequence","stop_sequence":"END"},"usage":null}"#)
+                == .messageDelta(stopReason: "stop_sequence", stopSequence: "END", usage: AnthropicUsage()))
+        #expect(
+            try AnthropicFixtures.decode(event: "message_start", data: #"{"message":{"id":"m","model":"x"}}"#)
+                == .messageStart(id: "m", model: "x", role: "assistant", usage: AnthropicUsage()))
+        #expect(
+            try AnthropicFixtures.decode(event: "content_block_start", data: #"{"index":0,"content_block":{"type":"text"}}"#)
+                == .contentBlockStart(index: 0, block: .text("")))
     }
 
     @Test(arguments: ["message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "error"])

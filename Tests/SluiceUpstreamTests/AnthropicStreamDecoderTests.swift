@@ -7,14 +7,19 @@ import Testing
 
     static func sse(_ event: String, _ json: String) -> String { "event: \(event)\ndata: \(json)\n\n" }
 
-    static let messageStart = sse("message_start", #"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-test","content":[],"usage":{"input_tokens":7,"output_tokens":1}}}"#)
-    static let blockStart = sse("content_block_start", #"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#)
+    static let messageStart = sse(
+        "message_start",
+        #"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-test","content":[],"usage":{"input_tokens":7,"output_tokens":1}}}"#
+    )
+    static let blockStart = sse(
+        "content_block_start", #"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#)
     static let ping = sse("ping", #"{"type": "ping"}"#)
     static func delta(_ text: String) -> String {
         sse("content_block_delta", #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\#(text)"}}"#)
     }
     static let blockStop = sse("content_block_stop", #"{"type":"content_block_stop","index":0}"#)
-    static let messageDelta = sse("message_delta", #"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":2}}"#)
+    static let messageDelta = sse(
+        "message_delta", #"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":2}}"#)
     static let messageStop = sse("message_stop", #"{"type":"message_stop"}"#)
 
     static let stream = [messageStart, ping, blockStart, delta("Hel"), ping, delta("lo"), blockStop, messageDelta, messageStop]
@@ -78,7 +83,9 @@ import Testing
     }
 
     @Test func firstOutputIsTheFirstEventAfterMessageStartAndPings() {
-        let (_, outputs) = Self.run([Self.bytes([Self.messageStart, Self.ping]), Self.bytes([Self.blockStart]), Self.bytes([Self.delta("a")])])
+        let (_, outputs) = Self.run([
+            Self.bytes([Self.messageStart, Self.ping]), Self.bytes([Self.blockStart]), Self.bytes([Self.delta("a")]),
+        ])
         #expect(outputs.map(\.firstOutput) == [false, true, false])
     }
 
@@ -105,7 +112,8 @@ import Testing
     }
 
     @Test func anErrorEventsOwnRequestIDWins() throws {
-        let error = Self.sse("error", #"{"type":"error","error":{"type":"invalid_request_error","message":"bad"},"request_id":"req_event"}"#)
+        let error = Self.sse(
+            "error", #"{"type":"error","error":{"type":"invalid_request_error","message":"bad"},"request_id":"req_event"}"#)
         let (decoder, _) = Self.run([Self.bytes([Self.messageStart, error])])
         let failure = try #require(Self.failure(decoder.end))
         #expect(failure.kind == .errorEvent)
@@ -115,7 +123,9 @@ import Testing
     }
 
     @Test func malformedJSONIsAnInvalidResponse() throws {
-        let (decoder, outputs) = Self.run([Self.bytes([Self.messageStart, "event: content_block_start\ndata: {not json\n\n", Self.blockStart])])
+        let (decoder, outputs) = Self.run([
+            Self.bytes([Self.messageStart, "event: content_block_start\ndata: {not json\n\n", Self.blockStart])
+        ])
         #expect(Self.events(outputs) == [Self.expectedEvents[0]])
         let failure = try #require(Self.failure(decoder.end))
         #expect(failure.kind == .invalidResponse)
@@ -125,7 +135,9 @@ import Testing
     }
 
     @Test func aMissingFieldIsAnInvalidResponse() throws {
-        let (decoder, _) = Self.run([Self.bytes([Self.sse("content_block_delta", #"{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}"#)])])
+        let (decoder, _) = Self.run([
+            Self.bytes([Self.sse("content_block_delta", #"{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}"#)])
+        ])
         let failure = try #require(Self.failure(decoder.end))
         #expect(failure.kind == .invalidResponse)
         #expect(failure.message.contains("'index'"))

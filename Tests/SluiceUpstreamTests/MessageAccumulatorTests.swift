@@ -1,6 +1,6 @@
-import Testing
 import SluiceUpstream
 import SluiceWire
+import Testing
 
 @Suite struct MessageAccumulatorTests {
     static func accumulate(_ events: [AnthropicEvent]) -> MessageAccumulator {
@@ -11,7 +11,8 @@ import SluiceWire
 
     /// What the Python SDK's `final_message().model_dump()` gives for the tool-use fixture, less its `None`
     /// fields (`citations`, `server_tool_use`, `cache_creation`, …) and `service_tier`, which Sluice doesn't keep.
-    static let toolUseMessageJSON = #"{"content":[{"text":"Okay, let me check the weather in São Paulo for you ☀️ — one moment.","type":"text"},{"id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6","input":{"days":3,"detail":true,"location":"São Paulo, BR","unit":"celsius"},"name":"get_weather","type":"tool_use"}],"id":"msg_01XFDUDYJgAACzvnptvVoYEL","model":"claude-sonnet-4-5-20250929","role":"assistant","stop_reason":"tool_use","stop_sequence":null,"type":"message","usage":{"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"input_tokens":472,"output_tokens":89}}"#
+    static let toolUseMessageJSON =
+        #"{"content":[{"text":"Okay, let me check the weather in São Paulo for you ☀️ — one moment.","type":"text"},{"id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6","input":{"days":3,"detail":true,"location":"São Paulo, BR","unit":"celsius"},"name":"get_weather","type":"tool_use"}],"id":"msg_01XFDUDYJgAACzvnptvVoYEL","model":"claude-sonnet-4-5-20250929","role":"assistant","stop_reason":"tool_use","stop_sequence":null,"type":"message","usage":{"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"input_tokens":472,"output_tokens":89}}"#
 
     @Test func rebuildsTheRecordedToolUseMessage() throws {
         let accumulator = Self.accumulate(try AnthropicFixtures.decodeAll(AnthropicFixtures.toolUseStream))
@@ -19,12 +20,15 @@ import SluiceWire
         #expect(accumulator.jsonValue.serializedString == Self.toolUseMessageJSON)
 
         let message = accumulator.message()
-        #expect(message.content == [
-            .text("Okay, let me check the weather in São Paulo for you ☀️ — one moment.", citations: []),
-            .toolUse(id: "toolu_01T1x1fJ34qAmk2tNTrN7Up6", name: "get_weather", input: .parsed([
-                "location": "São Paulo, BR", "unit": "celsius", "days": 3, "detail": true,
-            ])),
-        ])
+        #expect(
+            message.content == [
+                .text("Okay, let me check the weather in São Paulo for you ☀️ — one moment.", citations: []),
+                .toolUse(
+                    id: "toolu_01T1x1fJ34qAmk2tNTrN7Up6", name: "get_weather",
+                    input: .parsed([
+                        "location": "São Paulo, BR", "unit": "celsius", "days": 3, "detail": true,
+                    ])),
+            ])
         #expect(message.usage == AnthropicUsage(inputTokens: 472, outputTokens: 89, cacheCreationInputTokens: 0, cacheReadInputTokens: 0))
         #expect(message.stopReason == "tool_use")
     }
@@ -45,12 +49,17 @@ import SluiceWire
         #expect(!accumulator.isComplete)
         let message = accumulator.message()
         #expect(message.stopReason == nil)
-        #expect(message.content.last == .toolUse(
-            id: "toolu_01T1x1fJ34qAmk2tNTrN7Up6", name: "get_weather", input: .incomplete(json: #"{"location": "São Pa"#)
-        ))
+        #expect(
+            message.content.last
+                == .toolUse(
+                    id: "toolu_01T1x1fJ34qAmk2tNTrN7Up6", name: "get_weather", input: .incomplete(json: #"{"location": "São Pa"#)
+                ))
         // Not yet parsed, so rendered as an empty input.
         #expect(message.jsonValue["content"]?.arrayValue?.last?["input"] == [:])
-        #expect(message.jsonValue["usage"] == ["input_tokens": 472, "output_tokens": 2, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0])
+        #expect(
+            message.jsonValue["usage"] == [
+                "input_tokens": 472, "output_tokens": 2, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+            ])
     }
 
     @Test func invalidToolJSONIsRecordedOnTheBlockAndTheStreamGoesOn() {
@@ -101,18 +110,26 @@ import SluiceWire
         let accumulator = Self.accumulate(try AnthropicFixtures.decodeAll(AnthropicFixtures.thinkingStream))
         #expect(accumulator.isComplete)
         let message = accumulator.message()
-        #expect(message.content == [
-            .thinking("The user wants a number.", signature: "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"),
-            .redactedThinking(data: "EmwKAhgBEgy3va3pzix/LafPsn4a"),
-            .text("The answer is 42.", citations: [[
-                "type": "char_location", "cited_text": "42", "document_index": 0, "document_title": "Guide",
-                "start_char_index": 10, "end_char_index": 12,
-            ]]),
-            .other(["type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": [:]]),
-        ])
+        #expect(
+            message.content == [
+                .thinking("The user wants a number.", signature: "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"),
+                .redactedThinking(data: "EmwKAhgBEgy3va3pzix/LafPsn4a"),
+                .text(
+                    "The answer is 42.",
+                    citations: [
+                        [
+                            "type": "char_location", "cited_text": "42", "document_index": 0, "document_title": "Guide",
+                            "start_char_index": 10, "end_char_index": 12,
+                        ]
+                    ]),
+                .other(["type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": [:]]),
+            ])
         // message_delta usage is cumulative: present fields replace, absent ones keep message_start's.
         #expect(message.usage == AnthropicUsage(inputTokens: 1200, outputTokens: 120, cacheReadInputTokens: 64))
-        #expect(accumulator.jsonValue.serializedString == #"{"content":[{"signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3h","thinking":"The user wants a number.","type":"thinking"},{"data":"EmwKAhgBEgy3va3pzix/LafPsn4a","type":"redacted_thinking"},{"citations":[{"cited_text":"42","document_index":0,"document_title":"Guide","end_char_index":12,"start_char_index":10,"type":"char_location"}],"text":"The answer is 42.","type":"text"},{"id":"srvtoolu_1","input":{},"name":"web_search","type":"server_tool_use"}],"id":"msg_02","model":"claude-opus-4-1","role":"assistant","stop_reason":"end_turn","stop_sequence":null,"type":"message","usage":{"cache_read_input_tokens":64,"input_tokens":1200,"output_tokens":120}}"#)
+        #expect(
+            accumulator.jsonValue.serializedString
+                == #"{"content":[{"signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3h","thinking":"The user wants a number.","type":"thinking"},{"data":"EmwKAhgBEgy3va3pzix/LafPsn4a","type":"redacted_thinking"},{"citations":[{"cited_text":"42","document_index":0,"document_title":"Guide","end_char_index":12,"start_char_index":10,"type":"char_location"}],"text":"The answer is 42.","type":"text"},{"id":"srvtoolu_1","input":{},"name":"web_search","type":"server_tool_use"}],"id":"msg_02","model":"claude-opus-4-1","role":"assistant","stop_reason":"end_turn","stop_sequence":null,"type":"message","usage":{"cache_read_input_tokens":64,"input_tokens":1200,"output_tokens":120}}"#
+        )
     }
 
     @Test func blocksComeOutInIndexOrder() {

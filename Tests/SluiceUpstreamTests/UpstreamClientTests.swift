@@ -1,7 +1,7 @@
-import SluiceIO
 import Foundation
 import Glibc
 import Logging
+import SluiceIO
 import SluiceTransport
 import SluiceWire
 import Testing
@@ -74,22 +74,30 @@ private let clientsByServer = LockedValue<[ObjectIdentifier: [UpstreamClient]]>(
         return client
     }
 
-    static let requestBody = Array(#"{"model":"claude-test","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#.utf8)
+    static let requestBody = Array(
+        #"{"model":"claude-test","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#.utf8)
 
     static func sse(_ event: String, _ json: String) -> String { "event: \(event)\ndata: \(json)\n\n" }
 
     static func textStream(_ chunks: [String], id: String = "msg_fixture") -> [String] {
         var events = [
-            sse("message_start", #"{"type":"message_start","message":{"id":"\#(id)","type":"message","role":"assistant","model":"claude-test","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":7,"output_tokens":1}}}"#),
+            sse(
+                "message_start",
+                #"{"type":"message_start","message":{"id":"\#(id)","type":"message","role":"assistant","model":"claude-test","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":7,"output_tokens":1}}}"#
+            ),
             sse("content_block_start", #"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#),
             sse("ping", #"{"type": "ping"}"#),
         ]
         for chunk in chunks {
-            events.append(sse("content_block_delta", #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\#(chunk)"}}"#))
+            events.append(
+                sse("content_block_delta", #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\#(chunk)"}}"#))
         }
         events += [
             sse("content_block_stop", #"{"type":"content_block_stop","index":0}"#),
-            sse("message_delta", #"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":\#(chunks.count)}}"#),
+            sse(
+                "message_delta",
+                #"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":\#(chunks.count)}}"#
+            ),
             sse("message_stop", #"{"type":"message_stop"}"#),
         ]
         return events
@@ -137,10 +145,12 @@ private let clientsByServer = LockedValue<[ObjectIdentifier: [UpstreamClient]]>(
             for event in Self.textStream(["Hello", ", ", "world"]) { try await writer.write(Array(event.utf8)) }
         }) { server in
             let client = try Self.client(server)
-            let stream = client.streamMessage(body: Self.requestBody, headers: [
-                ("sluice-simulation", #"{"seed":1}"#), ("x-api-key", "caller-must-not-override"),
-                ("Anthropic-Beta", "test-beta"),
-            ])
+            let stream = client.streamMessage(
+                body: Self.requestBody,
+                headers: [
+                    ("sluice-simulation", #"{"seed":1}"#), ("x-api-key", "caller-must-not-override"),
+                    ("Anthropic-Beta", "test-beta"),
+                ])
             let (events, failure) = await Self.collect(stream)
             #expect(failure == nil)
             var accumulator = MessageAccumulator()
@@ -257,16 +267,17 @@ private let clientsByServer = LockedValue<[ObjectIdentifier: [UpstreamClient]]>(
             let (_, failure) = await Self.collect(stream)
             #expect(failure?.kind == .connectionReset)
             #expect(failure?.retryable == true)
-            #expect(failure?.requestID == stream.requestID) // the reset may overtake the queued head
+            #expect(failure?.requestID == stream.requestID)  // the reset may overtake the queued head
         }
     }
 
     @Test func connectionRefusedIsAConnectionFailure() async throws {
         // A port that was just free: bind, read it, close.
         let port = try await Self.withServer({ _, _ in }) { server in server.port }
-        let client = try UpstreamClient(configuration: UpstreamConfiguration(
-            baseURL: "http://127.0.0.1:\(port)", apiKey: Self.plainFakeKey
-        ))
+        let client = try UpstreamClient(
+            configuration: UpstreamConfiguration(
+                baseURL: "http://127.0.0.1:\(port)", apiKey: Self.plainFakeKey
+            ))
         let (_, failure) = await Self.collect(client.streamMessage(body: Self.requestBody, headers: []))
         #expect(failure?.kind == .connectionFailed)
         #expect(failure?.retryable == true)
@@ -365,14 +376,15 @@ private let clientsByServer = LockedValue<[ObjectIdentifier: [UpstreamClient]]>(
 
     @Test func droppingTheClientWithoutShutdownAbortsItsTransfers() async throws {
         try await Self.withSimulator { server, simulator in
-            var client: UpstreamClient? = try UpstreamClient(configuration: UpstreamConfiguration(
-                baseURL: "http://127.0.0.1:\(server.port)", apiKey: Self.fakeKey
-            ))
+            var client: UpstreamClient? = try UpstreamClient(
+                configuration: UpstreamConfiguration(
+                    baseURL: "http://127.0.0.1:\(server.port)", apiKey: Self.fakeKey
+                ))
             let stream = try #require(client).streamMessage(
                 body: Self.simulatorBody(), headers: [("sluice-simulation", #"{"output_tokens":2000,"token_interval_ms":10}"#)]
             )
             #expect(await Self.eventually { client?.openTransfers == 1 })
-            client = nil // its deinit hands the shutdown to the loop without waiting
+            client = nil  // its deinit hands the shutdown to the loop without waiting
             #expect(await Self.collect(stream).failure?.kind == .cancelled)
             #expect(await Self.eventually { simulator.activeStreams == 0 })
         }
@@ -582,13 +594,14 @@ extension UpstreamClientTests {
         try await Self.withSimulator { server, simulator in
             let client = try Self.client(server) {
                 $0.firstByteTimeout = .milliseconds(300)
-                $0.idleTimeout = .milliseconds(100) // must not apply before the first output
+                $0.idleTimeout = .milliseconds(100)  // must not apply before the first output
             }
             let started = ContinuousClock.now
-            let (events, failure) = await Self.collect(client.streamMessage(
-                body: Self.simulatorBody(),
-                headers: [("sluice-simulation", #"{"first_token_delay_ms":5000,"ping_interval_ms":50}"#)]
-            ))
+            let (events, failure) = await Self.collect(
+                client.streamMessage(
+                    body: Self.simulatorBody(),
+                    headers: [("sluice-simulation", #"{"first_token_delay_ms":5000,"ping_interval_ms":50}"#)]
+                ))
             #expect(failure?.kind == .firstByteTimeout)
             #expect(failure?.retryable == true)
             #expect(failure?.requestID?.hasPrefix("req_") == true)
@@ -598,9 +611,10 @@ extension UpstreamClientTests {
             #expect(simulator.abortedStreams == 1)
 
             // A delay within the timeout is fine.
-            let (_, ok) = await Self.collect(client.streamMessage(
-                body: Self.simulatorBody(), headers: [("sluice-simulation", #"{"first_token_delay_ms":100}"#)]
-            ))
+            let (_, ok) = await Self.collect(
+                client.streamMessage(
+                    body: Self.simulatorBody(), headers: [("sluice-simulation", #"{"first_token_delay_ms":100}"#)]
+                ))
             #expect(ok == nil)
         }
     }
@@ -610,9 +624,10 @@ extension UpstreamClientTests {
             let client = try Self.client(server) { $0.idleTimeout = .milliseconds(400) }
             let started = ContinuousClock.now
             let scenario = #"{"ping_interval_ms":30,"token_interval_ms":5,"fault":{"kind":"stall","after_events":6,"keep_alive":true}}"#
-            let (events, failure) = await Self.collect(client.streamMessage(
-                body: Self.simulatorBody(), headers: [("sluice-simulation", scenario)]
-            ))
+            let (events, failure) = await Self.collect(
+                client.streamMessage(
+                    body: Self.simulatorBody(), headers: [("sluice-simulation", scenario)]
+                ))
             #expect(failure?.kind == .idleTimeout)
             #expect(failure?.retryable == true)
             #expect(ContinuousClock.now - started < .seconds(3))
@@ -640,9 +655,10 @@ extension UpstreamClientTests {
             #expect(await Self.eventually { simulator.abortedStreams == 1 && simulator.activeStreams == 0 })
 
             // The client (and, over TLS, its shared connection) still works afterwards.
-            let (_, failure) = await Self.collect(client.streamMessage(
-                body: Self.simulatorBody(), headers: [("sluice-simulation", #"{"output_tokens":10}"#)]
-            ))
+            let (_, failure) = await Self.collect(
+                client.streamMessage(
+                    body: Self.simulatorBody(), headers: [("sluice-simulation", #"{"output_tokens":10}"#)]
+                ))
             #expect(failure == nil)
         }
     }
@@ -657,7 +673,8 @@ extension UpstreamClientTests {
                 for index in 0..<count {
                     group.addTask {
                         let cancelled = index % 4 == 3
-                        let scenario = cancelled
+                        let scenario =
+                            cancelled
                             ? #"{"seed":\#(index),"output_tokens":3000,"token_interval_ms":5}"#
                             : #"{"seed":\#(index),"output_tokens":30,"token_interval_ms":5}"#
                         let body = Self.simulatorBody("Question \(index)")
@@ -697,9 +714,10 @@ extension UpstreamClientTests {
     @Test func tlsVerificationIsOn() async throws {
         try await Self.withSimulator(tls: true) { server, _ in
             // No CA bundle for the self-signed certificate: the handshake must fail, not fall back.
-            let client = try UpstreamClient(configuration: UpstreamConfiguration(
-                baseURL: "https://localhost:\(server.port)", apiKey: Self.plainFakeKey, caBundlePath: "/dev/null"
-            ))
+            let client = try UpstreamClient(
+                configuration: UpstreamConfiguration(
+                    baseURL: "https://localhost:\(server.port)", apiKey: Self.plainFakeKey, caBundlePath: "/dev/null"
+                ))
             let (_, failure) = await Self.collect(client.streamMessage(body: Self.simulatorBody(), headers: []))
             #expect(failure?.kind == .connectionFailed)
             #expect(failure?.retryable == false)

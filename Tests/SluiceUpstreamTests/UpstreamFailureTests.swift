@@ -1,6 +1,6 @@
-import Testing
 import SluiceUpstream
 import SluiceWire
+import Testing
 
 @Suite struct UpstreamFailureTests {
     static func body(_ type: String, _ message: String, requestID: String? = nil) -> [UInt8] {
@@ -85,8 +85,10 @@ import SluiceWire
 
     /// UNAVAILABLE tells gRPC callers to retry: it must never end a call that retrying cannot fix.
     @Test func onlyRetryableFailuresAreUnavailable() {
-        let types = ["invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
-                     "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error", "mystery_error"]
+        let types = [
+            "invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
+            "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error", "mystery_error",
+        ]
         var failures = (100...599).map { UpstreamFailure.http(status: $0, body: [], headers: []) }
         failures += types.map { UpstreamFailure.errorEvent(type: $0, message: "") }
         failures += UpstreamFailure.Kind.allCases.map { UpstreamFailure($0, message: "") }
@@ -103,10 +105,13 @@ import SluiceWire
         )
         #expect(failure.requestID == "req_header")
         #expect(failure.retryAfter == .seconds(12))
-        #expect(failure.message
-            == "Anthropic API returned HTTP 429 rate_limit_error: Number of request tokens has exceeded your per-minute rate limit (request-id req_header)")
+        #expect(
+            failure.message
+                == "Anthropic API returned HTTP 429 rate_limit_error: Number of request tokens has exceeded your per-minute rate limit (request-id req_header)"
+        )
 
-        let fromBody = UpstreamFailure.http(status: 400, body: Self.body("invalid_request_error", "bad", requestID: "req_body"), headers: [])
+        let fromBody = UpstreamFailure.http(
+            status: 400, body: Self.body("invalid_request_error", "bad", requestID: "req_body"), headers: [])
         #expect(fromBody.requestID == "req_body")
     }
 
@@ -118,15 +123,16 @@ import SluiceWire
         #expect(failure.message.contains("invalid x-api-key"))
     }
 
-    @Test(arguments: [
-        ([("retry-after", "30")], Duration.seconds(30)),
-        ([("Retry-After", " 1.5 ")], .milliseconds(1500)),
-        ([("retry-after-ms", "250")], .milliseconds(250)),
-        ([("retry-after", "30"), ("RETRY-AFTER-MS", "250.5")], .microseconds(250_500)),
-        ([("retry-after-ms", "soon"), ("retry-after", "2")], .seconds(2)),
-        ([("retry-after", "99999999999")], .seconds(86_400)),
-        ([("retry-after", "0")], .zero),
-    ] as [([(String, String)], Duration)])
+    @Test(
+        arguments: [
+            ([("retry-after", "30")], Duration.seconds(30)),
+            ([("Retry-After", " 1.5 ")], .milliseconds(1500)),
+            ([("retry-after-ms", "250")], .milliseconds(250)),
+            ([("retry-after", "30"), ("RETRY-AFTER-MS", "250.5")], .microseconds(250_500)),
+            ([("retry-after-ms", "soon"), ("retry-after", "2")], .seconds(2)),
+            ([("retry-after", "99999999999")], .seconds(86_400)),
+            ([("retry-after", "0")], .zero),
+        ] as [([(String, String)], Duration)])
     func parsesRetryAfter(_ headers: [(String, String)], _ expected: Duration) {
         #expect(UpstreamFailure.http(status: 429, body: [], headers: headers).retryAfter == expected)
     }

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import SluiceWire
+import Testing
 
 @Suite struct ConnectEndStreamTests {
     private func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
@@ -11,15 +11,18 @@ import SluiceWire
     }
 
     @Test func errorExactBytes() {
-        #expect(text(ConnectEndStream.body(status: .unavailable, message: "upstream is down"))
-            == #"{"error":{"code":"unavailable","message":"upstream is down"}}"#)
-        #expect(text(ConnectEndStream.body(status: .cancelled, message: "client went away"))
-            == #"{"error":{"code":"canceled","message":"client went away"}}"#)
+        #expect(
+            text(ConnectEndStream.body(status: .unavailable, message: "upstream is down"))
+                == #"{"error":{"code":"unavailable","message":"upstream is down"}}"#)
+        #expect(
+            text(ConnectEndStream.body(status: .cancelled, message: "client went away"))
+                == #"{"error":{"code":"canceled","message":"client went away"}}"#)
     }
 
     @Test func omitsEmptyMessage() {
-        #expect(text(ConnectEndStream.body(status: .internal, message: ""))
-            == #"{"error":{"code":"internal"}}"#)
+        #expect(
+            text(ConnectEndStream.body(status: .internal, message: ""))
+                == #"{"error":{"code":"internal"}}"#)
     }
 
     @Test func metadataGroupsRepeatedKeys() {
@@ -27,10 +30,12 @@ import SluiceWire
             status: .resourceExhausted, message: "slow down",
             metadata: [("retry-after", "3"), ("x-trace", "a"), ("x-trace", "b")]
         )
-        #expect(text(body) == #"{"error":{"code":"resource_exhausted","message":"slow down"},"#
-            + #""metadata":{"retry-after":["3"],"x-trace":["a","b"]}}"#)
-        #expect(text(ConnectEndStream.body(status: .ok, message: "", metadata: [("k", "v")]))
-            == #"{"metadata":{"k":["v"]}}"#)
+        #expect(
+            text(body) == #"{"error":{"code":"resource_exhausted","message":"slow down"},"#
+                + #""metadata":{"retry-after":["3"],"x-trace":["a","b"]}}"#)
+        #expect(
+            text(ConnectEndStream.body(status: .ok, message: "", metadata: [("k", "v")]))
+                == #"{"metadata":{"k":["v"]}}"#)
     }
 
     @Test func escapesAwkwardMessagesIntoValidJSON() throws {
@@ -61,12 +66,15 @@ import SluiceWire
         #expect(try ConnectEndStream.parse(Array(withDetails.utf8)) == (.aborted, "m"))
         #expect(try ConnectEndStream.parse(Array(#"{"error":{"code":"bogus","message":"x"}}"#.utf8)) == (.unknown, "x"))
         #expect(try ConnectEndStream.parse(Array(#"{"error":{"code":"ok"}}"#.utf8)) == (.unknown, ""))
-        #expect(try ConnectEndStream.parse(Array(#"{"error":{"code":"internal","message":"\u00e9\n"}}"#.utf8))
-            == (.internal, "é\n"))
+        #expect(
+            try ConnectEndStream.parse(Array(#"{"error":{"code":"internal","message":"\u00e9\n"}}"#.utf8))
+                == (.internal, "é\n"))
     }
 
-    @Test(arguments: ["", "{", "[]", "null", "\"x\"", #"{"error":"x"}"#, #"{"error":{"message":"no code"}}"#,
-                      #"{"error":{"code":5}}"#, "{} trailing"])
+    @Test(arguments: [
+        "", "{", "[]", "null", "\"x\"", #"{"error":"x"}"#, #"{"error":{"message":"no code"}}"#,
+        #"{"error":{"code":5}}"#, "{} trailing",
+    ])
     func rejectsMalformedBodies(body: String) {
         do {
             _ = try ConnectEndStream.parse(Array(body.utf8))

@@ -1,5 +1,5 @@
-import Testing
 import SluiceWire
+import Testing
 
 @Suite struct DurationParsingTests {
     @Test(arguments: [
@@ -20,9 +20,11 @@ import SluiceWire
         #expect(DurationParsing.parse(text) == expected)
     }
 
-    @Test(arguments: ["", "ms", "s", "m", "5", "1.5", "00", "5h", "5S", "5M", "5 s", " 5s", "5s ", "-5s", "+5s",
-                      ".5s", "5.s", "1.2.3s", "5sec", "5mss", "1e3ms", "5µs", "５s", "9223372036854775808s",
-                      "12345678901234567890123ms", "1.1234567890123456789s"])
+    @Test(arguments: [
+        "", "ms", "s", "m", "5", "1.5", "00", "5h", "5S", "5M", "5 s", " 5s", "5s ", "-5s", "+5s",
+        ".5s", "5.s", "1.2.3s", "5sec", "5mss", "1e3ms", "5µs", "５s", "9223372036854775808s",
+        "12345678901234567890123ms", "1.1234567890123456789s",
+    ])
     func rejects(text: String) {
         #expect(DurationParsing.parse(text) == nil)
     }
@@ -32,10 +34,12 @@ import SluiceWire
         #expect(DurationParsing.parse("153722867280912930m") == .seconds(Int64(153_722_867_280_912_930) * 60))
         #expect(DurationParsing.parse("153722867280912931m") == nil, "over Int64.max seconds")
         #expect(DurationParsing.parse("9223372036854775807s") == .seconds(Int64.max))
-        #expect(DurationParsing.parse("9223372036854775807.999999999999999999s")
-            == Duration(secondsComponent: Int64.max, attosecondsComponent: 999_999_999_999_999_999))
-        #expect(DurationParsing.parse("0.123456789123456789s")
-            == Duration(secondsComponent: 0, attosecondsComponent: 123_456_789_123_456_789))
+        #expect(
+            DurationParsing.parse("9223372036854775807.999999999999999999s")
+                == Duration(secondsComponent: Int64.max, attosecondsComponent: 999_999_999_999_999_999))
+        #expect(
+            DurationParsing.parse("0.123456789123456789s")
+                == Duration(secondsComponent: 0, attosecondsComponent: 123_456_789_123_456_789))
     }
 
     @Test(arguments: [

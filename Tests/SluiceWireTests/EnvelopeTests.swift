@@ -1,5 +1,5 @@
-import Testing
 import SluiceWire
+import Testing
 
 @Suite struct EnvelopeTests {
     private func drain(_ decoder: inout EnvelopeDecoder) throws(RPCError) -> [Envelope] {
@@ -122,10 +122,12 @@ import SluiceWire
     @Test func rejectsCompressedFlagFromHeaderAlone() {
         var decoder = EnvelopeDecoder()
         decoder.append([0x01, 0, 0, 0, 10])
-        #expect(throws: RPCError(
-            .unimplemented,
-            "compressed messages are not supported: send them uncompressed (grpc-encoding identity)"
-        )) { try decoder.next() }
+        #expect(
+            throws: RPCError(
+                .unimplemented,
+                "compressed messages are not supported: send them uncompressed (grpc-encoding identity)"
+            )
+        ) { try decoder.next() }
     }
 
     @Test func rejectsOversizeAsSoonAsHeaderArrives() {
@@ -168,8 +170,9 @@ import SluiceWire
         decoder.append([0, 0, 0, 0, 100] + [UInt8](repeating: 0x20, count: 12))
         #expect(try decoder.next() == nil)
         #expect(decoder.hasPartialMessage)
-        #expect(decoder.partialMessageDescription
-            == "the request ended inside a message: the length prefix announced 100 bytes but only 12 arrived")
+        #expect(
+            decoder.partialMessageDescription
+                == "the request ended inside a message: the length prefix announced 100 bytes but only 12 arrived")
     }
 
     @Test func reportsPartialHeader() throws {
@@ -178,8 +181,9 @@ import SluiceWire
         #expect(try decoder.next()?.payload == Array("ok".utf8))
         #expect(try decoder.next() == nil)
         #expect(decoder.hasPartialMessage)
-        #expect(decoder.partialMessageDescription
-            == "the request ended inside a message header: only 3 of its 5 bytes arrived")
+        #expect(
+            decoder.partialMessageDescription
+                == "the request ended inside a message header: only 3 of its 5 bytes arrived")
     }
 
     @Test func noPartialMessageWhenEmptyOrDrained() throws {

@@ -1,14 +1,15 @@
-import Testing
 import SluiceWire
+import Testing
 
 @Suite struct JSONValueTests {
     @Test func parsesEveryKindOfValue() throws {
         let value = try JSONValue(parsing: #" { "a" : [1, -2.5, 3e2, true, false, null], "b": {"c": "d"}, "e": "" } "#)
-        #expect(value == [
-            "a": [1, -2.5, 300, true, false, nil],
-            "b": ["c": "d"],
-            "e": "",
-        ])
+        #expect(
+            value == [
+                "a": [1, -2.5, 300, true, false, nil],
+                "b": ["c": "d"],
+                "e": "",
+            ])
         #expect(value["a"]?.arrayValue?.first?.intValue == 1)
         #expect(value["a"]?.arrayValue?[1].intValue == nil)
         #expect(value["b"]?["c"]?.stringValue == "d")
@@ -44,7 +45,7 @@ import SluiceWire
     }
 
     @Test func serializesCompactlyWithSortedKeys() {
-        let value: JSONValue = ["b": [1, 2.5, -0.0, 1e21, 123456789012], "a": nil, "c": ["z": true, "y": "é\"\n\u{1}"]]
+        let value: JSONValue = ["b": [1, 2.5, -0.0, 1e21, 123_456_789_012], "a": nil, "c": ["z": true, "y": "é\"\n\u{1}"]]
         #expect(value.serializedString == #"{"a":null,"b":[1,2.5,0,1e+21,123456789012],"c":{"y":"é\"\n\u0001","z":true}}"#)
         #expect(JSONValue.double(.infinity).serializedString == "null")
         #expect(JSONValue.double(.nan).serializedString == "null")
@@ -130,9 +131,10 @@ import SluiceWire
     @Test func escapesEveryControlCharacter() throws {
         let controls = String(decoding: (0..<0x20).map { UInt8($0) }, as: UTF8.self)
         let written = JSONValue.string(controls + "\u{7F}\"\\/").serializedString
-        #expect(written == #""\u0000\u0001\u0002\u0003\u0004\u0005\u0006\u0007\b\t\n\u000b\f\r\u000e\u000f"#
-            + #"\u0010\u0011\u0012\u0013\u0014\u0015\u0016\u0017\u0018\u0019\u001a\u001b\u001c\u001d\u001e\u001f"#
-            + "\u{7F}" + #"\"\\/""#)
+        #expect(
+            written == #""\u0000\u0001\u0002\u0003\u0004\u0005\u0006\u0007\b\t\n\u000b\f\r\u000e\u000f"#
+                + #"\u0010\u0011\u0012\u0013\u0014\u0015\u0016\u0017\u0018\u0019\u001a\u001b\u001c\u001d\u001e\u001f"#
+                + "\u{7F}" + #"\"\\/""#)
         #expect(try JSONValue(parsing: written) == .string(controls + "\u{7F}\"\\/"))
     }
 
@@ -147,14 +149,15 @@ import SluiceWire
         #expect(try JSONValue(parsing: #""\uD83D\uDE42\u00E9""#) == .string("🙂é"))
     }
 
-    @Test(arguments: [
-        ([0x22, 0xFF, 0x22], "\u{FFFD}"),  // a byte that never appears in UTF-8
-        ([0x22, 0x61, 0xC3, 0x22], "a\u{FFFD}"),  // truncated two-byte sequence
-        ([0x22, 0xC0, 0xAF, 0x22], "\u{FFFD}\u{FFFD}"),  // overlong "/"
-        ([0x22, 0xED, 0xA0, 0x80, 0x22], "\u{FFFD}\u{FFFD}\u{FFFD}"),  // a surrogate encoded as UTF-8
-        ([0x22, 0xF0, 0x9F, 0x99, 0x22], "\u{FFFD}"),  // truncated four-byte sequence
-        ([0x22, 0x5C, 0x6E, 0xFF, 0x22], "\n\u{FFFD}"),  // after an escape (the slow path)
-    ] as [([UInt8], String)])
+    @Test(
+        arguments: [
+            ([0x22, 0xFF, 0x22], "\u{FFFD}"),  // a byte that never appears in UTF-8
+            ([0x22, 0x61, 0xC3, 0x22], "a\u{FFFD}"),  // truncated two-byte sequence
+            ([0x22, 0xC0, 0xAF, 0x22], "\u{FFFD}\u{FFFD}"),  // overlong "/"
+            ([0x22, 0xED, 0xA0, 0x80, 0x22], "\u{FFFD}\u{FFFD}\u{FFFD}"),  // a surrogate encoded as UTF-8
+            ([0x22, 0xF0, 0x9F, 0x99, 0x22], "\u{FFFD}"),  // truncated four-byte sequence
+            ([0x22, 0x5C, 0x6E, 0xFF, 0x22], "\n\u{FFFD}"),  // after an escape (the slow path)
+        ] as [([UInt8], String)])
     func replacesInvalidUTF8(_ bytes: [UInt8], _ expected: String) throws {
         let value = try JSONValue(parsing: bytes)
         #expect(value == .string(expected))

@@ -1,5 +1,5 @@
-import Testing
 import SluiceWire
+import Testing
 
 @Suite struct OrderedJSONTests {
     @Test func keepsMembersInTheOrderWritten() {
@@ -9,8 +9,9 @@ import SluiceWire
             "input": .value(["b": 1, "a": [2.5]]), "empty": .object([]),
         ]
         // Its own objects keep their order; a JSONValue inside is written as JSONValue writes it (sorted).
-        #expect(value.serializedString == #"{"type":"message","id":"msg_\"1\"","content":[{"type":"text","text":"hé\n"}],"#
-            + #""stop_sequence":null,"usage":{"output_tokens":12,"input_tokens":3},"input":{"a":[2.5],"b":1},"empty":{}}"#)
+        #expect(
+            value.serializedString == #"{"type":"message","id":"msg_\"1\"","content":[{"type":"text","text":"hé\n"}],"#
+                + #""stop_sequence":null,"usage":{"output_tokens":12,"input_tokens":3},"input":{"a":[2.5],"b":1},"empty":{}}"#)
     }
 
     @Test func readsBackAsTheSameValue() throws {

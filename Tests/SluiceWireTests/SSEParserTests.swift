@@ -1,4 +1,5 @@
 import Testing
+
 @testable import SluiceWire
 
 @Suite struct SSEParserTests {
@@ -68,7 +69,9 @@ import Testing
         }
 
         var outcome = Outcome(events: [], lastEventID: "", reconnectionTime: nil)
-        var data = "", eventType = "", idBuffer = ""
+        var data = ""
+        var eventType = ""
+        var idBuffer = ""
         var retry: Int?
         func string(_ s: some Sequence<Unicode.Scalar>) -> String {
             var view = String.UnicodeScalarView()
@@ -80,9 +83,10 @@ import Testing
                 outcome.lastEventID = idBuffer
                 if !data.isEmpty {
                     data.removeLast()
-                    outcome.events.append(SSEEvent(
-                        event: eventType.isEmpty ? "message" : eventType, data: data,
-                        id: idBuffer.isEmpty ? nil : idBuffer, retry: retry))
+                    outcome.events.append(
+                        SSEEvent(
+                            event: eventType.isEmpty ? "message" : eventType, data: data,
+                            id: idBuffer.isEmpty ? nil : idBuffer, retry: retry))
                 }
                 data = ""
                 eventType = ""
@@ -116,11 +120,10 @@ import Testing
     }
 
     /// BOM, CRLF, bare CR, comments, multi-byte text, an id reset and an unterminated tail.
-    static let mixedStream = Array((
-        "\u{FEFF}: hello\r\nevent: greeting\r\ndata: héllo wörld 👋\r\ndata:second line\r\nid: 7\r\n\r\n"
+    static let mixedStream = Array(
+        ("\u{FEFF}: hello\r\nevent: greeting\r\ndata: héllo wörld 👋\r\ndata:second line\r\nid: 7\r\n\r\n"
             + "data: no event name\rretry: 1500\r\r: ping\nevent: update\nid\ndata: {\"a\":1}\n\n"
-            + "data: tail without terminator"
-    ).utf8)
+            + "data: tail without terminator").utf8)
 
     static let mixedStreamEvents = [
         SSEEvent(event: "greeting", data: "héllo wörld 👋\nsecond line", id: "7"),
@@ -132,10 +135,11 @@ import Testing
 
     @Test func parsesEventsWithDefaultsAndJoinedData() throws {
         let events = try Self.parse("event: add\ndata: 73857293\n\ndata: YHOO\ndata: +2\ndata: 10\n\n")
-        #expect(events == [
-            SSEEvent(event: "add", data: "73857293"),
-            SSEEvent(event: "message", data: "YHOO\n+2\n10"),
-        ])
+        #expect(
+            events == [
+                SSEEvent(event: "add", data: "73857293"),
+                SSEEvent(event: "message", data: "YHOO\n+2\n10"),
+            ])
     }
 
     @Test(arguments: ["\n", "\r", "\r\n"])
@@ -182,10 +186,11 @@ import Testing
 
     @Test func valueSplitsAtFirstColonAndLosesOneSpace() throws {
         let events = try Self.parse("data:x\n\ndata:  two spaces\n\ndata: a:b: c\n\ndata\n\ndata\ndata\n\n")
-        #expect(events == [
-            SSEEvent(data: "x"), SSEEvent(data: " two spaces"), SSEEvent(data: "a:b: c"),
-            SSEEvent(data: ""), SSEEvent(data: "\n"),
-        ])
+        #expect(
+            events == [
+                SSEEvent(data: "x"), SSEEvent(data: " two spaces"), SSEEvent(data: "a:b: c"),
+                SSEEvent(data: ""), SSEEvent(data: "\n"),
+            ])
     }
 
     @Test func blankLineWithEmptyDataResetsWithoutDispatching() throws {
@@ -216,10 +221,11 @@ import Testing
     }
 
     @Test func retryAcceptsOnlyASCIIDigits() throws {
-        let outcome = try Self.parse([Array((
-            "retry: 1000\ndata: a\n\nretry: 10a\ndata: b\n\nretry: -1\nretry:  5\nretry:\nretry: ٣\n"
-                + "retry: 99999999999999999999999\ndata: c\n\nretry: 0\n\n"
-        ).utf8)])
+        let outcome = try Self.parse([
+            Array(
+                ("retry: 1000\ndata: a\n\nretry: 10a\ndata: b\n\nretry: -1\nretry:  5\nretry:\nretry: ٣\n"
+                    + "retry: 99999999999999999999999\ndata: c\n\nretry: 0\n\n").utf8)
+        ])
         #expect(outcome.events == [SSEEvent(data: "a", retry: 1000), SSEEvent(data: "b"), SSEEvent(data: "c")])
         #expect(outcome.reconnectionTime == 0)
     }
@@ -315,7 +321,10 @@ import Testing
 
     @Test func feedOverloadsAgree() throws {
         let bytes = Self.mixedStream
-        var fromArray = SSEParser(), fromSlice = SSEParser(), fromRaw = SSEParser(), fromLazy = SSEParser()
+        var fromArray = SSEParser()
+        var fromSlice = SSEParser()
+        var fromRaw = SSEParser()
+        var fromLazy = SSEParser()
         let array = try fromArray.feed(bytes)
         let slice = try fromSlice.feed(bytes[...])
         let raw = try bytes.withUnsafeBytes { buffer throws(SSEParserError) in try fromRaw.feed(buffer) }
@@ -327,10 +336,11 @@ import Testing
 
     // MARK: Garbage
 
-    static let garbageTokens: [[UInt8]] = [
-        "data", "event", "id", "retry", ":", ": ", " ", "\r", "\n", "\r\n", "\n\n", "x", "héllo", "👋", "0", "42",
-        "\0", "data: ", "event: ", "id: ", "retry: ", "::", "\t",
-    ].map { Array($0.utf8) } + [[0xEF, 0xBB, 0xBF], [0xEF], [0xBB], [0xBF], [0xFF], [0xE2, 0x82], [0xC3], [0x80]]
+    static let garbageTokens: [[UInt8]] =
+        [
+            "data", "event", "id", "retry", ":", ": ", " ", "\r", "\n", "\r\n", "\n\n", "x", "héllo", "👋", "0", "42",
+            "\0", "data: ", "event: ", "id: ", "retry: ", "::", "\t",
+        ].map { Array($0.utf8) } + [[0xEF, 0xBB, 0xBF], [0xEF], [0xBB], [0xBF], [0xFF], [0xE2, 0x82], [0xC3], [0x80]]
 
     @Test func randomGarbageMatchesTheReferenceAndNeverCrashes() throws {
         var rng = SplitMix64(state: 0x5EED)
@@ -353,7 +363,8 @@ import Testing
         for _ in 0..<2000 {
             let input = (0..<Int.random(in: 0...300, using: &rng)).map { _ in
                 // Bias towards the bytes the parser treats specially.
-                Bool.random(using: &rng) ? [10, 13, 58, 32, 0xEF, 0xBB, 0xBF].randomElement(using: &rng)! : UInt8.random(in: 0...255, using: &rng)
+                Bool.random(using: &rng)
+                    ? [10, 13, 58, 32, 0xEF, 0xBB, 0xBF].randomElement(using: &rng)! : UInt8.random(in: 0...255, using: &rng)
             }
             var parser = SSEParser(maxEventBytes: 32)
             for chunk in Self.randomChunks(input, using: &rng) {
@@ -380,7 +391,8 @@ import Testing
     @Test(arguments: ["", "plain", "two\nlines", " leading space", "trailing\n", "\n", "crlf\r\nand\rcr", "ünïcödé 👋", "a:b"])
     func encoderRoundTrips(_ data: String) throws {
         let normalized = data.replacing("\r\n", with: "\n").replacing("\r", with: "\n")
-        let bytes = SSEEncoder.encode(event: "e v", data: data, id: "id-1")
+        let bytes =
+            SSEEncoder.encode(event: "e v", data: data, id: "id-1")
             + SSEEncoder.comment("keep-alive\nsecond") + SSEEncoder.encode(event: nil, data: "next")
         let outcome = try Self.parse([bytes])
         #expect(outcome.events == [SSEEvent(event: "e v", data: normalized, id: "id-1"), SSEEvent(data: "next", id: "id-1")])

@@ -1,5 +1,5 @@
-import Testing
 import SluiceWire
+import Testing
 
 @Suite struct TimeoutsTests {
     @Test(arguments: [

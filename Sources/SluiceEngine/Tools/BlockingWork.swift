@@ -42,10 +42,12 @@ enum BlockingWork {
     private static func startThread(_ body: @escaping () -> Void) {
         var handle = pthread_t()
         let box = Unmanaged.passRetained(Body(body))
-        let result = pthread_create(&handle, nil, { raw in
-            Unmanaged<Body>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
+        let result = pthread_create(
+            &handle, nil,
+            { raw in
+                Unmanaged<Body>.fromOpaque(raw!).takeRetainedValue().run()
+                return nil
+            }, box.toOpaque())
         if result == 0 {
             pthread_detach(handle)
         } else {

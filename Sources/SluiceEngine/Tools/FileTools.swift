@@ -30,7 +30,9 @@ public struct ReadFileTool: StreamingTool {
         try await BlockingWork.run { cancellation throws(ToolError) in try read(input, progress, cancellation) }
     }
 
-    private func read(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError) -> JSONValue {
+    private func read(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError)
+        -> JSONValue
+    {
         let path = input["path"]?.stringValue ?? ""
         let resolved = try sandbox.resolve(path, as: .file)
         // O_NOFOLLOW and O_NONBLOCK: a path swapped for a symlink or FIFO after the check fails instead of escaping or hanging.
@@ -46,7 +48,8 @@ public struct ReadFileTool: StreamingTool {
         guard offset <= size else { throw ToolError("offset \(offset) is past the end of \(path) (\(size) bytes)") }
         let length = min(input["length"]?.intValue ?? (size - offset), size - offset)
         guard length <= maxBytes else {
-            throw ToolError("\(path) has \(length) bytes to read, over the tools' limit of \(maxBytes) bytes; pass offset and length to read a part")
+            throw ToolError(
+                "\(path) has \(length) bytes to read, over the tools' limit of \(maxBytes) bytes; pass offset and length to read a part")
         }
         var bytes: [UInt8] = []
         // Reserved, not zero-filled: pages are touched only as chunks arrive.
@@ -58,7 +61,9 @@ public struct ReadFileTool: StreamingTool {
             let wanted = min(Self.chunkSize, length - bytes.count)
             let count = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, wanted, off_t(offset + bytes.count)) }
             if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { throw ToolError("reading \(path) failed: \(count == 0 ? "the file shrank" : String(cString: strerror(errno)))") }
+            guard count > 0 else {
+                throw ToolError("reading \(path) failed: \(count == 0 ? "the file shrank" : String(cString: strerror(errno)))")
+            }
             if chunk[0..<count].contains(0) {
                 throw ToolError("\(path) looks binary (it contains NUL bytes): read_file returns UTF-8 text only")
             }
@@ -69,7 +74,9 @@ public struct ReadFileTool: StreamingTool {
             throw ToolError("\(path) is not valid UTF-8 text (or the range splits a character): read_file returns UTF-8 text only")
         }
         if length == 0 { progress.report("read 0 bytes", percentage: 100) }
-        return ["path": .string(sandbox.displayPath(resolved)), "offset": .integer(offset), "bytes": .integer(length), "content": .string(text)]
+        return [
+            "path": .string(sandbox.displayPath(resolved)), "offset": .integer(offset), "bytes": .integer(length), "content": .string(text),
+        ]
     }
 }
 
@@ -144,7 +151,9 @@ public struct ListDirectoryTool: StreamingTool {
         try await BlockingWork.run { cancellation throws(ToolError) in try list(input, progress, cancellation) }
     }
 
-    private func list(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError) -> JSONValue {
+    private func list(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError)
+        -> JSONValue
+    {
         let resolved = try sandbox.resolve(input["path"]?.stringValue ?? "", as: .directory)
         let limit = min(input["max_entries"]?.intValue ?? 1000, Self.entryLimit)
         var entries: [JSONValue] = []
@@ -194,7 +203,9 @@ public struct SearchFilesTool: StreamingTool {
         try await BlockingWork.run { cancellation throws(ToolError) in try search(input, progress, cancellation) }
     }
 
-    private func search(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError) -> JSONValue {
+    private func search(_ input: JSONValue, _ progress: ToolProgress, _ cancellation: BlockingWork.Cancellation) throws(ToolError)
+        -> JSONValue
+    {
         let resolved = try sandbox.resolve(input["path"]?.stringValue ?? "", as: .directory)
         let pattern = input["pattern"]?.stringValue ?? ""
         guard !pattern.isEmpty else { throw ToolError("pattern must not be empty") }
@@ -208,7 +219,8 @@ public struct SearchFilesTool: StreamingTool {
             matcher = { line in line.contains(pattern) }
         }
         var files: [String] = []
-        try DirectoryWalker.walk(resolved, recursive: true, cancellation: cancellation) { _ in } visit: { entry in
+        try DirectoryWalker.walk(resolved, recursive: true, cancellation: cancellation) { _ in
+        } visit: { entry in
             let name = entry.path.split(separator: "/").last.map(String.init) ?? ""
             if entry.kind == "file", entry.size <= maxBytes, glob.map({ fnmatch($0, name, 0) == 0 }) ?? true { files.append(entry.path) }
             return true
@@ -219,7 +231,9 @@ public struct SearchFilesTool: StreamingTool {
             progress.report("scanned \(index) of \(files.count) files", percentage: files.isEmpty ? 100 : index * 100 / files.count)
             guard matches.count < Self.matchLimit, let text = Self.readText(file) else { continue }
             for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where matcher(line) {
-                matches.append(["file": .string(sandbox.displayPath(file)), "line": .integer(number + 1), "text": .string(String(line.prefix(500)))])
+                matches.append([
+                    "file": .string(sandbox.displayPath(file)), "line": .integer(number + 1), "text": .string(String(line.prefix(500))),
+                ])
                 if matches.count == Self.matchLimit { break }
             }
         }

@@ -65,7 +65,9 @@ struct ToolRunner {
                 outcome = .failure(ToolError("the tool input was incomplete"))
             }
         } else {
-            outcome = .failure(ToolError("unknown tool '\(toolUse.name)': this stream offers \(allowed.isEmpty ? "no tools" : allowed.joined(separator: ", "))"))
+            outcome = .failure(
+                ToolError(
+                    "unknown tool '\(toolUse.name)': this stream offers \(allowed.isEmpty ? "no tools" : allowed.joined(separator: ", "))"))
         }
         switch outcome {
         case .success(let output):
@@ -92,7 +94,11 @@ struct ToolRunner {
         }
         let timer = DeadlineTimer(after: timeout) { work.cancel() }
         defer { timer.cancel() }
-        let result = await withTaskCancellationHandler { await work.value } onCancel: { work.cancel() }
+        let result = await withTaskCancellationHandler {
+            await work.value
+        } onCancel: {
+            work.cancel()
+        }
         if timer.fired {
             return .failure(ToolError("\(tool.name) did not finish within the tool timeout of \(DurationParsing.format(timeout))"))
         }

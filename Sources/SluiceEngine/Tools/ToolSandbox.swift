@@ -31,7 +31,9 @@ public struct ToolSandbox: Sendable {
             throw ToolError("\(path) does not exist inside the tool roots")
         }
         guard roots.contains(where: { resolved == $0 || resolved.hasPrefix($0 == "/" ? "/" : $0 + "/") }) else {
-            throw ToolError("\(path) resolves outside the tool roots (sandbox rule: tools see only the tool root directories, after resolving symlinks and '..')")
+            throw ToolError(
+                "\(path) resolves outside the tool roots (sandbox rule: tools see only the tool root directories, after resolving symlinks and '..')"
+            )
         }
         var info = stat()
         guard stat(resolved, &info) == 0 else { throw ToolError("\(path) cannot be examined: \(String(cString: strerror(errno)))") }

@@ -178,7 +178,9 @@ func consume(
     _ client: UpstreamClient, index: Int, tokens: Int, intervalMS: Int, concurrency: Concurrency
 ) async -> StreamResult {
     // Each stream its own seed, so the texts differ like real ones; max_tokens well above `tokens`.
-    let body = Array(#"{"model":"claude-sim-1","max_tokens":\#(tokens + 1000),"stream":true,"messages":[{"role":"user","content":"Tell me about rivers."}]}"#.utf8)
+    let body = Array(
+        #"{"model":"claude-sim-1","max_tokens":\#(tokens + 1000),"stream":true,"messages":[{"role":"user","content":"Tell me about rivers."}]}"#
+            .utf8)
     let scenario = #"{"seed":\#(index),"output_tokens":\#(tokens),"token_interval_ms":\#(intervalMS)}"#
     var result = StreamResult()
     var sawStop = false

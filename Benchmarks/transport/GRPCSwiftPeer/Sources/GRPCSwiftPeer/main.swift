@@ -73,7 +73,8 @@ struct SyntheticService: RegistrableRPCService {
                 throw RPCError(code: .invalidArgument, message: "size must be between 0 and \(Self.maxFrameSize) bytes, got \(size)")
             }
             guard (0...Self.maxIntervalMilliseconds).contains(interval) else {
-                throw RPCError(code: .invalidArgument, message: "interval_ms must be between 0 and \(Self.maxIntervalMilliseconds), got \(interval)")
+                throw RPCError(
+                    code: .invalidArgument, message: "interval_ms must be between 0 and \(Self.maxIntervalMilliseconds), got \(interval)")
             }
             let delta = String(decoding: (0..<size).map { UInt8(ascii: "a") + UInt8($0 % 26) }, as: UTF8.self)
             return StreamingServerResponse(of: StreamFrame.self) { writer in
@@ -107,7 +108,9 @@ let server = GRPCServer(
 try await withThrowingDiscardingTaskGroup { group in
     group.addTask { try await server.serve() }
     if let address = try await server.listeningAddress {
-        print("grpc-swift-2 peer listening on \(address) h2c (NIO singleton event loop group, default threads; \(ProcessInfo.processInfo.activeProcessorCount) cores)")
+        print(
+            "grpc-swift-2 peer listening on \(address) h2c (NIO singleton event loop group, default threads; \(ProcessInfo.processInfo.activeProcessorCount) cores)"
+        )
         fflush(nil)  // flush stdout now: run.sh records this line
     }
 }
