@@ -25,10 +25,10 @@ struct StreamAttempts {
     /// The tool calls of the turn that just completed.
     private var pendingToolUses: [ToolUse] = []
     private var inputTokens = 0 {
-        didSet { stats.update { [inputTokens] in $0.inputTokens = inputTokens } }
+        didSet { stats.set(\.inputTokens, to: inputTokens) }
     }
     private var outputTokens = 0 {
-        didSet { stats.update { [outputTokens] in $0.outputTokens = outputTokens } }
+        didSet { stats.set(\.outputTokens, to: outputTokens) }
     }
 
     init(engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant, stats: StreamStats)
@@ -89,7 +89,7 @@ struct StreamAttempts {
                     throw Self.finalError(error, attempts: retries + 1)
                 }
                 retries += 1
-                stats.update { $0.retries = retries }
+                stats.set(\.retries, to: retries)
                 let mode: RetryMode =
                     if sentText.isEmpty && !sawNonTextBlock { .transparent } else if sawNonTextBlock || prefillRefused { .restart } else {
                         .continue
@@ -209,6 +209,7 @@ final class StreamStats: Sendable {
     }
 
     private let values = LockedValue(Values())
-    func update(_ change: (inout Values) -> Void) { values.withLock { change(&$0) } }
+    /// A field, not a closure: the lock runs no caller-supplied code.
+    func set(_ field: WritableKeyPath<Values, Int>, to value: Int) { values.withLock { $0[keyPath: field] = value } }
     var current: Values { values.withLock { $0 } }
 }

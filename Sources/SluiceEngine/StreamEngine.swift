@@ -65,6 +65,32 @@ public final class StreamEngine: Sendable {
         }
     }
 
+    /// The queue positions a waiting stream has reported to its client, from threads that may report out of order.
+    /// Each one emitted is smaller than the one before; a reporter that finds another emitting leaves its position
+    /// to that one, which emits the smallest reported meanwhile when its own emit is done.
+    private struct QueuePositions {
+        /// The smallest position reported so far.
+        var smallest: Int
+        /// A reporter is emitting outside the lock.
+        var emitting = false
+
+        /// A position was reported: the one to emit now, or nil when it is stale or left to the reporter emitting.
+        mutating func report(_ position: Int) -> Int? {
+            guard position < smallest else { return nil }
+            smallest = position
+            guard !emitting else { return nil }
+            emitting = true
+            return position
+        }
+
+        /// `position` was emitted: a smaller one reported meanwhile is next.
+        mutating func emitted(_ position: Int) -> Int? {
+            if smallest < position { return smallest }
+            emitting = false
+            return nil
+        }
+    }
+
     /// Every stream a client may still resume or cancel. The sweep looks only at running streams (for abandoned
     /// ones) and at the oldest finished ones: with 10,000 streams a pass over all of them 4 × a second cost a few
     /// percent of a core.
@@ -238,13 +264,14 @@ public final class StreamEngine: Sendable {
                 channel.emit(.streamQueued(position: position))
                 // Updates come from whichever threads release slots, possibly out of order; a position
                 // only ever shrinks, so an update that is not smaller than the last one sent is stale.
-                let lastPosition = LockedValue(position)
+                // Emitted with no lock held (emit takes the channel's), one reporter at a time.
+                let positions = LockedValue(QueuePositions(smallest: position))
                 slot = try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
                     try await self.scheduler.waitForSlot(ticket: ticket, key: record.owner) { position in
-                        lastPosition.withLock { last in
-                            guard position < last else { return }
-                            last = position
+                        var next = positions.withLock { $0.report(position) }
+                        while let position = next {
                             channel.emit(.streamQueued(position: position))
+                            next = positions.withLock { $0.emitted(position) }
                         }
                     }
                 }

@@ -94,7 +94,9 @@ public final class AnthropicSimulator: Sendable {
 
         var fault = scenario.fault
         if let active = fault {
-            let attempt = attempts.withLock { $0.next(Self.attemptKey(scenarioHeader ?? "", messagesRequest)) }
+            // The key (a serialization of the conversation) is computed before locking: the lock is every request's.
+            let key = Self.attemptKey(scenarioHeader ?? "", messagesRequest)
+            let attempt = attempts.withLock { $0.next(key) }
             if let times = active.times, attempt > times { fault = nil }
         }
         if let fault, fault.kind == .httpStatus {

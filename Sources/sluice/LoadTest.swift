@@ -304,13 +304,14 @@ final class LoadDriver: Sendable {
     }
 
     func report(client: SluiceClient) -> LoadReport {
-        state.withLock { state in
+        let connections = client.openConnections
+        return state.withLock { state in
             LoadReport(
                 started: state.started, ok: state.ok, failed: state.failed, events: state.events,
                 wall: (state.finishedAt ?? .now) - startedAt, statuses: state.statuses, failureMessages: state.failureMessages,
                 firstEvent: state.firstEvent, gap: state.gap, endToEnd: state.endToEnd, streamDuration: state.streamDuration,
                 concurrency: plan.concurrency,
-                connections: client.openConnections
+                connections: connections
             )
         }
     }

@@ -376,7 +376,7 @@ struct Serve: AsyncParsableCommand {
 final class ServerReference: Sendable {
     private let server = LockedValue<HTTP2Server?>(nil)
     func set(_ value: HTTP2Server) { server.withLock { $0 = value } }
-    var isDraining: Bool { server.withLock { $0?.isDraining ?? false } }
+    var isDraining: Bool { server.withLock { $0 }?.isDraining ?? false }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
