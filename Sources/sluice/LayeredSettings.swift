@@ -9,9 +9,9 @@ import SystemPackage
 /// `{"max-active": 64, "tool-root": ["/srv"]}`, keys with `-` or `_`. The command's own default comes last. The
 /// highest layer that sets a repeatable flag supplies all its values: layers replace, they do not merge.
 ///
-/// ArgumentParser still parses the command line (help, errors, defaults); the command-line layer reads the same
-/// arguments, so that a flag given there beats the other layers even when it repeats the default. That layer splits
-/// values at commas, as the environment does: `--tool-root /a,/b` is two roots, and a one-value flag holds no comma.
+/// ArgumentParser parses the command line (help, errors, defaults, a repeated one-value flag's last value wins): a flag
+/// given there is taken as ArgumentParser parsed it, even when it repeats the default; swift-configuration reads the
+/// other layers.
 final class LayeredSettings {
     /// Variables that name secrets or other programs' settings, never flags.
     static let reservedVariables: Set = ["SLUICE_API_KEYS", "SLUICE_TOKEN", "SLUICE_BIN"]
@@ -19,6 +19,8 @@ final class LayeredSettings {
     private let reader: ConfigReader
     /// The `SLUICE_*` variables offered as settings.
     private let variables: [String: String]
+    /// The flags given on the command line, without `--`.
+    private let commandLineFlags: Set<String>
     /// The settings the command has read: any other `SLUICE_*` variable names none of them.
     private var keysRead: Set<String> = ["config"]
 
@@ -36,15 +38,17 @@ final class LayeredSettings {
         }
         self.variables = variables
 
-        let commandLine = CommandLineArgumentsProvider(arguments: arguments)
+        let flags = arguments.filter { $0.hasPrefix("--") }.map { String($0.dropFirst(2).prefix { $0 != "=" }) }
+        commandLineFlags = Set(flags)
         // The key `max-active` is the variable SLUICE_MAX_ACTIVE.
         let environmentVariables = EnvironmentVariablesProvider(environmentVariables: variables).prefixKeys(with: "sluice")
-        var providers: [any ConfigProvider] = [commandLine, environmentVariables]
+        var providers: [any ConfigProvider] = [environmentVariables]
         let configPath: String?
-        do {
-            configPath = try await ConfigReader(providers: providers).fetchString(forKey: "config")
-        } catch {
-            throw ValidationError("--config: \(error)")
+        if let index = arguments.lastIndex(where: { $0 == "--config" || $0.hasPrefix("--config=") }) {
+            let argument = arguments[index]
+            configPath = argument == "--config" ? arguments.dropFirst(index + 1).first : String(argument.dropFirst("--config=".count))
+        } else {
+            configPath = variables["SLUICE_CONFIG"]
         }
         if let configPath {
             let file: FileProvider<JSONSnapshot>
@@ -72,44 +76,47 @@ final class LayeredSettings {
     // flag is absent), which the layers override.
 
     func int(_ flag: String, _ parsed: Int) async throws -> Int {
-        try await read(flag, "an integer") { try await reader.fetchInt(forKey: $0, default: parsed) }
+        try await read(flag, "an integer") { try await reader.fetchInt(forKey: $0, default: parsed) } ?? parsed
     }
 
     func int(_ flag: String, _ parsed: Int?) async throws -> Int? {
-        try await read(flag, "an integer") { try await reader.fetchInt(forKey: $0) } ?? parsed
+        try await read(flag, "an integer") { try await reader.fetchInt(forKey: $0) }.flatMap { $0 } ?? parsed
     }
 
     func bool(_ flag: String, _ parsed: Bool) async throws -> Bool {
-        try await read(flag, "true or false") { try await reader.fetchBool(forKey: $0, default: parsed) }
+        try await read(flag, "true or false") { try await reader.fetchBool(forKey: $0, default: parsed) } ?? parsed
     }
 
     func string(_ flag: String, _ parsed: String) async throws -> String {
-        try await read(flag, "a string") { try await reader.fetchString(forKey: $0, default: parsed) }
+        try await read(flag, "a string") { try await reader.fetchString(forKey: $0, default: parsed) } ?? parsed
     }
 
     func string(_ flag: String, _ parsed: String?) async throws -> String? {
-        try await read(flag, "a string") { try await reader.fetchString(forKey: $0) } ?? parsed
+        try await read(flag, "a string") { try await reader.fetchString(forKey: $0) }.flatMap { $0 } ?? parsed
     }
 
     func strings(_ flag: String, _ parsed: [String]) async throws -> [String] {
         try await read(flag, "a list of strings (a JSON array in the --config file)") {
             try await reader.fetchStringArray(forKey: $0, default: parsed)
-        }
+        } ?? parsed
     }
 
     func duration(_ flag: String, _ parsed: CLIDuration) async throws -> CLIDuration {
         try await read(flag, "a duration such as 250ms, 30s or 2m") {
             try await reader.fetchString(forKey: $0, as: CLIDuration.self, default: parsed)
-        }
+        } ?? parsed
     }
 
     func choice<Value: RawRepresentable<String> & CaseIterable>(_ flag: String, _ parsed: Value) async throws -> Value {
         let choices = Value.allCases.map(\.rawValue).joined(separator: ", ")
         return try await read(flag, "one of \(choices)") { try await reader.fetchString(forKey: $0, as: Value.self, default: parsed) }
+            ?? parsed
     }
 
-    private func read<Value>(_ flag: String, _ expected: String, _ fetch: (ConfigKey) async throws -> Value) async throws -> Value {
+    /// Nil when the flag was given on the command line: the caller then keeps what ArgumentParser parsed.
+    private func read<Value>(_ flag: String, _ expected: String, _ fetch: (ConfigKey) async throws -> Value) async throws -> Value? {
         keysRead.insert(flag)
+        guard !commandLineFlags.contains(flag) else { return nil }
         do {
             return try await fetch(ConfigKey(flag))
         } catch {

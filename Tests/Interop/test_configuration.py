@@ -102,6 +102,15 @@ def test_a_flag_at_its_default_still_beats_the_environment(sluice_bin):
     assert LIMITS.search(line).group(1) == "256"
 
 
+def test_a_repeated_one_value_flag_takes_its_last_value(sluice_bin):
+    # The image's default command ends in `--port 8080`; `docker run … --port 0` appends another.
+    line, code, stderr = start_line(sluice_bin, ["serve", "--port", "8080", "--max-active", "7", "--port", "0",
+                                                 "--max-active", "9"], {})
+    assert code is None and line, stderr
+    assert LIMITS.search(line).group(1) == "9"
+    assert ":8080 " not in line, line
+
+
 def test_settings_from_every_layer_are_validated(sluice_bin, tmp_path):
     _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0"], {"SLUICE_MAX_ACTIVE": "0"})
     assert code == 64 and "--max-active must be at least 1" in stderr
