@@ -87,7 +87,7 @@ public final class StreamChannel: Sendable {
     public let streamID: String
     public let maxBufferedBytes: Int
     /// The producer waits while its attached client has more than half the buffer to read, until a quarter.
-    private let handOff: HandOff<Replay, Never>
+    private let handOff: HandOff<Replay>
     private let pushState = Atomic<Int>(PushState.idle)
 
     public init(streamID: String, maxBufferedBytes: Int) {
@@ -157,7 +157,7 @@ public final class StreamChannel: Sendable {
     /// upstream's own buffer takes up the slack). With no client attached, nothing waits: a stream
     /// abandoned for longer than the buffer lasts loses its oldest events (Resume then reports DATA_LOSS).
     public func waitForReader() async {
-        await handOff.waitAsProducer(unlessLoadAtMost: maxBufferedBytes / 2)
+        await handOff.waitForRoom(unlessLoadAtMost: maxBufferedBytes / 2)
     }
 
     // MARK: Pushing to a sink
@@ -194,7 +194,7 @@ public final class StreamChannel: Sendable {
     /// Under the lock, by the pusher: the push is over. A refused event is the subscriber's task's to
     /// deliver; then whatever was left waiting for the push is done.
     private func settlePush(
-        accepted: Bool, _ state: inout HandOff<Replay, Never>.State, _ wakeups: inout HandOffWakeups<Never>
+        accepted: Bool, _ state: inout HandOff<Replay>.State, _ wakeups: inout HandOffWakeups
     ) -> PushAction? {
         pushState.store(PushState.idle, ordering: .releasing)
         guard let push = state.buffer.push else { return nil }
@@ -217,7 +217,7 @@ public final class StreamChannel: Sendable {
     /// Under the lock, with no push in flight: hands the subscriber what waits for it. A parked subscriber
     /// with a sink gets its next event pushed (claimed here, offered by the caller after unlocking);
     /// otherwise its task is woken if there is anything for it.
-    private func dispatch(_ state: inout HandOff<Replay, Never>.State, _ wakeups: inout HandOffWakeups<Never>) -> PushAction? {
+    private func dispatch(_ state: inout HandOff<Replay>.State, _ wakeups: inout HandOffWakeups) -> PushAction? {
         guard let subscriber = state.buffer.subscriber, subscriber.delivered + 1 < state.buffer.nextSeq else { return nil }
         let seq = subscriber.delivered + 1
         guard subscriber.parked, let sink = subscriber.sink, let event = state.buffer.event(seq) else {
@@ -310,7 +310,7 @@ public final class StreamChannel: Sendable {
     /// The item after `seq` for subscription `generation`. `taking` marks it delivered, or when there is
     /// none marks the subscriber parked: its task is about to wait, so `emit` may push to its sink.
     private func item(
-        _ state: inout HandOff<Replay, Never>.State, _ wakeups: inout HandOffWakeups<Never>, after seq: Int, generation: Int,
+        _ state: inout HandOff<Replay>.State, _ wakeups: inout HandOffWakeups, after seq: Int, generation: Int,
         taking: Bool
     ) -> Result<Poll, RPCError> {
         guard let subscriber = state.buffer.subscriber, subscriber.generation == generation else { return .success(.detached) }
@@ -339,7 +339,7 @@ public final class StreamChannel: Sendable {
     /// The client has every event up to `seq` (it asks for what follows, or it was pushed): they no longer
     /// count as unread.
     private static func acknowledge(
-        _ state: inout HandOff<Replay, Never>.State, upTo seq: Int, _ wakeups: inout HandOffWakeups<Never>
+        _ state: inout HandOff<Replay>.State, upTo seq: Int, _ wakeups: inout HandOffWakeups
     ) {
         guard let acknowledged = state.buffer.subscriber?.acknowledged, seq > acknowledged else { return }
         if let first = state.buffer.events[safe: state.buffer.head]?.seq {

@@ -6,19 +6,19 @@
 /// methods; every access goes through `withLock`, whose body must not call into another module or run a
 /// caller's closure (`docs/design.md`, "Lock order"): it records `HandOffWakeups` instead, and returns
 /// whatever else should happen afterwards.
-public final class HandOff<Buffer: Sendable, ProducerFailure: Error>: Sendable {
+public final class HandOff<Buffer: Sendable>: Sendable {
     public struct State: Sendable {
         public var buffer: Buffer
-        public var machine: HandOffStateMachine<ProducerFailure>
+        public var machine: HandOffStateMachine
     }
 
-    private let state: LockedValue<State>
-    private let notifyConsumer: @Sendable () -> Void
+    @usableFromInline let state: LockedValue<State>
+    @usableFromInline let notifyConsumer: @Sendable () -> Void
 
     /// - Parameter notifyConsumer: for a callback consumer (`HandOffStateMachine.consumerIdle`): asks it to
     ///   look again. Called with no lock held.
     public init(
-        _ buffer: Buffer, machine: HandOffStateMachine<ProducerFailure>,
+        _ buffer: Buffer, machine: HandOffStateMachine,
         notifyConsumer: @escaping @Sendable () -> Void = {}
     ) {
         state = LockedValue(State(buffer: buffer, machine: machine))
@@ -26,11 +26,11 @@ public final class HandOff<Buffer: Sendable, ProducerFailure: Error>: Sendable {
     }
 
     /// Runs `body` under the lock, then (also when it throws) performs the wakeups it recorded.
-    public func withLock<Result: Sendable, E: Error>(
-        _ body: (inout State, inout HandOffWakeups<ProducerFailure>) throws(E) -> Result
+    @inlinable public func withLock<Result: Sendable, E: Error>(
+        _ body: (inout State, inout HandOffWakeups) throws(E) -> Result
     ) throws(E) -> Result {
-        let (result, wakeups) = state.withLock { state -> (Swift.Result<Result, E>, HandOffWakeups<ProducerFailure>) in
-            var wakeups = HandOffWakeups<ProducerFailure>()
+        let (result, wakeups) = state.withLock { state -> (Swift.Result<Result, E>, HandOffWakeups) in
+            var wakeups = HandOffWakeups()
             do throws(E) {
                 return (.success(try body(&state, &wakeups)), wakeups)
             } catch {
@@ -43,7 +43,7 @@ public final class HandOff<Buffer: Sendable, ProducerFailure: Error>: Sendable {
 
     /// Suspends the consumer task until `isReady` (evaluated under the lock; it may update the owner's state),
     /// the hand-off ends, or the task is cancelled. May return with nothing new: the caller looks again.
-    public func waitAsConsumer(isReady: (inout State) -> Bool) async {
+    @inlinable public func waitAsConsumer(isReady: (inout State) -> Bool) async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 withLock { state, wakeups in
@@ -57,43 +57,33 @@ public final class HandOff<Buffer: Sendable, ProducerFailure: Error>: Sendable {
     }
 }
 
-extension HandOff where ProducerFailure == Never {
-    /// Suspends the producer task while the load is above `limit`, until it falls to `producerResumesAt`,
-    /// the hand-off ends, or the task is cancelled.
-    public func waitAsProducer(unlessLoadAtMost limit: Int) async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                withLock { state, wakeups in
-                    wakeups.merge(
-                        state.machine.parkProducer(
-                            continuation, unlessLoadAtMost: limit, isCancelled: Task.isCancelled, cancelledResult: .success(())
-                        )
-                    )
-                }
-            }
-        } onCancel: {
-            withLock { state, wakeups in wakeups.merge(state.machine.unparkProducer(with: .success(()))) }
-        }
-    }
-}
-
-extension HandOff where ProducerFailure == any Error {
+extension HandOff {
     /// Suspends the producer task while the load is above `limit`, until it falls to `producerResumesAt`.
     /// Throws the close's error if the consumer is gone, `CancellationError` if the task is cancelled.
-    public func waitAsProducer(unlessLoadAtMost limit: Int) async throws {
+    @inlinable public func waitAsProducer(unlessLoadAtMost limit: Int) async throws {
+        try await waitAsProducer(unlessLoadAtMost: limit, cancelledResult: .failure(CancellationError()))
+    }
+
+    /// Suspends the producer task while the load is above `limit`, until it falls to `producerResumesAt`, the
+    /// hand-off ends, or the task is cancelled: for a producer that goes on either way (a closed hand-off's
+    /// result is not reported).
+    @inlinable public func waitForRoom(unlessLoadAtMost limit: Int) async {
+        try? await waitAsProducer(unlessLoadAtMost: limit, cancelledResult: .success(()))
+    }
+
+    @inlinable func waitAsProducer(unlessLoadAtMost limit: Int, cancelledResult: Result<Void, any Error>) async throws {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 withLock { state, wakeups in
                     wakeups.merge(
                         state.machine.parkProducer(
-                            continuation, unlessLoadAtMost: limit, isCancelled: Task.isCancelled,
-                            cancelledResult: .failure(CancellationError())
+                            continuation, unlessLoadAtMost: limit, isCancelled: Task.isCancelled, cancelledResult: cancelledResult
                         )
                     )
                 }
             }
         } onCancel: {
-            withLock { state, wakeups in wakeups.merge(state.machine.unparkProducer(with: .failure(CancellationError()))) }
+            withLock { state, wakeups in wakeups.merge(state.machine.unparkProducer(with: cancelledResult)) }
         }
     }
 }

@@ -9,8 +9,8 @@
 /// The consumer is either a task (parked in `parkConsumer`) or something woken by a callback, such
 /// as an event loop, which says with `consumerIdle` that it will not look again until notified.
 /// The producer is a task that waits for the load to fall (`parkProducer`).
-public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
-    private enum Consumer: Sendable {
+public struct HandOffStateMachine: Sendable {
+    @usableFromInline enum Consumer: Sendable {
         /// Will look at the hand-off again by itself.
         case running
         /// A task waiting for activity.
@@ -24,17 +24,20 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
     /// A waiting producer is resumed once the load falls to this.
     public let producerResumesAt: Int
     /// Units queued and not yet consumed, as the owner counts them.
-    public private(set) var load = 0
+    @inlinable public var load: Int { storedLoad }
+    @usableFromInline var storedLoad = 0
     /// The producer is done: nothing more will be added; the consumer drains what is queued.
-    public private(set) var isFinished = false
+    @inlinable public var isFinished: Bool { finished }
+    @usableFromInline var finished = false
     /// The consumer is gone: a waiting or later producer fails with `closedResult`.
-    public private(set) var isClosed = false
-    private var closedResult: Result<Void, ProducerFailure> = .success(())
-    private var consumer: Consumer
-    private var producer: CheckedContinuation<Void, ProducerFailure>?
+    @inlinable public var isClosed: Bool { closed }
+    @usableFromInline var closed = false
+    @usableFromInline var closedResult: Result<Void, any Error> = .success(())
+    @usableFromInline var consumer: Consumer
+    @usableFromInline var producer: CheckedContinuation<Void, any Error>?
 
     /// - Parameter consumerStartsIdle: a callback consumer that must be notified of the first activity.
-    public init(capacity: Int, producerResumesAt: Int, consumerStartsIdle: Bool = false) {
+    @inlinable public init(capacity: Int, producerResumesAt: Int, consumerStartsIdle: Bool = false) {
         precondition(producerResumesAt <= capacity, "a producer would be resumed above the load it waits at")
         self.capacity = capacity
         self.producerResumesAt = producerResumesAt
@@ -42,38 +45,38 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
     }
 
     /// Neither finished nor closed.
-    public var isOpen: Bool { !isFinished && !isClosed }
+    @inlinable public var isOpen: Bool { !isFinished && !isClosed }
 
-    public var hasParkedConsumer: Bool {
+    @inlinable public var hasParkedConsumer: Bool {
         if case .parked = consumer { return true }
         return false
     }
 
-    public var hasParkedProducer: Bool { producer != nil }
+    @inlinable public var hasParkedProducer: Bool { producer != nil }
 
     // MARK: Load
 
     /// `cost` more units were queued. Returns true when the load is now above `capacity`.
-    public mutating func add(_ cost: Int) -> Bool {
-        load += cost
-        return load > capacity
+    @inlinable public mutating func add(_ cost: Int) -> Bool {
+        storedLoad += cost
+        return storedLoad > capacity
     }
 
     /// `cost` units were consumed (or dropped): resumes the producer if the load fell to `producerResumesAt`.
-    public mutating func remove(_ cost: Int) -> HandOffWakeups<ProducerFailure> {
-        load -= cost
+    @inlinable public mutating func remove(_ cost: Int) -> HandOffWakeups {
+        storedLoad -= cost
         precondition(load >= 0, "more was removed from a hand-off than was added")
         return resumeProducerIfRoom()
     }
 
     /// The owner counted its load again (a new reader, a dropped buffer).
-    public mutating func setLoad(_ newLoad: Int) -> HandOffWakeups<ProducerFailure> {
+    @inlinable public mutating func setLoad(_ newLoad: Int) -> HandOffWakeups {
         precondition(newLoad >= 0, "a hand-off's load cannot be negative")
-        load = newLoad
+        storedLoad = newLoad
         return resumeProducerIfRoom()
     }
 
-    private mutating func resumeProducerIfRoom() -> HandOffWakeups<ProducerFailure> {
+    @inlinable mutating func resumeProducerIfRoom() -> HandOffWakeups {
         guard load <= producerResumesAt, let producer else { return HandOffWakeups() }
         self.producer = nil
         return HandOffWakeups(producer: producer, result: .success(()))
@@ -82,7 +85,7 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
     // MARK: Consumer
 
     /// There is something new for the consumer: resumes it if parked, notifies it if idle.
-    public mutating func wakeConsumer() -> HandOffWakeups<ProducerFailure> {
+    @inlinable public mutating func wakeConsumer() -> HandOffWakeups {
         switch consumer {
         case .running: return HandOffWakeups()
         case .parked(let continuation):
@@ -95,16 +98,16 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
     }
 
     /// A callback consumer found nothing to do: the next `wakeConsumer` notifies it.
-    public mutating func consumerIdle() {
+    @inlinable public mutating func consumerIdle() {
         consumer = .idle
     }
 
     /// Parks the consumer task's `continuation` unless it must go on at once: `isReady` (the owner has
     /// something for it), the hand-off has ended, or `isCancelled` (checked by the caller under the same lock,
     /// so a cancellation that ran before the park is not missed).
-    public mutating func parkConsumer(
+    @inlinable public mutating func parkConsumer(
         _ continuation: CheckedContinuation<Void, Never>, isReady: Bool, isCancelled: Bool
-    ) -> HandOffWakeups<ProducerFailure> {
+    ) -> HandOffWakeups {
         if isReady || isFinished || isClosed || isCancelled { return HandOffWakeups(consumer: continuation) }
         if case .parked = consumer { preconditionFailure("a hand-off has one consumer task at a time") }
         consumer = .parked(continuation)
@@ -112,7 +115,7 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
     }
 
     /// Resumes the parked consumer task, if any, whatever the state (its task was cancelled, or replaced).
-    public mutating func unparkConsumer() -> HandOffWakeups<ProducerFailure> {
+    @inlinable public mutating func unparkConsumer() -> HandOffWakeups {
         guard case .parked(let continuation) = consumer else { return HandOffWakeups() }
         consumer = .running
         return HandOffWakeups(consumer: continuation)
@@ -123,10 +126,10 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
     /// Parks the producer task's `continuation` while the load is above `limit`. Resumes it at once with
     /// `closedResult` if closed, else with `cancelledResult` if `isCancelled` (checked by the caller under the
     /// same lock), else with success if finished or within the limit.
-    public mutating func parkProducer(
-        _ continuation: CheckedContinuation<Void, ProducerFailure>, unlessLoadAtMost limit: Int,
-        isCancelled: Bool, cancelledResult: Result<Void, ProducerFailure>
-    ) -> HandOffWakeups<ProducerFailure> {
+    @inlinable public mutating func parkProducer(
+        _ continuation: CheckedContinuation<Void, any Error>, unlessLoadAtMost limit: Int,
+        isCancelled: Bool, cancelledResult: Result<Void, any Error>
+    ) -> HandOffWakeups {
         if isClosed { return HandOffWakeups(producer: continuation, result: closedResult) }
         if isCancelled { return HandOffWakeups(producer: continuation, result: cancelledResult) }
         if isFinished || load <= limit { return HandOffWakeups(producer: continuation, result: .success(())) }
@@ -136,7 +139,7 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
     }
 
     /// Resumes the waiting producer, if any, with `result` (its task was cancelled).
-    public mutating func unparkProducer(with result: Result<Void, ProducerFailure>) -> HandOffWakeups<ProducerFailure> {
+    @inlinable public mutating func unparkProducer(with result: Result<Void, any Error>) -> HandOffWakeups {
         guard let producer else { return HandOffWakeups() }
         self.producer = nil
         return HandOffWakeups(producer: producer, result: result)
@@ -146,9 +149,9 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
 
     /// The producer is done. Wakes the consumer to drain and end, and releases a waiting producer.
     /// Returns nil (no change) if already finished or closed.
-    public mutating func finish() -> HandOffWakeups<ProducerFailure>? {
+    @inlinable public mutating func finish() -> HandOffWakeups? {
         guard isOpen else { return nil }
-        isFinished = true
+        finished = true
         var wakeups = wakeConsumer()
         wakeups.merge(unparkProducer(with: .success(())))
         return wakeups
@@ -156,9 +159,9 @@ public struct HandOffStateMachine<ProducerFailure: Error>: Sendable {
 
     /// The consumer is gone (or the hand-off was torn down): the waiting producer, and every later
     /// `parkProducer`, get `result`; a parked consumer task is resumed. Returns nil if already closed.
-    public mutating func close(failingProducerWith result: Result<Void, ProducerFailure>) -> HandOffWakeups<ProducerFailure>? {
+    @inlinable public mutating func close(failingProducerWith result: Result<Void, any Error>) -> HandOffWakeups? {
         guard !isClosed else { return nil }
-        isClosed = true
+        closed = true
         closedResult = result
         var wakeups = unparkConsumer()
         wakeups.merge(unparkProducer(with: result))

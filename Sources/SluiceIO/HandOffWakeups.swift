@@ -1,43 +1,44 @@
 /// What a `HandOffStateMachine` event asks for once the lock is released: resume the consumer task,
 /// notify a callback consumer, resume the producer task. At most one of each.
-public struct HandOffWakeups<ProducerFailure: Error>: Sendable {
-    private var consumer: CheckedContinuation<Void, Never>?
+public struct HandOffWakeups: Sendable {
+    @usableFromInline var consumer: CheckedContinuation<Void, Never>?
+    @usableFromInline var notifies = false
     /// A callback consumer (an event loop) must be told to look again.
-    public private(set) var notifiesConsumer = false
-    private var producer: CheckedContinuation<Void, ProducerFailure>?
-    private var producerResult: Result<Void, ProducerFailure> = .success(())
+    @inlinable public var notifiesConsumer: Bool { notifies }
+    @usableFromInline var producer: CheckedContinuation<Void, any Error>?
+    @usableFromInline var producerResult: Result<Void, any Error> = .success(())
 
-    public init() {}
+    @inlinable public init() {}
 
-    init(consumer: CheckedContinuation<Void, Never>) {
+    @inlinable init(consumer: CheckedContinuation<Void, Never>) {
         self.consumer = consumer
     }
 
-    init(notifiesConsumer: Bool) {
-        self.notifiesConsumer = notifiesConsumer
+    @inlinable init(notifiesConsumer: Bool) {
+        notifies = notifiesConsumer
     }
 
-    init(producer: CheckedContinuation<Void, ProducerFailure>, result: Result<Void, ProducerFailure>) {
+    @inlinable init(producer: CheckedContinuation<Void, any Error>, result: Result<Void, any Error>) {
         self.producer = producer
         producerResult = result
     }
 
     /// Nothing to do (for tests, like the two below).
-    var isEmpty: Bool { consumer == nil && !notifiesConsumer && producer == nil }
+    var isEmpty: Bool { consumer == nil && !notifies && producer == nil }
 
     /// Resumes a consumer task (`unparkConsumer`, `parkConsumer`).
     var resumesConsumer: Bool { consumer != nil }
 
     /// Resumes a producer task; nil if none, else whether with success.
-    var resumesProducer: Result<Void, ProducerFailure>? { producer.map { _ in producerResult } }
+    var resumesProducer: Result<Void, any Error>? { producer.map { _ in producerResult } }
 
     /// Adds `other`'s wakeups: two events under one lock may each wake a different side.
-    public mutating func merge(_ other: Self) {
+    @inlinable public mutating func merge(_ other: Self) {
         if let continuation = other.consumer {
             precondition(consumer == nil, "one consumer task was resumed twice")
             consumer = continuation
         }
-        notifiesConsumer = notifiesConsumer || other.notifiesConsumer
+        notifies = notifies || other.notifies
         if let continuation = other.producer {
             precondition(producer == nil, "one producer task was resumed twice")
             producer = continuation
@@ -46,9 +47,9 @@ public struct HandOffWakeups<ProducerFailure: Error>: Sendable {
     }
 
     /// Resumes the tasks and, for a callback consumer, calls `notifyConsumer`. Call with no lock held.
-    public func perform(notifyConsumer: () -> Void = {}) {
+    @inlinable public func perform(notifyConsumer: () -> Void = {}) {
         consumer?.resume()
-        if notifiesConsumer { notifyConsumer() }
+        if notifies { notifyConsumer() }
         producer?.resume(with: producerResult)
     }
 }

@@ -13,16 +13,19 @@
 /// one counter under it get five reports per run (and the right total); under the pthread mutex,
 /// which TSan intercepts, none.
 ///
+/// Inlinable, like the other hand-off types of this module: generic code called across modules is otherwise not
+/// specialized, and looking up generic metadata on every call cost more than the locking (transport benchmark).
+///
 /// Rule: never call into another module, or run a caller's closure that might, while holding the lock
 /// (`docs/design.md`, "Lock order").
 public struct LockedValue<Value>: ~Copyable, @unchecked Sendable {
     #if SLUICE_TSAN
-        private let box: PThreadMutexBox<Value>
+        @usableFromInline let box: PThreadMutexBox<Value>
     #else
-        private let mutex: Mutex<Value>
+        @usableFromInline let mutex: Mutex<Value>
     #endif
 
-    public init(_ initialValue: consuming sending Value) {
+    @inlinable public init(_ initialValue: consuming sending Value) {
         #if SLUICE_TSAN
             box = PThreadMutexBox(initialValue)
         #else
@@ -30,7 +33,7 @@ public struct LockedValue<Value>: ~Copyable, @unchecked Sendable {
         #endif
     }
 
-    public borrowing func withLock<Result: ~Copyable, E: Error>(
+    @inlinable public borrowing func withLock<Result: ~Copyable, E: Error>(
         _ body: (inout sending Value) throws(E) -> sending Result
     ) throws(E) -> sending Result {
         #if SLUICE_TSAN
@@ -42,7 +45,7 @@ public struct LockedValue<Value>: ~Copyable, @unchecked Sendable {
 }
 
 #if SLUICE_TSAN
-    private final class PThreadMutexBox<Value>: @unchecked Sendable {
+    @usableFromInline final class PThreadMutexBox<Value>: @unchecked Sendable {
         private var value: Value
         private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 

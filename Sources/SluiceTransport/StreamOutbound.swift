@@ -54,7 +54,7 @@ final class StreamOutbound: Sendable {
 
     let capacity: Int
     let framing: Framing
-    private let handOff: HandOff<Queue, any Error>
+    private let handOff: HandOff<Queue>
     private let endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
     private let messageDelivered: (@Sendable (Duration) -> Void)?
 
@@ -113,7 +113,7 @@ final class StreamOutbound: Sendable {
     /// Under the lock: appends `payload` and wakes the loop if idle. True when the queue is now over capacity.
     private static func enqueue(
         _ payload: some Collection<UInt8>, since: ContinuousClock.Instant?, framing: Framing, measured: Bool,
-        _ state: inout HandOff<Queue, any Error>.State, _ wakeups: inout HandOffWakeups<any Error>
+        _ state: inout HandOff<Queue>.State, _ wakeups: inout HandOffWakeups
     ) -> Bool {
         let before = state.buffer.bytes.count
         switch framing {

@@ -44,7 +44,7 @@ final class UpstreamEventChannel: Sendable {
 
     let maxBufferedBytes: Int
     /// The load is the buffered events' bytes; the producer never waits, so its thresholds are unused.
-    private let handOff: HandOff<Events, Never>
+    private let handOff: HandOff<Events>
 
     init(maxBufferedBytes: Int) {
         self.maxBufferedBytes = maxBufferedBytes

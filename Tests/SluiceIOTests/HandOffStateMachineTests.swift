@@ -10,7 +10,7 @@ import Testing
         var reason: String
     }
 
-    typealias Machine = HandOffStateMachine<any Error>
+    typealias Machine = HandOffStateMachine
 
     @Test func addReportsCrossingTheCapacityAndRemoveCountsDown() {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
@@ -202,7 +202,7 @@ import Testing
         _ = machine.add(20)
         try await withCheckedThrowingContinuation { producer in
             _ = machine.parkProducer(producer, unlessLoadAtMost: 5, isCancelled: false, cancelledResult: .success(()))
-            var wakeups = HandOffWakeups<any Error>()
+            var wakeups = HandOffWakeups()
             wakeups.merge(machine.setLoad(0))
             wakeups.merge(machine.wakeConsumer())
             #expect(wakeups.resumesProducer != nil)

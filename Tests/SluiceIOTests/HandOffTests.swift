@@ -11,7 +11,7 @@ final class NumberQueue: Sendable {
     struct Closed: Error {}
 
     let capacity: Int
-    let handOff: HandOff<[Int], any Error>
+    let handOff: HandOff<[Int]>
     /// The largest load a send left behind.
     let highWater = Atomic<Int>(0)
 
@@ -132,7 +132,7 @@ final class NumberQueue: Sendable {
         let loop = DispatchQueue(label: "hand-off consumer")
         // The box lets the notification reach the hand-off it belongs to.
         final class Box: Sendable {
-            let handOff = LockedValue<HandOff<[Int], any Error>?>(nil)
+            let handOff = LockedValue<HandOff<[Int]>?>(nil)
         }
         let box = Box()
         let drain: @Sendable () -> Void = {
@@ -148,7 +148,7 @@ final class NumberQueue: Sendable {
             drained.withLock { $0 += numbers }
             if end { ended.withLock { $0 = true } }
         }
-        let handOff = HandOff<[Int], any Error>(
+        let handOff = HandOff<[Int]>(
             [], machine: HandOffStateMachine(capacity: 1 << 20, producerResumesAt: 1 << 19, consumerStartsIdle: true),
             notifyConsumer: {
                 notifications.add(1, ordering: .relaxed)
@@ -176,11 +176,11 @@ final class NumberQueue: Sendable {
     /// (under the lock, this would deadlock).
     @Test func wakeupsRunWithTheLockReleased() {
         final class Box: Sendable {
-            let handOff = LockedValue<HandOff<[Int], Never>?>(nil)
+            let handOff = LockedValue<HandOff<[Int]>?>(nil)
             let seen = LockedValue<[Int]?>(nil)
         }
         let box = Box()
-        let handOff = HandOff<[Int], Never>(
+        let handOff = HandOff<[Int]>(
             [], machine: HandOffStateMachine(capacity: 8, producerResumesAt: 4, consumerStartsIdle: true),
             notifyConsumer: {
                 let handOff = box.handOff.withLock { $0 }
