@@ -1,6 +1,7 @@
 import ArgumentParser
 import Configuration
 import Foundation
+import SluiceUpstream
 import SystemPackage
 
 /// `serve` and `simulate` settings, read through swift-configuration from three layers, highest precedence
@@ -62,6 +63,24 @@ final class LayeredSettings {
             providers += [file, file.mapKeys { AbsoluteConfigKey($0.components.map { $0.replacingOccurrences(of: "-", with: "_") }) }]
         }
         reader = ConfigReader(providers: providers)
+    }
+
+    /// `serve`'s or `simulate`'s settings from every layer, validated, with a warning for each `SLUICE_*` variable
+    /// that names none of them. Any failure is a configuration failure (exit code 64).
+    static func resolve<Command>(
+        _ layered: (LayeredSettings) async throws -> Command, validate: (Command) throws -> Void
+    ) async throws -> Command {
+        do {
+            let settings = try await LayeredSettings(
+                arguments: CommandLine.arguments, environment: UpstreamConfiguration.processEnvironment(), warn: Sluice.warn
+            )
+            let command = try await layered(settings)
+            settings.warnAboutUnknownVariables(Sluice.warn)
+            try validate(command)
+            return command
+        } catch {
+            throw Sluice.configurationFailure(error)
+        }
     }
 
     /// Warns about each `SLUICE_*` variable that names no setting read so far; call once all are read.

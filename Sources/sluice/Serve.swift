@@ -116,17 +116,7 @@ struct Serve: AsyncParsableCommand {
     var config: String?
 
     func run() async throws {
-        let command: Serve
-        do {
-            let settings = try await LayeredSettings(
-                arguments: CommandLine.arguments, environment: UpstreamConfiguration.processEnvironment(), warn: Sluice.warn
-            )
-            command = try await layered(settings)
-            settings.warnAboutUnknownVariables(Sluice.warn)
-            try command.validateSettings()
-        } catch {
-            throw Sluice.configurationFailure(error)
-        }
+        let command = try await LayeredSettings.resolve(layered, validate: { try $0.validateSettings() })
         do { try await command.serve() } catch let error as ValidationError { throw Sluice.configurationFailure(error) }
     }
 

@@ -41,17 +41,7 @@ struct Simulate: AsyncParsableCommand {
     var config: String?
 
     func run() async throws {
-        let command: Simulate
-        do {
-            let settings = try await LayeredSettings(
-                arguments: CommandLine.arguments, environment: UpstreamConfiguration.processEnvironment(), warn: Sluice.warn
-            )
-            command = try await layered(settings)
-            settings.warnAboutUnknownVariables(Sluice.warn)
-            try command.validateSettings()
-        } catch {
-            throw Sluice.configurationFailure(error)
-        }
+        let command = try await LayeredSettings.resolve(layered, validate: { try $0.validateSettings() })
         do { try await command.simulate() } catch let error as ValidationError { throw Sluice.configurationFailure(error) }
     }
 
