@@ -49,7 +49,7 @@ public struct LockedValue<Value>: ~Copyable, @unchecked Sendable {
         private var value: Value
         private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
-        init(_ initialValue: consuming sending Value) {
+        @usableFromInline init(_ initialValue: consuming sending Value) {
             value = initialValue
             pthread_mutex_init(lock, nil)
         }
@@ -59,7 +59,7 @@ public struct LockedValue<Value>: ~Copyable, @unchecked Sendable {
             lock.deallocate()
         }
 
-        func withLock<Result: ~Copyable, E: Error>(
+        @usableFromInline func withLock<Result: ~Copyable, E: Error>(
             _ body: (inout sending Value) throws(E) -> sending Result
         ) throws(E) -> sending Result {
             pthread_mutex_lock(lock)
