@@ -287,18 +287,53 @@ public final class StreamChannel: Sendable {
     /// was cancelled. Throws DATA_LOSS when events after `seq` were already evicted from the
     /// replay buffer.
     public func next(after seq: Int, generation: Int) async throws(RPCError) -> Item? {
+        switch try await next(after: seq, generation: generation, until: nil) {
+        case .item(let item): item
+        case .detached, .timedOut: nil
+        }
+    }
+
+    /// What `next(after:generation:until:)` ends with.
+    public enum Wait: Sendable, Equatable {
+        case item(Item)
+        /// This subscription was replaced or detached, or the task was cancelled.
+        case detached
+        /// Nothing came before the deadline.
+        case timedOut
+    }
+
+    /// `next`, giving up at `deadline`: a reader that writes something of its own while the stream is quiet
+    /// (the SSE heartbeat) waits here, on one timer of its loop, instead of racing a sleep against `next` (a
+    /// task group whose losing child could have taken an event).
+    public func next(after seq: Int, generation: Int, until deadline: ContinuousClock.Instant?) async throws(RPCError) -> Wait {
+        var timer: DeadlineTimer?
+        defer { timer?.cancel() }
         while true {
             let result = handOff.withLock { state, wakeups in
                 item(&state, &wakeups, after: seq, generation: generation, taking: true)
             }
             switch try result.get() {
-            case .ready(let item): return item
-            case .detached: return nil
+            case .ready(let item): return .item(item)
+            case .detached: return .detached
             case .pending: break
             }
-            if Task.isCancelled { return nil }
+            if Task.isCancelled { return .detached }
+            if let deadline {
+                if ContinuousClock.now >= deadline { return .timedOut }
+                // Armed once, on the first wait: a burst of ready events needs no timer.
+                if timer == nil {
+                    timer = DeadlineTimer(after: deadline - .now) { [handOff] in
+                        handOff.withLock { state, wakeups in
+                            guard state.buffer.subscriber?.generation == generation else { return }
+                            wakeups.merge(state.machine.unparkConsumer())
+                        }
+                    }
+                }
+            }
             await handOff.waitAsConsumer { state in
                 guard let subscriber = state.buffer.subscriber, subscriber.generation == generation else { return true }
+                // Read under the lock the timer takes: a timer that fired before this check is seen here.
+                if let deadline, ContinuousClock.now >= deadline { return true }
                 // A push in flight wakes this task when it is over, if there is then anything for it.
                 if pushInFlight(&state.buffer) { return false }
                 // Something may have arrived (and not been pushed) since the check above.

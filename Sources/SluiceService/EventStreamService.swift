@@ -120,13 +120,13 @@ public struct EventStreamService: Sendable {
         var cursor = start
         do {
             while true {
-                switch try await nextOrHeartbeat(channel, after: cursor, generation: generation) {
+                switch try await channel.next(after: cursor, generation: generation, until: .now + heartbeat) {
                 case .item(.event(let seq, let frame, let emittedAt)):
                     try await writer.write(Self.encode(seq: seq, frame: frame), since: emittedAt)
                     cursor = seq
                 case .item(.end):
                     return  // after stream_complete or stream_error
-                case .heartbeat:
+                case .timedOut:
                     try await writer.write(SSEEncoder.comment("keepalive"))
                 case .detached:
                     if !Task.isCancelled {
@@ -141,45 +141,6 @@ public struct EventStreamService: Sendable {
             throw HTTPStreamReset()
         } catch {
             return  // a failed write: the client left
-        }
-    }
-
-    private enum Wakeup: Sendable {
-        case item(StreamChannel.Item)
-        case heartbeat
-        /// The task was cancelled (the client left) or a newer reader attached.
-        case detached
-    }
-
-    /// The channel's next item, or `.heartbeat` when none arrives within the heartbeat interval.
-    private func nextOrHeartbeat(_ channel: StreamChannel, after cursor: Int, generation: Int) async throws(RPCError) -> Wakeup {
-        // Bursts of buffered events need no timer.
-        switch try channel.poll(after: cursor, generation: generation) {
-        case .ready(let item): return .item(item)
-        case .detached: return .detached
-        case .pending: break
-        }
-        do {
-            return try await withThrowingTaskGroup(of: Wakeup.self) { group in
-                group.addTask { try await channel.next(after: cursor, generation: generation).map(Wakeup.item) ?? .detached }
-                group.addTask {
-                    // A child task keeps the handler's loop as its executor, so the wait is a timer of that loop,
-                    // freed when cancelled (a cancelled `Task.sleep` keeps its memory until the deadline on Linux).
-                    try await EventLoop.sleep(for: heartbeat)
-                    return .heartbeat
-                }
-                let first = try await group.next() ?? .detached
-                group.cancelAll()
-                guard case .heartbeat = first else { return first }
-                // An event taken just as the heartbeat fired is marked delivered by `next`: dropping it here would
-                // lose it for good, so the other child's result is awaited (a cancelled `next` returns nil).
-                if case .item(let item)? = try? await group.next() { return .item(item) }
-                return .heartbeat
-            }
-        } catch let error as RPCError {
-            throw error
-        } catch {
-            return .detached  // the sleep was cancelled with the task
         }
     }
 

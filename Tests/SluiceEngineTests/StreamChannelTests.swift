@@ -1,4 +1,5 @@
 import Dispatch
+import Glibc
 import SluiceIO
 import SluiceWire
 import Synchronization
@@ -344,5 +345,63 @@ final class GatedSink: StreamEventSink {
         channel.detach(generation)
         await producer.value
         #expect(!channel.producerIsWaiting)
+    }
+
+    // MARK: Waiting with a deadline (the SSE heartbeat)
+
+    @Test func aQuietStreamTimesOutAndAReadyEventNeedsNoWait() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1 << 20)
+        let generation = channel.attach(after: 0)
+        #expect(try await channel.next(after: 0, generation: generation, until: .now + .milliseconds(20)) == .timedOut)
+        channel.emit(.messageDelta(id: "m", delta: "a"))
+        // A deadline already passed still returns an event that is ready.
+        guard case .item(.event(seq: 1, _, _)) = try await channel.next(after: 0, generation: generation, until: .now - .seconds(1))
+        else {
+            Issue.record("the ready event was not returned")
+            return
+        }
+        channel.finish(nil)
+        #expect(try await channel.next(after: 1, generation: generation, until: .now + .seconds(60)) == .item(.end(nil)))
+    }
+
+    @Test func anEventEmittedWhileWaitingEndsTheWaitBeforeTheDeadline() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1 << 20)
+        let generation = channel.attach(after: 0)
+        let waiter = Task { try await channel.next(after: 0, generation: generation, until: .now + .seconds(600)) }
+        while !channel.subscriberIsParked { await Task.yield() }
+        channel.emit(.messageDelta(id: "m", delta: "a"))
+        guard case .item(.event(seq: 1, _, _)) = try await waiter.value else {
+            Issue.record("the wait did not end with the event")
+            return
+        }
+    }
+
+    /// Deadlines that expire as events arrive: every event is returned once, in order, whichever comes first.
+    @Test func eventsArrivingAsDeadlinesExpireAreEachReturnedOnce() async throws {
+        let channel = StreamChannel(streamID: "s", maxBufferedBytes: 1 << 24)
+        let generation = channel.attach(after: 0)
+        let count = 2000
+        // Off the cooperative pool, so the reader's deadlines expire while it emits.
+        DispatchQueue.global().async {
+            for index in 1...count {
+                channel.emit(.messageDelta(id: "m", delta: "\(index)"))
+                if index % 7 == 0 { usleep(50) }
+            }
+            channel.finish(nil)
+        }
+        var seqs: [Int] = []
+        var timeouts = 0
+        reading: while true {
+            switch try await channel.next(after: seqs.last ?? 0, generation: generation, until: .now + .microseconds(30)) {
+            case .item(.event(let seq, _, _)): seqs.append(seq)
+            case .item(.end): break reading
+            case .timedOut: timeouts += 1
+            case .detached:
+                Issue.record("detached")
+                break reading
+            }
+        }
+        #expect(seqs == Array(1...count))
+        #expect(timeouts > 0, "no wait timed out: the race was not exercised")
     }
 }
