@@ -2,7 +2,6 @@ import ArgumentParser
 import Dispatch
 import Glibc
 import SluiceClient
-import SluiceIO
 import SluiceWire
 
 struct Call: AsyncParsableCommand {
@@ -70,14 +69,7 @@ struct Call: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let client: SluiceClient
-        do {
-            client = try SluiceClient(target: server.target, configuration: server.clientConfiguration())
-        } catch IOError.tlsFile(let message) {
-            throw ValidationError("\(message) (--ca-cert)")
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        let client = try server.makeClient()
         let started = ContinuousClock.now
         let stream =
             if let resume {

@@ -106,14 +106,7 @@ struct LoadTest: AsyncParsableCommand {
         configuration.http2.streamsPerConnection = streamsPerConnection
         configuration.http2.maxConnectionsPerTarget = connections
         configuration.eventLoops = eventLoops
-        let client: SluiceClient
-        do {
-            client = try SluiceClient(target: server.target, configuration: configuration)
-        } catch IOError.tlsFile(let message) {
-            throw ValidationError("\(message) (--ca-cert)")
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        let client = try server.makeClient(configuration)
         let (path, message) = try request()
         let plan = LoadDriver.Plan(
             total: streams ?? (duration == nil ? 1000 : nil), concurrency: concurrency, rate: rate, path: path, message: message,

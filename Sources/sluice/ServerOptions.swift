@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SluiceClient
+import SluiceIO
 import SluiceTransport
 
 /// How `call` and `loadtest` reach a Sluice server.
@@ -24,5 +25,17 @@ struct ServerOptions: ParsableArguments {
             configuration.bearerToken = token
         }
         return configuration
+    }
+
+    /// A client of the target with `configuration` (these options' by default); a CA file that cannot be used
+    /// is reported with the flag that named it.
+    func makeClient(_ configuration: SluiceClientConfiguration? = nil) throws -> SluiceClient {
+        do {
+            return try SluiceClient(target: target, configuration: configuration ?? clientConfiguration())
+        } catch IOError.tlsFile(let message) {
+            throw ValidationError("\(message) (--ca-cert)")
+        } catch {
+            throw ValidationError("\(error)")
+        }
     }
 }

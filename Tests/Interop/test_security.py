@@ -85,3 +85,24 @@ def test_secrets_appear_in_no_event_log_metric_or_error(sluice_bin, simulator, t
     assert "UNAUTHENTICATED" in everything or "not valid" in everything  # the search covers real output
     for secret in (UPSTREAM_KEY, CALLER_TOKEN, UPSTREAM_KEY[-12:], CALLER_TOKEN[-12:]):
         assert secret not in everything, f"{secret!r} leaked"
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["simulate", "--port", "0"]])
+def test_unusable_tls_files_name_the_file_and_the_flags(sluice_bin, tmp_path, command):
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    result = subprocess.run([sluice_bin, *command, "--tls-cert", str(not_pem), "--tls-key", str(not_pem)],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 64, result.stderr
+    assert f"cannot load the certificate chain from {not_pem}" in result.stderr, result.stderr
+    assert "(--tls-cert, --tls-key)" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [["call", "hello"], ["loadtest", "--streams", "1"]])
+def test_an_unusable_ca_file_names_the_file_and_the_flag(sluice_bin, tmp_path, command):
+    missing = tmp_path / "missing-ca.pem"
+    result = subprocess.run([sluice_bin, *command, "--target", "https://127.0.0.1:9", "--ca-cert", str(missing)],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode != 0
+    assert f"cannot load CA certificates from {missing}" in result.stderr, result.stderr
+    assert "(--ca-cert)" in result.stderr, result.stderr
