@@ -37,39 +37,21 @@ public final class RPCClientCall: AsyncSequence, Sendable {
 
 /// Bridges loop-thread callbacks to the AsyncThrowingStream and the final status.
 private final class StreamingObserver: RPCClientCallObserver {
-    private let continuation: AsyncThrowingStream<[UInt8], any Error>.Continuation
-    private let outcome = LockedValue<(status: RPCClientStatus?, waiters: [CheckedContinuation<RPCClientStatus, Never>])>((nil, []))
+    private let outcome: CallOutcome<[UInt8]>
 
     init(continuation: AsyncThrowingStream<[UInt8], any Error>.Continuation) {
-        self.continuation = continuation
+        outcome = CallOutcome(continuation: continuation)
     }
 
     func callReceived(_ message: [UInt8]) {
-        continuation.yield(message)
+        outcome.continuation.yield(message)
     }
 
     func callFinished(_ status: RPCClientStatus) {
-        let waiters = outcome.withLock { state in
-            state.status = status
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        if status.isOK {
-            continuation.finish()
-        } else {
-            continuation.finish(throwing: RPCError(status.code, status.message))
-        }
-        for waiter in waiters { waiter.resume(returning: status) }
+        outcome.finish(status)
     }
 
     func status() async -> RPCClientStatus {
-        await withCheckedContinuation { waiter in
-            let known = outcome.withLock { state -> RPCClientStatus? in
-                if let status = state.status { return status }
-                state.waiters.append(waiter)
-                return nil
-            }
-            if let known { waiter.resume(returning: known) }
-        }
+        await outcome.status()
     }
 }

@@ -50,16 +50,15 @@ private final class ResumingCallDriver: RPCClientCallObserver {
         var handle: RPCClientCallHandle?
         var callsStarted = 0
         var callsEnded = 0
-        var waiters: [CheckedContinuation<RPCClientStatus, Never>] = []
     }
 
     private let client: SluiceClient
-    private let continuation: AsyncThrowingStream<SluiceEvent, any Error>.Continuation
+    private let outcome: CallOutcome<SluiceEvent>
     private let state: LockedValue<State>
 
     init(client: SluiceClient, machine: ResumeStateMachine, continuation: AsyncThrowingStream<SluiceEvent, any Error>.Continuation) {
         self.client = client
-        self.continuation = continuation
+        outcome = CallOutcome(continuation: continuation)
         state = LockedValue(State(machine: machine))
     }
 
@@ -97,12 +96,12 @@ private final class ResumingCallDriver: RPCClientCallObserver {
 
     private func perform(_ action: ResumeStateMachine.ReceiveAction, event: SluiceEvent?) {
         switch action {
-        case .deliver: if let event { continuation.yield(event) }
+        case .deliver: if let event { outcome.continuation.yield(event) }
         case .fail(let status):
             // The call's own end is then ignored.
             let handle = state.withLock { $0.handle }
             handle?.cancel()
-            finish(status)
+            outcome.finish(status)
         case .dropDuplicate, .ignore: break
         }
     }
@@ -114,7 +113,7 @@ private final class ResumingCallDriver: RPCClientCallObserver {
             return state.machine.callEnded(status)
         }
         switch action {
-        case .finish(let status): finish(status)
+        case .finish(let status): outcome.finish(status)
         case .resume(let delay):
             Task { [self] in
                 try? await Task.sleep(for: delay)
@@ -130,7 +129,7 @@ private final class ResumingCallDriver: RPCClientCallObserver {
             start(
                 path: SluiceClient.resumePath, message: SluiceClient.resumeRequest(streamID: streamID, afterSeq: afterSeq), timeout: timeout
             )
-        case .finish(let status): finish(status)
+        case .finish(let status): outcome.finish(status)
         case .none: break
         }
     }
@@ -139,32 +138,12 @@ private final class ResumingCallDriver: RPCClientCallObserver {
         let (action, handle) = state.withLock { ($0.machine.cancel(), $0.handle) }
         switch action {
         case .cancelCall: handle?.cancel()
-        case .finish(let status): finish(status)
+        case .finish(let status): outcome.finish(status)
         case .none: break
         }
     }
 
-    private func finish(_ status: RPCClientStatus) {
-        let waiters = state.withLock { state in
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        if status.isOK {
-            continuation.finish()
-        } else {
-            continuation.finish(throwing: RPCError(status.code, status.message))
-        }
-        for waiter in waiters { waiter.resume(returning: status) }
-    }
-
     func status() async -> RPCClientStatus {
-        await withCheckedContinuation { waiter in
-            let known = state.withLock { state -> RPCClientStatus? in
-                if case .finished(let status) = state.machine.state { return status }
-                state.waiters.append(waiter)
-                return nil
-            }
-            if let known { waiter.resume(returning: known) }
-        }
+        await outcome.status()
     }
 }
