@@ -45,7 +45,7 @@ public final class HandOff<Buffer: Sendable>: Sendable {
     /// the hand-off ends, or the task is cancelled. May return with nothing new: the caller looks again.
     @inlinable public func waitAsConsumer(isReady: (inout State) -> Bool) async {
         await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 withLock { state, wakeups in
                     let ready = isReady(&state)
                     wakeups.merge(state.machine.parkConsumer(continuation, isReady: ready, isCancelled: Task.isCancelled))
@@ -73,7 +73,7 @@ extension HandOff {
 
     @inlinable func waitAsProducer(unlessLoadAtMost limit: Int, cancelledResult: Result<Void, any Error>) async throws {
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 withLock { state, wakeups in
                     wakeups.merge(
                         state.machine.parkProducer(

@@ -14,7 +14,7 @@ public struct HandOffStateMachine: Sendable {
         /// Will look at the hand-off again by itself.
         case running
         /// A task waiting for activity.
-        case parked(CheckedContinuation<Void, Never>)
+        case parked(UnsafeContinuation<Void, Never>)
         /// Woken only by a notification (`HandOffWakeups.notifiesConsumer`).
         case idle
     }
@@ -34,7 +34,7 @@ public struct HandOffStateMachine: Sendable {
     @usableFromInline var closed = false
     @usableFromInline var closedResult: Result<Void, any Error> = .success(())
     @usableFromInline var consumer: Consumer
-    @usableFromInline var producer: CheckedContinuation<Void, any Error>?
+    @usableFromInline var producer: UnsafeContinuation<Void, any Error>?
 
     /// - Parameter consumerStartsIdle: a callback consumer that must be notified of the first activity.
     @inlinable public init(capacity: Int, producerResumesAt: Int, consumerStartsIdle: Bool = false) {
@@ -106,7 +106,7 @@ public struct HandOffStateMachine: Sendable {
     /// something for it), the hand-off has ended, or `isCancelled` (checked by the caller under the same lock,
     /// so a cancellation that ran before the park is not missed).
     @inlinable public mutating func parkConsumer(
-        _ continuation: CheckedContinuation<Void, Never>, isReady: Bool, isCancelled: Bool
+        _ continuation: UnsafeContinuation<Void, Never>, isReady: Bool, isCancelled: Bool
     ) -> HandOffWakeups {
         if isReady || isFinished || isClosed || isCancelled { return HandOffWakeups(consumer: continuation) }
         if case .parked = consumer { preconditionFailure("a hand-off has one consumer task at a time") }
@@ -127,7 +127,7 @@ public struct HandOffStateMachine: Sendable {
     /// `closedResult` if closed, else with `cancelledResult` if `isCancelled` (checked by the caller under the
     /// same lock), else with success if finished or within the limit.
     @inlinable public mutating func parkProducer(
-        _ continuation: CheckedContinuation<Void, any Error>, unlessLoadAtMost limit: Int,
+        _ continuation: UnsafeContinuation<Void, any Error>, unlessLoadAtMost limit: Int,
         isCancelled: Bool, cancelledResult: Result<Void, any Error>
     ) -> HandOffWakeups {
         if isClosed { return HandOffWakeups(producer: continuation, result: closedResult) }

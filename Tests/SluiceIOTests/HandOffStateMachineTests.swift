@@ -3,7 +3,7 @@ import Testing
 @testable import SluiceIO
 
 /// Every transition of the hand-off's state machine, one at a time. Parking needs a real continuation, so
-/// each test that parks runs inside `withCheckedContinuation` and must end by resuming it (else it hangs:
+/// each test that parks runs inside `withUnsafeContinuation` and must end by resuming it (else it hangs:
 /// hence the time limits).
 @Suite(.timeLimit(.minutes(1))) struct HandOffStateMachineTests {
     struct Refused: Error, Equatable {
@@ -25,7 +25,7 @@ import Testing
     @Test func aParkedConsumerIsResumedByTheNextWake() async {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         #expect(machine.wakeConsumer().isEmpty, "a running consumer needs no wake")
-        await withCheckedContinuation { continuation in
+        await withUnsafeContinuation { continuation in
             #expect(machine.parkConsumer(continuation, isReady: false, isCancelled: false).isEmpty)
             #expect(machine.hasParkedConsumer)
             _ = machine.add(1)
@@ -42,7 +42,7 @@ import Testing
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         if reason == "finished" { _ = machine.finish() }
         if reason == "closed" { _ = machine.close(failingProducerWith: .success(())) }
-        await withCheckedContinuation { continuation in
+        await withUnsafeContinuation { continuation in
             let wake = machine.parkConsumer(continuation, isReady: reason == "ready", isCancelled: reason == "cancelled")
             #expect(wake.resumesConsumer)
             #expect(!machine.hasParkedConsumer)
@@ -53,7 +53,7 @@ import Testing
     @Test func unparkingResumesTheConsumerWhateverTheState() async {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         #expect(machine.unparkConsumer().isEmpty)
-        await withCheckedContinuation { continuation in
+        await withUnsafeContinuation { continuation in
             _ = machine.parkConsumer(continuation, isReady: false, isCancelled: false)
             let wake = machine.unparkConsumer()
             #expect(wake.resumesConsumer)
@@ -79,7 +79,7 @@ import Testing
     @Test func aProducerOverTheLimitParksUntilTheLoadFallsToTheResumeMark() async throws {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         _ = machine.add(12)
-        try await withCheckedThrowingContinuation { continuation in
+        try await withUnsafeThrowingContinuation { continuation in
             let park = machine.parkProducer(
                 continuation, unlessLoadAtMost: 5, isCancelled: false, cancelledResult: .failure(CancellationError())
             )
@@ -96,7 +96,7 @@ import Testing
     @Test func settingTheLoadResumesTheProducerToo() async throws {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         _ = machine.add(12)
-        try await withCheckedThrowingContinuation { continuation in
+        try await withUnsafeThrowingContinuation { continuation in
             _ = machine.parkProducer(continuation, unlessLoadAtMost: 5, isCancelled: false, cancelledResult: .success(()))
             #expect(machine.setLoad(6).isEmpty)
             let wake = machine.setLoad(0)
@@ -108,13 +108,13 @@ import Testing
     @Test func aProducerWithinTheLimitOrFinishedGoesOnAtOnce() async throws {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         _ = machine.add(8)
-        try await withCheckedThrowingContinuation { continuation in
+        try await withUnsafeThrowingContinuation { continuation in
             let park = machine.parkProducer(continuation, unlessLoadAtMost: 8, isCancelled: false, cancelledResult: .success(()))
             #expect(park.resumesProducer.map { (try? $0.get()) != nil } == true)
             park.perform()
         }
         _ = machine.finish()
-        try await withCheckedThrowingContinuation { continuation in
+        try await withUnsafeThrowingContinuation { continuation in
             let park = machine.parkProducer(continuation, unlessLoadAtMost: 0, isCancelled: false, cancelledResult: .success(()))
             #expect(park.resumesProducer != nil, "a finished hand-off holds no producer")
             park.perform()
@@ -125,14 +125,14 @@ import Testing
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         _ = machine.add(20)
         await #expect(throws: CancellationError.self) {
-            try await withCheckedThrowingContinuation { continuation in
+            try await withUnsafeThrowingContinuation { continuation in
                 machine.parkProducer(
                     continuation, unlessLoadAtMost: 5, isCancelled: true, cancelledResult: .failure(CancellationError())
                 ).perform()
             }
         }
         await #expect(throws: Refused(reason: "cancelled")) {
-            try await withCheckedThrowingContinuation { continuation in
+            try await withUnsafeThrowingContinuation { continuation in
                 _ = machine.parkProducer(continuation, unlessLoadAtMost: 5, isCancelled: false, cancelledResult: .success(()))
                 machine.unparkProducer(with: .failure(Refused(reason: "cancelled"))).perform()
             }
@@ -144,7 +144,7 @@ import Testing
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         _ = machine.add(20)
         await #expect(throws: Refused(reason: "gone")) {
-            try await withCheckedThrowingContinuation { continuation in
+            try await withUnsafeThrowingContinuation { continuation in
                 _ = machine.parkProducer(continuation, unlessLoadAtMost: 5, isCancelled: false, cancelledResult: .success(()))
                 let closed = machine.close(failingProducerWith: .failure(Refused(reason: "gone")))
                 #expect(closed?.resumesProducer != nil)
@@ -156,7 +156,7 @@ import Testing
         #expect(machine.finish() == nil, "a closed hand-off cannot finish")
         _ = machine.setLoad(0)
         await #expect(throws: Refused(reason: "gone"), "closed outranks room and cancellation") {
-            try await withCheckedThrowingContinuation { continuation in
+            try await withUnsafeThrowingContinuation { continuation in
                 machine.parkProducer(continuation, unlessLoadAtMost: 5, isCancelled: true, cancelledResult: .success(())).perform()
             }
         }
@@ -164,7 +164,7 @@ import Testing
 
     @Test func closingResumesAParkedConsumer() async {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
-        await withCheckedContinuation { continuation in
+        await withUnsafeContinuation { continuation in
             _ = machine.parkConsumer(continuation, isReady: false, isCancelled: false)
             let closed = machine.close(failingProducerWith: .success(()))
             #expect(closed?.resumesConsumer == true)
@@ -174,7 +174,7 @@ import Testing
 
     @Test func finishingWakesAParkedConsumerOnce() async {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
-        await withCheckedContinuation { continuation in
+        await withUnsafeContinuation { continuation in
             _ = machine.parkConsumer(continuation, isReady: false, isCancelled: false)
             let finished = machine.finish()
             #expect(finished?.resumesConsumer == true)
@@ -189,7 +189,7 @@ import Testing
     @Test func finishingLetsAWaitingProducerGo() async throws {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         _ = machine.add(20)
-        try await withCheckedThrowingContinuation { continuation in
+        try await withUnsafeThrowingContinuation { continuation in
             _ = machine.parkProducer(continuation, unlessLoadAtMost: 5, isCancelled: false, cancelledResult: .success(()))
             let finished = machine.finish()
             #expect(finished?.resumesProducer.map { (try? $0.get()) != nil } == true)
@@ -200,7 +200,7 @@ import Testing
     @Test func mergedWakeupsPerformEveryOne() async throws {
         var machine = Machine(capacity: 10, producerResumesAt: 5)
         _ = machine.add(20)
-        try await withCheckedThrowingContinuation { producer in
+        try await withUnsafeThrowingContinuation { producer in
             _ = machine.parkProducer(producer, unlessLoadAtMost: 5, isCancelled: false, cancelledResult: .success(()))
             var wakeups = HandOffWakeups()
             wakeups.merge(machine.setLoad(0))
