@@ -97,9 +97,16 @@ public final class EventLoop: @unchecked Sendable {
         _ = Glibc.write(wakeFD, &one, 8)
     }
 
-    // MARK: Registration (loop thread only)
+    // MARK: Registration (loop thread only, checked in debug builds)
+
+    /// The registry and the timer heap are the loop's own: while it runs, every access from elsewhere is a race.
+    /// Before it starts and after it exits, no thread uses them and the owner may (a shutdown cleaning up).
+    @inline(__always) private func assertInLoop(_ function: StaticString = #function) {
+        assert(inEventLoop || !isRunning, "EventLoop.\(function) called off loop \(index)'s thread")
+    }
 
     package func register(_ fd: Int32, _ handler: Selectable, events: UInt32) throws {
+        assertInLoop()
         var event = epoll_event()
         event.events = events
         event.data.fd = fd
@@ -110,6 +117,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     package func modify(_ fd: Int32, events: UInt32) {
+        assertInLoop()
         var event = epoll_event()
         event.events = events
         event.data.fd = fd
@@ -118,10 +126,12 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Hands a registered descriptor to another handler (a connection that switches protocol).
     package func reassign(_ fd: Int32, to handler: Selectable) {
+        assertInLoop()
         registered[fd] = handler
     }
 
     package func deregister(_ fd: Int32) {
+        assertInLoop()
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)
         registered[fd] = nil
     }
@@ -129,6 +139,7 @@ public final class EventLoop: @unchecked Sendable {
     /// Calls `handler` with the epoll events whenever `fd` is ready (for code outside this module,
     /// such as libcurl's sockets). Replaces an earlier watch of the same descriptor.
     public func watch(_ fd: Int32, events: UInt32, _ handler: @escaping (UInt32) -> Void) {
+        assertInLoop()
         if registered[fd] != nil {
             registered[fd] = ReadinessHandler(handler)
             modify(fd, events: events)
@@ -138,15 +149,18 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     public func unwatch(_ fd: Int32) {
+        assertInLoop()
         if registered[fd] != nil { deregister(fd) }
     }
 
     // MARK: Timers
 
-    /// Schedules `action` on this loop after `delay` (loop thread only). Cancel with `cancelTimer`.
+    /// Schedules `action` on this loop after `delay` (loop thread only, checked in debug builds). Cancel with
+    /// `cancelTimer`.
     @discardableResult
     public func scheduleTimer(after delay: Duration, _ action: @escaping () -> Void) -> TimerID {
-        timers.schedule(at: .now + delay, action)
+        assertInLoop()
+        return timers.schedule(at: .now + delay, action)
     }
 
     /// Safe from any thread: off the loop the cancellation is queued, and runs before the loop next looks at its
