@@ -111,8 +111,8 @@ let package = Package(
         .target(
             name: "SluiceTesting",
             dependencies: [
-                "SluiceClient", "SluiceService", "SluiceEngine", "SluiceSimulator", "SluiceTransport", "SluiceUpstream", "SluiceWire",
-                "SluiceIO",
+                "CCurl", "SluiceClient", "SluiceService", "SluiceEngine", "SluiceSimulator", "SluiceTransport", "SluiceUpstream",
+                "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
