@@ -25,14 +25,14 @@ public protocol StreamEventSink: Sendable {
 /// which comes back under the lock, so events still reach the client in seq order, each once.
 public final class StreamChannel: Sendable {
     public enum Item: Sendable, Equatable {
-        /// `emittedAt`: when the job emitted it.
-        case event(seq: Int, bytes: [UInt8], emittedAt: ContinuousClock.Instant)
+        /// `type`: the event's type (its frame's `type`); `emittedAt`: when the job emitted it.
+        case event(seq: Int, type: String, bytes: [UInt8], emittedAt: ContinuousClock.Instant)
         /// The stream is over; nothing follows.
         case end(RPCError?)
     }
 
     private struct Replay: Sendable {
-        var events: [(seq: Int, bytes: [UInt8], emittedAt: ContinuousClock.Instant)] = []
+        var events: [(seq: Int, type: String, bytes: [UInt8], emittedAt: ContinuousClock.Instant)] = []
         var head = 0
         var bufferedBytes = 0
         var nextSeq = 1
@@ -44,7 +44,7 @@ public final class StreamChannel: Sendable {
         var push: Push?
 
         /// The buffered event `seq`, if it is still buffered.
-        func event(_ seq: Int) -> (seq: Int, bytes: [UInt8], emittedAt: ContinuousClock.Instant)? {
+        func event(_ seq: Int) -> (seq: Int, type: String, bytes: [UInt8], emittedAt: ContinuousClock.Instant)? {
             guard let first = events[safe: head]?.seq, seq >= first, seq < nextSeq else { return nil }
             return events[head + seq - first]
         }
@@ -108,7 +108,7 @@ public final class StreamChannel: Sendable {
             let seq = state.buffer.nextSeq
             state.buffer.nextSeq += 1
             let bytes = event.encoded(streamID: streamID, seq: seq)
-            state.buffer.events.append((seq, bytes, ContinuousClock.now))
+            state.buffer.events.append((seq, event.type, bytes, ContinuousClock.now))
             state.buffer.bufferedBytes += bytes.count
             if let acknowledged = state.buffer.subscriber?.acknowledged, seq > acknowledged {
                 _ = state.machine.add(bytes.count)
@@ -364,7 +364,7 @@ public final class StreamChannel: Sendable {
         }
         if seq + 1 < state.buffer.nextSeq, let event = state.buffer.event(seq + 1) {
             if taking { state.buffer.subscriber?.delivered = event.seq }
-            return .success(.ready(.event(seq: event.seq, bytes: event.bytes, emittedAt: event.emittedAt)))
+            return .success(.ready(.event(seq: event.seq, type: event.type, bytes: event.bytes, emittedAt: event.emittedAt)))
         }
         if let outcome = state.buffer.outcome { return .success(.ready(.end(outcome))) }
         if taking { state.buffer.subscriber?.parked = true }

@@ -121,8 +121,8 @@ public struct EventStreamService: Sendable {
         do {
             while true {
                 switch try await channel.next(after: cursor, generation: generation, until: .now + heartbeat) {
-                case .item(.event(let seq, let frame, let emittedAt)):
-                    try await writer.write(Self.encode(seq: seq, frame: frame), since: emittedAt)
+                case .item(.event(let seq, let type, let frame, let emittedAt)):
+                    try await writer.write(Self.encode(seq: seq, type: type, frame: frame), since: emittedAt)
                     cursor = seq
                 case .item(.end):
                     return  // after stream_complete or stream_error
@@ -145,9 +145,8 @@ public struct EventStreamService: Sendable {
     }
 
     /// `id: seq`, `event: type`, `data: <the frame's JSON>`: the frame is one line (JSON escapes newlines).
-    static func encode(seq: Int, frame: [UInt8]) -> [UInt8] {
-        let type = (try? JSONValue(parsing: frame))?["type"]?.stringValue
-        return SSEEncoder.encode(event: type, data: String(decoding: frame, as: UTF8.self), id: String(seq))
+    static func encode(seq: Int, type: String, frame: [UInt8]) -> [UInt8] {
+        SSEEncoder.encode(event: type, data: String(decoding: frame, as: UTF8.self), id: String(seq))
     }
 
     /// Where a reader resumes: after `Last-Event-ID` (what an EventSource sends when it reconnects,

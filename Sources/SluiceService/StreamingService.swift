@@ -59,7 +59,7 @@ public struct StreamingService: Sendable {
                     throw RPCError(.cancelled, "this call was replaced by a newer Resume of stream \(channel.streamID), or cancelled")
                 }
                 switch item {
-                case .event(let eventSeq, let bytes, let emittedAt):
+                case .event(let eventSeq, _, let bytes, let emittedAt):
                     try await writer.write(bytes, since: emittedAt)
                     cursor = eventSeq
                 case .end(let error):

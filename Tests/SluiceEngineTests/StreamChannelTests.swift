@@ -30,7 +30,7 @@ final class RecordingSink: StreamEventSink {
         while true {
             let item = try await channel.next(after: cursor, generation: generation)
             switch item {
-            case .event(let seq, _, _)?:
+            case .event(let seq, _, _, _)?:
                 seqs.append(seq)
                 cursor = seq
             case .end?: return (seqs, cursor, true)
@@ -47,7 +47,7 @@ final class RecordingSink: StreamEventSink {
         // Replay: events 2 and 3 come through `next`, not the sink.
         var delivered: [Int] = []
         for _ in 0..<2 {
-            guard case .event(let seq, _, _)? = try await channel.next(after: delivered.last ?? 1, generation: generation) else {
+            guard case .event(let seq, _, _, _)? = try await channel.next(after: delivered.last ?? 1, generation: generation) else {
                 Issue.record("expected a replayed event")
                 return
             }
@@ -109,7 +109,10 @@ final class RecordingSink: StreamEventSink {
         let beforeEmit = ContinuousClock.now
         let seq = channel.emit(.messageDelta(id: "msg_1", delta: "hi"))
         let afterEmit = ContinuousClock.now
-        guard case .ready(.event(seq: 1, let bytes, let emittedAt)) = try channel.poll(after: 0, generation: generation) else {
+        guard
+            case .ready(.event(seq: 1, type: "message_delta", let bytes, let emittedAt)) = try channel.poll(
+                after: 0, generation: generation)
+        else {
             Issue.record("the first event is not ready")
             return
         }
@@ -117,7 +120,9 @@ final class RecordingSink: StreamEventSink {
         #expect(emittedAt >= beforeEmit && emittedAt <= afterEmit, "an event carries when it was emitted")
         #expect(try JSONValue(parsing: bytes)["delta"] == "hi")
         // Polling takes nothing: `next` still returns the event.
-        #expect(try await channel.next(after: 0, generation: generation) == .event(seq: 1, bytes: bytes, emittedAt: emittedAt))
+        #expect(
+            try await channel.next(after: 0, generation: generation)
+                == .event(seq: 1, type: "message_delta", bytes: bytes, emittedAt: emittedAt))
         #expect(try channel.poll(after: 1, generation: generation) == .pending)
 
         channel.finish(nil)
@@ -136,7 +141,7 @@ final class RecordingSink: StreamEventSink {
 
         let error = #expect(throws: RPCError.self) { try channel.poll(after: 0, generation: generation) }
         #expect(error?.code == .dataLoss)
-        guard case .ready(.event(seq: 2, _, _)) = try channel.poll(after: 1, generation: generation) else {
+        guard case .ready(.event(seq: 2, _, _, _)) = try channel.poll(after: 1, generation: generation) else {
             Issue.record("the newest event is not kept")
             return
         }
@@ -177,7 +182,7 @@ final class RecordingSink: StreamEventSink {
         var seqs: [Int] = []
         reading: while let item = try await channel.next(after: seqs.last ?? 0, generation: generation) {
             switch item {
-            case .event(let seq, _, _): seqs.append(seq)
+            case .event(let seq, _, _, _): seqs.append(seq)
             case .end(let error):
                 #expect(error == nil)
                 break reading
@@ -255,7 +260,7 @@ final class GatedSink: StreamEventSink {
         var cursor = 0
         while let item = try await channel.next(after: cursor, generation: generation) {
             switch item {
-            case .event(let seq, _, _):
+            case .event(let seq, _, _, _):
                 log.append(seq)
                 cursor = seq
             case .end:
@@ -355,7 +360,7 @@ final class GatedSink: StreamEventSink {
         #expect(try await channel.next(after: 0, generation: generation, until: .now + .milliseconds(20)) == .timedOut)
         channel.emit(.messageDelta(id: "m", delta: "a"))
         // A deadline already passed still returns an event that is ready.
-        guard case .item(.event(seq: 1, _, _)) = try await channel.next(after: 0, generation: generation, until: .now - .seconds(1))
+        guard case .item(.event(seq: 1, _, _, _)) = try await channel.next(after: 0, generation: generation, until: .now - .seconds(1))
         else {
             Issue.record("the ready event was not returned")
             return
@@ -370,7 +375,7 @@ final class GatedSink: StreamEventSink {
         let waiter = Task { try await channel.next(after: 0, generation: generation, until: .now + .seconds(600)) }
         while !channel.subscriberIsParked { await Task.yield() }
         channel.emit(.messageDelta(id: "m", delta: "a"))
-        guard case .item(.event(seq: 1, _, _)) = try await waiter.value else {
+        guard case .item(.event(seq: 1, _, _, _)) = try await waiter.value else {
             Issue.record("the wait did not end with the event")
             return
         }
@@ -393,7 +398,7 @@ final class GatedSink: StreamEventSink {
         var timeouts = 0
         reading: while true {
             switch try await channel.next(after: seqs.last ?? 0, generation: generation, until: .now + .microseconds(30)) {
-            case .item(.event(let seq, _, _)): seqs.append(seq)
+            case .item(.event(let seq, _, _, _)): seqs.append(seq)
             case .item(.end): break reading
             case .timedOut: timeouts += 1
             case .detached:

@@ -27,7 +27,7 @@ import Testing
         var cursor = after
         while let item = try await channel.next(after: cursor, generation: generation) {
             switch item {
-            case .event(let seq, let bytes, _):
+            case .event(let seq, _, let bytes, _):
                 events.append(try JSONValue(parsing: bytes))
                 cursor = seq
             case .end(let error):
