@@ -59,14 +59,20 @@ struct ResumeStateMachine {
     private var sawLastEvent = false
     private var failedAttempts = 0
     private var cancelRequested = false
+    /// A number in 0..<1 for each backoff's jitter; tests pass a fixed one.
+    private let randomFraction: @Sendable () -> Double
 
     /// `streamID` and `afterSeq` are known for a stream that starts with Resume; SendMessage learns its id
     /// from the first event.
-    init(policy: SluiceResumePolicy, streamID: String? = nil, afterSeq: Int = 0, deadline: ContinuousClock.Instant? = nil) {
+    init(
+        policy: SluiceResumePolicy, streamID: String? = nil, afterSeq: Int = 0, deadline: ContinuousClock.Instant? = nil,
+        randomFraction: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
+    ) {
         self.policy = policy
         self.streamID = streamID
         self.lastSeq = afterSeq
         self.deadline = deadline
+        self.randomFraction = randomFraction
     }
 
     /// `cancel` was asked while a call was in flight (the call may not have been started yet).
@@ -158,11 +164,11 @@ struct ResumeStateMachine {
         }
     }
 
-    /// `initialBackoff · 2^attempt`, at most `maxBackoff`.
+    /// `initialBackoff · 2^attempt`, at most `maxBackoff`, less a random part of up to `jitter` of it.
     private func backoff(attempt: Int) -> Duration {
         var delay = policy.initialBackoff
         for _ in 0..<min(attempt, 30) where delay < policy.maxBackoff { delay *= 2 }
-        return min(delay, policy.maxBackoff)
+        return min(delay, policy.maxBackoff) * (1 - policy.jitter * randomFraction())
     }
 
     private mutating func finish(_ status: RPCClientStatus) -> EndAction {

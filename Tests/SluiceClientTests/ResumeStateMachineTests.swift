@@ -4,7 +4,9 @@ import Testing
 @testable import SluiceClient
 
 @Suite struct ResumeStateMachineTests {
-    private let policy = SluiceResumePolicy(maxAttempts: 3, initialBackoff: .milliseconds(100), maxBackoff: .milliseconds(250))
+    /// No jitter, so the waits are exact; `theWaitIsShortenedByTheJitter` covers it.
+    private let policy = SluiceResumePolicy(
+        maxAttempts: 3, initialBackoff: .milliseconds(100), maxBackoff: .milliseconds(250), jitter: 0)
     private let lost = RPCClientStatus(code: .unavailable, message: "the connection was lost")
     private let streamID = "st_0123456789abcdef"
 
@@ -15,6 +17,14 @@ import Testing
             #expect(machine.received(seq: seq, streamID: streamID, isLast: false) == .deliver)
         }
         return machine
+    }
+
+    @Test(arguments: [(0.0, 400), (0.5, 300), (0.75, 250)])
+    func theWaitIsShortenedByTheJitter(fraction: Double, milliseconds: Int) {
+        let jittered = SluiceResumePolicy(initialBackoff: .milliseconds(400), jitter: 0.5)
+        var machine = ResumeStateMachine(policy: jittered, randomFraction: { fraction })
+        #expect(machine.received(seq: 1, streamID: streamID, isLast: false) == .deliver)
+        #expect(machine.callEnded(lost) == .resume(after: .milliseconds(milliseconds)))
     }
 
     @Test func deliversSeqsInOrderAndEndsWithTheCallsStatus() {
