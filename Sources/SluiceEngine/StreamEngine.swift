@@ -51,17 +51,32 @@ public final class StreamEngine: Sendable {
     final class StreamRecord: Sendable {
         let channel: StreamChannel
         let owner: String
-        let job = LockedValue<Task<Void, Never>?>(nil)
-        let cancelReason = LockedValue<RPCError?>(nil)
+        /// One lock for both, so a cancel that comes before the job is attached is not lost (the stream is
+        /// registered, and can be cancelled by a drain or the sweeper, before its job exists).
+        private let control = LockedValue<(job: Task<Void, Never>?, cancelReason: RPCError?)>((nil, nil))
 
         init(channel: StreamChannel, owner: String) {
             self.channel = channel
             self.owner = owner
         }
 
+        /// The first cancel's reason, if any.
+        var cancelReason: RPCError? { control.withLock { $0.cancelReason } }
+
         func cancel(_ reason: RPCError) {
-            cancelReason.withLock { if $0 == nil { $0 = reason } }
-            job.withLock { $0 }?.cancel()
+            let job = control.withLock { control in
+                if control.cancelReason == nil { control.cancelReason = reason }
+                return control.job
+            }
+            job?.cancel()
+        }
+
+        func attach(_ job: Task<Void, Never>) {
+            let cancelledAlready = control.withLock { control in
+                control.job = job
+                return control.cancelReason != nil
+            }
+            if cancelledAlready { job.cancel() }
         }
     }
 
@@ -177,7 +192,7 @@ public final class StreamEngine: Sendable {
                 executor: executor
             )
         }
-        record.job.withLock { $0 = job }
+        record.attach(job)
         return channel
     }
 
@@ -284,9 +299,9 @@ public final class StreamEngine: Sendable {
         } catch let error as RPCError {
             outcome = error
         } catch {
-            outcome = record.cancelReason.withLock { $0 } ?? RPCError(.cancelled, "the stream was cancelled")
+            outcome = record.cancelReason ?? RPCError(.cancelled, "the stream was cancelled")
         }
-        if let cancelReason = record.cancelReason.withLock({ $0 }), outcome != nil { outcome = cancelReason }
+        if let cancelReason = record.cancelReason, outcome != nil { outcome = cancelReason }
         if let outcome {
             channel.emit(.streamError(error: outcome.message, details: ["code": .string(outcome.code.name)]))
         }

@@ -19,6 +19,29 @@ import Testing
         return StreamEngine(configuration: configuration, upstream: upstream, logger: Logger(label: "test"))
     }
 
+    /// A drain or the sweeper can cancel a registered stream before its job is attached: the job is cancelled
+    /// when it arrives, and the first reason is the one kept.
+    @Test func aCancelBeforeTheJobIsAttachedCancelsTheJob() async {
+        let record = StreamEngine.StreamRecord(channel: StreamChannel(streamID: "st_test", maxBufferedBytes: 1 << 20), owner: "")
+        record.cancel(RPCError(.unavailable, "the server is draining"))
+        record.cancel(RPCError(.cancelled, "a second reason"))
+        let job = Task<Void, Never> { try? await Task.sleep(for: .seconds(600)) }
+        record.attach(job)
+        #expect(job.isCancelled)
+        #expect(record.cancelReason?.code == .unavailable)
+        await job.value
+    }
+
+    @Test func aCancelAfterTheJobIsAttachedCancelsTheJob() async {
+        let record = StreamEngine.StreamRecord(channel: StreamChannel(streamID: "st_test", maxBufferedBytes: 1 << 20), owner: "")
+        let job = Task<Void, Never> { try? await Task.sleep(for: .seconds(600)) }
+        record.attach(job)
+        #expect(!job.isCancelled)
+        record.cancel(RPCError(.cancelled, "the client cancelled"))
+        #expect(job.isCancelled)
+        await job.value
+    }
+
     /// Every event of the stream from `after`, and how it ended.
     func collect(_ channel: StreamChannel, after: Int = 0) async throws -> (events: [JSONValue], end: RPCError?) {
         let generation = channel.attach()
