@@ -287,3 +287,35 @@ def test_sluice_call_prints_a_client_tool_call_and_shows_thinking(start_server, 
     bad = subprocess.run([sluice_bin, "call", *target, "--tool-def", str(tmp_path / "missing.json"), "x"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 64 and "missing.json" in bad.stderr
+
+
+# MARK: Errors
+
+
+def test_an_oversized_image_names_the_size_limit(start_server):
+    server = start_server("--max-message-size", "20000")
+    with SluiceClient(server.port) as client:
+        image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A" * 30000}}
+        outcome = client.send_message(request(prompt=[image, {"type": "text", "text": "What is this?"}]), shape=False)
+        assert outcome.code == "RESOURCE_EXHAUSTED"
+        assert "--max-message-size" in outcome.details and "image" in outcome.details, outcome.details
+        assert client.send_message(request()).code == "OK", "the server keeps serving"
+
+
+def test_the_upstreams_400_is_invalid_argument_with_its_message(client):
+    outcome = client.send_message(request(thinking={"type": "enabled", "budget_tokens": 100}), shape=False)
+    assert outcome.code == "INVALID_ARGUMENT", outcome
+    assert "budget_tokens" in outcome.details and "1024" in outcome.details
+    assert outcome.types[-1] == "stream_error"
+
+
+def test_a_cancel_during_a_tool_calls_input_ends_the_stream(client):
+    simulation = {"seed": 3, "token_interval_ms": 200, "tool_preamble": False,
+                  "tool_calls": [{"name": "get_weather", "input": {"city": "x" * 400}}]}
+    reader = client.start(request(tools=[WEATHER_TOOL], simulation=simulation))
+    while reader.take(1)[0]["type"] != "tool_call_delta":
+        pass
+    client.cancel(reader.events[0]["stream_id"])
+    outcome = reader.finish()
+    assert outcome.code == "CANCELLED"
+    assert not outcome.of_type("tool_call")
