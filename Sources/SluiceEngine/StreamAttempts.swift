@@ -140,7 +140,8 @@ struct StreamAttempts {
         var accumulator = MessageAccumulator()
         // A continuation's blocks follow the prefilled text block; its own first text block extends that one.
         var indexOffset = 0
-        defer { usage.add(accumulator.message().usage) }
+        // Every attempt's usage counts, a failed one's too (what it reported before failing).
+        defer { usage.add(accumulator.usage) }
         for try await event in events {
             accumulator.apply(event)
             switch event {
