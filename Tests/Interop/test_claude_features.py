@@ -319,3 +319,22 @@ def test_a_cancel_during_a_tool_calls_input_ends_the_stream(client):
     outcome = reader.finish()
     assert outcome.code == "CANCELLED"
     assert not outcome.of_type("tool_call")
+
+
+# MARK: Server-Sent Events
+
+
+def test_the_sse_routes_carry_the_same_claude_frames(start_server):
+    from test_sse import http_client as sse_client, post_stream, read_events, rpc_frames
+
+    server = start_server()
+    simulation = {"seed": 6, "output_tokens": 10, "thinking_tokens": 10,
+                  "tool_calls": [{"name": "get_weather", "input": WEATHER_INPUT}]}
+    with sse_client() as http:
+        stream_id = post_stream(http, server.port, request(tools=[WEATHER_TOOL], thinking=THINKING,
+                                                            include_message=True, simulation=simulation))
+        events = read_events(http, server.port, stream_id)  # each validated against the schema
+    types = [e["type"] for e in events]
+    assert {"thinking_delta", "thinking_signature", "tool_call_delta", "tool_call"} <= set(types)
+    assert events[-1]["message"]["stop_reason"] == "tool_use"
+    assert [json.loads(frame) for frame in rpc_frames(server.port, stream_id)] == events
