@@ -17,6 +17,12 @@ public struct SluiceEvent: Sendable, Equatable {
         /// More text of message `id`.
         case messageDelta(id: String, delta: String)
         case messageStop(id: String, stopReason: String?)
+        /// More extended thinking of message `id`.
+        case thinkingDelta(id: String, delta: String)
+        /// A client tool call with its parsed input: run the tool, then send its `tool_result` in a new request.
+        case toolCall(id: String, toolUseID: String, name: String, input: JSONValue)
+        /// A citation of the text just received.
+        case citation(id: String, citation: JSONValue)
         /// Drop the partial text of message `id`: it starts over.
         case messageRestart(id: String, reason: String)
         /// An upstream attempt failed and is retried after `delayMilliseconds`; `mode` is `transparent`,
@@ -48,6 +54,9 @@ public struct SluiceEvent: Sendable, Equatable {
         case .messageStart: "message_start"
         case .messageDelta: "message_delta"
         case .messageStop: "message_stop"
+        case .thinkingDelta: "thinking_delta"
+        case .toolCall: "tool_call"
+        case .citation: "citation"
         case .messageRestart: "message_restart"
         case .upstreamRetry: "upstream_retry"
         case .toolStart: "tool_start"
@@ -78,6 +87,12 @@ public struct SluiceEvent: Sendable, Equatable {
             kind = .messageStart(id: try fields.string("id"), role: try fields.string("role"), model: try fields.string("model"))
         case "message_delta": kind = .messageDelta(id: try fields.string("id"), delta: try fields.string("delta"))
         case "message_stop": kind = .messageStop(id: try fields.string("id"), stopReason: value["stop_reason"]?.stringValue)
+        case "thinking_delta": kind = .thinkingDelta(id: try fields.string("id"), delta: try fields.string("delta"))
+        case "tool_call":
+            kind = .toolCall(
+                id: try fields.string("id"), toolUseID: try fields.string("tool_use_id"), name: try fields.string("name"),
+                input: value["input"] ?? [:])
+        case "citation": kind = .citation(id: try fields.string("id"), citation: value["citation"] ?? .null)
         case "message_restart": kind = .messageRestart(id: try fields.string("id"), reason: try fields.string("reason"))
         case "upstream_retry":
             kind = .upstreamRetry(

@@ -23,6 +23,12 @@ public struct SluiceMessageRequest: Sendable, Equatable {
     public var system: String?
     /// Names of server tools the model may use.
     public var tools: [String]
+    /// API tool definitions (client tools the caller runs, Anthropic-hosted tools), sent in `tools` after the names.
+    public var toolDefinitions: [JSONValue] = []
+    /// Extended thinking's `budget_tokens` (thinking is enabled when set).
+    public var thinkingBudget: Int?
+    /// Ask for the final turn's assembled message in `stream_complete`.
+    public var includeMessage = false
     public var temperature: Double?
     /// A simulator scenario (schema/simulation.schema.json); refused when the upstream is the real API.
     public var simulation: JSONValue?
@@ -51,7 +57,10 @@ public struct SluiceMessageRequest: Sendable, Equatable {
             "messages": .array(messages.map { ["role": .string($0.role), "content": $0.content] }),
         ]
         if let system { fields["system"] = .string(system) }
-        if !tools.isEmpty { fields["tools"] = .array(tools.map(JSONValue.string)) }
+        let allTools = tools.map(JSONValue.string) + toolDefinitions
+        if !allTools.isEmpty { fields["tools"] = .array(allTools) }
+        if let thinkingBudget { fields["thinking"] = ["type": "enabled", "budget_tokens": .integer(thinkingBudget)] }
+        if includeMessage { fields["include_message"] = true }
         if let temperature { fields["temperature"] = .double(temperature) }
         if let simulation { fields["simulation"] = simulation }
         return .object(fields)

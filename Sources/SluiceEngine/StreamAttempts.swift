@@ -18,17 +18,23 @@ struct StreamAttempts {
     private var messageID = ""
     /// Text of the current message already sent to the client (the prefill of a continuation).
     private var sentText = ""
-    /// A tool_use or thinking block began: such blocks cannot be continued by prefill.
+    /// A block other than text began (thinking, a tool call, a server tool's block): a prefill cannot end
+    /// inside or after one, so an interruption restarts the message.
     private var sawNonTextBlock = false
     private var stopReason: String?
+    private var stopSequence: String?
     private var sawFirstToken = false
     /// The tool calls of the turn that just completed.
     private var pendingToolUses: [ToolUse] = []
-    private var inputTokens = 0 {
-        didSet { stats.set(\.inputTokens, to: inputTokens) }
-    }
-    private var outputTokens = 0 {
-        didSet { stats.set(\.outputTokens, to: outputTokens) }
+    /// The turn's assistant content as the API's non-streaming response would give it: the last attempt's
+    /// blocks with the text it continued from.
+    private var turnMessage: AccumulatedMessage?
+    /// Every usage field, summed over turns and attempts.
+    private var usage = AnthropicUsage(inputTokens: 0, outputTokens: 0) {
+        didSet {
+            stats.set(\.inputTokens, to: usage.inputTokens ?? 0)
+            stats.set(\.outputTokens, to: usage.outputTokens ?? 0)
+        }
     }
 
     init(engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant, stats: StreamStats)
@@ -40,13 +46,16 @@ struct StreamAttempts {
         self.startedAt = startedAt
     }
 
-    /// Runs turns until the model stops asking for tools.
+    /// Runs turns until the model stops asking for Sluice's server tools. A turn that calls a client tool (one
+    /// the request defines) ends the stream: the caller runs it and sends the result in a new request; Sluice
+    /// never runs it. A tool the request names nowhere gets an error result the model sees, as before.
     mutating func run() async throws {
         var conversation = request.messages
         var retries = 0
         for turn in 1... {
             try await runTurn(conversation: conversation, retries: &retries)
-            guard stopReason == "tool_use", !pendingToolUses.isEmpty else { break }
+            let callsClientTools = pendingToolUses.contains { request.clientToolNames.contains($0.name) }
+            guard stopReason == "tool_use", !pendingToolUses.isEmpty, !callsClientTools else { break }
             guard turn < engine.configuration.maxTurns else {
                 throw RPCError(
                     .resourceExhausted,
@@ -57,15 +66,13 @@ struct StreamAttempts {
             let results = await ToolRunner(engine: engine, channel: channel, allowed: request.tools).run(toolUses)
             // A stream cancelled while its tools ran must not start (and pay for) another turn.
             try Task.checkCancellation()
-            var assistantContent: [JSONValue] = []
-            if !sentText.isEmpty { assistantContent.append(["type": "text", "text": .string(sentText)]) }
-            assistantContent += toolUses.map {
-                ["type": "tool_use", "id": .string($0.id), "name": .string($0.name), "input": $0.inputJSON]
-            }
-            conversation.append(["role": "assistant", "content": .array(assistantContent)])
+            // The whole assistant turn goes back, thinking blocks with their signatures included, as the API requires
+            // (less empty text blocks, which it refuses).
+            let content = (turnMessage?.content ?? []).filter { if case .text("", _) = $0 { false } else { true } }
+            conversation.append(["role": "assistant", "content": .array(content.map(\.jsonValue))])
             conversation.append(["role": "user", "content": .array(results)])
         }
-        channel.emit(.streamComplete(usage: ["input_tokens": .integer(inputTokens), "output_tokens": .integer(outputTokens)]))
+        channel.emit(.streamComplete(usage: usage.jsonValue, message: request.includeMessage ? turnMessage?.jsonValue : nil))
     }
 
     /// One model turn, retried until it completes or the retry budget is spent.
@@ -76,7 +83,9 @@ struct StreamAttempts {
         sentText = ""
         sawNonTextBlock = false
         stopReason = nil
+        stopSequence = nil
         pendingToolUses = []
+        turnMessage = nil
         var prefill: String?
         while true {
             do {
@@ -90,10 +99,9 @@ struct StreamAttempts {
                 }
                 retries += 1
                 stats.set(\.retries, to: retries)
-                let mode: RetryMode =
-                    if sentText.isEmpty && !sawNonTextBlock { .transparent } else if sawNonTextBlock || prefillRefused { .restart } else {
-                        .continue
-                    }
+                let mode = Self.retryMode(
+                    nothingSent: sentText.isEmpty && !sawNonTextBlock,
+                    mustRestart: sawNonTextBlock || prefillRefused || request.thinkingEnabled)
                 let delay = policy.delay(attempt: retries, retryAfter: error.retryAfter, unitRandom: Double.random(in: 0..<1))
                 let reason = Self.reason(error)
                 engine.metrics.retried(reason: error.kind.rawValue)
@@ -109,6 +117,13 @@ struct StreamAttempts {
         }
     }
 
+    /// How a retry goes on: a prefill continues plain text only; with thinking enabled the API accepts no
+    /// assistant prefill at all, and a prefill cannot end inside (or after) a thinking or tool block.
+    static func retryMode(nothingSent: Bool, mustRestart: Bool) -> RetryMode {
+        if nothingSent { return .transparent }
+        return mustRestart ? .restart : .continue
+    }
+
     /// One upstream request; returns after `message_stop`.
     private mutating func attempt(conversation: [JSONValue], prefill: String?) async throws(UpstreamFailure) {
         // The API refuses a prefill ending in whitespace; the continuation repeats it, so skip it once.
@@ -121,58 +136,112 @@ struct StreamAttempts {
         }
         var headers: [(String, String)] = []
         if let simulation = request.simulation { headers.append(("sluice-simulation", simulation.serializedString)) }
-        let body = request.upstreamBody(conversation: conversation, prefill: prefillSent, tools: engine.toolDefinitions(request.tools))
+        let body = request.upstreamBody(
+            conversation: conversation, prefill: prefillSent, serverTools: engine.toolDefinitions(request.tools))
         let events = engine.upstream.streamMessage(body: body, headers: headers)
-        var attemptOutputTokens = 0
         var accumulator = MessageAccumulator()
-        do {
-            for try await event in events {
-                accumulator.apply(event)
-                switch event {
-                case .messageStart(_, _, _, let usage):
-                    inputTokens += usage.inputTokens ?? 0
-                    attemptOutputTokens = usage.outputTokens ?? 0
-                case .contentBlockStart(_, let block):
-                    switch block {
-                    case .toolUse, .thinking, .redactedThinking: sawNonTextBlock = true
-                    default: break
-                    }
-                case .contentBlockDelta(_, .text(let text)):
-                    var delta = Substring(text)
-                    while let first = whitespaceToSkip.first, delta.first == first {
-                        whitespaceToSkip.removeFirst()
-                        delta.removeFirst()
-                    }
-                    whitespaceToSkip = ""
-                    guard !delta.isEmpty else { continue }
-                    if sentText.isEmpty && !sawFirstToken {
-                        sawFirstToken = true
-                        engine.metrics.timeToFirstToken(.now - startedAt)
-                    }
-                    sentText += delta
-                    channel.emit(.messageDelta(id: messageID, delta: String(delta)))
-                    await channel.waitForReader()
-                case .messageDelta(let stop, _, let usage):
-                    stopReason = stop ?? stopReason
-                    attemptOutputTokens = usage.outputTokens ?? attemptOutputTokens
-                case .messageStop:
-                    outputTokens += attemptOutputTokens
-                    pendingToolUses = accumulator.message().content.compactMap { block in
-                        guard case .toolUse(let id, let name, let input) = block else { return nil }
-                        return ToolUse(id: id, name: name, input: input)
-                    }
-                    channel.emit(.messageStop(id: messageID, stopReason: stopReason))
-                    return
-                default:
-                    continue
+        // A continuation's blocks follow the prefilled text block; its own first text block extends that one.
+        var indexOffset = 0
+        // Every attempt's usage counts, a failed one's too (what it reported before failing).
+        defer { usage.add(accumulator.usage) }
+        for try await event in events {
+            accumulator.apply(event)
+            switch event {
+            case .contentBlockStart(let index, let block):
+                if index == 0, let prefillSent, !prefillSent.isEmpty, !block.isText { indexOffset = 1 }
+                if !block.isText { sawNonTextBlock = true }
+                if case .redactedThinking(let data) = block { channel.emit(.redactedThinking(id: messageID, data: data)) }
+            case .contentBlockDelta(let index, let delta):
+                // Only a tool call's fragments need their block (its name); text deltas skip the lookup.
+                let block: AccumulatedMessage.Block? = if case .inputJSON = delta { accumulator.block(at: index) } else { nil }
+                await emit(delta, of: block, whitespaceToSkip: &whitespaceToSkip)
+            case .contentBlockStop(let index):
+                guard let block = accumulator.block(at: index) else { continue }
+                try emitEnd(of: block, index: index + indexOffset)
+            case .messageDelta(let stop, let sequence, _):
+                stopReason = stop ?? stopReason
+                stopSequence = sequence ?? stopSequence
+            case .messageStop:
+                var message = accumulator.message()
+                if let prefillSent, !prefillSent.isEmpty { message.content = Self.prepending(prefillSent, to: message.content) }
+                turnMessage = message
+                pendingToolUses = message.content.compactMap { block in
+                    guard case .toolUse(let id, let name, let input) = block else { return nil }
+                    return ToolUse(id: id, name: name, input: input)
                 }
+                channel.emit(.messageStop(id: messageID, stopReason: stopReason, stopSequence: stopSequence))
+                return
+            default:
+                continue
             }
-        } catch {
-            outputTokens += attemptOutputTokens
-            throw error
         }
-        outputTokens += attemptOutputTokens
         throw UpstreamFailure(.streamEndedEarly, message: "the upstream stream ended before message_stop")
+    }
+
+    /// Sends what a delta adds to the client: text, thinking, a client tool call's input, a citation.
+    private mutating func emit(
+        _ delta: AnthropicDelta, of block: AccumulatedMessage.Block?, whitespaceToSkip: inout Substring
+    ) async {
+        switch (delta, block) {
+        case (.text(let text), _):
+            var delta = Substring(text)
+            while let first = whitespaceToSkip.first, delta.first == first {
+                whitespaceToSkip.removeFirst()
+                delta.removeFirst()
+            }
+            whitespaceToSkip = ""
+            guard !delta.isEmpty else { return }
+            if sentText.isEmpty && !sawFirstToken {
+                sawFirstToken = true
+                engine.metrics.timeToFirstToken(.now - startedAt)
+            }
+            sentText += delta
+            channel.emit(.messageDelta(id: messageID, delta: String(delta)))
+            await channel.waitForReader()
+        case (.thinking(let text), _):
+            channel.emit(.thinkingDelta(id: messageID, delta: text))
+            await channel.waitForReader()
+        case (.inputJSON(let fragment), .toolUse(let toolUseID, let name, _)?) where request.clientToolNames.contains(name):
+            channel.emit(.toolCallDelta(id: messageID, toolUseID: toolUseID, name: name, partialJSON: fragment))
+            await channel.waitForReader()
+        case (.citation(let citation), _):
+            channel.emit(.citation(id: messageID, citation: citation))
+        default:
+            // Server tool inputs and deltas of types Sluice does not model arrive whole with their block.
+            return
+        }
+    }
+
+    /// Sends what a completed block adds: a thinking block's signature, a client tool call with its parsed
+    /// input, or a block Sluice does not model, whole.
+    private func emitEnd(of block: AccumulatedMessage.Block, index: Int) throws(UpstreamFailure) {
+        switch block {
+        case .thinking(_, let signature):
+            channel.emit(.thinkingSignature(id: messageID, signature: signature))
+        case .toolUse(let toolUseID, let name, let input) where request.clientToolNames.contains(name):
+            switch input {
+            case .parsed(let value):
+                channel.emit(.toolCall(id: messageID, toolUseID: toolUseID, name: name, input: value))
+            case .invalid(_, let error), .incomplete(let error):
+                throw UpstreamFailure(
+                    .invalidResponse, message: "the upstream sent tool call \(toolUseID) with input that is not JSON: \(error)")
+            }
+        case .other(let raw):
+            channel.emit(.contentBlock(id: messageID, index: index, block: raw))
+        case .text, .toolUse, .redactedThinking:
+            return
+        }
+    }
+
+    /// `content` after a continuation from `prefill`: the prefilled text starts the first text block.
+    static func prepending(_ prefill: String, to content: [AccumulatedMessage.Block]) -> [AccumulatedMessage.Block] {
+        var content = content
+        if case .text(let text, let citations)? = content.first {
+            content[0] = .text(prefill + text, citations: citations)
+        } else {
+            content.insert(.text(prefill, citations: []), at: 0)
+        }
+        return content
     }
 
     private static func reason(_ failure: UpstreamFailure) -> String {

@@ -6,7 +6,20 @@ public enum StreamEvent: Sendable, Equatable {
     case streamQueued(position: Int)
     case messageStart(id: String, role: String, model: String)
     case messageDelta(id: String, delta: String)
-    case messageStop(id: String, stopReason: String?)
+    case messageStop(id: String, stopReason: String?, stopSequence: String?)
+    /// Extended thinking as it streams.
+    case thinkingDelta(id: String, delta: String)
+    /// A thinking block ended; pass the block back verbatim (with this signature) in later turns.
+    case thinkingSignature(id: String, signature: String)
+    case redactedThinking(id: String, data: String)
+    /// A fragment of a client tool call's input JSON (fragments split anywhere, even inside a string).
+    case toolCallDelta(id: String, toolUseID: String, name: String, partialJSON: String)
+    /// A client tool call, its input parsed: the caller runs the tool and sends the result in a new request.
+    case toolCall(id: String, toolUseID: String, name: String, input: JSONValue)
+    /// A content block Sluice does not model (server tool use, web search results, new types), whole.
+    case contentBlock(id: String, index: Int, block: JSONValue)
+    /// A citation of the text that precedes it.
+    case citation(id: String, citation: JSONValue)
     case messageRestart(id: String, reason: String)
     case upstreamRetry(attempt: Int, reason: String, delayMilliseconds: Int, mode: RetryMode)
     case toolStart(id: String, name: String, input: JSONValue)
@@ -14,7 +27,8 @@ public enum StreamEvent: Sendable, Equatable {
     case toolComplete(id: String, output: JSONValue)
     case toolError(id: String, error: String)
     case streamError(error: String, details: JSONValue?)
-    case streamComplete(usage: JSONValue)
+    /// `message`: the final turn's assistant message, when the request asked for it (`include_message`).
+    case streamComplete(usage: JSONValue, message: JSONValue?)
 
     public var type: String {
         switch self {
@@ -22,6 +36,13 @@ public enum StreamEvent: Sendable, Equatable {
         case .messageStart: "message_start"
         case .messageDelta: "message_delta"
         case .messageStop: "message_stop"
+        case .thinkingDelta: "thinking_delta"
+        case .thinkingSignature: "thinking_signature"
+        case .redactedThinking: "redacted_thinking"
+        case .toolCallDelta: "tool_call_delta"
+        case .toolCall: "tool_call"
+        case .contentBlock: "content_block"
+        case .citation: "citation"
         case .messageRestart: "message_restart"
         case .upstreamRetry: "upstream_retry"
         case .toolStart: "tool_start"
@@ -46,8 +67,31 @@ public enum StreamEvent: Sendable, Equatable {
             ["id": .string(id), "model": .string(model), "role": .string(role), "seq": seq, "stream_id": streamID, "type": type]
         case .messageDelta(let id, let delta):
             ["delta": .string(delta), "id": .string(id), "seq": seq, "stream_id": streamID, "type": type]
-        case .messageStop(let id, let stopReason):
-            ["id": .string(id), "seq": seq, "stop_reason": stopReason.map(JSONValue.string) ?? .null, "stream_id": streamID, "type": type]
+        case .messageStop(let id, let stopReason, let stopSequence):
+            [
+                "id": .string(id), "seq": seq, "stop_reason": stopReason.map(JSONValue.string) ?? .null,
+                "stop_sequence": stopSequence.map(JSONValue.string) ?? .null, "stream_id": streamID, "type": type,
+            ]
+        case .thinkingDelta(let id, let delta):
+            ["delta": .string(delta), "id": .string(id), "seq": seq, "stream_id": streamID, "type": type]
+        case .thinkingSignature(let id, let signature):
+            ["id": .string(id), "seq": seq, "signature": .string(signature), "stream_id": streamID, "type": type]
+        case .redactedThinking(let id, let data):
+            ["data": .string(data), "id": .string(id), "seq": seq, "stream_id": streamID, "type": type]
+        case .toolCallDelta(let id, let toolUseID, let name, let partialJSON):
+            [
+                "id": .string(id), "name": .string(name), "partial_json": .string(partialJSON), "seq": seq, "stream_id": streamID,
+                "tool_use_id": .string(toolUseID), "type": type,
+            ]
+        case .toolCall(let id, let toolUseID, let name, let input):
+            [
+                "id": .string(id), "input": input, "name": .string(name), "seq": seq, "stream_id": streamID,
+                "tool_use_id": .string(toolUseID), "type": type,
+            ]
+        case .contentBlock(let id, let index, let block):
+            ["block": block, "id": .string(id), "index": .integer(index), "seq": seq, "stream_id": streamID, "type": type]
+        case .citation(let id, let citation):
+            ["citation": citation, "id": .string(id), "seq": seq, "stream_id": streamID, "type": type]
         case .messageRestart(let id, let reason):
             ["id": .string(id), "reason": .string(reason), "seq": seq, "stream_id": streamID, "type": type]
         case .upstreamRetry(let attempt, let reason, let delay, let mode):
@@ -72,7 +116,9 @@ public enum StreamEvent: Sendable, Equatable {
             ["details": details, "error": .string(error), "seq": seq, "stream_id": streamID, "type": type]
         case .streamError(let error, nil):
             ["error": .string(error), "seq": seq, "stream_id": streamID, "type": type]
-        case .streamComplete(let usage):
+        case .streamComplete(let usage, let message?):
+            ["message": message, "seq": seq, "stream_id": streamID, "type": type, "usage": usage]
+        case .streamComplete(let usage, nil):
             ["seq": seq, "stream_id": streamID, "type": type, "usage": usage]
         }
     }

@@ -21,6 +21,8 @@ public final class AnthropicSimulator: Sendable {
     private let requestIDs = Atomic<UInt64>(0)
     private let requestIDBase: UInt64
     private let attempts: LockedValue<AttemptTable>
+    /// Prompt-cache prefixes seen so far (their first use writes the cache, later ones read it).
+    private let cachedPrefixes: LockedValue<AttemptTable>
 
     public convenience init() {
         self.init(attemptCapacity: 10_000)
@@ -29,6 +31,7 @@ public final class AnthropicSimulator: Sendable {
     /// `attemptCapacity`: how many scenarios' attempt counters are kept (least recently used ones go first).
     public init(attemptCapacity: Int) {
         attempts = LockedValue(AttemptTable(capacity: max(1, attemptCapacity)))
+        cachedPrefixes = LockedValue(AttemptTable(capacity: max(1, attemptCapacity)))
         // Request ids only need to be unique, not reproducible.
         var system = SystemRandomNumberGenerator()
         requestIDBase = system.next()
@@ -43,9 +46,10 @@ public final class AnthropicSimulator: Sendable {
     /// Requests received so far.
     public var requestCount: Int { requests.load(ordering: .acquiring) }
 
-    /// Forgets every scenario's attempt count, so `times` faults fire again.
+    /// Forgets every scenario's attempt count, so `times` faults fire again, and the prompt cache.
     public func resetAttempts() {
         attempts.withLock { $0.removeAll() }
+        cachedPrefixes.withLock { $0.removeAll() }
     }
 
     public func register(in router: inout RPCRouter) {
@@ -103,7 +107,13 @@ public final class AnthropicSimulator: Sendable {
             return try await respond(Self.failure(for: fault), requestID: requestID, writer)
         }
 
-        let message = SimulatedMessage(request: messagesRequest, scenario: scenario)
+        var cacheRead = false
+        if let prefix = messagesRequest.cachedPrefix {
+            let key = AttemptTable.Key(
+                first: SimulatorHash.hash(prefix), second: SimulatorHash.hash(prefix, basis: 0x8422_2325_CBF2_9CE4), length: prefix.count)
+            cacheRead = cachedPrefixes.withLock { $0.next(key) } > 1
+        }
+        let message = SimulatedMessage(request: messagesRequest, scenario: scenario, cacheRead: cacheRead)
         if messagesRequest.stream {
             try await stream(message, scenario: scenario, fault: fault, requestID: requestID, writer)
         } else {
@@ -113,6 +123,13 @@ public final class AnthropicSimulator: Sendable {
 
     private static func checkPrefill(_ request: MessagesRequest, policy: SimulationScenario.PrefillPolicy) throws(SimulatorFailure) {
         guard let prefill = request.prefill else { return }
+        // As the API: with thinking enabled the last assistant message must start with a thinking block, which a
+        // text prefill never does.
+        if request.thinkingBudget != nil && !request.prefillStartsWithThinking {
+            throw .invalidRequest(
+                "messages.\(request.conversation.count).content.0.type: Expected `thinking` or `redacted_thinking`, but found `text`. When `thinking` is enabled, a final `assistant` message must start with a thinking block. We recommend you include thinking blocks from previous turns."
+            )
+        }
         switch policy {
         case .continue:
             break

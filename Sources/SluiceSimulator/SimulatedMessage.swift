@@ -51,10 +51,17 @@ struct MessagesRequest {
     var tools: [JSONValue]
     var stream: Bool
     var stopSequences: [String]
+    /// `thinking.budget_tokens` when thinking is enabled.
+    var thinkingBudget: Int?
     /// The messages without a trailing assistant message.
     var conversation: [JSONValue]
     /// The trailing assistant message's text, when the request ends with one.
     var prefill: String?
+    /// The trailing assistant message begins with a thinking block: the one prefill the API takes with thinking on.
+    var prefillStartsWithThinking = false
+    /// Tools, system and messages up to the last block marked `cache_control`, serialized: what prompt caching
+    /// stores (nil without a marker).
+    var cachedPrefix: [UInt8]?
 
     static func parse(_ body: [UInt8]) throws(SimulatorFailure) -> MessagesRequest {
         let json: JSONValue
@@ -133,16 +140,51 @@ struct MessagesRequest {
             }
         }
 
+        var thinkingBudget: Int?
+        if let thinking = root["thinking"], thinking != .null {
+            guard let type = thinking["type"]?.stringValue else { throw .invalidRequest("thinking.type: Field required") }
+            switch type {
+            case "enabled":
+                guard let budget = thinking["budget_tokens"]?.intValue else {
+                    throw .invalidRequest("thinking.enabled.budget_tokens: Field required")
+                }
+                guard budget >= 1024 else {
+                    throw .invalidRequest("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+                }
+                guard budget < maxTokens else { throw .invalidRequest("`max_tokens` must be greater than `thinking.budget_tokens`") }
+                thinkingBudget = budget
+            case "disabled": break
+            default: throw .invalidRequest("thinking: Input tag '\(type)' does not match any of the expected tags: 'disabled', 'enabled'")
+            }
+        }
+
         var conversation = messages
         var prefill: String?
+        var prefillStartsWithThinking = false
         if let last = messages.last, last["role"]?.stringValue == "assistant" {
             conversation.removeLast()
             prefill = Self.text(of: last["content"] ?? .null)
+            let firstType = last["content"]?.arrayValue?.first?["type"]?.stringValue
+            prefillStartsWithThinking = firstType == "thinking" || firstType == "redacted_thinking"
         }
         return MessagesRequest(
             model: model, maxTokens: maxTokens, system: system, tools: tools, stream: stream,
-            stopSequences: stopSequences, conversation: conversation, prefill: prefill
+            stopSequences: stopSequences, thinkingBudget: thinkingBudget, conversation: conversation, prefill: prefill,
+            prefillStartsWithThinking: prefillStartsWithThinking,
+            cachedPrefix: Self.cachedPrefix(tools: tools, system: system, messages: conversation)
         )
+    }
+
+    /// The API caches in order tools, system, messages; a prefix ends at the last `cache_control` marker.
+    static func cachedPrefix(tools: [JSONValue], system: JSONValue, messages: [JSONValue]) -> [UInt8]? {
+        var segments: [JSONValue] = tools
+        segments += system.arrayValue ?? []
+        for message in messages {
+            segments.append(["role": message["role"] ?? .null])
+            segments += message["content"]?.arrayValue ?? []
+        }
+        guard let last = segments.lastIndex(where: { $0["cache_control"] != nil }) else { return nil }
+        return JSONValue.array(Array(segments[...last])).serialized()
     }
 
     /// A message content's text: the string, or its text blocks joined.
@@ -164,8 +206,14 @@ struct SimulatedMessage {
     }
 
     enum Block {
-        case text([TextDelta])
+        case thinking([TextDelta], signature: String)
+        /// `citations` go out as citations_delta before the text.
+        case text([TextDelta], citations: [JSONValue])
         case toolUse(id: String, name: String, input: JSONValue, fragments: [String])
+        /// An Anthropic-hosted tool's call (web search), its input streamed like a client tool's.
+        case serverToolUse(id: String, name: String, input: JSONValue, fragments: [String])
+        /// A hosted tool's result, sent whole in its content_block_start as the API does.
+        case webSearchResult(toolUseID: String, content: JSONValue)
     }
 
     enum PrefillOutcome: String {
@@ -184,11 +232,15 @@ struct SimulatedMessage {
     var stopSequence: String?
     var inputTokens: Int
     var outputTokens: Int
+    var cacheCreationInputTokens = 0
+    var cacheReadInputTokens = 0
+    var webSearchRequests = 0
     var prefill: PrefillOutcome
 
     /// Decides the response. The text depends only on the scenario and the conversation without its trailing
     /// assistant message, so that a prefill of any prefix yields exactly the rest.
-    init(request: MessagesRequest, scenario: SimulationScenario) {
+    /// `cacheRead`: the request's cached prefix (`MessagesRequest.cachedPrefix`) was written by an earlier request.
+    init(request: MessagesRequest, scenario: SimulationScenario, cacheRead: Bool = false) {
         let conversationBytes = JSONValue.object(["system": request.system, "messages": .array(request.conversation)]).serialized()
         let textSeed = SimulatorHash.combine(SimulatorHash.hash(conversationBytes), scenario.seed)
         var random = SimulatorRandom(seed: textSeed)
@@ -235,25 +287,61 @@ struct SimulatedMessage {
             stopReason = "stop_sequence"
             toolCalls = []
         }
-        if tokens.count > request.maxTokens {
-            tokens.removeSubrange(request.maxTokens...)
+        // Extended thinking comes first and counts towards max_tokens (its budget is below max_tokens).
+        var blocks: [Block] = []
+        var thinkingCount = 0
+        if let budget = request.thinkingBudget, scenario.thinkingTokens > 0 {
+            let thinkingSeed = SimulatorHash.combine(textSeed, 0x7417)
+            var thinkingRandom = SimulatorRandom(seed: thinkingSeed)
+            let thinking = SimulatorText.prose(tokens: min(scenario.thinkingTokens, budget), random: &thinkingRandom)
+            thinkingCount = thinking.count
+            blocks.append(
+                .thinking(
+                    Self.deltas(thinking, seed: thinkingSeed),
+                    signature: SimulatorText.identifier(prefix: "Eq", seed: thinkingSeed ^ 0x5161) + "=="))
+        }
+        let textBudget = request.maxTokens - thinkingCount
+        if tokens.count > textBudget {
+            tokens.removeSubrange(textBudget...)
             stopReason = "max_tokens"
             stopSequence = nil
             toolCalls = []
         }
-        var outputTokens = tokens.count
+        var outputTokens = thinkingCount + tokens.count
 
-        var blocks: [Block] = []
+        // A hosted web search runs before the answer, within the same message, and the answer cites its result.
+        var citations = Self.documentCitations(in: request.conversation)
+        if request.tools.contains(where: { $0["type"]?.stringValue?.hasPrefix("web_search_") == true }), results.isEmpty {
+            let searchSeed = SimulatorHash.combine(textSeed, 0x5EA2C4)
+            let searchID = SimulatorText.identifier(prefix: "srvtoolu_", seed: searchSeed)
+            let query = MessagesRequest.text(of: request.conversation.last?["content"] ?? .null).split(separator: " ").prefix(8).joined(
+                separator: " ")
+            let input: JSONValue = ["query": .string(query)]
+            let url = "https://example.com/search/\(SimulatorText.identifier(prefix: "r", seed: searchSeed ^ 1))"
+            let title = "Result for \(query)"
+            blocks.append(
+                .serverToolUse(
+                    id: searchID, name: "web_search", input: input, fragments: Self.fragments(of: input.serializedString, seed: searchSeed))
+            )
+            blocks.append(
+                .webSearchResult(
+                    toolUseID: searchID,
+                    content: [
+                        [
+                            "type": "web_search_result", "url": .string(url), "title": .string(title),
+                            "encrypted_content": .string(SimulatorText.identifier(prefix: "Eu", seed: searchSeed ^ 2)), "page_age": nil,
+                        ]
+                    ]))
+            citations.append([
+                "type": "web_search_result_location", "url": .string(url), "title": .string(title),
+                "encrypted_index": .string(SimulatorText.identifier(prefix: "Eo", seed: searchSeed ^ 3)),
+                "cited_text": .string(String(tokens.joined().prefix(60))),
+            ])
+            webSearchRequests = 1
+        }
         if !tokens.isEmpty {
-            var chunking = SimulatorRandom(seed: SimulatorHash.combine(textSeed, 0xC4_0000 &+ UInt64(prefillBytes)))
-            var deltas: [TextDelta] = []
-            var index = 0
-            while index < tokens.count {
-                let count = min(tokens.count - index, [1, 1, 1, 2, 2, 3][chunking.below(6)])
-                deltas.append(TextDelta(text: tokens[index..<index + count].joined(), tokens: count))
-                index += count
-            }
-            blocks.append(.text(deltas))
+            blocks.append(
+                .text(Self.deltas(tokens, seed: SimulatorHash.combine(textSeed, 0xC4_0000 &+ UInt64(prefillBytes))), citations: citations))
         }
         for (index, call) in toolCalls.enumerated() {
             let json = call.input.serializedString
@@ -264,18 +352,10 @@ struct SimulatedMessage {
             }
             outputTokens += cost
             let toolSeed = SimulatorHash.combine(textSeed, 0x7001 &+ UInt64(index))
-            var splitting = SimulatorRandom(seed: toolSeed ^ 0x5EED)
-            var fragments = [""]
-            var scalars = json.unicodeScalars[...]
-            while !scalars.isEmpty {
-                let count = min(scalars.count, splitting.inRange(1...16))
-                fragments.append(String(String.UnicodeScalarView(scalars.prefix(count))))
-                scalars = scalars.dropFirst(count)
-            }
             blocks.append(
                 .toolUse(
-                    id: SimulatorText.identifier(prefix: "toolu_", seed: toolSeed), name: call.name, input: call.input, fragments: fragments
-                ))
+                    id: SimulatorText.identifier(prefix: "toolu_", seed: toolSeed), name: call.name, input: call.input,
+                    fragments: Self.fragments(of: json, seed: toolSeed ^ 0x5EED)))
         }
         if stopReason == "tool_use", !blocks.contains(where: { if case .toolUse = $0 { true } else { false } }) {
             stopReason = "max_tokens"
@@ -288,7 +368,73 @@ struct SimulatedMessage {
         self.outputTokens = outputTokens
         var inputBytes = conversationBytes.count + JSONValue.array(request.tools).serialized().count
         inputBytes += request.prefill?.utf8.count ?? 0
-        self.inputTokens = max(1, inputBytes / 4)
+        // The prompt-cached prefix is counted apart from input_tokens: written on first use, read on a repeat.
+        let cachedTokens = min((request.cachedPrefix?.count ?? 0) / 4, inputBytes / 4)
+        if cacheRead { cacheReadInputTokens = cachedTokens } else { cacheCreationInputTokens = cachedTokens }
+        self.inputTokens = max(1, inputBytes / 4 - cachedTokens)
+    }
+
+    /// `json` in fragments of 1 to 16 scalars after an empty first one, as the API streams tool input: splits
+    /// fall inside strings, between escapes and between the scalars of multi-scalar characters.
+    private static func fragments(of json: String, seed: UInt64) -> [String] {
+        var splitting = SimulatorRandom(seed: seed)
+        var fragments = [""]
+        var scalars = json.unicodeScalars[...]
+        while !scalars.isEmpty {
+            let count = min(scalars.count, splitting.inRange(1...16))
+            fragments.append(String(String.UnicodeScalarView(scalars.prefix(count))))
+            scalars = scalars.dropFirst(count)
+        }
+        return fragments
+    }
+
+    /// One citation per document with `citations.enabled` in the conversation, in the API's location type for
+    /// its source: character ranges for plain text, block ranges for custom content, pages for PDFs.
+    private static func documentCitations(in conversation: [JSONValue]) -> [JSONValue] {
+        var citations: [JSONValue] = []
+        var documentIndex = 0
+        for message in conversation {
+            for block in message["content"]?.arrayValue ?? [] where block["type"]?.stringValue == "document" {
+                defer { documentIndex += 1 }
+                guard block["citations"]?["enabled"]?.boolValue == true else { continue }
+                let title = block["title"] ?? .null
+                let source = block["source"] ?? .null
+                switch source["type"]?.stringValue {
+                case "text":
+                    let text = source["data"]?.stringValue ?? ""
+                    let cited = String(text.prefix(60))
+                    citations.append([
+                        "type": "char_location", "cited_text": .string(cited), "document_index": .integer(documentIndex),
+                        "document_title": title, "start_char_index": 0, "end_char_index": .integer(cited.count),
+                    ])
+                case "content":
+                    citations.append([
+                        "type": "content_block_location",
+                        "cited_text": .string(source["content"]?.arrayValue?.first?["text"]?.stringValue ?? ""),
+                        "document_index": .integer(documentIndex), "document_title": title, "start_block_index": 0, "end_block_index": 1,
+                    ])
+                default:
+                    citations.append([
+                        "type": "page_location", "cited_text": "", "document_index": .integer(documentIndex), "document_title": title,
+                        "start_page_number": 1, "end_page_number": 2,
+                    ])
+                }
+            }
+        }
+        return citations
+    }
+
+    /// `tokens` in deltas of 1 to 3 tokens.
+    private static func deltas(_ tokens: [String], seed: UInt64) -> [TextDelta] {
+        var chunking = SimulatorRandom(seed: seed)
+        var deltas: [TextDelta] = []
+        var index = 0
+        while index < tokens.count {
+            let count = min(tokens.count - index, [1, 1, 1, 2, 2, 3][chunking.below(6)])
+            deltas.append(TextDelta(text: tokens[index..<index + count].joined(), tokens: count))
+            index += count
+        }
+        return deltas
     }
 
     /// The scenario's scripted text, or generated prose.
@@ -370,23 +516,33 @@ struct SimulatedMessage {
 
     // MARK: JSON
 
-    private var usageJSON: OrderedJSON {
-        [
-            "input_tokens": .integer(inputTokens),
-            "cache_creation_input_tokens": .integer(0),
-            "cache_read_input_tokens": .integer(0),
-            "output_tokens": .integer(outputTokens),
+    private func usageJSON(outputTokens: Int) -> OrderedJSON {
+        var members: [(String, OrderedJSON)] = [
+            ("input_tokens", .integer(inputTokens)),
+            ("cache_creation_input_tokens", .integer(cacheCreationInputTokens)),
+            ("cache_read_input_tokens", .integer(cacheReadInputTokens)),
+            ("output_tokens", .integer(outputTokens)),
         ]
+        if webSearchRequests > 0 { members.append(("server_tool_use", ["web_search_requests": .integer(webSearchRequests)])) }
+        return .object(members)
     }
 
     /// The non-streaming response body: the whole Message.
     var messageJSON: OrderedJSON {
         let content = blocks.map { block -> OrderedJSON in
             switch block {
-            case .text(let deltas):
+            case .thinking(let deltas, let signature):
+                ["type": "thinking", "thinking": .string(deltas.map(\.text).joined()), "signature": .string(signature)]
+            case .text(let deltas, let citations) where !citations.isEmpty:
+                ["type": "text", "text": .string(deltas.map(\.text).joined()), "citations": .value(.array(citations))]
+            case .text(let deltas, _):
                 ["type": "text", "text": .string(deltas.map(\.text).joined())]
             case .toolUse(let id, let name, let input, _):
                 ["type": "tool_use", "id": .string(id), "name": .string(name), "input": .value(input)]
+            case .serverToolUse(let id, let name, let input, _):
+                ["type": "server_tool_use", "id": .string(id), "name": .string(name), "input": .value(input)]
+            case .webSearchResult(let toolUseID, let content):
+                ["type": "web_search_tool_result", "tool_use_id": .string(toolUseID), "content": .value(content)]
             }
         }
         return [
@@ -397,7 +553,7 @@ struct SimulatedMessage {
             "content": .array(content),
             "stop_reason": .string(stopReason),
             "stop_sequence": stopSequence.map(OrderedJSON.string) ?? .value(.null),
-            "usage": usageJSON,
+            "usage": usageJSON(outputTokens: outputTokens),
         ]
     }
 
@@ -421,12 +577,7 @@ struct SimulatedMessage {
             "content": [],
             "stop_reason": nil,
             "stop_sequence": nil,
-            "usage": [
-                "input_tokens": .integer(inputTokens),
-                "cache_creation_input_tokens": .integer(0),
-                "cache_read_input_tokens": .integer(0),
-                "output_tokens": .integer(1),
-            ],
+            "usage": usageJSON(outputTokens: 1),
         ]
         func append(_ name: String, _ data: OrderedJSON, isTextDelta: Bool = false, delay: Duration = .zero) {
             events.append(Event(name: name, data: data.serializedString, isTextDelta: isTextDelta, delay: delay))
@@ -437,8 +588,13 @@ struct SimulatedMessage {
         for (index, block) in blocks.enumerated() {
             let contentBlock: OrderedJSON =
                 switch block {
+                case .thinking: ["type": "thinking", "thinking": "", "signature": ""]
                 case .text: ["type": "text", "text": ""]
                 case .toolUse(let id, let name, _, _): ["type": "tool_use", "id": .string(id), "name": .string(name), "input": .object([])]
+                case .serverToolUse(let id, let name, _, _):
+                    ["type": "server_tool_use", "id": .string(id), "name": .string(name), "input": .object([])]
+                case .webSearchResult(let toolUseID, let content):
+                    ["type": "web_search_tool_result", "tool_use_id": .string(toolUseID), "content": .value(content)]
                 }
             append(
                 "content_block_start", ["type": "content_block_start", "index": .integer(index), "content_block": contentBlock],
@@ -450,14 +606,24 @@ struct SimulatedMessage {
                 firstDelta = false
             }
             switch block {
-            case .text(let deltas):
+            case .thinking(let deltas, let signature):
+                for item in deltas {
+                    delta(["type": "thinking_delta", "thinking": .string(item.text)], tokens: item.tokens, isText: false)
+                }
+                delta(["type": "signature_delta", "signature": .string(signature)], tokens: 0, isText: false)
+            case .text(let deltas, let citations):
+                for citation in citations {
+                    delta(["type": "citations_delta", "citation": .value(citation)], tokens: 0, isText: false)
+                }
                 for item in deltas {
                     delta(["type": "text_delta", "text": .string(item.text)], tokens: item.tokens, isText: true)
                 }
-            case .toolUse(_, _, _, let fragments):
+            case .toolUse(_, _, _, let fragments), .serverToolUse(_, _, _, let fragments):
                 for fragment in fragments {
                     delta(["type": "input_json_delta", "partial_json": .string(fragment)], tokens: 1, isText: false)
                 }
+            case .webSearchResult:
+                break
             }
             append("content_block_stop", ["type": "content_block_stop", "index": .integer(index)])
         }

@@ -58,6 +58,9 @@ public struct SimulationScenario: Sendable, Equatable {
     /// Pings after `message_start` and then every interval; `.zero` sends only the first.
     public var pingInterval: Duration = .seconds(10)
     public var toolCalls: [ToolCall] = []
+    /// Length of the thinking block that precedes the answer when the request enables extended thinking
+    /// (at most its `budget_tokens`).
+    public var thinkingTokens = 0
     /// Whether a short text block precedes tool calls.
     public var toolPreamble = true
     public var prefill = PrefillPolicy.continue
@@ -87,10 +90,11 @@ public struct SimulationScenario: Sendable, Equatable {
         let fields = Fields(path: "", object: root)
         try fields.allow([
             "seed", "output_tokens", "token_interval_ms", "first_token_delay_ms", "ping_interval_ms",
-            "tool_calls", "tool_preamble", "prefill", "fault", "stamp_deltas", "text",
+            "tool_calls", "tool_preamble", "prefill", "fault", "stamp_deltas", "text", "thinking_tokens",
         ])
         if let seed = try fields.integer("seed", in: 0...Int(1 << 53)) { self.seed = UInt64(seed) }
         if let tokens = try fields.integer("output_tokens", in: 0...Self.maxOutputTokens) { outputTokens = tokens }
+        if let tokens = try fields.integer("thinking_tokens", in: 0...Self.maxOutputTokens) { thinkingTokens = tokens }
         text = try fields.string("text")
         if let ms = try fields.milliseconds("token_interval_ms") { tokenInterval = ms }
         if let ms = try fields.milliseconds("first_token_delay_ms") { firstTokenDelay = ms }

@@ -214,6 +214,10 @@ struct HTTP2StreamStateMachine {
         return .startRPC(rpcProtocol, deadline: deadline)
     }
 
+    /// Requests carry base64 images and documents, which are what usually hits the limit.
+    static let sizeLimitHint =
+        " (the server's --max-message-size; base64 image and document data count towards it: send fewer or smaller files, or URL sources)"
+
     /// A chunk of the request body.
     mutating func receiveData(_ bytes: UnsafeRawBufferPointer) -> DataAction {
         guard case .receivingRequest(let route) = state else { return .none }
@@ -221,7 +225,8 @@ struct HTTP2StreamStateMachine {
         case .http:
             guard requestBody.count + bytes.count <= limits.maxMessageSize else {
                 preparePlainResponse(
-                    status: 413, extra: nil, body: "The request body exceeds the limit of \(limits.maxMessageSize) bytes.\n")
+                    status: 413, extra: nil,
+                    body: "The request body exceeds the limit of \(limits.maxMessageSize) bytes\(Self.sizeLimitHint).\n")
                 return .respondPlain
             }
             requestBody.append(contentsOf: bytes)
@@ -236,7 +241,7 @@ struct HTTP2StreamStateMachine {
                     requestMessage = envelope.payload
                 }
             } catch {
-                return fail(route, error.code, error.message)
+                return fail(route, error.code, error.code == .resourceExhausted ? error.message + Self.sizeLimitHint : error.message)
             }
             return .none
         }

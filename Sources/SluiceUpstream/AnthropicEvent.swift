@@ -7,18 +7,25 @@ public struct AnthropicUsage: Sendable, Equatable {
     public var outputTokens: Int?
     public var cacheCreationInputTokens: Int?
     public var cacheReadInputTokens: Int?
+    /// Every other usage field the API reports (`server_tool_use`, `cache_creation`, `service_tier`, ones
+    /// added later), as sent: nothing the API counts is dropped.
+    public var other: [String: JSONValue]
 
     public init(
         inputTokens: Int? = nil,
         outputTokens: Int? = nil,
         cacheCreationInputTokens: Int? = nil,
-        cacheReadInputTokens: Int? = nil
+        cacheReadInputTokens: Int? = nil,
+        other: [String: JSONValue] = [:]
     ) {
         self.inputTokens = inputTokens
         self.outputTokens = outputTokens
         self.cacheCreationInputTokens = cacheCreationInputTokens
         self.cacheReadInputTokens = cacheReadInputTokens
+        self.other = other
     }
+
+    static let countFields = ["input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
 
     /// Takes every field `newer` carries.
     public mutating func update(with newer: AnthropicUsage) {
@@ -26,11 +33,35 @@ public struct AnthropicUsage: Sendable, Equatable {
         outputTokens = newer.outputTokens ?? outputTokens
         cacheCreationInputTokens = newer.cacheCreationInputTokens ?? cacheCreationInputTokens
         cacheReadInputTokens = newer.cacheReadInputTokens ?? cacheReadInputTokens
+        other.merge(newer.other) { _, newer in newer }
     }
 
-    /// The API's `usage` object, with only the known fields.
+    /// Adds `more` (another attempt or turn): counts add, nested objects (`server_tool_use`) add member by
+    /// member, and anything that is not a count (`service_tier`) takes the later value.
+    public mutating func add(_ more: AnthropicUsage) {
+        func sum(_ a: Int?, _ b: Int?) -> Int? { a == nil && b == nil ? nil : (a ?? 0) + (b ?? 0) }
+        inputTokens = sum(inputTokens, more.inputTokens)
+        outputTokens = sum(outputTokens, more.outputTokens)
+        cacheCreationInputTokens = sum(cacheCreationInputTokens, more.cacheCreationInputTokens)
+        cacheReadInputTokens = sum(cacheReadInputTokens, more.cacheReadInputTokens)
+        other.merge(more.other, uniquingKeysWith: Self.sum)
+    }
+
+    private static func sum(_ a: JSONValue, _ b: JSONValue) -> JSONValue {
+        switch (a, b) {
+        case (.number(let x), .number(let y)):
+            guard let x = x.int64Value, let y = y.int64Value else { return b }
+            return .integer(x &+ y)
+        case (.object(let x), .object(let y)):
+            return .object(x.merging(y, uniquingKeysWith: sum))
+        default:
+            return b
+        }
+    }
+
+    /// The API's `usage` object: the fields the stream reported, nothing invented.
     public var jsonValue: JSONValue {
-        var object: [String: JSONValue] = [:]
+        var object = other
         let fields: [(String, Int?)] = [
             ("input_tokens", inputTokens),
             ("output_tokens", outputTokens),
@@ -52,6 +83,12 @@ public enum AnthropicContentBlock: Sendable, Equatable {
     case redactedThinking(data: String)
     /// A block type Sluice doesn't model (server tool use, search results, …), kept whole.
     case other(type: String, raw: JSONValue)
+}
+
+extension AnthropicContentBlock {
+    public var isText: Bool {
+        if case .text = self { true } else { false }
+    }
 }
 
 /// The `delta` of a `content_block_delta` event.
@@ -210,7 +247,8 @@ private struct Payload {
             inputTokens: try count("input_tokens"),
             outputTokens: try count("output_tokens"),
             cacheCreationInputTokens: try count("cache_creation_input_tokens"),
-            cacheReadInputTokens: try count("cache_read_input_tokens")
+            cacheReadInputTokens: try count("cache_read_input_tokens"),
+            other: object.filter { !AnthropicUsage.countFields.contains($0.key) && $0.value != .null }
         )
     }
 

@@ -78,7 +78,7 @@ public struct MessageAccumulator: Sendable {
         var text: String
         var signature = ""
         var citations: [JSONValue] = []
-        /// A tool input, parsed once at `content_block_stop`.
+        /// A tool input (a client or server tool's), parsed once at `content_block_stop`.
         var toolInput: ToolInput?
     }
 
@@ -88,7 +88,8 @@ public struct MessageAccumulator: Sendable {
     private var blocks: [Int: BlockState] = [:]
     private var stopReason: String?
     private var stopSequence: String?
-    private var usage = AnthropicUsage()
+    /// Usage so far (message_start's, updated by each message_delta).
+    public private(set) var usage = AnthropicUsage()
 
     /// `message_stop` has arrived.
     public private(set) var isComplete = false
@@ -116,7 +117,9 @@ public struct MessageAccumulator: Sendable {
                 blocks[index]!.text += more
             case (.text, .citation(let citation)):
                 blocks[index]!.citations.append(citation)
-            case (.toolUse, .inputJSON(let more)) where blocks[index]!.toolInput == nil:
+            case (.toolUse, .inputJSON(let more)) where blocks[index]!.toolInput == nil,
+                // A server tool's call (`server_tool_use`) streams its input as a client tool's does.
+                (.other, .inputJSON(let more)) where blocks[index]!.toolInput == nil:
                 blocks[index]!.text += more
             case (.thinking, .signature(let signature)):
                 blocks[index]!.signature = signature
@@ -124,8 +127,12 @@ public struct MessageAccumulator: Sendable {
                 break
             }
         case .contentBlockStop(let index):
-            guard let block = blocks[index], case .toolUse = block.start, block.toolInput == nil else { return }
-            blocks[index]!.toolInput = Self.parseToolInput(block.text)
+            guard let block = blocks[index], block.toolInput == nil else { return }
+            switch block.start {
+            case .toolUse: blocks[index]!.toolInput = Self.parseToolInput(block.text)
+            case .other where !block.text.isEmpty: blocks[index]!.toolInput = Self.parseToolInput(block.text)
+            default: break
+            }
         case .messageDelta(let stopReason, let stopSequence, let usage):
             self.stopReason = stopReason
             self.stopSequence = stopSequence
@@ -147,23 +154,29 @@ public struct MessageAccumulator: Sendable {
         }
     }
 
+    /// The block at `index` so far (whole once its `content_block_stop` has arrived).
+    public func block(at index: Int) -> AccumulatedMessage.Block? {
+        guard let state = blocks[index] else { return nil }
+        switch state.start {
+        case .text: return .text(state.text, citations: state.citations)
+        case .toolUse(let id, let name):
+            return .toolUse(id: id, name: name, input: state.toolInput ?? .incomplete(json: state.text))
+        case .thinking: return .thinking(state.text, signature: state.signature)
+        case .redactedThinking(let data): return .redactedThinking(data: data)
+        case .other(_, let raw):
+            guard case .parsed(let input)? = state.toolInput, case .object(var object) = raw else { return .other(raw) }
+            object["input"] = input
+            return .other(.object(object))
+        }
+    }
+
     /// The Message so far.
     public func message() -> AccumulatedMessage {
         AccumulatedMessage(
             id: id,
             model: model,
             role: role,
-            content: blocks.keys.sorted().map { index in
-                let state = blocks[index]!
-                return switch state.start {
-                case .text: .text(state.text, citations: state.citations)
-                case .toolUse(let id, let name):
-                    .toolUse(id: id, name: name, input: state.toolInput ?? .incomplete(json: state.text))
-                case .thinking: .thinking(state.text, signature: state.signature)
-                case .redactedThinking(let data): .redactedThinking(data: data)
-                case .other(_, let raw): .other(raw)
-                }
-            },
+            content: blocks.keys.sorted().map { block(at: $0)! },
             stopReason: stopReason,
             stopSequence: stopSequence,
             usage: usage

@@ -209,13 +209,29 @@ import Testing
     }
 
     @Test func anUnknownTypeIsKeptWholeForForwardCompatibility() throws {
-        let event = try SluiceEvent(json: Array(#"{"seq":1,"stream_id":"st_1","type":"thinking_delta","text":"hm"}"#.utf8))
-        #expect(event.type == "thinking_delta")
+        let event = try SluiceEvent(json: Array(#"{"seq":1,"stream_id":"st_1","type":"hologram_delta","text":"hm"}"#.utf8))
+        #expect(event.type == "hologram_delta")
         guard case .other(let type, let fields) = event.kind else {
             Issue.record("expected .other")
             return
         }
-        #expect(type == "thinking_delta" && fields["text"] == "hm")
+        #expect(type == "hologram_delta" && fields["text"] == "hm")
+    }
+
+    @Test func claudeFeatureEventsAreTyped() throws {
+        let thinking = try SluiceEvent(json: Array(#"{"seq":1,"stream_id":"st_1","type":"thinking_delta","id":"m","delta":"hm"}"#.utf8))
+        #expect(thinking.kind == .thinkingDelta(id: "m", delta: "hm"))
+        let call = try SluiceEvent(
+            json: Array(
+                #"{"seq":2,"stream_id":"st_1","type":"tool_call","id":"m","tool_use_id":"toolu_1","name":"f","input":{"n":9007199254740993}}"#
+                    .utf8))
+        #expect(call.kind == .toolCall(id: "m", toolUseID: "toolu_1", name: "f", input: ["n": 9_007_199_254_740_993]))
+        let citation = try SluiceEvent(
+            json: Array(#"{"seq":3,"stream_id":"st_1","type":"citation","id":"m","citation":{"cited_text":"x"}}"#.utf8))
+        #expect(citation.kind == .citation(id: "m", citation: ["cited_text": "x"]))
+        #expect(throws: RPCError(.internal, "the tool_call event (seq 4) lacks 'tool_use_id' (a string)")) {
+            try SluiceEvent(json: Array(#"{"seq":4,"stream_id":"st_1","type":"tool_call","id":"m","name":"f","input":{}}"#.utf8))
+        }
     }
 
     @Test func aFrameMissingARequiredMemberNamesIt() {

@@ -245,7 +245,6 @@ import Testing
         #"{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"x"}]}"#,
         #"{"model":"m","max_tokens":1,"messages":[]}"#,
         #"{"model":"m","max_tokens":1,"messages":[{"role":"robot","content":"x"}]}"#,
-        #"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"bogus":1}"#,
         #"{"model":"m""#,
     ])
     func invalidRequestsAreRejected(json: String) {

@@ -63,7 +63,9 @@ enum AnthropicFixtures {
     static let toolUseEvents: [AnthropicEvent] = [
         .messageStart(
             id: "msg_01XFDUDYJgAACzvnptvVoYEL", model: "claude-sonnet-4-5-20250929", role: "assistant",
-            usage: AnthropicUsage(inputTokens: 472, outputTokens: 2, cacheCreationInputTokens: 0, cacheReadInputTokens: 0)
+            usage: AnthropicUsage(
+                inputTokens: 472, outputTokens: 2, cacheCreationInputTokens: 0, cacheReadInputTokens: 0, other: ["service_tier": "standard"]
+            )
         ),
         .ping,
         .contentBlockStart(index: 0, block: .text("")),

@@ -10,9 +10,9 @@ import Testing
     }
 
     /// What the Python SDK's `final_message().model_dump()` gives for the tool-use fixture, less its `None`
-    /// fields (`citations`, `server_tool_use`, `cache_creation`, …) and `service_tier`, which Sluice doesn't keep.
+    /// fields (`citations`, `server_tool_use`, `cache_creation`, …).
     static let toolUseMessageJSON =
-        #"{"content":[{"text":"Okay, let me check the weather in São Paulo for you ☀️ — one moment.","type":"text"},{"id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6","input":{"days":3,"detail":true,"location":"São Paulo, BR","unit":"celsius"},"name":"get_weather","type":"tool_use"}],"id":"msg_01XFDUDYJgAACzvnptvVoYEL","model":"claude-sonnet-4-5-20250929","role":"assistant","stop_reason":"tool_use","stop_sequence":null,"type":"message","usage":{"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"input_tokens":472,"output_tokens":89}}"#
+        #"{"content":[{"text":"Okay, let me check the weather in São Paulo for you ☀️ — one moment.","type":"text"},{"id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6","input":{"days":3,"detail":true,"location":"São Paulo, BR","unit":"celsius"},"name":"get_weather","type":"tool_use"}],"id":"msg_01XFDUDYJgAACzvnptvVoYEL","model":"claude-sonnet-4-5-20250929","role":"assistant","stop_reason":"tool_use","stop_sequence":null,"type":"message","usage":{"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"input_tokens":472,"output_tokens":89,"service_tier":"standard"}}"#
 
     @Test func rebuildsTheRecordedToolUseMessage() throws {
         let accumulator = Self.accumulate(try AnthropicFixtures.decodeAll(AnthropicFixtures.toolUseStream))
@@ -29,7 +29,11 @@ import Testing
                         "location": "São Paulo, BR", "unit": "celsius", "days": 3, "detail": true,
                     ])),
             ])
-        #expect(message.usage == AnthropicUsage(inputTokens: 472, outputTokens: 89, cacheCreationInputTokens: 0, cacheReadInputTokens: 0))
+        #expect(
+            message.usage
+                == AnthropicUsage(
+                    inputTokens: 472, outputTokens: 89, cacheCreationInputTokens: 0, cacheReadInputTokens: 0,
+                    other: ["service_tier": "standard"]))
         #expect(message.stopReason == "tool_use")
     }
 
@@ -59,6 +63,7 @@ import Testing
         #expect(
             message.jsonValue["usage"] == [
                 "input_tokens": 472, "output_tokens": 2, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                "service_tier": "standard",
             ])
     }
 
