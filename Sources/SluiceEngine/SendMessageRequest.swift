@@ -12,11 +12,14 @@ public struct SendMessageRequest: Sendable {
     public var metadata: JSONValue?
     /// The simulator scenario, forwarded as the `sluice-simulation` header.
     public var simulation: JSONValue?
+    /// The request as the client sent it (the store keeps it beside the stream).
+    public private(set) var json: [UInt8] = []
 
     public static let maxMaxTokens = 128_000
 
     /// Parses and validates; errors are INVALID_ARGUMENT and name the offending field.
     public init(json bytes: [UInt8]) throws(RPCError) {
+        json = bytes
         let root: JSONValue
         do {
             root = try JSONValue(parsing: bytes)

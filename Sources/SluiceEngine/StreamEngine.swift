@@ -1,5 +1,6 @@
 import Logging
 import SluiceIO
+import SluiceStore
 import SluiceUpstream
 import SluiceWire
 
@@ -32,6 +33,8 @@ public struct EngineConfiguration: Sendable {
     public var maxParallelTools = 4
     /// Model turns per stream (each tool round trip is one more turn).
     public var maxTurns = 8
+    /// Where streams are kept beyond this replica's memory (`--store`).
+    public var store: any StreamStore = MemoryStreamStore()
 
     public init() {}
 }
@@ -162,7 +165,9 @@ public final class StreamEngine: Sendable {
             throw error
         }
         let streamID = Self.makeID(prefix: "st_")
-        let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes)
+        let log = configuration.store.open(
+            StoredStream(streamID: streamID, caller: caller, request: request.json, maxDuration: configuration.maxStreamDuration))
+        let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes, log: log)
         let record = StreamRecord(channel: channel, owner: caller)
         registry.withLock {
             $0.streams[streamID] = record
