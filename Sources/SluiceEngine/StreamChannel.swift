@@ -104,15 +104,36 @@ public final class StreamChannel: Sendable {
 
     // MARK: Producer (the job)
 
+    /// A channel mirroring a stream another replica runs, from the store: its events arrive already encoded
+    /// (`record`), from `seq + 1` on.
+    public convenience init(mirroring streamID: String, after seq: Int, maxBufferedBytes: Int) {
+        self.init(streamID: streamID, maxBufferedBytes: maxBufferedBytes)
+        handOff.withLock { state, _ in state.buffer.nextSeq = seq + 1 }
+    }
+
     /// Records an event; returns its seq.
     @discardableResult
     public func emit(_ event: StreamEvent) -> Int {
+        append(type: event.type) { seq in event.encoded(streamID: streamID, seq: seq) }
+    }
+
+    /// Records an event another replica encoded as `seq` (a mirror's events, in order).
+    public func record(seq: Int, type: String, frame: [UInt8]) {
+        append(type: type) { next in
+            precondition(next == seq, "a mirrored stream's events must be recorded in order: got \(seq), expected \(next)")
+            return frame
+        }
+    }
+
+    /// Numbers, buffers and delivers an event whose frame `encode` makes for its seq (under the lock: cheap work).
+    @discardableResult
+    private func append(type: String, _ encode: (Int) -> [UInt8]) -> Int {
         let (seq, push, recorded) = handOff.withLock { state, wakeups -> (Int, PushAction?, (type: String, bytes: [UInt8])?) in
             guard state.buffer.outcome == nil else { return (state.buffer.nextSeq - 1, nil, nil) }
             let seq = state.buffer.nextSeq
             state.buffer.nextSeq += 1
-            let bytes = event.encoded(streamID: streamID, seq: seq)
-            state.buffer.events.append((seq, event.type, bytes, ContinuousClock.now))
+            let bytes = encode(seq)
+            state.buffer.events.append((seq, type, bytes, ContinuousClock.now))
             state.buffer.bufferedBytes += bytes.count
             if let acknowledged = state.buffer.subscriber?.acknowledged, seq > acknowledged {
                 _ = state.machine.add(bytes.count)
@@ -130,7 +151,7 @@ public final class StreamChannel: Sendable {
                 state.buffer.events.removeFirst(state.buffer.head)
                 state.buffer.head = 0
             }
-            let recorded = log == nil ? nil : (event.type, bytes)
+            let recorded = log == nil ? nil : (type, bytes)
             if pushInFlight(&state.buffer) { return (seq, nil, recorded) }
             return (seq, dispatch(&state, &wakeups), recorded)
         }

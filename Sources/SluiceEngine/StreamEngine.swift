@@ -131,6 +131,10 @@ public final class StreamEngine: Sendable {
             }
         }
         sweeper.withLock { $0 = sweepTask }
+        // Another replica's Cancel of a stream this one runs.
+        configuration.store.onCancelRequest { [weak self] streamID, reason in
+            self?.localRecord(streamID)?.cancel(RPCError(.cancelled, reason))
+        }
     }
 
     deinit {
@@ -198,13 +202,20 @@ public final class StreamEngine: Sendable {
     }
 
     private func record(_ streamID: String, caller: String) throws(RPCError) -> StreamRecord {
-        guard let record = registry.withLock({ $0.streams[streamID] }), record.owner == caller else {
-            throw RPCError(
-                .notFound,
-                "no stream \(streamID) for this caller (it never existed, belongs to another key, or finished more than \(DurationParsing.format(configuration.retention)) ago)"
-            )
-        }
+        guard let record = localRecord(streamID), record.owner == caller else { throw notFound(streamID) }
         return record
+    }
+
+    /// The stream `streamID` if this replica runs (or ran) it.
+    func localRecord(_ streamID: String) -> StreamRecord? {
+        registry.withLock { $0.streams[streamID] }
+    }
+
+    func notFound(_ streamID: String) -> RPCError {
+        RPCError(
+            .notFound,
+            "no stream \(streamID) for this caller (it never existed, belongs to another key, or finished more than \(DurationParsing.format(configuration.retention)) ago)"
+        )
     }
 
     public var streamCount: Int { registry.withLock { $0.streams.count } }

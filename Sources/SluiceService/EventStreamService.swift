@@ -40,7 +40,7 @@ public struct EventStreamService: Sendable {
             try await Self.respond(writer) {
                 let rest = request.path.dropFirst(Self.collectionPath.count + 1).split(separator: "/", omittingEmptySubsequences: false)
                 if rest.count == 1, !rest[0].isEmpty {
-                    return try cancel(String(rest[0]), request)
+                    return try await cancel(String(rest[0]), request)
                 } else if rest.count == 2, !rest[0].isEmpty, rest[1] == "events" {
                     try await events(String(rest[0]), request, writer)
                     return nil
@@ -78,10 +78,11 @@ public struct EventStreamService: Sendable {
         )
     }
 
-    private func cancel(_ streamID: String, _ request: HTTPRequest) throws -> JSONResponse {
+    private func cancel(_ streamID: String, _ request: HTTPRequest) async throws -> JSONResponse {
         try Self.requireMethod("DELETE", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
-        try engine.cancel(streamID, caller: caller, reason: "the stream was cancelled by DELETE \(Self.collectionPath)/\(streamID)")
+        try await engine.cancelAnywhere(
+            streamID, caller: caller, reason: "the stream was cancelled by DELETE \(Self.collectionPath)/\(streamID)")
         return JSONResponse(status: 200, body: ["stream_id": .string(streamID), "cancelled": true])
     }
 
@@ -89,8 +90,8 @@ public struct EventStreamService: Sendable {
     private func events(_ streamID: String, _ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
         try Self.requireMethod("GET", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
-        let channel = try engine.channel(streamID, caller: caller)
         let after = try Self.resumePoint(request)
+        let channel = try await engine.resumableChannel(streamID, caller: caller, after: after)
         // A newer reader replaces an older one, as with Resume; leaving only detaches.
         let generation = channel.attach()
         defer { channel.detach(generation) }

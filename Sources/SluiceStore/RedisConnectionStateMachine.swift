@@ -10,6 +10,8 @@ public struct RedisConnectionStateMachine: Sendable {
         public var arguments: [[UInt8]]
         /// The stream whose log the command writes, if any (reported when the command is dropped).
         public var streamID: String?
+        /// Nonzero for a read whose reply goes back to the reader waiting under this tag.
+        public var tag: UInt64 = 0
 
         public init(_ arguments: [[UInt8]], streamID: String? = nil) {
             self.arguments = arguments

@@ -25,6 +25,9 @@ final class RedisLogShard: @unchecked Sendable {
     private var unmarkedIncomplete: Set<String> = []
     private var leaseTimer: TimerID?
     private var up = false
+    /// Reads waiting for their replies, by tag.
+    private var readers: [UInt64: (RedisReply?) -> Void] = [:]
+    private var lastTag: UInt64 = 0
 
     private struct StreamLog {
         /// The next seq to write; later ones wait in `held` until it arrives.
@@ -170,9 +173,45 @@ final class RedisLogShard: @unchecked Sendable {
         }
     }
 
+    // MARK: Cancel requests
+
+    /// Every 50 ms while Redis is up, takes this replica's cancel requests (one LPOP for all of its streams, so a
+    /// remote Cancel reaches the owner within about 50 ms plus a round trip).
+    func pollCancelRequests(_ handler: @escaping @Sendable (String, String) -> Void) {
+        loop.scheduleTimer(after: .milliseconds(50)) { [weak self] in
+            guard let self else { return }
+            read(["LPOP", RedisKeys.cancels(configuration.replicaID), "64"]) { [weak self] reply in
+                if case .array(let requests) = reply {
+                    for case .string(let request) in requests {
+                        let parts = String(decoding: request, as: UTF8.self).split(separator: "\n", maxSplits: 1)
+                        handler(String(parts[0]), parts.count > 1 ? String(parts[1]) : "the stream was cancelled on another replica")
+                    }
+                }
+                self?.pollCancelRequests(handler)
+            }
+        }
+    }
+
     // MARK: Replies
 
+    /// Sends a read; `completion` gets its reply, or nil when Redis is not up (a reader should not wait out an outage).
+    func read(_ arguments: [String], completion: @escaping (RedisReply?) -> Void) {
+        guard up else {
+            completion(nil)
+            return
+        }
+        lastTag += 1
+        readers[lastTag] = completion
+        var command = RedisConnection.Command(arguments)
+        command.tag = lastTag
+        connection.send(command)
+    }
+
     private func replied(_ command: RedisConnection.Command, _ reply: RedisReply) {
+        if command.tag != 0 {
+            readers.removeValue(forKey: command.tag)?(reply)
+            return
+        }
         guard case .error(let message) = reply else { return }
         let name = String(decoding: command.arguments.first ?? [], as: UTF8.self)
         // A write sent again after a reconnect that had landed before it is refused the same way as a second writer's.
@@ -190,6 +229,7 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     private func dropped(_ commands: [RedisConnection.Command]) {
+        for command in commands where command.tag != 0 { readers.removeValue(forKey: command.tag)?(nil) }
         Counter(label: "sluice_store_dropped_commands_total").increment(by: commands.count)
         for streamID in Set(commands.compactMap(\.streamID)) {
             if streams[streamID]?.incomplete == false {

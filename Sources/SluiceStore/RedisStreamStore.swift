@@ -75,11 +75,77 @@ public final class RedisStreamStore: StreamStore {
         let wasUp = Atomic<Bool>(false)
     }
 
+    // MARK: Reading (other replicas' streams)
+
+    public func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata? {
+        guard case .array(let items) = try await request(["HGETALL", RedisKeys.meta(streamID)]), !items.isEmpty else { return nil }
+        var fields: [String: String] = [:]
+        for index in stride(from: 0, to: items.count - 1, by: 2) {
+            if case .string(let name) = items[index], case .string(let value) = items[index + 1] {
+                fields[String(decoding: name, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+            }
+        }
+        guard let owner = fields["owner"], let caller = fields["caller"], let status = fields["status"] else {
+            throw StoreError("the store's metadata of stream \(streamID) lacks owner, caller or status")
+        }
+        return StoredStreamMetadata(
+            owner: owner, caller: caller, status: status, message: fields["message"], lastSeq: fields["last_seq"].flatMap { Int($0) },
+            resumable: fields["resumable"] != "0")
+    }
+
+    public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] {
+        let reply = try await request(["XRANGE", RedisKeys.log(streamID), "(0-\(seq)", "+", "COUNT", "\(limit)"])
+        guard case .array(let entries) = reply else { return [] }
+        return entries.compactMap { entry in
+            guard case .array(let parts) = entry, parts.count == 2, case .string(let id) = parts[0], case .array(let values) = parts[1],
+                let seq = String(decoding: id, as: UTF8.self).split(separator: "-").last.flatMap({ Int($0) })
+            else { return nil }
+            var type = ""
+            var frame: [UInt8] = []
+            for index in stride(from: 0, to: values.count - 1, by: 2) {
+                guard case .string(let name) = values[index], case .string(let value) = values[index + 1] else { continue }
+                switch String(decoding: name, as: UTF8.self) {
+                case "type": type = String(decoding: value, as: UTF8.self)
+                case "frame": frame = value
+                default: break
+                }
+            }
+            return StoredEvent(seq: seq, type: type, frame: frame)
+        }
+    }
+
+    public func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError) {
+        _ = try await request(["RPUSH", RedisKeys.cancels(owner), "\(streamID)\n\(reason)"])
+        _ = try await request(["PEXPIRE", RedisKeys.cancels(owner), "60000"])
+    }
+
+    public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {
+        // The first loop's connection collects this replica's cancel requests.
+        let shard = shards[0]
+        shard.loop.execute { shard.pollCancelRequests(handler) }
+    }
+
+    /// Sends one read on the current loop's connection (or the next one's).
+    private func request(_ arguments: [String]) async throws(StoreError) -> RedisReply {
+        let shard = pickShard()
+        let reply: RedisReply? = await withCheckedContinuation { continuation in
+            shard.loop.execute { shard.read(arguments) { continuation.resume(returning: $0) } }
+        }
+        guard let reply else {
+            throw StoreError("the Redis store (\(configuration.endpoint)) is unreachable; try again when it is back")
+        }
+        if case .error(let message) = reply { throw StoreError("the Redis store refused \(arguments[0]): \(message)") }
+        return reply
+    }
+
+    private func pickShard() -> RedisLogShard {
+        EventLoop.current.flatMap { current in shards.first { $0.loop === current } }
+            ?? shards[nextShard.add(1, ordering: .relaxed).oldValue % shards.count]
+    }
+
     public func open(_ stream: StoredStream) -> (any StreamLogWriter)? {
         // The stream's job usually runs on the loop it starts on: its writes then need no thread switch.
-        let shard =
-            EventLoop.current.flatMap { current in shards.first { $0.loop === current } }
-            ?? shards[nextShard.add(1, ordering: .relaxed).oldValue % shards.count]
+        let shard = pickShard()
         let writer = RedisStreamLogWriter(shard: shard, streamID: stream.streamID)
         writer.run { $0.open(stream) }
         return writer
@@ -125,6 +191,8 @@ public enum RedisKeys {
     public static func meta(_ streamID: String) -> String { "sluice:{\(streamID)}:meta" }
     /// The owner replica's id while the stream runs, with a TTL it renews.
     public static func lease(_ streamID: String) -> String { "sluice:{\(streamID)}:lease" }
+    /// A list of `<stream id>\n<reason>` cancel requests for the streams `replica` owns.
+    public static func cancels(_ replica: String) -> String { "sluice:cancels:{\(replica)}" }
 }
 
 /// Milliseconds since the Unix epoch, for the metadata's times.

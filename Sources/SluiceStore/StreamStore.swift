@@ -9,6 +9,58 @@ public protocol StreamStore: Sendable {
     func open(_ stream: StoredStream) -> (any StreamLogWriter)?
     /// The store can take writes now.
     var isUp: Bool { get }
+    /// What the store knows of a stream another replica may own; nil when it has no such stream.
+    func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata?
+    /// Up to `limit` logged events after `seq`, in order.
+    func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent]
+    /// Asks the replica that owns `streamID` to cancel it.
+    func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError)
+    /// Cancel requests for this replica's streams go to `handler` (set once, before streams start).
+    func onCancelRequest(_ handler: @escaping @Sendable (_ streamID: String, _ reason: String) -> Void)
+}
+
+/// The store could not answer (Redis down or refusing); the message says what happened.
+public struct StoreError: Error, Sendable, Equatable {
+    public var message: String
+
+    public init(_ message: String) {
+        self.message = message
+    }
+}
+
+/// A stream's metadata as the store keeps it.
+public struct StoredStreamMetadata: Sendable, Equatable {
+    public var owner: String
+    public var caller: String
+    /// `running`, or the gRPC status name it ended with.
+    public var status: String
+    public var message: String?
+    /// The last seq, once the stream has ended.
+    public var lastSeq: Int?
+    /// False when some of its events never reached the store.
+    public var resumable: Bool
+
+    public init(owner: String, caller: String, status: String, message: String?, lastSeq: Int?, resumable: Bool) {
+        self.owner = owner
+        self.caller = caller
+        self.status = status
+        self.message = message
+        self.lastSeq = lastSeq
+        self.resumable = resumable
+    }
+}
+
+/// One logged event: its seq, type and frame as the engine encoded it.
+public struct StoredEvent: Sendable, Equatable {
+    public var seq: Int
+    public var type: String
+    public var frame: [UInt8]
+
+    public init(seq: Int, type: String, frame: [UInt8]) {
+        self.seq = seq
+        self.type = type
+        self.frame = frame
+    }
 }
 
 /// A stream as the store records it when it starts.
@@ -47,4 +99,13 @@ public struct MemoryStreamStore: StreamStore {
     public func open(_ stream: StoredStream) -> (any StreamLogWriter)? { nil }
 
     public var isUp: Bool { true }
+
+    // This replica's registry is the whole store: no stream is anywhere else.
+    public func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata? { nil }
+
+    public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] { [] }
+
+    public func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError) {}
+
+    public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {}
 }
