@@ -1,3 +1,4 @@
+import Metrics
 import SluiceIO
 import SluiceStore
 import SluiceWire
@@ -50,6 +51,41 @@ extension StreamEngine {
         return mirror
     }
 
+    /// `start`, with `--max-active-per-key` counted across every replica sharing the store: the caller's slot is taken
+    /// in the store first (refused with RESOURCE_EXHAUSTED when all are taken on any replicas), then the stream is
+    /// admitted here as usual. While the store cannot be reached, each replica's own per-key limit still holds.
+    public func startAnywhere(
+        _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil
+    ) async throws(RPCError) -> StreamChannel {
+        guard let limit = configuration.limits.maxActivePerKey, configuration.store.isShared else {
+            return try start(request, caller: caller, deadline: deadline, executor: executor)
+        }
+        let streamID = Self.makeID(prefix: "st_")
+        let acquired: Bool?
+        do {
+            acquired = try await configuration.store.acquireCallerSlot(caller: caller, streamID: streamID, limit: limit)
+        } catch {
+            logger.warning(
+                "cannot count the caller's streams across replicas; only this replica's limit applies",
+                metadata: ["error": "\(error.message)"])
+            acquired = nil
+        }
+        if acquired == false {
+            metrics.rejected()
+            throw RPCError(
+                .resourceExhausted,
+                "this caller already runs \(limit) streams across the server's replicas (--max-active-per-key); retry when one has finished"
+            )
+        }
+        do {
+            return try start(
+                request, caller: caller, deadline: deadline, executor: executor, streamID: streamID, holdsCallerSlot: acquired == true)
+        } catch {
+            if acquired == true { configuration.store.releaseCallerSlot(caller: caller, streamID: streamID) }
+            throw error
+        }
+    }
+
     /// Cancels `streamID` wherever it runs: here, or through the store on its owner (which cancels it within
     /// about 50 ms, the period it collects cancel requests at).
     public func cancelAnywhere(_ streamID: String, caller: String, reason: String) async throws(RPCError) {
@@ -79,6 +115,9 @@ extension StreamEngine {
     private func follow(_ mirror: StreamChannel, after seq: Int, first: [StoredEvent], metadata: StoredStreamMetadata) async {
         let store = configuration.store
         let streamID = mirror.streamID
+        let readers = Meter(label: "sluice_store_remote_readers")
+        readers.increment()
+        defer { readers.decrement() }
         var last = seq
         var batch = first
         var metadata = metadata

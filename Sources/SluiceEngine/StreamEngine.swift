@@ -147,7 +147,8 @@ public final class StreamEngine: Sendable {
     /// Starts a stream for `caller`; returns its channel (events from seq 1).
     /// - Parameter executor: where the stream's job runs; the client's event loop saves a thread switch per event.
     public func start(
-        _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil
+        _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
+        streamID: String? = nil, holdsCallerSlot: Bool = false
     ) throws(RPCError) -> StreamChannel {
         if request.simulation != nil && !configuration.upstreamIsSimulator {
             throw RPCError(
@@ -168,9 +169,11 @@ public final class StreamEngine: Sendable {
             metrics.rejected()
             throw error
         }
-        let streamID = Self.makeID(prefix: "st_")
+        let streamID = streamID ?? Self.makeID(prefix: "st_")
         let log = configuration.store.open(
-            StoredStream(streamID: streamID, caller: caller, request: request.json, maxDuration: configuration.maxStreamDuration))
+            StoredStream(
+                streamID: streamID, caller: caller, request: request.json, maxDuration: configuration.maxStreamDuration,
+                holdsCallerSlot: holdsCallerSlot))
         let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes, log: log)
         let record = StreamRecord(channel: channel, owner: caller)
         registry.withLock {

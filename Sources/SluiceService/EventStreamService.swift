@@ -34,7 +34,7 @@ public struct EventStreamService: Sendable {
 
     public func register(in router: inout RPCRouter) {
         router.registerHTTP(Self.collectionPath) { request, writer in
-            try await Self.respond(writer) { try create(request) }
+            try await Self.respond(writer) { try await create(request) }
         }
         router.registerHTTP(prefix: Self.collectionPath + "/") { request, writer in
             try await Self.respond(writer) {
@@ -56,7 +56,7 @@ public struct EventStreamService: Sendable {
 
     // MARK: Routes
 
-    private func create(_ request: HTTPRequest) throws -> JSONResponse {
+    private func create(_ request: HTTPRequest) async throws -> JSONResponse {
         try Self.requireMethod("POST", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
         if isDraining() {
@@ -71,7 +71,7 @@ public struct EventStreamService: Sendable {
         }
         let parsed = try SendMessageRequest(json: request.body)
         // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are then loop timers.
-        let channel = try engine.start(parsed, caller: caller, deadline: nil, executor: EventLoop.current)
+        let channel = try await engine.startAnywhere(parsed, caller: caller, deadline: nil, executor: EventLoop.current)
         return JSONResponse(
             status: 201, body: ["stream_id": .string(channel.streamID)],
             headers: [("location", "\(Self.collectionPath)/\(channel.streamID)/events")]

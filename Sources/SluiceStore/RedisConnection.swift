@@ -2,6 +2,7 @@ import CHiredis
 import CLinux
 import Glibc
 import Logging
+import Metrics
 import SluiceIO
 
 /// One hiredis async connection, driven by a Sluice event loop: the shell of `RedisConnectionStateMachine`.
@@ -28,6 +29,10 @@ public final class RedisConnection: @unchecked Sendable {
     /// The handshake commands (AUTH, SELECT, PING) still awaiting their replies; the connection is up after the last.
     private var handshake: [String] = []
     private var reconnectTimer: TimerID?
+    /// Commands handed to hiredis since its last write: the next write sends them as one pipeline.
+    private var issuedSinceWrite = 0
+    private let latency = Timer(label: "sluice_store_latency_seconds")
+    private let pipelineSize = Recorder(label: "sluice_store_pipeline_commands")
     /// A failed attempt of the current series was logged as a warning.
     private var reportedFailure = false
 
@@ -165,7 +170,10 @@ public final class RedisConnection: @unchecked Sendable {
         guard let reply, let context else { return }
         let value = RedisReply(reply.assumingMemoryBound(to: redisReply.self))
         guard handshake else {
-            onReply(machine.replied(), value)
+            let command = machine.replied()
+            let (seconds, attoseconds) = (ContinuousClock.now - command.queuedAt).components
+            latency.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+            onReply(command, value)
             return
         }
         // Emptied by a refused step: the connection is closing, and later steps' errors say nothing new.
@@ -196,6 +204,7 @@ public final class RedisConnection: @unchecked Sendable {
         }
         flat.append(0)
         let me = Unmanaged.passUnretained(self).toOpaque()
+        issuedSinceWrite += 1
         flat.withUnsafeBufferPointer { buffer in
             let base = UnsafeRawPointer(buffer.baseAddress!).assumingMemoryBound(to: CChar.self)
             var pointers: [UnsafePointer<CChar>?] = []
@@ -230,6 +239,8 @@ public final class RedisConnection: @unchecked Sendable {
                 redisAsyncHandleRead(context)
             }
             if ready & (EPOLLOUT.rawValue | EPOLLERR.rawValue) != 0, let context = self.context {
+                if issuedSinceWrite > 0 { pipelineSize.record(issuedSinceWrite) }
+                issuedSinceWrite = 0
                 redisAsyncHandleWrite(context)
             }
         }

@@ -25,6 +25,7 @@ final class RedisLogShard: @unchecked Sendable {
     private var unmarkedIncomplete: Set<String> = []
     private var leaseTimer: TimerID?
     private var up = false
+    private var closed = false
     /// Reads waiting for their replies, by tag.
     private var readers: [UInt64: (RedisReply?) -> Void] = [:]
     private var lastTag: UInt64 = 0
@@ -38,6 +39,8 @@ final class RedisLogShard: @unchecked Sendable {
         var frameBytes = 0
         /// `PEXPIRE` for a running stream's keys, in milliseconds.
         var expiry: String
+        /// The caller whose cluster-wide slot the stream holds, if it holds one.
+        var callerSlot: String?
         /// A write was dropped: nothing more of its log is written (a gap would look like a complete log).
         var incomplete = false
     }
@@ -66,6 +69,7 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     func close() {
+        closed = true
         if let leaseTimer { loop.cancelTimer(leaseTimer) }
         leaseTimer = nil
         connection.close()
@@ -76,7 +80,7 @@ final class RedisLogShard: @unchecked Sendable {
     func open(_ stream: StoredStream) {
         let id = stream.streamID
         let expiry = "\((stream.maxDuration + configuration.retention).milliseconds)"
-        streams[id] = StreamLog(expiry: expiry)
+        streams[id] = StreamLog(expiry: expiry, callerSlot: stream.holdsCallerSlot ? stream.caller : nil)
         send(
             [Array("HSET".utf8), Array(RedisKeys.meta(id).utf8)]
                 + fields([
@@ -130,7 +134,9 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     private func finishNow(_ streamID: String, lastSeq: Int, status: String, message: String?) {
-        let incomplete = streams.removeValue(forKey: streamID)?.incomplete ?? false
+        let log = streams.removeValue(forKey: streamID)
+        let incomplete = log?.incomplete ?? false
+        if let caller = log?.callerSlot { send(["ZREM", RedisKeys.callerSlots(caller), streamID], streamID) }
         let retention = "\(configuration.retention.milliseconds)"
         var values: [(String, [UInt8])] = [
             ("status", Array(status.utf8)), ("finished_ms", Array("\(unixMilliseconds())".utf8)),
@@ -142,6 +148,11 @@ final class RedisLogShard: @unchecked Sendable {
         send(["PEXPIRE", RedisKeys.meta(streamID), retention], streamID)
         send(["PEXPIRE", RedisKeys.log(streamID), retention], streamID)
         send(["DEL", RedisKeys.lease(streamID)], streamID)
+    }
+
+    /// A write that belongs to no stream's log.
+    func write(_ arguments: [String]) {
+        send(arguments, nil)
     }
 
     private func fields(_ pairs: [(String, [UInt8])]) -> [[UInt8]] {
@@ -165,8 +176,10 @@ final class RedisLogShard: @unchecked Sendable {
             if up {
                 markIncomplete()
                 let lease = "\(configuration.leaseDuration.milliseconds)"
-                for streamID in streams.keys {
+                let until = "\(unixMilliseconds() + Int(configuration.leaseDuration.milliseconds))"
+                for (streamID, log) in streams {
                     send(["SET", RedisKeys.lease(streamID), configuration.replicaID, "PX", lease], streamID)
+                    if let caller = log.callerSlot { send(["ZADD", RedisKeys.callerSlots(caller), "XX", until, streamID], streamID) }
                 }
             }
             scheduleLeaseRenewal()
@@ -179,7 +192,7 @@ final class RedisLogShard: @unchecked Sendable {
     /// remote Cancel reaches the owner within about 50 ms plus a round trip).
     func pollCancelRequests(_ handler: @escaping @Sendable (String, String) -> Void) {
         loop.scheduleTimer(after: .milliseconds(50)) { [weak self] in
-            guard let self else { return }
+            guard let self, !closed else { return }
             read(["LPOP", RedisKeys.cancels(configuration.replicaID), "64"]) { [weak self] reply in
                 if case .array(let requests) = reply {
                     for case .string(let request) in requests {

@@ -119,6 +119,32 @@ public final class RedisStreamStore: StreamStore {
         _ = try await request(["PEXPIRE", RedisKeys.cancels(owner), "60000"])
     }
 
+    /// Drops the caller's expired entries, counts the rest, and adds this stream's if there is room: one script, so
+    /// two replicas admitting at once cannot both take the last slot.
+    static let admitScript = """
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+        if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+        redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+        redis.call('PEXPIRE', KEYS[1], ARGV[5])
+        return 1
+        """
+
+    public func acquireCallerSlot(caller: String, streamID: String, limit: Int) async throws(StoreError) -> Bool {
+        let now = unixMilliseconds()
+        let lease = Int(configuration.leaseDuration.milliseconds)
+        let reply = try await request([
+            "EVAL", Self.admitScript, "1", RedisKeys.callerSlots(caller), "\(now)", "\(limit)", "\(now + lease)", streamID, "\(lease)",
+        ])
+        return reply == .integer(1)
+    }
+
+    public func releaseCallerSlot(caller: String, streamID: String) {
+        let shard = pickShard()
+        shard.loop.execute { shard.write(["ZREM", RedisKeys.callerSlots(caller), streamID]) }
+    }
+
+    public var isShared: Bool { true }
+
     public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {
         // The first loop's connection collects this replica's cancel requests.
         let shard = shards[0]
@@ -191,6 +217,8 @@ public enum RedisKeys {
     public static func meta(_ streamID: String) -> String { "sluice:{\(streamID)}:meta" }
     /// The owner replica's id while the stream runs, with a TTL it renews.
     public static func lease(_ streamID: String) -> String { "sluice:{\(streamID)}:lease" }
+    /// A sorted set of the caller's running streams across replicas, scored by when their lease ends.
+    public static func callerSlots(_ caller: String) -> String { "sluice:caller:{\(caller)}:active" }
     /// A list of `<stream id>\n<reason>` cancel requests for the streams `replica` owns.
     public static func cancels(_ replica: String) -> String { "sluice:cancels:{\(replica)}" }
 }

@@ -9,12 +9,19 @@ public protocol StreamStore: Sendable {
     func open(_ stream: StoredStream) -> (any StreamLogWriter)?
     /// The store can take writes now.
     var isUp: Bool { get }
+    /// Other replicas share this store (their streams may be found in it).
+    var isShared: Bool { get }
     /// What the store knows of a stream another replica may own; nil when it has no such stream.
     func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata?
     /// Up to `limit` logged events after `seq`, in order.
     func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent]
     /// Asks the replica that owns `streamID` to cancel it.
     func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError)
+    /// Takes one of `caller`'s `limit` slots across every replica for `streamID`, leased (renewed while the stream
+    /// runs, released when it ends through its writer); false when all are taken.
+    func acquireCallerSlot(caller: String, streamID: String, limit: Int) async throws(StoreError) -> Bool
+    /// Gives back a slot `acquireCallerSlot` took for a stream that then did not start.
+    func releaseCallerSlot(caller: String, streamID: String)
     /// Cancel requests for this replica's streams go to `handler` (set once, before streams start).
     func onCancelRequest(_ handler: @escaping @Sendable (_ streamID: String, _ reason: String) -> Void)
 }
@@ -73,12 +80,15 @@ public struct StoredStream: Sendable {
     /// How long the stream may run (`--max-stream-duration`): its keys expire this long plus the retention after it
     /// starts, even if no replica is left to finish it.
     public var maxDuration: Duration
+    /// The stream holds a caller slot (`acquireCallerSlot`) that its writer renews and releases.
+    public var holdsCallerSlot: Bool
 
-    public init(streamID: String, caller: String, request: [UInt8], maxDuration: Duration) {
+    public init(streamID: String, caller: String, request: [UInt8], maxDuration: Duration, holdsCallerSlot: Bool = false) {
         self.streamID = streamID
         self.caller = caller
         self.request = request
         self.maxDuration = maxDuration
+        self.holdsCallerSlot = holdsCallerSlot
     }
 }
 
@@ -100,12 +110,19 @@ public struct MemoryStreamStore: StreamStore {
 
     public var isUp: Bool { true }
 
+    public var isShared: Bool { false }
+
     // This replica's registry is the whole store: no stream is anywhere else.
     public func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata? { nil }
 
     public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] { [] }
 
     public func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError) {}
+
+    // The engine's own `Admission` is the whole limit.
+    public func acquireCallerSlot(caller: String, streamID: String, limit: Int) async throws(StoreError) -> Bool { true }
+
+    public func releaseCallerSlot(caller: String, streamID: String) {}
 
     public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {}
 }

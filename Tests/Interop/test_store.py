@@ -204,3 +204,23 @@ def test_redis_killed_mid_stream_loses_nothing_for_the_attached_client_and_recov
         whole = read_events(client, a.port, stream_id)
         # B follows the log until the stream's end is written, however late that lands.
         assert read_events(client, b.port, stream_id, params={"after_seq": 2}) == whole[2:]
+
+
+def test_a_callers_limit_holds_across_replicas(start_server, redis, simulator, monkeypatch):
+    monkeypatch.setenv("SLUICE_API_KEYS", "alpha, beta")
+    a, b = (start_server("--store", redis.url, "--replica-id", name, "--upstream-url", simulator, "--upstream-is-simulator",
+                         "--max-active-per-key", "1") for name in "ab")
+    for replica in (a, b):
+        wait_for_metrics(replica.port, lambda m: m.value("sluice_store_up") == 1, "the store up")
+    with http_client("alpha") as alpha, http_client("beta") as beta:
+        running = post_stream(alpha, a.port, slow_request(seed=11, seconds=20))
+        message = check_error(alpha.post(url(b.port, STREAMS), json=send_request(seed=12)), 429, "RESOURCE_EXHAUSTED")
+        assert "--max-active-per-key" in message, message
+        # Another caller is not held back by alpha's limit.
+        read_events(beta, b.port, post_stream(beta, b.port, send_request(seed=13, output_tokens=3)))
+        assert alpha.delete(url(a.port, f"{STREAMS}/{running}")).status_code == 200
+        # The slot is released when the stream's end reaches the store.
+        while redis.cli("ZCARD", "sluice:caller:{key-1}:active") != "0":
+            pass
+        events = read_events(alpha, b.port, post_stream(alpha, b.port, send_request(seed=12, output_tokens=3)))
+    assert_stream_shape(events, "OK")
