@@ -224,3 +224,24 @@ def test_a_callers_limit_holds_across_replicas(start_server, redis, simulator, m
             pass
         events = read_events(alpha, b.port, post_stream(alpha, b.port, send_request(seed=12, output_tokens=3)))
     assert_stream_shape(events, "OK")
+
+
+def test_readyz_waits_for_the_store_at_start_up(start_server, tmp_path):
+    redis = RedisServer(tmp_path)
+    redis.kill()
+    server = start_server("--store", redis.url)
+    with http_client() as client:
+        response = client.get(url(server.port, "/readyz"))
+        assert (response.status_code, response.text) == (503, "store unreachable\n")
+        # Local streams work without the store.
+        assert_stream_shape(read_events(client, server.port, post_stream(client, server.port, send_request(seed=14, output_tokens=3))), "OK")
+        redis.start()
+        try:
+            wait_for_metrics(server.port, lambda m: m.value("sluice_store_up") == 1, "sluice_store_up 1")
+            response = client.get(url(server.port, "/readyz"))
+            assert (response.status_code, response.text) == (200, "ready\n")
+        finally:
+            redis.kill()
+        wait_for_metrics(server.port, lambda m: m.value("sluice_store_up") == 0, "sluice_store_up 0")
+        # Down after start-up: still ready, its own streams go on.
+        assert client.get(url(server.port, "/readyz")).status_code == 200
