@@ -260,7 +260,11 @@ final class RedisLogShard: @unchecked Sendable {
     private func markIncomplete() {
         let marking = unmarkedIncomplete
         unmarkedIncomplete = []
-        for streamID in marking { send(["HSET", RedisKeys.meta(streamID), "resumable", "0"], streamID) }
+        for streamID in marking {
+            send(["HSET", RedisKeys.meta(streamID), "resumable", "0"], streamID)
+            // Redis may have lost the rest of the hash (a restart without persistence): never leave it without expiry.
+            send(["PEXPIRE", RedisKeys.meta(streamID), "\(configuration.retention.milliseconds)", "NX"], streamID)
+        }
     }
 }
 

@@ -85,9 +85,8 @@ public final class RedisStreamStore: StreamStore {
                 fields[String(decoding: name, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
             }
         }
-        guard let owner = fields["owner"], let caller = fields["caller"], let status = fields["status"] else {
-            throw StoreError("the store's metadata of stream \(streamID) lacks owner, caller or status")
-        }
+        // A hash without them is what is left after Redis lost the stream's keys: no caller can be shown to own it.
+        guard let owner = fields["owner"], let caller = fields["caller"], let status = fields["status"] else { return nil }
         return StoredStreamMetadata(
             owner: owner, caller: caller, status: status, message: fields["message"], lastSeq: fields["last_seq"].flatMap { Int($0) },
             resumable: fields["resumable"] != "0")

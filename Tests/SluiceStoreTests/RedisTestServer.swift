@@ -8,8 +8,11 @@ final class RedisTestServer: @unchecked Sendable {
     let port: Int
     let directory: URL
     private var process: Process?
+    /// Every write is on disk before Redis replies (`appendfsync always`): a kill loses nothing.
+    let persistent: Bool
 
-    init() throws {
+    init(persistent: Bool = false) throws {
+        self.persistent = persistent
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         port = try Self.freePort()
@@ -26,9 +29,10 @@ final class RedisTestServer: @unchecked Sendable {
     func start() throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
-        process.arguments = [
-            "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory.path, "--save", "", "--appendonly", "no",
-        ]
+        process.arguments =
+            [
+                "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory.path, "--save", "",
+            ] + (persistent ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"])
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
