@@ -36,7 +36,7 @@ public struct HealthService: Sendable {
             guard Self.knownServices.contains(service) else {
                 throw RPCError(.notFound, "unknown service '\(service)'")
             }
-            let serving = !isDraining()
+            let serving = !isDraining() && storeReady()
             if isJSON {
                 try await writer.write(JSONValue.object(["status": .string(serving ? "SERVING" : "NOT_SERVING")]).serialized())
             } else {

@@ -21,6 +21,7 @@ from sluice_testlib import IO_TIMEOUT
 from streaming_testlib import (
     CHANNEL_OPTIONS,
     RESUME,
+    SluiceClient,
     assert_stream_shape,
     message_text,
     send_request,
@@ -233,6 +234,8 @@ def test_readyz_waits_for_the_store_at_start_up(start_server, tmp_path):
     with http_client() as client:
         response = client.get(url(server.port, "/readyz"))
         assert (response.status_code, response.text) == (503, "store unreachable\n")
+        with SluiceClient(server.port) as grpc_client:
+            assert grpc_client.health() == {"status": "NOT_SERVING"}
         # Local streams work without the store.
         assert_stream_shape(read_events(client, server.port, post_stream(client, server.port, send_request(seed=14, output_tokens=3))), "OK")
         redis.start()
