@@ -123,6 +123,15 @@ extension StreamEngine {
         var metadata = metadata
         while !Task.isCancelled {
             for event in batch {
+                // The log is trimmed from its head: a reader slower than the owner's replay buffer finds a gap.
+                guard event.seq == last + 1 else {
+                    mirror.finish(
+                        RPCError(
+                            .dataLoss,
+                            "events \(last + 1)–\(event.seq - 1) of stream \(streamID) were trimmed from the shared store before this reader got them (it keeps about \(configuration.replayBufferBytes) bytes per stream); resume sooner"
+                        ))
+                    return
+                }
                 mirror.record(seq: event.seq, type: event.type, frame: event.frame)
                 last = event.seq
             }
