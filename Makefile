@@ -19,9 +19,9 @@ REQUIREMENTS := Tests/Interop/requirements.txt
 SLUICE_BIN ?= $(CURDIR)/.build/debug/sluice
 ARGS ?=
 # Building and serving: the C libraries, and the console's JavaScript libraries read at run time.
-SERVE_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev libhttp-parser-dev libjs-marked libjs-highlight.js node-dompurify
+SERVE_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev libhttp-parser-dev libhiredis-dev libjs-marked libjs-highlight.js node-dompurify
 # Only the tests: real clients (h2load, nghttp, curl), certificates (openssl), the console's browser.
-TEST_PACKAGES := nghttp2-client curl openssl chromium chromium-driver
+TEST_PACKAGES := nghttp2-client curl openssl chromium chromium-driver redis-server redis-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEPLOY_VENV := .venv-deploy

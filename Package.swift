@@ -34,6 +34,7 @@ let package = Package(
         .systemLibrary(name: "CLinux"),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
 
         // 2. Wire: pure Swift, no I/O (envelopes, SSE, JSON, statuses, durations).
         .target(name: "SluiceWire"),
@@ -66,11 +67,21 @@ let package = Package(
         // 5. Simulator: a deterministic Anthropic Messages API with fault injection, served by the transport.
         .target(name: "SluiceSimulator", dependencies: ["SluiceTransport", "SluiceUpstream", "SluiceWire", "SluiceIO"]),
 
+        // 5. Store: the shared stream log on Redis (hiredis driven by Sluice's event loops), below the engine.
+        .target(
+            name: "SluiceStore",
+            dependencies: [
+                "CHiredis", "SluiceWire", "SluiceIO",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+
         // 6. Engine: scheduler, jobs, retries, replay, tools.
         .target(
             name: "SluiceEngine",
             dependencies: [
-                "SluiceUpstream", "SluiceWire", "SluiceIO",
+                "SluiceUpstream", "SluiceStore", "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -95,7 +106,7 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "CLinux", "SluiceService", "SluiceEngine", "SluiceUpstream", "SluiceSimulator", "SluiceTransport",
-                "SluiceClient", "SluiceWire", "SluiceIO",
+                "SluiceClient", "SluiceWire", "SluiceIO", "SluiceStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -129,5 +140,6 @@ let package = Package(
         .testTarget(
             name: "SluiceSimulatorTests", dependencies: ["SluiceSimulator", "SluiceUpstream", "SluiceTransport", "SluiceIO", "SluiceWire"]),
         .testTarget(name: "SluiceEngineTests", dependencies: ["SluiceEngine", "SluiceUpstream", "SluiceIO", "SluiceWire"]),
+        .testTarget(name: "SluiceStoreTests", dependencies: ["SluiceStore", "SluiceIO", "SluiceWire"]),
     ]
 )

@@ -24,6 +24,8 @@ public struct SendMessageRequest: Sendable {
     /// Every other Messages API parameter (`temperature`, `tool_choice`, `thinking`, `stop_sequences`,
     /// `top_p`, `top_k`, `service_tier`, ones added later…), forwarded as sent, numbers in their exact text.
     public var passthrough: [String: JSONValue]
+    /// The request as the client sent it (the store keeps it beside the stream).
+    public private(set) var json: [UInt8] = []
 
     public static let maxMaxTokens = 128_000
 
@@ -36,6 +38,7 @@ public struct SendMessageRequest: Sendable {
     /// `serverToolNames` are the names Sluice's server tools use whether or not this server offers them: a
     /// client tool may not take one.
     public init(json bytes: [UInt8], serverToolNames: Set<String> = ServerToolNames.all) throws(RPCError) {
+        json = bytes
         let root: JSONValue
         do {
             root = try JSONValue(parsing: bytes)

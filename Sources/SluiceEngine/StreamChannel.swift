@@ -1,4 +1,5 @@
 import SluiceIO
+import SluiceStore
 import SluiceWire
 import Synchronization
 
@@ -86,13 +87,16 @@ public final class StreamChannel: Sendable {
 
     public let streamID: String
     public let maxBufferedBytes: Int
+    /// The store's log of this stream (nil with `--store memory`): each event is appended after the lock is released.
+    private let log: (any StreamLogWriter)?
     /// The producer waits while its attached client has more than half the buffer to read, until a quarter.
     private let handOff: HandOff<Replay>
     private let pushState = Atomic<Int>(PushState.idle)
 
-    public init(streamID: String, maxBufferedBytes: Int) {
+    public init(streamID: String, maxBufferedBytes: Int, log: (any StreamLogWriter)? = nil) {
         self.streamID = streamID
         self.maxBufferedBytes = maxBufferedBytes
+        self.log = log
         handOff = HandOff(
             Replay(), machine: HandOffStateMachine(capacity: maxBufferedBytes / 2, producerResumesAt: maxBufferedBytes / 4)
         )
@@ -100,15 +104,36 @@ public final class StreamChannel: Sendable {
 
     // MARK: Producer (the job)
 
+    /// A channel mirroring a stream another replica runs, from the store: its events arrive already encoded
+    /// (`record`), from `seq + 1` on.
+    public convenience init(mirroring streamID: String, after seq: Int, maxBufferedBytes: Int) {
+        self.init(streamID: streamID, maxBufferedBytes: maxBufferedBytes)
+        handOff.withLock { state, _ in state.buffer.nextSeq = seq + 1 }
+    }
+
     /// Records an event; returns its seq.
     @discardableResult
     public func emit(_ event: StreamEvent) -> Int {
-        let (seq, push) = handOff.withLock { state, wakeups -> (Int, PushAction?) in
-            guard state.buffer.outcome == nil else { return (state.buffer.nextSeq - 1, nil) }
+        append(type: event.type) { seq in event.encoded(streamID: streamID, seq: seq) }
+    }
+
+    /// Records an event another replica encoded as `seq` (a mirror's events, in order).
+    public func record(seq: Int, type: String, frame: [UInt8]) {
+        append(type: type) { next in
+            precondition(next == seq, "a mirrored stream's events must be recorded in order: got \(seq), expected \(next)")
+            return frame
+        }
+    }
+
+    /// Numbers, buffers and delivers an event whose frame `encode` makes for its seq (under the lock: cheap work).
+    @discardableResult
+    private func append(type: String, _ encode: (Int) -> [UInt8]) -> Int {
+        let (seq, push, recorded) = handOff.withLock { state, wakeups -> (Int, PushAction?, (type: String, bytes: [UInt8])?) in
+            guard state.buffer.outcome == nil else { return (state.buffer.nextSeq - 1, nil, nil) }
             let seq = state.buffer.nextSeq
             state.buffer.nextSeq += 1
-            let bytes = event.encoded(streamID: streamID, seq: seq)
-            state.buffer.events.append((seq, event.type, bytes, ContinuousClock.now))
+            let bytes = encode(seq)
+            state.buffer.events.append((seq, type, bytes, ContinuousClock.now))
             state.buffer.bufferedBytes += bytes.count
             if let acknowledged = state.buffer.subscriber?.acknowledged, seq > acknowledged {
                 _ = state.machine.add(bytes.count)
@@ -126,22 +151,27 @@ public final class StreamChannel: Sendable {
                 state.buffer.events.removeFirst(state.buffer.head)
                 state.buffer.head = 0
             }
-            if pushInFlight(&state.buffer) { return (seq, nil) }
-            return (seq, dispatch(&state, &wakeups))
+            let recorded = log == nil ? nil : (type, bytes)
+            if pushInFlight(&state.buffer) { return (seq, nil, recorded) }
+            return (seq, dispatch(&state, &wakeups), recorded)
         }
         if let push { offer(push) }
+        if let recorded { log?.append(seq: seq, type: recorded.type, frame: recorded.bytes) }
         return seq
     }
 
     /// Ends the stream: OK when `error` is nil.
     public func finish(_ error: RPCError?) {
-        handOff.withLock { state, wakeups in
-            guard state.buffer.outcome == nil else { return }
+        let lastSeq = handOff.withLock { state, wakeups -> Int? in
+            guard state.buffer.outcome == nil else { return nil }
             state.buffer.outcome = .some(error)
-            // A push in flight must land before the subscriber can see the end: its pusher ends the stream.
-            if pushInFlight(&state.buffer) { return }
-            if let finished = state.machine.finish() { wakeups.merge(finished) }
+            defer {
+                // A push in flight must land before the subscriber can see the end: its pusher ends the stream.
+                if !pushInFlight(&state.buffer), let finished = state.machine.finish() { wakeups.merge(finished) }
+            }
+            return state.buffer.nextSeq - 1
         }
+        if let lastSeq { log?.finish(lastSeq: lastSeq, status: (error?.code ?? .ok).name, message: error?.message) }
     }
 
     /// The attached client's task waits in `next` with everything delivered (for tests).

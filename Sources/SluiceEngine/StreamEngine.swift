@@ -1,5 +1,6 @@
 import Logging
 import SluiceIO
+import SluiceStore
 import SluiceUpstream
 import SluiceWire
 
@@ -32,6 +33,8 @@ public struct EngineConfiguration: Sendable {
     public var maxParallelTools = 4
     /// Model turns per stream (each tool round trip is one more turn).
     public var maxTurns = 8
+    /// Where streams are kept beyond this replica's memory (`--store`).
+    public var store: any StreamStore = MemoryStreamStore()
 
     public init() {}
 }
@@ -143,6 +146,10 @@ public final class StreamEngine: Sendable {
             }
         }
         sweeper.withLock { $0 = sweepTask }
+        // Another replica's Cancel of a stream this one runs.
+        configuration.store.onCancelRequest { [weak self] streamID, reason in
+            self?.localRecord(streamID)?.cancel(RPCError(.cancelled, reason))
+        }
     }
 
     deinit {
@@ -155,7 +162,8 @@ public final class StreamEngine: Sendable {
     /// Starts a stream for `caller`; returns its channel (events from seq 1).
     /// - Parameter executor: where the stream's job runs; the client's event loop saves a thread switch per event.
     public func start(
-        _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil
+        _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
+        streamID: String? = nil, holdsCallerSlot: Bool = false
     ) throws(RPCError) -> StreamChannel {
         if request.simulation != nil && !configuration.upstreamIsSimulator {
             throw RPCError(
@@ -176,8 +184,12 @@ public final class StreamEngine: Sendable {
             metrics.rejected()
             throw error
         }
-        let streamID = Self.makeID(prefix: "st_")
-        let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes)
+        let streamID = streamID ?? Self.makeID(prefix: "st_")
+        let log = configuration.store.open(
+            StoredStream(
+                streamID: streamID, caller: caller, request: request.json, maxDuration: configuration.maxStreamDuration,
+                holdsCallerSlot: holdsCallerSlot))
+        let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes, log: log)
         let record = StreamRecord(channel: channel, owner: caller)
         registry.withLock {
             $0.streams[streamID] = record
@@ -208,13 +220,20 @@ public final class StreamEngine: Sendable {
     }
 
     private func record(_ streamID: String, caller: String) throws(RPCError) -> StreamRecord {
-        guard let record = registry.withLock({ $0.streams[streamID] }), record.owner == caller else {
-            throw RPCError(
-                .notFound,
-                "no stream \(streamID) for this caller (it never existed, belongs to another key, or finished more than \(DurationParsing.format(configuration.retention)) ago)"
-            )
-        }
+        guard let record = localRecord(streamID), record.owner == caller else { throw notFound(streamID) }
         return record
+    }
+
+    /// The stream `streamID` if this replica runs (or ran) it.
+    func localRecord(_ streamID: String) -> StreamRecord? {
+        registry.withLock { $0.streams[streamID] }
+    }
+
+    func notFound(_ streamID: String) -> RPCError {
+        RPCError(
+            .notFound,
+            "no stream \(streamID) for this caller (it never existed, belongs to another key, or finished more than \(DurationParsing.format(configuration.retention)) ago)"
+        )
     }
 
     public var streamCount: Int { registry.withLock { $0.streams.count } }

@@ -34,13 +34,13 @@ public struct EventStreamService: Sendable {
 
     public func register(in router: inout RPCRouter) {
         router.registerHTTP(Self.collectionPath) { request, writer in
-            try await Self.respond(writer) { try create(request) }
+            try await Self.respond(writer) { try await create(request) }
         }
         router.registerHTTP(prefix: Self.collectionPath + "/") { request, writer in
             try await Self.respond(writer) {
                 let rest = request.path.dropFirst(Self.collectionPath.count + 1).split(separator: "/", omittingEmptySubsequences: false)
                 if rest.count == 1, !rest[0].isEmpty {
-                    return try cancel(String(rest[0]), request)
+                    return try await cancel(String(rest[0]), request)
                 } else if rest.count == 2, !rest[0].isEmpty, rest[1] == "events" {
                     try await events(String(rest[0]), request, writer)
                     return nil
@@ -56,7 +56,7 @@ public struct EventStreamService: Sendable {
 
     // MARK: Routes
 
-    private func create(_ request: HTTPRequest) throws -> JSONResponse {
+    private func create(_ request: HTTPRequest) async throws -> JSONResponse {
         try Self.requireMethod("POST", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
         if isDraining() {
@@ -71,17 +71,18 @@ public struct EventStreamService: Sendable {
         }
         let parsed = try SendMessageRequest(json: request.body)
         // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are then loop timers.
-        let channel = try engine.start(parsed, caller: caller, deadline: nil, executor: EventLoop.current)
+        let channel = try await engine.startAnywhere(parsed, caller: caller, deadline: nil, executor: EventLoop.current)
         return JSONResponse(
             status: 201, body: ["stream_id": .string(channel.streamID)],
             headers: [("location", "\(Self.collectionPath)/\(channel.streamID)/events")]
         )
     }
 
-    private func cancel(_ streamID: String, _ request: HTTPRequest) throws -> JSONResponse {
+    private func cancel(_ streamID: String, _ request: HTTPRequest) async throws -> JSONResponse {
         try Self.requireMethod("DELETE", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
-        try engine.cancel(streamID, caller: caller, reason: "the stream was cancelled by DELETE \(Self.collectionPath)/\(streamID)")
+        try await engine.cancelAnywhere(
+            streamID, caller: caller, reason: "the stream was cancelled by DELETE \(Self.collectionPath)/\(streamID)")
         return JSONResponse(status: 200, body: ["stream_id": .string(streamID), "cancelled": true])
     }
 
@@ -89,8 +90,8 @@ public struct EventStreamService: Sendable {
     private func events(_ streamID: String, _ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
         try Self.requireMethod("GET", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
-        let channel = try engine.channel(streamID, caller: caller)
         let after = try Self.resumePoint(request)
+        let channel = try await engine.resumableChannel(streamID, caller: caller, after: after)
         // A newer reader replaces an older one, as with Resume; leaving only detaches.
         let generation = channel.attach()
         defer { channel.detach(generation) }

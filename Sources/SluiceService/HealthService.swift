@@ -8,9 +8,13 @@ public struct HealthService: Sendable {
     static let knownServices: Set = ["", "sluice.v1.StreamingService", "sluice.v1.Synthetic"]
 
     let isDraining: @Sendable () -> Bool
+    /// False while a configured store has not been reachable since start-up (a store that goes down later does not
+    /// make the replica unready: its own streams go on).
+    let storeReady: @Sendable () -> Bool
 
-    public init(isDraining: @escaping @Sendable () -> Bool) {
+    public init(isDraining: @escaping @Sendable () -> Bool, storeReady: @escaping @Sendable () -> Bool = { true }) {
         self.isDraining = isDraining
+        self.storeReady = storeReady
     }
 
     public func register(in router: inout RPCRouter) {
@@ -20,8 +24,9 @@ public struct HealthService: Sendable {
         }
         router.registerHTTP("/readyz") { _, writer in
             let draining = isDraining()
-            try writer.head(status: draining ? 503 : 200, headers: [("content-type", "text/plain; charset=utf-8")])
-            try await writer.write(Array((draining ? "draining\n" : "ready\n").utf8))
+            let storeReady = storeReady()
+            try writer.head(status: draining || !storeReady ? 503 : 200, headers: [("content-type", "text/plain; charset=utf-8")])
+            try await writer.write(Array((draining ? "draining\n" : storeReady ? "ready\n" : "store unreachable\n").utf8))
         }
         router.register(Self.checkPath) { request, writer in
             let isJSON =
@@ -31,7 +36,7 @@ public struct HealthService: Sendable {
             guard Self.knownServices.contains(service) else {
                 throw RPCError(.notFound, "unknown service '\(service)'")
             }
-            let serving = !isDraining()
+            let serving = !isDraining() && storeReady()
             if isJSON {
                 try await writer.write(JSONValue.object(["status": .string(serving ? "SERVING" : "NOT_SERVING")]).serialized())
             } else {

@@ -67,6 +67,9 @@ public struct MetricsService: Sendable {
             .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
             .milliseconds(250), .seconds(1), .seconds(5),
         ]
+        // The Redis store: a command's round trip from queueing to reply, and commands per pipeline.
+        factory.durationHistogramBuckets["sluice_store_latency_seconds"] = factory.durationHistogramBuckets[deliveryLatencyLabel]
+        factory.valueHistogramBuckets["sluice_store_pipeline_commands"] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
         return factory
     }
 

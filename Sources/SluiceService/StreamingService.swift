@@ -21,7 +21,7 @@ public struct StreamingService: Sendable {
         router.register(Self.sendMessagePath, enforcesDeadline: true) { request, writer in
             let caller = try authentication.caller(authorization: request.header("authorization"))
             let parsed = try SendMessageRequest(json: request.message)
-            let channel = try engine.start(parsed, caller: caller, deadline: request.deadline, executor: request.executor)
+            let channel = try await engine.startAnywhere(parsed, caller: caller, deadline: request.deadline, executor: request.executor)
             try await deliver(channel, after: 0, to: writer, caller: caller)
         }
         router.register(Self.resumePath) { request, writer in
@@ -32,7 +32,7 @@ public struct StreamingService: Sendable {
             }
             let afterSeq = body["after_seq"]?.intValue ?? 0
             guard afterSeq >= 0 else { throw RPCError(.invalidArgument, "'after_seq' must be 0 or more") }
-            let channel = try engine.channel(streamID, caller: caller)
+            let channel = try await engine.resumableChannel(streamID, caller: caller, after: afterSeq)
             try await deliver(channel, after: afterSeq, to: writer, caller: caller)
         }
         router.register(Self.cancelPath) { request, writer in
@@ -41,7 +41,7 @@ public struct StreamingService: Sendable {
             guard let streamID = body["stream_id"]?.stringValue else {
                 throw RPCError(.invalidArgument, "Cancel needs 'stream_id' (a string)")
             }
-            try engine.cancel(streamID, caller: caller, reason: "the stream was cancelled by a Cancel call")
+            try await engine.cancelAnywhere(streamID, caller: caller, reason: "the stream was cancelled by a Cancel call")
             try await writer.write(JSONValue.object(["stream_id": .string(streamID), "cancelled": true]).serialized())
         }
     }
@@ -69,7 +69,7 @@ public struct StreamingService: Sendable {
             }
         } catch {
             if case .reset? = writer.disconnect {
-                try? engine.cancel(channel.streamID, caller: caller, reason: "the client cancelled the call")
+                try? await engine.cancelAnywhere(channel.streamID, caller: caller, reason: "the client cancelled the call")
             }
             throw error
         }

@@ -15,7 +15,7 @@ import SystemPackage
 /// other layers.
 final class LayeredSettings {
     /// Variables that name secrets or other programs' settings, never flags.
-    static let reservedVariables: Set = ["SLUICE_API_KEYS", "SLUICE_TOKEN", "SLUICE_BIN"]
+    static let reservedVariables: Set = ["SLUICE_API_KEYS", "SLUICE_TOKEN", "SLUICE_BIN", "SLUICE_STORE_PASSWORD"]
 
     private let reader: ConfigReader
     /// The `SLUICE_*` variables offered as settings.

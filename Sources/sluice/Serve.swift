@@ -8,6 +8,7 @@ import SluiceEngine
 import SluiceIO
 import SluiceService
 import SluiceSimulator
+import SluiceStore
 import SluiceTransport
 import SluiceUpstream
 import SluiceWire
@@ -106,6 +107,17 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Allow binding beyond loopback without caller keys.")
     var allowUnauthenticated = false
 
+    // MARK: Store
+    @Option(
+        help:
+            "Where streams are kept: memory (this replica only) or redis://[user:password@]host:port[/db], a log every replica shares (Resume, SSE reconnect and Cancel on any replica)."
+    )
+    var store = "memory"
+    @Option(help: "File holding the Redis password (instead of SLUICE_STORE_PASSWORD or the URL's).")
+    var storePasswordFile: String?
+    @Option(help: "This replica's name in the store's owner leases (default: the host name and process id).")
+    var replicaID: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -157,6 +169,9 @@ struct Serve: AsyncParsableCommand {
         command.upstreamStreamsPerConnection = try await settings.int("upstream-streams-per-connection", upstreamStreamsPerConnection)
         command.keysFile = try await settings.string("keys-file", keysFile)
         command.allowUnauthenticated = try await settings.bool("allow-unauthenticated", allowUnauthenticated)
+        command.store = try await settings.string("store", store)
+        command.storePasswordFile = try await settings.string("store-password-file", storePasswordFile)
+        command.replicaID = try await settings.string("replica-id", replicaID)
         command.logLevel = try await settings.choice("log-level", logLevel)
         command.logFormat = try await settings.choice("log-format", logFormat)
         return command
@@ -177,6 +192,9 @@ struct Serve: AsyncParsableCommand {
         if toolMaxBytes < 0 { throw ValidationError("--tool-max-bytes must be 0 or more") }
         if toolResultMaxBytes < 1 { throw ValidationError("--tool-result-max-bytes must be at least 1") }
         if sseHeartbeat.duration <= .zero { throw ValidationError("--sse-heartbeat must be more than 0") }
+        if store != "memory" {
+            do { _ = try RedisEndpoint(url: store) } catch { throw ValidationError("--store: \(error) (or memory)") }
+        }
     }
 
     private func serve() async throws {
@@ -255,6 +273,8 @@ struct Serve: AsyncParsableCommand {
                 SearchFilesTool(sandbox: sandbox, maxBytes: toolMaxBytes),
             ]
         }
+        let redisStore = try makeRedisStore(environment: environment, loops: loops, logger: logger)
+        if let redisStore { engineConfiguration.store = redisStore }
         let engine = StreamEngine(configuration: engineConfiguration, upstream: upstream, logger: logger, sweepLoop: loops[0])
 
         // Running out of descriptors aborts the process (libdispatch needs some for its thread pool):
@@ -289,7 +309,7 @@ struct Serve: AsyncParsableCommand {
         let router = ServiceRouter.make(
             engine: engine, authentication: CallerAuthentication(tokens: tokens), registry: registry,
             sampledGauges: sampledGauges, sseHeartbeat: sseHeartbeat.duration, console: console,
-            isDraining: { serverReference.isDraining }
+            isDraining: { serverReference.isDraining }, storeReady: { redisStore?.hasBeenUp ?? true }
         )
         let server: HTTP2Server
         do {
@@ -299,6 +319,7 @@ struct Serve: AsyncParsableCommand {
         }
         serverReference.set(server)
         do { try server.start() } catch IOError.configuration(let message) { throw ValidationError("\(message) (--host, --port)") }
+        redisStore?.start()
 
         let scheme = server.isTLS ? "https (TLS, ALPN h2 or http/1.1)" : "h2c (HTTP/2 cleartext, prior knowledge) and HTTP/1.1"
         let upstreamDescription =
@@ -316,6 +337,7 @@ struct Serve: AsyncParsableCommand {
         await server.runUntilSignalled(drainTimeout: drainTimeout.duration, logger: logger)
         trimmer.cancel()
         await upstream.shutdown()
+        redisStore?.close()
         await simulatorServer?.shutdown(drainTimeout: .zero)
         logger.notice("stopped")
     }
@@ -330,6 +352,40 @@ struct Serve: AsyncParsableCommand {
             if idle && !trimmedThisSpell { malloc_trim(0) }
             trimmedThisSpell = idle
         }
+    }
+
+    /// The Redis store `--store` names (nil for memory), its password from --store-password-file, SLUICE_STORE_PASSWORD
+    /// or the URL, in that order.
+    private func makeRedisStore(environment: [String: String], loops: [EventLoop], logger: Logger) throws -> RedisStreamStore? {
+        guard store != "memory" else { return nil }
+        var endpoint = try RedisEndpoint(url: store)
+        if let storePasswordFile {
+            guard let text = Self.readFile(storePasswordFile) else {
+                throw ValidationError("cannot read --store-password-file \(storePasswordFile): \(String(cString: strerror(errno)))")
+            }
+            endpoint.password = String(text.reversed().drop { $0.isWhitespace }.reversed())
+        } else if let password = environment["SLUICE_STORE_PASSWORD"], !password.isEmpty {
+            endpoint.password = password
+        }
+        var hostName = [CChar](repeating: 0, count: 256)
+        gethostname(&hostName, hostName.count)
+        let host = String(decoding: hostName.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let replica = replicaID ?? "\(host)-\(getpid())"
+        let configuration = RedisStreamStore.Configuration(
+            endpoint: endpoint, replicaID: replica, retention: retention.duration, replayBufferBytes: replayBufferBytes)
+        logger.info("stream store", metadata: ["store": "\(endpoint)", "replica": "\(replica)"])
+        return RedisStreamStore(configuration: configuration, loops: loops, logger: logger)
+    }
+
+    private static func readFile(_ path: String) -> String? {
+        guard let file = fopen(path, "r") else { return nil }
+        defer { fclose(file) }
+        var text = ""
+        var buffer = [CChar](repeating: 0, count: 4096)
+        while fgets(&buffer, Int32(buffer.count), file) != nil {
+            text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        return text
     }
 
     private func callerTokens(environment: [String: String]) throws -> [String] {

@@ -1,0 +1,284 @@
+import CHiredis
+import CLinux
+import Glibc
+import Logging
+import Metrics
+import SluiceIO
+
+/// One hiredis async connection, driven by a Sluice event loop: the shell of `RedisConnectionStateMachine`.
+///
+/// hiredis asks for read and write readiness through its `ev` hooks (`addRead`, `delRead`, `addWrite`,
+/// `delWrite`, `cleanup`); this adapter turns them into `EventLoop.watch` interest on the context's socket and calls
+/// `redisAsyncHandleRead`/`redisAsyncHandleWrite` when epoll reports it ready, as hiredis's libevent and ae
+/// adapters do with their loops. No extra threads. Commands issued during one loop iteration sit in hiredis's
+/// output buffer until the socket's next write readiness, so they go to Redis as one pipeline.
+///
+/// Loop-confined: every method runs on `loop` (asserted), and hiredis calls back only from inside the calls made
+/// here.
+public final class RedisConnection: @unchecked Sendable {
+    public typealias Command = RedisConnectionStateMachine.Command
+
+    public let loop: EventLoop
+    public let endpoint: RedisEndpoint
+    private let logger: Logger
+    private var machine: RedisConnectionStateMachine
+    private var context: UnsafeMutablePointer<redisAsyncContext>?
+    private var watchedFD: Int32 = -1
+    private var wantsRead = false
+    private var wantsWrite = false
+    /// The handshake commands (AUTH, SELECT, PING) still awaiting their replies; the connection is up after the last.
+    private var handshake: [String] = []
+    private var reconnectTimer: TimerID?
+    /// Commands handed to hiredis since its last write: the next write sends them as one pipeline.
+    private var issuedSinceWrite = 0
+    private let latency = Timer(label: "sluice_store_latency_seconds")
+    private let pipelineSize = Recorder(label: "sluice_store_pipeline_commands")
+    /// A failed attempt of the current series was logged as a warning.
+    private var reportedFailure = false
+
+    /// Each acknowledged command with its reply (an error reply included), in the order they were sent.
+    private let onReply: (Command, RedisReply) -> Void
+    /// Commands dropped because the queue was full (or the connection closed) before they could be sent.
+    private let onDropped: ([Command]) -> Void
+    /// The connection became usable, or stopped being usable.
+    private let onUpChanged: (Bool) -> Void
+
+    public init(
+        loop: EventLoop, endpoint: RedisEndpoint, maxQueuedBytes: Int, backoff: RedisConnectionStateMachine.Backoff = .init(),
+        logger: Logger, onReply: @escaping (Command, RedisReply) -> Void, onDropped: @escaping ([Command]) -> Void,
+        onUpChanged: @escaping (Bool) -> Void
+    ) {
+        self.loop = loop
+        self.endpoint = endpoint
+        self.logger = logger
+        self.machine = RedisConnectionStateMachine(maxQueuedBytes: maxQueuedBytes, backoff: backoff)
+        self.onReply = onReply
+        self.onDropped = onDropped
+        self.onUpChanged = onUpChanged
+    }
+
+    public var state: RedisConnectionStateMachine.State {
+        assertInLoop()
+        return machine.state
+    }
+
+    public var queuedCount: Int {
+        assertInLoop()
+        return machine.queuedCount
+    }
+
+    public func start() {
+        assertInLoop()
+        perform(machine.start())
+    }
+
+    /// Queues `command`; its reply comes to `onReply`.
+    public func send(_ command: Command) {
+        assertInLoop()
+        perform(machine.enqueue(command))
+    }
+
+    /// Closes the connection; queued commands are dropped.
+    public func close() {
+        assertInLoop()
+        if let reconnectTimer { loop.cancelTimer(reconnectTimer) }
+        reconnectTimer = nil
+        perform(machine.close())
+    }
+
+    private func assertInLoop() {
+        assert(loop.inEventLoop || !loop.isRunning, "RedisConnection used off its event loop's thread")
+    }
+
+    private func perform(_ actions: [RedisConnectionStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .connect:
+                openContext()
+            case .send(let commands):
+                guard let context else { preconditionFailure("RedisConnection: commands to send with no connection") }
+                for command in commands { issue(context, command.arguments, handshake: false) }
+            case .scheduleReconnect(let delay):
+                reconnectTimer = loop.scheduleTimer(after: delay) { [weak self] in
+                    guard let self else { return }
+                    reconnectTimer = nil
+                    perform(machine.backoffElapsed())
+                }
+            case .reportUp(let up):
+                onUpChanged(up)
+            case .dropped(let commands):
+                onDropped(commands)
+            case .disconnect:
+                // Frees the context now; its pending callbacks get no reply (ignored) and `cleanup` unwatches the socket.
+                if let context { redisAsyncFree(context) }
+            }
+        }
+    }
+
+    // MARK: hiredis
+
+    private func openContext() {
+        guard let context = redisAsyncConnect(endpoint.host, Int32(endpoint.port)) else {
+            connectFailed("out of memory")
+            perform(machine.connectionLost())
+            return
+        }
+        if context.pointee.err != 0 {
+            connectFailed(String(cString: context.pointee.errstr))
+            redisAsyncFree(context)
+            perform(machine.connectionLost())
+            return
+        }
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        context.pointee.data = me
+        context.pointee.ev.data = me
+        context.pointee.ev.addRead = { RedisConnection.from($0).setInterest(read: true) }
+        context.pointee.ev.delRead = { RedisConnection.from($0).setInterest(read: false) }
+        context.pointee.ev.addWrite = { RedisConnection.from($0).setInterest(write: true) }
+        context.pointee.ev.delWrite = { RedisConnection.from($0).setInterest(write: false) }
+        context.pointee.ev.cleanup = { RedisConnection.from($0).contextFreed() }
+        _ = redisAsyncSetConnectCallback(context) { context, status in
+            guard status != REDIS_OK, let context else { return }
+            RedisConnection.from(context.pointee.data).connectFailed(String(cString: context.pointee.errstr))
+        }
+        _ = redisAsyncSetDisconnectCallback(context) { context, status in
+            guard status != REDIS_OK, let context else { return }
+            let connection = Unmanaged<RedisConnection>.fromOpaque(context.pointee.data).takeUnretainedValue()
+            connection.logger.warning(
+                "lost the connection to the Redis store; reconnecting with backoff",
+                metadata: ["store": "\(connection.endpoint)", "error": "\(String(cString: context.pointee.errstr))"])
+        }
+        self.context = context
+        // hiredis 0.14 notices the connect completing only on write readiness: the handshake's commands ask for it.
+        var steps: [(String, [String])] = []
+        if let password = endpoint.password {
+            steps.append(("AUTH", endpoint.user.map { ["AUTH", $0, password] } ?? ["AUTH", password]))
+        }
+        if endpoint.database != 0 { steps.append(("SELECT", ["SELECT", "\(endpoint.database)"])) }
+        steps.append(("PING", ["PING"]))
+        handshake = steps.map(\.0)
+        for (_, arguments) in steps { issue(context, arguments.map { Array($0.utf8) }, handshake: true) }
+    }
+
+    fileprivate static func from(_ pointer: UnsafeMutableRawPointer?) -> RedisConnection {
+        Unmanaged<RedisConnection>.fromOpaque(pointer!).takeUnretainedValue()
+    }
+
+    /// A reply to a command (`handshake`: to AUTH, SELECT or PING on a new connection).
+    fileprivate func received(_ reply: UnsafeMutableRawPointer?, context: UnsafeMutablePointer<redisAsyncContext>?, handshake: Bool) {
+        // No reply: the context is being freed (the connection dropped); a command is sent again after reconnecting.
+        guard let reply, let context else { return }
+        let value = RedisReply(reply.assumingMemoryBound(to: redisReply.self))
+        guard handshake else {
+            let command = machine.replied()
+            let (seconds, attoseconds) = (ContinuousClock.now - command.queuedAt).components
+            latency.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+            onReply(command, value)
+            return
+        }
+        // Emptied by a refused step: the connection is closing, and later steps' errors say nothing new.
+        guard !self.handshake.isEmpty else { return }
+        let step = self.handshake.removeFirst()
+        if case .error(let message) = value {
+            self.handshake = []
+            logger.error(
+                "the Redis store refused \(step); check --store and its password",
+                metadata: ["store": "\(endpoint)", "error": "\(message)"])
+            redisAsyncDisconnect(context)
+            return
+        }
+        if self.handshake.isEmpty {
+            reportedFailure = false
+            perform(machine.connected())
+        }
+    }
+
+    /// Hands `arguments` to hiredis (which copies them into its output buffer).
+    private func issue(_ context: UnsafeMutablePointer<redisAsyncContext>, _ arguments: [[UInt8]], handshake: Bool) {
+        var flat: [UInt8] = []
+        flat.reserveCapacity(arguments.reduce(1) { $0 + $1.count })
+        var lengths: [Int] = []
+        for argument in arguments {
+            flat += argument
+            lengths.append(argument.count)
+        }
+        flat.append(0)
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        issuedSinceWrite += 1
+        flat.withUnsafeBufferPointer { buffer in
+            let base = UnsafeRawPointer(buffer.baseAddress!).assumingMemoryBound(to: CChar.self)
+            var pointers: [UnsafePointer<CChar>?] = []
+            var offset = 0
+            for length in lengths {
+                pointers.append(base + offset)
+                offset += length
+            }
+            // Fails only while hiredis is disconnecting this context: the command then goes out after reconnecting.
+            if handshake {
+                _ = redisAsyncCommandArgv(context, redisHandshakeReplied, me, Int32(arguments.count), &pointers, lengths)
+            } else {
+                _ = redisAsyncCommandArgv(context, redisCommandReplied, me, Int32(arguments.count), &pointers, lengths)
+            }
+        }
+    }
+
+    private func setInterest(read: Bool? = nil, write: Bool? = nil) {
+        if let read { wantsRead = read }
+        if let write { wantsWrite = write }
+        guard let context else { return }
+        let fd = context.pointee.c.fd
+        let events = (wantsRead ? EPOLLIN.rawValue : 0) | (wantsWrite ? EPOLLOUT.rawValue : 0)
+        if events == 0 {
+            if watchedFD >= 0 { loop.unwatch(watchedFD) }
+            watchedFD = -1
+            return
+        }
+        watchedFD = fd
+        loop.watch(fd, events: events) { [unowned self] ready in
+            if ready & (EPOLLIN.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0, let context = self.context {
+                redisAsyncHandleRead(context)
+            }
+            if ready & (EPOLLOUT.rawValue | EPOLLERR.rawValue) != 0, let context = self.context {
+                if issuedSinceWrite > 0 { pipelineSize.record(issuedSinceWrite) }
+                issuedSinceWrite = 0
+                redisAsyncHandleWrite(context)
+            }
+        }
+    }
+
+    /// Logged as a warning once per series of failed attempts (they repeat with the backoff), then at debug level.
+    private func connectFailed(_ error: String) {
+        let message: Logger.Message = "cannot connect to the Redis store; retrying with backoff"
+        let metadata: Logger.Metadata = ["store": "\(endpoint)", "error": "\(error)"]
+        if reportedFailure {
+            logger.debug(message, metadata: metadata)
+        } else {
+            logger.warning(message, metadata: metadata)
+        }
+        reportedFailure = true
+    }
+
+    /// hiredis is freeing the context (an error, a disconnect, or `close`).
+    private func contextFreed() {
+        if watchedFD >= 0 { loop.unwatch(watchedFD) }
+        watchedFD = -1
+        wantsRead = false
+        wantsWrite = false
+        context = nil
+        handshake = []
+        perform(machine.connectionLost())
+    }
+}
+
+// hiredis's reply callbacks (C function pointers: no captures; `privdata` is the connection).
+private func redisCommandReplied(
+    _ context: UnsafeMutablePointer<redisAsyncContext>?, _ reply: UnsafeMutableRawPointer?, _ privdata: UnsafeMutableRawPointer?
+) {
+    Unmanaged<RedisConnection>.fromOpaque(privdata!).takeUnretainedValue().received(reply, context: context, handshake: false)
+}
+
+private func redisHandshakeReplied(
+    _ context: UnsafeMutablePointer<redisAsyncContext>?, _ reply: UnsafeMutableRawPointer?, _ privdata: UnsafeMutableRawPointer?
+) {
+    Unmanaged<RedisConnection>.fromOpaque(privdata!).takeUnretainedValue().received(reply, context: context, handshake: true)
+}

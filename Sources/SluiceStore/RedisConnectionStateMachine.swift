@@ -1,0 +1,165 @@
+/// One Redis connection's life, as a value: connecting, up, or down waiting out a backoff, and the bounded queue
+/// of commands Redis has not yet acknowledged. `RedisConnection` performs its actions (hiredis calls, timers).
+///
+/// A command stays queued until its reply arrives, so commands in flight when the connection drops are sent
+/// again after it comes back (the log's writes are idempotent: a repeated `XADD 0-<seq>` is refused as a
+/// duplicate, see `RedisStreamLog`). While down, new commands queue up to `maxQueuedBytes`; past that they are
+/// dropped and reported, so their streams can be marked as not resumable on other replicas.
+public struct RedisConnectionStateMachine: Sendable {
+    public struct Command: Sendable, Equatable {
+        public var arguments: [[UInt8]]
+        /// The stream whose log the command writes, if any (reported when the command is dropped).
+        public var streamID: String?
+        /// Nonzero for a read whose reply goes back to the reader waiting under this tag.
+        public var tag: UInt64 = 0
+        /// When it was queued (`sluice_store_latency_seconds` runs from here to its reply).
+        public var queuedAt = ContinuousClock.now
+
+        public init(_ arguments: [[UInt8]], streamID: String? = nil) {
+            self.arguments = arguments
+            self.streamID = streamID
+        }
+
+        public init(_ arguments: [String], streamID: String? = nil) {
+            self.init(arguments.map { Array($0.utf8) }, streamID: streamID)
+        }
+
+        var bytes: Int { arguments.reduce(0) { $0 + $1.count } }
+    }
+
+    public enum State: Sendable, Equatable {
+        case idle
+        case connecting
+        case up
+        /// `failures` connection attempts in a row have failed; the next waits out the backoff.
+        case down(failures: Int)
+        case closed
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// Open a connection (and authenticate); report `connected` or `connectionLost`.
+        case connect
+        /// Hand these commands to the connection, in order; replies come back in the same order.
+        case send([Command])
+        /// Report `backoffElapsed` after this long.
+        case scheduleReconnect(after: Duration)
+        /// The connection became usable (true) or stopped being usable (false).
+        case reportUp(Bool)
+        /// These commands were never sent and never will be: the queue was full.
+        case dropped([Command])
+        /// Close the connection for good.
+        case disconnect
+    }
+
+    public struct Backoff: Sendable, Equatable {
+        public var initial: Duration
+        public var maximum: Duration
+
+        public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(2)) {
+            self.initial = initial
+            self.maximum = maximum
+        }
+
+        /// Doubles with each failure in a row, up to `maximum`.
+        func delay(afterFailures failures: Int) -> Duration {
+            var delay = initial
+            for _ in 1..<max(failures, 1) where delay < maximum { delay *= 2 }
+            return min(delay, maximum)
+        }
+    }
+
+    public private(set) var state: State = .idle
+    public let maxQueuedBytes: Int
+    public let backoff: Backoff
+    /// Commands not yet acknowledged, oldest first from `head`; the first `sent` of them went out on the current
+    /// connection.
+    private var queue: [Command] = []
+    private var head = 0
+    private var sent = 0
+    public private(set) var queuedBytes = 0
+    /// Connection attempts failed in a row (an attempt after a dropped connection counts from 1 again).
+    private var failures = 0
+
+    public init(maxQueuedBytes: Int, backoff: Backoff = Backoff()) {
+        self.maxQueuedBytes = maxQueuedBytes
+        self.backoff = backoff
+    }
+
+    /// Commands waiting for a reply or for the connection.
+    public var queuedCount: Int { queue.count - head }
+
+    public mutating func start() -> [Action] {
+        guard state == .idle else { return [] }
+        state = .connecting
+        return [.connect]
+    }
+
+    /// The connection is open and authenticated: everything queued goes out.
+    public mutating func connected() -> [Action] {
+        guard state == .connecting else { preconditionFailure("Redis connection reported connected while \(state)") }
+        state = .up
+        failures = 0
+        let unsent = Array(queue[(head + sent)...])
+        sent = queuedCount
+        return unsent.isEmpty ? [.reportUp(true)] : [.reportUp(true), .send(unsent)]
+    }
+
+    /// The connection attempt failed, or an open connection dropped. Unacknowledged commands go out again on the
+    /// next connection.
+    public mutating func connectionLost() -> [Action] {
+        guard state == .connecting || state == .up else { return [] }
+        let wasUp = state == .up
+        failures += 1
+        state = .down(failures: failures)
+        sent = 0
+        let retry = Action.scheduleReconnect(after: backoff.delay(afterFailures: failures))
+        return wasUp ? [.reportUp(false), retry] : [retry]
+    }
+
+    public mutating func backoffElapsed() -> [Action] {
+        guard case .down = state else { return [] }
+        state = .connecting
+        return [.connect]
+    }
+
+    /// Queues `command`: sent at once while up; dropped when the queue is full.
+    public mutating func enqueue(_ command: Command) -> [Action] {
+        guard state != .closed else { return [.dropped([command])] }
+        guard queuedBytes + command.bytes <= maxQueuedBytes else { return [.dropped([command])] }
+        queue.append(command)
+        queuedBytes += command.bytes
+        guard state == .up else { return [] }
+        sent += 1
+        return [.send([command])]
+    }
+
+    /// The reply to the oldest command sent arrived; returns that command (the shell interprets the reply).
+    public mutating func replied() -> Command {
+        guard state == .up, sent > 0 else { preconditionFailure("a Redis reply arrived with no command in flight (\(state))") }
+        let command = queue[head]
+        head += 1
+        sent -= 1
+        queuedBytes -= command.bytes
+        if head > 1024, head * 2 > queue.count {
+            queue.removeFirst(head)
+            head = 0
+        }
+        return command
+    }
+
+    /// Closes for good; whatever is still queued is dropped.
+    public mutating func close() -> [Action] {
+        guard state != .closed else { return [] }
+        let wasConnected = state == .up || state == .connecting
+        state = .closed
+        let left = Array(queue[head...])
+        queue = []
+        head = 0
+        sent = 0
+        queuedBytes = 0
+        var actions: [Action] = []
+        if wasConnected { actions.append(.disconnect) }
+        if !left.isEmpty { actions.append(.dropped(left)) }
+        return actions
+    }
+}

@@ -1,0 +1,230 @@
+import Glibc
+import Logging
+import Metrics
+import SluiceIO
+import Synchronization
+
+/// `--store redis://…`: every stream's events, metadata and owner lease in Redis, written by one hiredis connection
+/// per event loop (`RedisLogShard`). Keys are hash-tagged by stream (`RedisKeys`), so all of a stream's keys are in
+/// one Redis Cluster slot.
+public final class RedisStreamStore: StreamStore {
+    public struct Configuration: Sendable {
+        public var endpoint: RedisEndpoint
+        /// This replica's name in the owner lease and metadata.
+        public var replicaID: String
+        /// Finished streams' keys expire this long after the end (`--retention`).
+        public var retention: Duration
+        /// The log keeps about this many bytes of frames per stream (`--replay-buffer-bytes`, see `RedisLogShard`).
+        public var replayBufferBytes: Int
+        /// A running stream's owner lease lasts this long, renewed every third of it.
+        public var leaseDuration: Duration = .seconds(10)
+        /// Commands each connection queues while Redis is slow or down; past that a stream's further events are not
+        /// written and it is marked not resumable elsewhere.
+        public var maxQueuedBytes = 16 << 20
+        public var backoff = RedisConnectionStateMachine.Backoff()
+
+        public init(endpoint: RedisEndpoint, replicaID: String, retention: Duration, replayBufferBytes: Int) {
+            self.endpoint = endpoint
+            self.replicaID = replicaID
+            self.retention = retention
+            self.replayBufferBytes = replayBufferBytes
+        }
+    }
+
+    public let configuration: Configuration
+    private let shards: [RedisLogShard]
+    private let health = Health()
+    private let nextShard = Atomic<Int>(0)
+
+    /// One connection per loop in `loops`; `start` connects them.
+    public init(configuration: Configuration, loops: [EventLoop], logger: Logger) {
+        precondition(!loops.isEmpty, "RedisStreamStore needs at least one event loop")
+        self.configuration = configuration
+        let health = health
+        let total = loops.count
+        var shards: [RedisLogShard] = []
+        for loop in loops {
+            shards.append(
+                RedisLogShard(loop: loop, configuration: configuration, logger: logger) { up in
+                    let count = health.shardsUp.add(up ? 1 : -1, ordering: .relaxed).newValue
+                    if count == total { health.wasUp.store(true, ordering: .relaxed) }
+                    Gauge(label: "sluice_store_up").record(count == total ? 1 : 0)
+                })
+        }
+        self.shards = shards
+        Gauge(label: "sluice_store_up").record(0)
+    }
+
+    public func start() {
+        for shard in shards { shard.loop.execute { shard.start() } }
+    }
+
+    /// Closes every connection (after the loops' last streams have finished).
+    public func close() {
+        for shard in shards { shard.loop.execute { shard.close() } }
+    }
+
+    public var isUp: Bool { health.shardsUp.load(ordering: .relaxed) == shards.count }
+
+    /// Every connection has been up at least once since start-up (what `/readyz` waits for).
+    public var hasBeenUp: Bool { health.wasUp.load(ordering: .relaxed) }
+
+    /// Connections up now, and whether all have been up at once; shared with the shards' callbacks.
+    private final class Health: Sendable {
+        let shardsUp = Atomic<Int>(0)
+        let wasUp = Atomic<Bool>(false)
+    }
+
+    // MARK: Reading (other replicas' streams)
+
+    public func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata? {
+        guard case .array(let items) = try await request(["HGETALL", RedisKeys.meta(streamID)]), !items.isEmpty else { return nil }
+        var fields: [String: String] = [:]
+        for index in stride(from: 0, to: items.count - 1, by: 2) {
+            if case .string(let name) = items[index], case .string(let value) = items[index + 1] {
+                fields[String(decoding: name, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+            }
+        }
+        // A hash without them is what is left after Redis lost the stream's keys: no caller can be shown to own it.
+        guard let owner = fields["owner"], let caller = fields["caller"], let status = fields["status"] else { return nil }
+        return StoredStreamMetadata(
+            owner: owner, caller: caller, status: status, message: fields["message"], lastSeq: fields["last_seq"].flatMap { Int($0) },
+            resumable: fields["resumable"] != "0")
+    }
+
+    public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] {
+        let reply = try await request(["XRANGE", RedisKeys.log(streamID), "(0-\(seq)", "+", "COUNT", "\(limit)"])
+        guard case .array(let entries) = reply else { return [] }
+        return entries.compactMap { entry in
+            guard case .array(let parts) = entry, parts.count == 2, case .string(let id) = parts[0], case .array(let values) = parts[1],
+                let seq = String(decoding: id, as: UTF8.self).split(separator: "-").last.flatMap({ Int($0) })
+            else { return nil }
+            var type = ""
+            var frame: [UInt8] = []
+            for index in stride(from: 0, to: values.count - 1, by: 2) {
+                guard case .string(let name) = values[index], case .string(let value) = values[index + 1] else { continue }
+                switch String(decoding: name, as: UTF8.self) {
+                case "type": type = String(decoding: value, as: UTF8.self)
+                case "frame": frame = value
+                default: break
+                }
+            }
+            return StoredEvent(seq: seq, type: type, frame: frame)
+        }
+    }
+
+    public func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError) {
+        _ = try await request(["RPUSH", RedisKeys.cancels(owner), "\(streamID)\n\(reason)"])
+        _ = try await request(["PEXPIRE", RedisKeys.cancels(owner), "60000"])
+    }
+
+    /// Drops the caller's expired entries, counts the rest, and adds this stream's if there is room: one script, so
+    /// two replicas admitting at once cannot both take the last slot.
+    static let admitScript = """
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+        if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+        redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+        redis.call('PEXPIRE', KEYS[1], ARGV[5])
+        return 1
+        """
+
+    public func acquireCallerSlot(caller: String, streamID: String, limit: Int) async throws(StoreError) -> Bool {
+        let now = unixMilliseconds()
+        let lease = Int(configuration.leaseDuration.milliseconds)
+        let reply = try await request([
+            "EVAL", Self.admitScript, "1", RedisKeys.callerSlots(caller), "\(now)", "\(limit)", "\(now + lease)", streamID, "\(lease)",
+        ])
+        return reply == .integer(1)
+    }
+
+    public func releaseCallerSlot(caller: String, streamID: String) {
+        let shard = pickShard()
+        shard.loop.execute { shard.write(["ZREM", RedisKeys.callerSlots(caller), streamID]) }
+    }
+
+    public var isShared: Bool { true }
+
+    public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {
+        // The first loop's connection collects this replica's cancel requests.
+        let shard = shards[0]
+        shard.loop.execute { shard.pollCancelRequests(handler) }
+    }
+
+    /// Sends one read on the current loop's connection (or the next one's).
+    private func request(_ arguments: [String]) async throws(StoreError) -> RedisReply {
+        let shard = pickShard()
+        let reply: RedisReply? = await withCheckedContinuation { continuation in
+            shard.loop.execute { shard.read(arguments) { continuation.resume(returning: $0) } }
+        }
+        guard let reply else {
+            throw StoreError("the Redis store (\(configuration.endpoint)) is unreachable; try again when it is back")
+        }
+        if case .error(let message) = reply { throw StoreError("the Redis store refused \(arguments[0]): \(message)") }
+        return reply
+    }
+
+    private func pickShard() -> RedisLogShard {
+        EventLoop.current.flatMap { current in shards.first { $0.loop === current } }
+            ?? shards[nextShard.add(1, ordering: .relaxed).oldValue % shards.count]
+    }
+
+    public func open(_ stream: StoredStream) -> (any StreamLogWriter)? {
+        // The stream's job usually runs on the loop it starts on: its writes then need no thread switch.
+        let shard = pickShard()
+        let writer = RedisStreamLogWriter(shard: shard, streamID: stream.streamID)
+        writer.run { $0.open(stream) }
+        return writer
+    }
+}
+
+/// Writes one stream's log through its shard, on the shard's loop.
+final class RedisStreamLogWriter: StreamLogWriter, @unchecked Sendable {
+    // Only touched on `shard.loop` (every use goes through `run`).
+    private let shard: RedisLogShard
+    let streamID: String
+
+    init(shard: RedisLogShard, streamID: String) {
+        self.shard = shard
+        self.streamID = streamID
+    }
+
+    func run(_ body: @escaping @Sendable (RedisLogShard) -> Void) {
+        if shard.loop.inEventLoop {
+            body(shard)
+        } else {
+            let shard = shard
+            shard.loop.execute { body(shard) }
+        }
+    }
+
+    func append(seq: Int, type: String, frame: [UInt8]) {
+        let streamID = streamID
+        run { $0.append(streamID: streamID, seq: seq, type: type, frame: frame) }
+    }
+
+    func finish(lastSeq: Int, status: String, message: String?) {
+        let streamID = streamID
+        run { $0.finish(streamID: streamID, lastSeq: lastSeq, status: status, message: message) }
+    }
+}
+
+/// The keys of one stream. The `{…}` hash tag puts them in one Cluster slot.
+public enum RedisKeys {
+    /// A Redis Stream of the events: entry ID `0-<seq>`, fields `type` and `frame` (the encoded event).
+    public static func log(_ streamID: String) -> String { "sluice:{\(streamID)}:log" }
+    /// A hash: owner, caller, request, status, message, created_ms, finished_ms, last_seq, resumable.
+    public static func meta(_ streamID: String) -> String { "sluice:{\(streamID)}:meta" }
+    /// The owner replica's id while the stream runs, with a TTL it renews.
+    public static func lease(_ streamID: String) -> String { "sluice:{\(streamID)}:lease" }
+    /// A sorted set of the caller's running streams across replicas, scored by when their lease ends.
+    public static func callerSlots(_ caller: String) -> String { "sluice:caller:{\(caller)}:active" }
+    /// A list of `<stream id>\n<reason>` cancel requests for the streams `replica` owns.
+    public static func cancels(_ replica: String) -> String { "sluice:cancels:{\(replica)}" }
+}
+
+/// Milliseconds since the Unix epoch, for the metadata's times.
+func unixMilliseconds() -> Int {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return now.tv_sec * 1000 + now.tv_nsec / 1_000_000
+}

@@ -1,0 +1,128 @@
+/// Where streams are kept beyond the replica's own memory. The engine always keeps each stream's replay buffer in
+/// memory and serves its attached client from there; a store adds a shared log for everyone else (other replicas
+/// resuming, following or cancelling it).
+///
+/// The store sees events only as the engine encoded them (frame bytes, seq and type), so it does not depend on the
+/// event vocabulary.
+public protocol StreamStore: Sendable {
+    /// Starts recording `stream`; nil when the store keeps nothing beyond the engine's memory.
+    func open(_ stream: StoredStream) -> (any StreamLogWriter)?
+    /// The store can take writes now.
+    var isUp: Bool { get }
+    /// Other replicas share this store (their streams may be found in it).
+    var isShared: Bool { get }
+    /// What the store knows of a stream another replica may own; nil when it has no such stream.
+    func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata?
+    /// Up to `limit` logged events after `seq`, in order.
+    func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent]
+    /// Asks the replica that owns `streamID` to cancel it.
+    func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError)
+    /// Takes one of `caller`'s `limit` slots across every replica for `streamID`, leased (renewed while the stream
+    /// runs, released when it ends through its writer); false when all are taken.
+    func acquireCallerSlot(caller: String, streamID: String, limit: Int) async throws(StoreError) -> Bool
+    /// Gives back a slot `acquireCallerSlot` took for a stream that then did not start.
+    func releaseCallerSlot(caller: String, streamID: String)
+    /// Cancel requests for this replica's streams go to `handler` (set once, before streams start).
+    func onCancelRequest(_ handler: @escaping @Sendable (_ streamID: String, _ reason: String) -> Void)
+}
+
+/// The store could not answer (Redis down or refusing); the message says what happened.
+public struct StoreError: Error, Sendable, Equatable {
+    public var message: String
+
+    public init(_ message: String) {
+        self.message = message
+    }
+}
+
+/// A stream's metadata as the store keeps it.
+public struct StoredStreamMetadata: Sendable, Equatable {
+    public var owner: String
+    public var caller: String
+    /// `running`, or the gRPC status name it ended with.
+    public var status: String
+    public var message: String?
+    /// The last seq, once the stream has ended.
+    public var lastSeq: Int?
+    /// False when some of its events never reached the store.
+    public var resumable: Bool
+
+    public init(owner: String, caller: String, status: String, message: String?, lastSeq: Int?, resumable: Bool) {
+        self.owner = owner
+        self.caller = caller
+        self.status = status
+        self.message = message
+        self.lastSeq = lastSeq
+        self.resumable = resumable
+    }
+}
+
+/// One logged event: its seq, type and frame as the engine encoded it.
+public struct StoredEvent: Sendable, Equatable {
+    public var seq: Int
+    public var type: String
+    public var frame: [UInt8]
+
+    public init(seq: Int, type: String, frame: [UInt8]) {
+        self.seq = seq
+        self.type = type
+        self.frame = frame
+    }
+}
+
+/// A stream as the store records it when it starts.
+public struct StoredStream: Sendable {
+    public var streamID: String
+    /// The caller's identity (`key-N`, never a token).
+    public var caller: String
+    /// The request as the client sent it.
+    public var request: [UInt8]
+    /// How long the stream may run (`--max-stream-duration`): its keys expire this long plus the retention after it
+    /// starts, even if no replica is left to finish it.
+    public var maxDuration: Duration
+    /// The stream holds a caller slot (`acquireCallerSlot`) that its writer renews and releases.
+    public var holdsCallerSlot: Bool
+
+    public init(streamID: String, caller: String, request: [UInt8], maxDuration: Duration, holdsCallerSlot: Bool = false) {
+        self.streamID = streamID
+        self.caller = caller
+        self.request = request
+        self.maxDuration = maxDuration
+        self.holdsCallerSlot = holdsCallerSlot
+    }
+}
+
+/// One stream's writes to the store, from the engine's threads. Appends may arrive out of seq order from
+/// concurrent emitters (seqs are assigned under the channel's lock, the append runs after it); the store writes
+/// them in order.
+public protocol StreamLogWriter: Sendable {
+    func append(seq: Int, type: String, frame: [UInt8])
+    /// The stream ended after `lastSeq` with `status` (a gRPC status name) and, unless OK, `message`.
+    func finish(lastSeq: Int, status: String, message: String?)
+}
+
+/// `--store memory`: the engine's own registry and replay buffers are the whole store (one replica's streams are
+/// resumable on that replica only).
+public struct MemoryStreamStore: StreamStore {
+    public init() {}
+
+    public func open(_ stream: StoredStream) -> (any StreamLogWriter)? { nil }
+
+    public var isUp: Bool { true }
+
+    public var isShared: Bool { false }
+
+    // This replica's registry is the whole store: no stream is anywhere else.
+    public func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata? { nil }
+
+    public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] { [] }
+
+    public func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError) {}
+
+    // The engine's own `Admission` is the whole limit.
+    public func acquireCallerSlot(caller: String, streamID: String, limit: Int) async throws(StoreError) -> Bool { true }
+
+    public func releaseCallerSlot(caller: String, streamID: String) {}
+
+    public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {}
+}

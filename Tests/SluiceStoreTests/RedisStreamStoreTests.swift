@@ -1,0 +1,87 @@
+import Logging
+import SluiceIO
+import SluiceStore
+import Testing
+
+/// `RedisStreamStore` against a real `redis-server`: what a stream's keys hold, and what happens to a stream whose
+/// writes overflow the queue while Redis is down. Waits poll a condition (Redis or the store), never a fixed time.
+@Suite(.serialized) struct RedisStreamStoreTests {
+    let loop: EventLoop
+
+    init() throws {
+        loop = try EventLoop(index: 0)
+        loop.start()
+    }
+
+    func makeStore(_ redis: RedisTestServer, maxQueuedBytes: Int = 1 << 20) throws -> RedisStreamStore {
+        var configuration = RedisStreamStore.Configuration(
+            endpoint: try RedisEndpoint(url: redis.url), replicaID: "replica-1", retention: .seconds(60), replayBufferBytes: 1 << 20)
+        configuration.maxQueuedBytes = maxQueuedBytes
+        configuration.backoff = .init(initial: .milliseconds(20), maximum: .milliseconds(100))
+        let store = RedisStreamStore(configuration: configuration, loops: [loop], logger: Logger(label: "test"))
+        store.start()
+        return store
+    }
+
+    func until(_ condition: () throws -> Bool) async throws {
+        while try !condition() { try await Task.sleep(for: .milliseconds(5)) }
+    }
+
+    func frame(_ seq: Int) -> [UInt8] { Array("{\"seq\":\(seq),\"padding\":\"\(String(repeating: "x", count: 200))\"}".utf8) }
+
+    @Test func eventsAppendedOutOfOrderAreLoggedInOrderAndReadBack() async throws {
+        let redis = try RedisTestServer()
+        let store = try makeStore(redis)
+        defer {
+            store.close()
+            loop.stop()
+        }
+        try await until { store.isUp }
+        let writer = try #require(
+            store.open(StoredStream(streamID: "st_a", caller: "key-1", request: Array("{}".utf8), maxDuration: .seconds(60))))
+        // Concurrent emitters may append 3 before 2; the finish may come before the last event.
+        writer.append(seq: 1, type: "message_start", frame: frame(1))
+        writer.append(seq: 3, type: "message_delta", frame: frame(3))
+        writer.finish(lastSeq: 4, status: "OK", message: nil)
+        writer.append(seq: 2, type: "message_delta", frame: frame(2))
+        writer.append(seq: 4, type: "stream_complete", frame: frame(4))
+        try await until { try redis.cli("HGET", "sluice:{st_a}:meta", "status") == "OK" }
+        let events = try await store.events("st_a", after: 1, limit: 10)
+        #expect(events.map(\.seq) == [2, 3, 4])
+        #expect(events.map(\.type) == ["message_delta", "message_delta", "stream_complete"])
+        #expect(events.first?.frame == frame(2))
+        let metadata = try #require(try await store.metadata("st_a"))
+        #expect(
+            metadata == StoredStreamMetadata(owner: "replica-1", caller: "key-1", status: "OK", message: nil, lastSeq: 4, resumable: true))
+        #expect(try await store.metadata("st_unknown") == nil)
+    }
+
+    @Test func writesDroppedWhileRedisIsDownMarkTheStreamNotResumable() async throws {
+        let redis = try RedisTestServer(persistent: true)
+        let store = try makeStore(redis, maxQueuedBytes: 4096)
+        defer {
+            store.close()
+            loop.stop()
+        }
+        try await until { store.isUp }
+        let writer = try #require(store.open(StoredStream(streamID: "st_b", caller: "key-1", request: [], maxDuration: .seconds(60))))
+        writer.append(seq: 1, type: "message_start", frame: frame(1))
+        try await until { try redis.cli("XLEN", "sluice:{st_b}:log") == "1" }
+        redis.stop()
+        try await until { !store.isUp }
+        // About 60 commands of ~250 bytes: more than the 4 KiB queue holds.
+        for seq in 2...60 { writer.append(seq: seq, type: "message_delta", frame: frame(seq)) }
+        writer.finish(lastSeq: 60, status: "OK", message: nil)
+        // A reader meanwhile is told the store is unreachable, not that the stream does not exist.
+        await #expect(throws: StoreError.self) { try await store.metadata("st_b") }
+        try redis.start()
+        try await until { store.isUp }
+        try await until { try redis.cli("HGET", "sluice:{st_b}:meta", "resumable") == "0" }
+        let metadata = try #require(try await store.metadata("st_b"))
+        #expect(metadata.resumable == false)
+        // What was logged is contiguous from seq 1: no entry after the first dropped one.
+        let logged = try await store.events("st_b", after: 0, limit: 100).map(\.seq)
+        #expect(logged == Array(1...logged.count))
+        #expect(logged.count < 60)
+    }
+}
