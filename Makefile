@@ -141,7 +141,7 @@ soak: test-deps
 # pthread mutex TSan can see (Sources/SluiceWire/ThreadSanitizerMutex.swift says why). Any report
 # fails the run: TSan makes the test process exit non-zero.
 TSAN_BUILD := .build-tsan
-TSAN_TESTS := SluiceIOTests|SluiceTransportTests|SluiceServiceTests|SluiceClientTests|SluiceEngineTests|SluiceUpstreamTests.UpstreamClientTests|SluiceSimulatorTests
+TSAN_TESTS := SluiceIOTests|SluiceStoreTests|SluiceTransportTests|SluiceServiceTests|SluiceClientTests|SluiceEngineTests|SluiceUpstreamTests.UpstreamClientTests|SluiceSimulatorTests
 test-tsan: test-deps
 	swift build --build-tests --sanitize=thread -Xswiftc -DSLUICE_TSAN --scratch-path $(TSAN_BUILD)
 	swift test --skip-build --no-parallel --sanitize=thread -Xswiftc -DSLUICE_TSAN --scratch-path $(TSAN_BUILD) \
