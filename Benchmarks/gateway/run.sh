@@ -26,7 +26,7 @@
 #
 # Knobs [defaults]: LEVELS ["1000:200 10000:2000"], TOKENS [40], GATEWAYS ["sluice sluice-rpc nghttpx litellm"],
 # LITELLM_SCALE [10], TTFT_STREAMS [200], TTFT_CONCURRENCY [10], FLOOR_SECONDS [5], LITELLM_VERSION [1.108.7],
-# BIN [this checkout's release build], SKIP_BUILD [0], SMOKE [0] (1 = a tiny run of every gateway and workload,
+# BIN [this checkout's release build], SLUICE_COMMIT [] the commit BIN was built at (when BIN is a copy), SKIP_BUILD [0], SMOKE [0] (1 = a tiny run of every gateway and workload,
 # to check the script; its results go to $OUT only, not to RESULTS.*).
 set -euo pipefail
 [ -z "${BIN:-}" ] || BIN=$(realpath -s "$BIN")
@@ -206,4 +206,5 @@ DEST=$HERE
 [ "$SMOKE" = 1 ] && DEST=$OUT
 python3 "$HERE/summarize.py" --work "$OUT" --dest "$DEST" --levels "$LEVELS" --gateways "$GATEWAYS" \
   --tokens "$TOKENS" --litellm-scale "$LITELLM_SCALE" --litellm-version "$("$VENV/bin/pip" show litellm | awk '/^Version/ {print $2}')" \
-  --nghttpx-version "$(nghttpx --version | head -1)" --sluice-bin "$BIN" --load-before "$LOAD_BEFORE" --smoke "$SMOKE"
+  --nghttpx-version "$(nghttpx --version | head -1)" --sluice-bin "$BIN" --load-before "$LOAD_BEFORE" --smoke "$SMOKE" \
+  --sluice-commit "${SLUICE_COMMIT:-}"

@@ -45,6 +45,7 @@ def main():
     parser.add_argument("--tokens", type=int, required=True)
     parser.add_argument("--litellm-scale", type=int, required=True)
     parser.add_argument("--smoke", default="0")
+    parser.add_argument("--sluice-commit", default="", help="the commit BIN was built at, when BIN is a copy outside its checkout")
     args = parser.parse_args()
     work, gateways = args.work, args.gateways.split()
     rows, raw = [], {}
@@ -86,7 +87,7 @@ def main():
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
     swift = subprocess.run(["swift", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    commit = subprocess.run(["git", "-C", os.path.dirname(args.sluice_bin), "rev-parse", "HEAD"], capture_output=True,
+    commit = args.sluice_commit or subprocess.run(["git", "-C", os.path.dirname(args.sluice_bin), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     load_after = " ".join(open("/proc/loadavg").read().split()[:3])
     machine = (f"{os.cpu_count()} cores ({cpu_model}), {int(mem) // 1024} MiB RAM, {platform.platform()}, {swift}; "
