@@ -24,9 +24,9 @@
 # token; Sluice's own share (its sluice_event_delivery_latency_seconds histogram); the machine's floor for the
 # same message rate (Benchmarks/streaming/floor.c); load average and steal.
 #
-# Knobs [defaults]: LEVELS ["1000:200 10000:2000"], TOKENS [40], GATEWAYS ["sluice sluice-rpc nghttpx litellm"],
+# Knobs [defaults]: LEVELS ["1000:200 10000:2000"] (empty: time to first token only), TOKENS [40], GATEWAYS ["sluice sluice-rpc nghttpx litellm"],
 # LITELLM_SCALE [10], TTFT_STREAMS [200], TTFT_CONCURRENCY [10], FLOOR_SECONDS [5], LITELLM_VERSION [1.108.7],
-# BIN [this checkout's release build], SLUICE_COMMIT [] the commit BIN was built at (when BIN is a copy), SKIP_BUILD [0], SMOKE [0] (1 = a tiny run of every gateway and workload,
+# BIN [this checkout's release build], BIN_COMMIT [] the commit BIN was built at (when BIN is a copy), SKIP_BUILD [0], SMOKE [0] (1 = a tiny run of every gateway and workload,
 # to check the script; its results go to $OUT only, not to RESULTS.*).
 set -euo pipefail
 [ -z "${BIN:-}" ] || BIN=$(realpath -s "$BIN")
@@ -36,7 +36,7 @@ SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
   LEVELS=${LEVELS:-"20:50"}; TTFT_STREAMS=${TTFT_STREAMS:-10}; LITELLM_SCALE=${LITELLM_SCALE:-2}; FLOOR_SECONDS=${FLOOR_SECONDS:-1}
 fi
-LEVELS=${LEVELS:-"1000:200 10000:2000"}
+LEVELS=${LEVELS-"1000:200 10000:2000"}
 TOKENS=${TOKENS:-40}
 GATEWAYS=${GATEWAYS:-"sluice sluice-rpc nghttpx litellm"}
 LITELLM_SCALE=${LITELLM_SCALE:-10}
@@ -207,4 +207,4 @@ DEST=$HERE
 python3 "$HERE/summarize.py" --work "$OUT" --dest "$DEST" --levels "$LEVELS" --gateways "$GATEWAYS" \
   --tokens "$TOKENS" --litellm-scale "$LITELLM_SCALE" --litellm-version "$("$VENV/bin/pip" show litellm | awk '/^Version/ {print $2}')" \
   --nghttpx-version "$(nghttpx --version | head -1)" --sluice-bin "$BIN" --load-before "$LOAD_BEFORE" --smoke "$SMOKE" \
-  --sluice-commit "${SLUICE_COMMIT:-}"
+  --sluice-commit "${BIN_COMMIT:-}"
