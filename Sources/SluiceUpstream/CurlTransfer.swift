@@ -44,6 +44,11 @@ final class CurlTransfer: @unchecked Sendable {
 
     /// Response header bytes kept at most; more are dropped (the status line and `request-id` come first).
     private static let maxHeaderBytes = 64 << 10
+    /// libcurl's upload buffer per transfer: its minimum (16 KiB) instead of the 64 KiB default. Over HTTP/2 libcurl
+    /// sends the request body through this buffer, allocated per transfer and held until the transfer ends; at
+    /// thousands of streams in flight the default was the largest allocation of a stream (heaptrack), and a bigger
+    /// body only takes more passes.
+    static let uploadBufferBytes = 16 << 10
     /// Headers Sluice sets itself; callers' headers with these names are ignored.
     static let managedHeaders: Set<String> = [
         "x-api-key", "authorization", "anthropic-version", "content-type", "accept", "content-length", "host",
@@ -120,6 +125,7 @@ final class CurlTransfer: @unchecked Sendable {
                 )
             ),
             ("POST", sluice_curl_easy_setopt_long(easy, CURLOPT_POST, 1)),
+            ("UPLOAD_BUFFERSIZE", sluice_curl_easy_setopt_long(easy, CURLOPT_UPLOAD_BUFFERSIZE, Self.uploadBufferBytes)),
             (
                 "POSTFIELDSIZE_LARGE",
                 sluice_curl_easy_setopt_offset(
