@@ -185,5 +185,8 @@ public struct SendMessageRequest: Sendable {
 
 /// The names of Sluice's server tools (`Tools/FileTools.swift`), reserved whether or not a server offers them.
 public enum ServerToolNames {
-    public static let all: Set = ["read_file", "list_directory", "search_files"]
+    public static let readFile = "read_file"
+    public static let listDirectory = "list_directory"
+    public static let searchFiles = "search_files"
+    public static let all: Set = [readFile, listDirectory, searchFiles]
 }

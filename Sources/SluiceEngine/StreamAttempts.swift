@@ -66,8 +66,10 @@ struct StreamAttempts {
             let results = await ToolRunner(engine: engine, channel: channel, allowed: request.tools).run(toolUses)
             // A stream cancelled while its tools ran must not start (and pay for) another turn.
             try Task.checkCancellation()
-            // The whole assistant turn goes back, thinking blocks with their signatures included, as the API requires.
-            conversation.append(["role": "assistant", "content": .array(turnMessage?.content.map(\.jsonValue) ?? [])])
+            // The whole assistant turn goes back, thinking blocks with their signatures included, as the API requires
+            // (less empty text blocks, which it refuses).
+            let content = (turnMessage?.content ?? []).filter { if case .text("", _) = $0 { false } else { true } }
+            conversation.append(["role": "assistant", "content": .array(content.map(\.jsonValue))])
             conversation.append(["role": "user", "content": .array(results)])
         }
         channel.emit(.streamComplete(usage: usage.jsonValue, message: request.includeMessage ? turnMessage?.jsonValue : nil))
@@ -140,7 +142,8 @@ struct StreamAttempts {
         var accumulator = MessageAccumulator()
         // A continuation's blocks follow the prefilled text block; its own first text block extends that one.
         var indexOffset = 0
-        defer { usage.add(accumulator.message().usage) }
+        // Every attempt's usage counts, a failed one's too (what it reported before failing).
+        defer { usage.add(accumulator.usage) }
         for try await event in events {
             accumulator.apply(event)
             switch event {

@@ -88,7 +88,8 @@ public struct MessageAccumulator: Sendable {
     private var blocks: [Int: BlockState] = [:]
     private var stopReason: String?
     private var stopSequence: String?
-    private var usage = AnthropicUsage()
+    /// Usage so far (message_start's, updated by each message_delta).
+    public private(set) var usage = AnthropicUsage()
 
     /// `message_stop` has arrived.
     public private(set) var isComplete = false

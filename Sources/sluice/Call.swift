@@ -32,6 +32,18 @@ struct Call: AsyncParsableCommand {
     var system: String?
     @Option(help: "Server tools the model may use, comma-separated (e.g. read_file,list_directory).")
     var tools: String?
+    @Option(help: "Enable extended thinking with this budget in tokens (at least 1024, below --max-tokens); shown dimmed on stderr.")
+    var thinking: Int?
+    @Option(
+        help: ArgumentHelp(
+            "A JSON file of client tool definitions (one object or an array; name, description, input_schema).",
+            discussion: "A tool call is printed as a JSON line on stdout; the call exits 0 with stop reason tool_use.",
+            valueName: "file"))
+    var toolDef: [String] = []
+    @Option(help: ArgumentHelp("An image to send (png, jpeg, gif or webp), base64-encoded; repeatable.", valueName: "file"))
+    var image: [String] = []
+    @Option(help: ArgumentHelp("A document to send (pdf, or plain text), base64-encoded; repeatable.", valueName: "file"))
+    var document: [String] = []
     @Option(help: "Simulator scenario as JSON, e.g. '{\"output_tokens\":200,\"token_interval_ms\":20}'.")
     var simulation: String?
     @Option(help: "Deadline of the call, sent as grpc-timeout (e.g. 30s, 2m).")
@@ -49,6 +61,12 @@ struct Call: AsyncParsableCommand {
         if afterSeq != nil && resume == nil { throw ValidationError("--after-seq needs --resume") }
         if let afterSeq, afterSeq < 0 { throw ValidationError("--after-seq must be 0 or more") }
         if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1") }
+        if let thinking, thinking < 1024 || thinking >= maxTokens {
+            throw ValidationError("--thinking must be at least 1024 and below --max-tokens (\(maxTokens))")
+        }
+        if resume != nil && !(toolDef.isEmpty && image.isEmpty && document.isEmpty && thinking == nil) {
+            throw ValidationError("--resume takes no --thinking, --tool-def, --image or --document")
+        }
         _ = try simulationValue()
     }
 
@@ -61,11 +79,17 @@ struct Call: AsyncParsableCommand {
     }
 
     private func request() throws -> SluiceMessageRequest {
-        SluiceMessageRequest(
-            model: model, maxTokens: maxTokens, messages: [.user(prompt ?? "")], system: system,
+        var content: JSONValue = .string(prompt ?? "")
+        let attachments = try image.map { try CallAttachment.image(path: $0) } + document.map { try CallAttachment.document(path: $0) }
+        if !attachments.isEmpty { content = .array(attachments + [["type": "text", "text": .string(prompt ?? "")]]) }
+        var request = SluiceMessageRequest(
+            model: model, maxTokens: maxTokens, messages: [.init(role: "user", content: content)], system: system,
             tools: tools.map { $0.split(separator: ",").map { String($0.trimmingPrefix(while: \.isWhitespace)) } } ?? [],
             simulation: try simulationValue()
         )
+        request.toolDefinitions = try toolDef.flatMap { try CallAttachment.toolDefinitions(path: $0) }
+        request.thinkingBudget = thinking
+        return request
     }
 
     func run() async throws {
@@ -112,6 +136,11 @@ private struct EventRenderer {
     private var lastSeq = 0
     private var usage: (input: Int, output: Int)?
     private var toolNames: [String: String] = [:]
+    private var stopReason: String?
+    /// Thinking is being written (dimmed) on stderr.
+    private var thinkingShowing = false
+    /// Citations, printed as numbered footnotes after the answer.
+    private var footnotes: [String] = []
 
     init(json: Bool, started: ContinuousClock.Instant) {
         self.json = json
@@ -127,7 +156,27 @@ private struct EventRenderer {
             writeOut(String(decoding: event.json, as: UTF8.self) + "\n")
             return
         }
+        if case .thinkingDelta = event.kind {} else { endThinking() }
         switch event.kind {
+        case .thinkingDelta(_, let text):
+            endProgress()
+            if !thinkingShowing {
+                writeErr(stderrIsTerminal ? "\u{1B}[2mThinking: " : "Thinking: ")
+                thinkingShowing = true
+            }
+            writeErr(text)
+        case .toolCall(_, let toolUseID, let name, let input):
+            breakStdoutLine()
+            if stdoutMidLine { writeOut("\n") }
+            let call: JSONValue = ["type": "tool_call", "tool_use_id": .string(toolUseID), "name": .string(name), "input": input]
+            writeOut(call.serializedString + "\n")
+            stdoutMidLine = false
+        case .citation(_, let citation):
+            footnotes.append(Self.footnote(citation))
+            writeOut("[\(footnotes.count)]")
+            stdoutMidLine = true
+        case .messageStop(_, let reason):
+            stopReason = reason
         case .messageDelta(_, let text):
             endProgress()
             writeOut(text)
@@ -150,6 +199,20 @@ private struct EventRenderer {
             note("\(toolNames[id] ?? "tool") failed: \(error)")
         default: break
         }
+    }
+
+    /// `cited text — title (url)`.
+    private static func footnote(_ citation: JSONValue) -> String {
+        var source = citation["document_title"]?.stringValue ?? citation["title"]?.stringValue ?? ""
+        if let url = citation["url"]?.stringValue { source += source.isEmpty ? url : " (\(url))" }
+        let cited = citation["cited_text"]?.stringValue ?? ""
+        return source.isEmpty ? "“\(cited)”" : "“\(cited)” — \(source)"
+    }
+
+    private mutating func endThinking() {
+        guard thinkingShowing else { return }
+        writeErr(stderrIsTerminal ? "\u{1B}[0m\n" : "\n")
+        thinkingShowing = false
     }
 
     /// `[#####     ] 50% read_file: message`, redrawn in place on a terminal.
@@ -192,9 +255,12 @@ private struct EventRenderer {
     }
 
     mutating func finish(_ status: RPCClientStatus, elapsed: Duration) {
+        endThinking()
         endProgress()
         if stdoutMidLine { writeOut("\n") }
+        for (number, footnote) in footnotes.enumerated() { writeOut("[\(number + 1)] \(footnote)\n") }
         var parts: [String] = []
+        if let stopReason, stopReason != "end_turn" { parts.append("stop reason \(stopReason)") }
         if let usage {
             parts.append("\(usage.input) input + \(usage.output) output tokens")
         }

@@ -124,13 +124,16 @@ class ConsolePage:
             screenshot(self.driver, "console-timeout")
             raise AssertionError(f"timed out waiting for {what}; status: {self.status!r}, connection: {self.connection!r}") from None
 
-    def send(self, prompt: str, simulation: dict, tools=(), max_tokens: int = 4096) -> None:
+    def send(self, prompt: str, simulation: dict, tools=(), max_tokens: int = 4096, thinking_budget: int | None = None,
+             client_tools: list | None = None) -> None:
         driver = self.driver
         if not driver.find_element(By.ID, "settings").get_attribute("open"):
             driver.find_element(By.CSS_SELECTOR, "#settings summary").click()  # so that screenshots show the scenario
         self._set("prompt", prompt)
         self._set("simulation", json.dumps(simulation))
         self._set("max-tokens", str(max_tokens))
+        self._set("thinking-budget", "" if thinking_budget is None else str(thinking_budget))
+        self._set("tool-defs", json.dumps(client_tools) if client_tools else "")
         for box in driver.find_elements(By.CSS_SELECTOR, "input.tool"):
             if box.is_selected() != (box.get_attribute("value") in tools):
                 box.click()
@@ -224,6 +227,38 @@ def test_markdown_code_and_tool_card_render(browser, console):
         screenshot(browser, "console-render")
     finally:
         browser.set_window_size(1100, 1000)
+
+
+def test_thinking_client_tool_call_and_web_search_citations_render(browser, console):
+    page = ConsolePage(browser, console.port)
+    weather = {"name": "get_weather", "input_schema": {"type": "object"}}
+    page.send("Weather?", {"seed": 4, "output_tokens": 12, "thinking_tokens": 20,
+                           "tool_calls": [{"name": "get_weather", "input": {"city": "Zürich"}}]},
+              thinking_budget=1024, client_tools=[weather])
+    assert page.wait_until_finished() == "complete"
+    transcript = page.transcript
+    thinking = transcript.find_element(By.CSS_SELECTOR, "details.thinking")
+    assert thinking.get_attribute("open") is None, "thinking starts collapsed"
+    assert thinking.find_element(By.TAG_NAME, "summary").text == "Thinking"
+    assert browser.execute_script("return arguments[0].textContent", thinking.find_element(By.TAG_NAME, "pre"))
+    card = transcript.find_element(By.CSS_SELECTOR, ".tool-card")
+    assert card.get_attribute("data-state") == "client"
+    assert card.find_element(By.CSS_SELECTOR, ".tool-name").text == "get_weather"
+    assert json.loads(card.find_element(By.CSS_SELECTOR, ".tool-input").text) == {"city": "Zürich"}
+    assert not card.find_element(By.TAG_NAME, "progress").is_displayed()
+    order = browser.execute_script("return [...document.getElementById('transcript').children].map(e => e.className)")
+    assert order == ["message", "thinking", "footnotes", "tool-card"]
+
+    page = ConsolePage(browser, console.port)
+    page.send("Streams?", {"seed": 5, "output_tokens": 12},
+              client_tools=[{"type": "web_search_20250305", "name": "web_search"}])
+    assert page.wait_until_finished() == "complete"
+    footnotes = page.transcript.find_elements(By.CSS_SELECTOR, "ol.footnotes li")
+    assert len(footnotes) == 1 and "Result for Streams?" in footnotes[0].text
+    assert "[1]" in page.transcript.find_element(By.CSS_SELECTOR, "article.message").text
+    assert [c.find_element(By.CSS_SELECTOR, ".tool-state").text for c in
+            page.transcript.find_elements(By.CSS_SELECTOR, ".tool-card")] == ["server_tool_use", "web_search_tool_result"]
+    assert page.csp_violations() == []
 
 
 def test_model_html_runs_nothing(browser, console):

@@ -458,7 +458,8 @@ def with_field(field: str, value) -> dict:
     pytest.param(with_field("max_tokens", "ten"), "max_tokens", id="max_tokens-string"),
     pytest.param(without("max_tokens"), "max_tokens", id="missing-max_tokens"),
     pytest.param(with_field("messages", []), "messages", id="empty-messages"),
-    pytest.param(with_field("colour", "blue"), "colour", id="unknown-field"),
+    # Unknown fields pass through to the API (test_claude_features.py); a mistyped Sluice field does not.
+    pytest.param(with_field("include_message", "yes"), "include_message", id="include_message-string"),
 ])
 def test_invalid_request_names_the_field(client, request_message, field):
     without_scenario = {k: v for k, v in request_message.items() if k != "simulation"}

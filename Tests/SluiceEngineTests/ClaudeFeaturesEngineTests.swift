@@ -172,6 +172,22 @@ import Testing
         #expect(events.last?["message"]?["content"] == [["type": "text", "text": "Hello world!"]])
     }
 
+    @Test func aClientToolCallWhoseInputIsNotJSONFailsTheStreamNamingTheCall() async throws {
+        let script: [FakeUpstream.Step] =
+            [
+                Self.start(),
+                .event(.contentBlockStart(index: 0, block: .toolUse(id: "toolu_9", name: "get_weather"))),
+                .event(.contentBlockDelta(index: 0, delta: .inputJSON(#"{"city": "#))),
+                .event(.contentBlockStop(index: 0)),
+            ] + Self.end("tool_use")
+        let (events, end) = try await base.collect(
+            try base.makeEngine(FakeUpstream([script])).start(request(Self.weatherTool), caller: "a", deadline: nil))
+        #expect(end?.code == .internal)
+        #expect(end?.message.contains("tool call toolu_9 with input that is not JSON") == true)
+        #expect(events.last?["type"] == "stream_error")
+        #expect(!events.contains { $0["type"] == "tool_call" })
+    }
+
     @Test func retryModes() {
         #expect(StreamAttempts.retryMode(nothingSent: true, mustRestart: true) == .transparent)
         #expect(StreamAttempts.retryMode(nothingSent: false, mustRestart: false) == .continue)

@@ -160,6 +160,45 @@ final class ProgressLog: Sendable {
         #expect(second["tools"]?.arrayValue?.first?["name"] == "read_file")
     }
 
+    /// With thinking, the next turn must carry the thinking block verbatim (signature included) before the tool_use.
+    @Test func aThinkingTurnGoesBackWholeWithItsSignature() async throws {
+        let fixture = try SandboxFixture()
+        var turn = Self.toolTurn(id: "toolu_1", name: "read_file", inputJSON: #"{"path":"hello.txt"}"#)
+        let shifted: [FakeUpstream.Step] = turn.map { step in
+            switch step {
+            case .event(.contentBlockStart(0, let block)): .event(.contentBlockStart(index: 2, block: block))
+            case .event(.contentBlockDelta(0, let delta)): .event(.contentBlockDelta(index: 2, delta: delta))
+            case .event(.contentBlockStop(0)): .event(.contentBlockStop(index: 2))
+            default: step
+            }
+        }
+        turn =
+            [shifted[0]] + [
+                .event(.contentBlockStart(index: 0, block: .thinking(""))),
+                .event(.contentBlockDelta(index: 0, delta: .thinking("Read it first."))),
+                .event(.contentBlockDelta(index: 0, delta: .signature("sig=="))),
+                .event(.contentBlockStop(index: 0)),
+                .event(.contentBlockStart(index: 1, block: .text(""))),
+                .event(.contentBlockStop(index: 1)),
+            ] + shifted.dropFirst()
+        let upstream = FakeUpstream([turn, FakeUpstream.message(["Done."], id: "msg_t2")])
+        let request = try SendMessageRequest(
+            json: Array(
+                #"{"model":"claude-test","max_tokens":2000,"thinking":{"type":"enabled","budget_tokens":1024},"tools":["read_file"],"messages":[{"role":"user","content":"read it"}]}"#
+                    .utf8))
+        let (_, end) = try await StreamEngineTests().collect(
+            try engine(upstream, fixture: fixture).start(request, caller: "a", deadline: nil))
+        #expect(end == nil)
+        let second = try JSONValue(parsing: upstream.requests.withLock { $0[1] })
+        #expect(
+            second["messages"]?.arrayValue?[1]["content"]
+                == [
+                    ["type": "thinking", "thinking": "Read it first.", "signature": "sig=="],
+                    ["type": "tool_use", "id": "toolu_1", "name": "read_file", "input": ["path": "hello.txt"]],
+                ])
+        #expect(second["thinking"] == ["type": "enabled", "budget_tokens": 1024])
+    }
+
     @Test func unknownToolsAndBadInputBecomeToolErrorsTheModelSees() async throws {
         let fixture = try SandboxFixture()
         let upstream = FakeUpstream([

@@ -12,7 +12,7 @@ public struct ReadFileTool: StreamingTool {
         self.maxBytes = maxBytes
     }
 
-    public var name: String { "read_file" }
+    public var name: String { ServerToolNames.readFile }
     public var description: String { "Read a UTF-8 text file inside the server's tool roots, optionally a byte range of it." }
     public var inputSchema: JSONValue {
         [
@@ -133,7 +133,7 @@ public struct ListDirectoryTool: StreamingTool {
 
     public init(sandbox: ToolSandbox) { self.sandbox = sandbox }
 
-    public var name: String { "list_directory" }
+    public var name: String { ServerToolNames.listDirectory }
     public var description: String { "List a directory inside the server's tool roots: names, kinds and sizes, optionally recursively." }
     public var inputSchema: JSONValue {
         [
@@ -184,7 +184,7 @@ public struct SearchFilesTool: StreamingTool {
         self.maxBytes = maxBytes
     }
 
-    public var name: String { "search_files" }
+    public var name: String { ServerToolNames.searchFiles }
     public var description: String { "Search text files under a directory inside the tool roots for a substring or regular expression." }
     public var inputSchema: JSONValue {
         [

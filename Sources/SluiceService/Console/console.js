@@ -290,6 +290,7 @@
       this.afterRendering = null; // what finish() shows once everything is rendered
       this.messages = new Map(); // message id → MarkdownView
       this.tools = new Map(); // tool id → card elements
+      this.extras = new Map(); // message id → its thinking (collapsed) and citation footnotes, under the answer
       this.dirty = new Set();
       this.frame = 0;
       this.reading = new AbortController();
@@ -339,6 +340,43 @@
       transcript.append(element('p', 'note', text));
     }
 
+    // A message's extras sit right after its answer: thinking collapsed ("Thinking", expandable), then footnotes.
+    extra(id) {
+      let extra = this.extras.get(id);
+      if (!extra) {
+        const thinking = element('details', 'thinking');
+        thinking.append(element('summary', null, 'Thinking'));
+        const thinkingText = element('pre', 'thinking-text');
+        thinking.append(thinkingText);
+        thinking.hidden = true;
+        const footnotes = element('ol', 'footnotes');
+        footnotes.hidden = true;
+        this.message(id).container.after(thinking, footnotes);
+        extra = { thinking, thinkingText, footnotes };
+        this.extras.set(id, extra);
+      }
+      return extra;
+    }
+
+    resetExtra(id) {
+      const extra = this.extras.get(id);
+      if (!extra) return;
+      extra.thinking.remove();
+      extra.footnotes.remove();
+      this.extras.delete(id);
+    }
+
+    // A client tool call: the caller runs it, so its card shows the input and no progress bar.
+    clientToolCard(toolUseID, name) {
+      const card = this.toolCard(toolUseID, name);
+      if (card.root.dataset.state === 'running') {
+        card.root.dataset.state = 'client';
+        card.state.textContent = 'for the caller to run';
+        card.progress.hidden = true;
+      }
+      return card;
+    }
+
     toolCard(id, name) {
       let card = this.tools.get(id);
       if (!card) {
@@ -377,7 +415,43 @@
           this.message(event.id).append(event.delta);
           this.scheduleRender(this.message(event.id));
           break;
+        case 'thinking_delta': {
+          const extra = this.extra(event.id);
+          extra.thinking.hidden = false;
+          extra.thinkingText.textContent += event.delta;
+          break;
+        }
+        case 'tool_call_delta': {
+          const card = this.clientToolCard(event.tool_use_id, event.name);
+          card.input.textContent += event.partial_json;
+          break;
+        }
+        case 'tool_call': {
+          const card = this.clientToolCard(event.tool_use_id, event.name);
+          card.input.textContent = JSON.stringify(event.input, null, 2);
+          break;
+        }
+        case 'citation': {
+          const { footnotes } = this.extra(event.id);
+          footnotes.hidden = false;
+          const citation = event.citation ?? {};
+          const source = citation.document_title ?? citation.title ?? citation.url ?? '';
+          footnotes.append(element('li', null, `“${citation.cited_text ?? ''}”${source ? ` — ${source}` : ''}`));
+          this.message(event.id).append(`[${footnotes.children.length}]`);
+          this.scheduleRender(this.message(event.id));
+          break;
+        }
+        case 'content_block': {
+          const block = event.block ?? {};
+          const card = this.toolCard(`${event.id}/${event.index}`, block.name ?? block.type);
+          card.root.dataset.state = 'complete';
+          card.state.textContent = block.type;
+          card.progress.hidden = true;
+          card.input.textContent = JSON.stringify(block.input ?? block.content ?? block, null, 2);
+          break;
+        }
         case 'message_restart':
+          this.resetExtra(event.id);
           this.message(event.id).reset();
           this.note(`The answer restarted (${event.reason}).`);
           break;
@@ -556,7 +630,18 @@
       max_tokens: Number.parseInt($('max-tokens').value, 10),
       messages: [{ role: 'user', content: $('prompt').value }],
     };
+    const definitions = $('tool-defs').value.trim();
+    if (definitions) {
+      try {
+        const parsed = JSON.parse(definitions);
+        tools.push(...(Array.isArray(parsed) ? parsed : [parsed]));
+      } catch (error) {
+        throw new Error(`The client tools are not valid JSON: ${error.message}`);
+      }
+    }
     if (tools.length) body.tools = tools;
+    const budget = $('thinking-budget').value.trim();
+    if (budget) body.thinking = { type: 'enabled', budget_tokens: Number.parseInt(budget, 10) };
     const simulation = $('simulation').value.trim();
     if (simulation) {
       try {
