@@ -24,6 +24,8 @@ public struct SendMessageRequest: Sendable {
     /// Every other Messages API parameter (`temperature`, `tool_choice`, `thinking`, `stop_sequences`,
     /// `top_p`, `top_k`, `service_tier`, ones added later…), forwarded as sent, numbers in their exact text.
     public var passthrough: [String: JSONValue]
+    /// Request headers for the upstream (`anthropic-version`, `anthropic-beta` from `POST /v1/messages`); never a key.
+    public var upstreamHeaders: [(String, String)] = []
 
     public static let maxMaxTokens = 128_000
 

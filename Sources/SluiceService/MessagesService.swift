@@ -49,7 +49,9 @@ public struct MessagesService: Sendable {
             throw MessagesAPIError(
                 status: 529, type: "overloaded_error", message: "this server is shutting down and starts no new requests: retry")
         }
-        let (parsed, streaming) = try Self.parse(request.body)
+        var (parsed, streaming) = try Self.parse(request.body)
+        // The API version and betas the SDK asked for; its key is the caller's Sluice key and stays here.
+        parsed.upstreamHeaders = ["anthropic-version", "anthropic-beta"].compactMap { name in request.header(name).map { (name, $0) } }
         let channel: StreamChannel
         do {
             // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are loop timers.

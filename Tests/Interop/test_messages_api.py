@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import signal
 import ssl
 import struct
 import subprocess
@@ -20,7 +22,7 @@ import anthropic
 import httpx2 as httpx  # the HTTP client anthropic 2.x is built on
 import pytest
 
-from sluice_testlib import REPO_ROOT
+from sluice_testlib import REPO_ROOT, FrameClient
 
 MODEL = "claude-sim-1"
 QUESTION = [{"role": "user", "content": "Tell me how streams resume."}]
@@ -266,3 +268,43 @@ def test_queued_stream_gets_pings_then_its_answer(start_server):
                     holding.close()
                     rest = list(lines)
             assert "event: message_stop" in rest
+
+
+def test_restart_after_content_ends_with_overloaded_error(start_server):
+    """With thinking enabled a dropped stream cannot be continued by prefill: Sluice restarts upstream, which the
+    API's format cannot express once content went out, so the SDK gets the API's own mid-stream error."""
+    server = start_server()
+    body = {"model": MODEL, "max_tokens": 4096, "messages": QUESTION, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    scenario = {"seed": 14, "thinking_tokens": 20, "output_tokens": 40, "fault": {"kind": "drop", "after_events": 30, "times": 1}}
+    with sdk_client(server, "h2c") as client:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            with client.messages.stream(**body, extra_body=simulation(**scenario)) as stream:
+                for _ in stream:
+                    pass
+        assert "overloaded_error" in str(caught.value)
+        metrics = httpx.get(f"http://{server.host}:{server.port}/metrics").text
+        assert re.search(r'^sluice_messages_restarts_total\{visible="true"\} 1(\.0)?$', metrics, re.M), metrics
+        # A drop before anything reached the client restarts invisibly.
+        early = {**scenario, "fault": {"kind": "drop", "after_events": 1, "times": 1}}
+        clean = client.messages.create(**body, extra_body=simulation(**{k: v for k, v in scenario.items() if k != "fault"}))
+        with client.messages.stream(**body, extra_body=simulation(**early)) as stream:
+            final = stream.get_final_message()
+        assert [block.model_dump() for block in final.content] == [block.model_dump() for block in clean.content]
+
+
+def test_draining_server_answers_overloaded(start_server):
+    server = start_server("--drain-timeout", "2s")
+    request = json.dumps({"model": MODEL, "max_tokens": 64, "messages": QUESTION, "stream": True,
+                          "simulation": {"seed": 15, "output_tokens": 30, "token_interval_ms": 100}}).encode()
+    with FrameClient(server.port) as frames:
+        holding = frames.start("/v1/messages", request, content_type="application/json")
+        frames.wait_for(lambda: b"content_block_delta" in frames.streams[holding].data)
+        server.signal(signal.SIGTERM)
+        frames.wait_for(lambda: frames.goaways)
+        late = frames.start("/v1/messages", request, content_type="application/json")
+        frames.wait_for(lambda: frames.streams[late].closed or len(frames.goaways) > 1 and frames.goaways[-1].last_stream_id < late)
+        if not frames.streams[late].closed:
+            pytest.skip("the request reached the server after its final GOAWAY, so it was never processed (a slow test host)")
+        result = frames.streams[late]
+    assert result.headers[":status"] == "529", result.header_blocks
+    assert json.loads(bytes(result.data))["error"]["type"] == "overloaded_error"
