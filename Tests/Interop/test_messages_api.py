@@ -308,3 +308,14 @@ def test_draining_server_answers_overloaded(start_server):
         result = frames.streams[late]
     assert result.headers[":status"] == "529", result.header_blocks
     assert json.loads(bytes(result.data))["error"]["type"] == "overloaded_error"
+
+
+def test_oversized_request_is_request_too_large(start_server):
+    server = start_server("--max-message-size", "4096")
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A" * 8192}}
+    with sdk_client(server, "h2c") as client:
+        with pytest.raises(anthropic.RequestTooLargeError) as caught:
+            client.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": [image]}])
+        assert caught.value.status_code == 413
+        assert "--max-message-size" in str(caught.value)
+        assert client.messages.create(model=MODEL, max_tokens=16, messages=QUESTION).content
