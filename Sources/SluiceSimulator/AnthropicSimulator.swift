@@ -125,7 +125,7 @@ public final class AnthropicSimulator: Sendable {
         guard let prefill = request.prefill else { return }
         // As the API: with thinking enabled the last assistant message must start with a thinking block, which a
         // text prefill never does.
-        if request.thinkingBudget != nil {
+        if request.thinkingBudget != nil && !request.prefillStartsWithThinking {
             throw .invalidRequest(
                 "messages.\(request.conversation.count).content.0.type: Expected `thinking` or `redacted_thinking`, but found `text`. When `thinking` is enabled, a final `assistant` message must start with a thinking block. We recommend you include thinking blocks from previous turns."
             )

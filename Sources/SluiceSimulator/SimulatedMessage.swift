@@ -57,6 +57,8 @@ struct MessagesRequest {
     var conversation: [JSONValue]
     /// The trailing assistant message's text, when the request ends with one.
     var prefill: String?
+    /// The trailing assistant message begins with a thinking block: the one prefill the API takes with thinking on.
+    var prefillStartsWithThinking = false
     /// Tools, system and messages up to the last block marked `cache_control`, serialized: what prompt caching
     /// stores (nil without a marker).
     var cachedPrefix: [UInt8]?
@@ -158,13 +160,17 @@ struct MessagesRequest {
 
         var conversation = messages
         var prefill: String?
+        var prefillStartsWithThinking = false
         if let last = messages.last, last["role"]?.stringValue == "assistant" {
             conversation.removeLast()
             prefill = Self.text(of: last["content"] ?? .null)
+            let firstType = last["content"]?.arrayValue?.first?["type"]?.stringValue
+            prefillStartsWithThinking = firstType == "thinking" || firstType == "redacted_thinking"
         }
         return MessagesRequest(
             model: model, maxTokens: maxTokens, system: system, tools: tools, stream: stream,
             stopSequences: stopSequences, thinkingBudget: thinkingBudget, conversation: conversation, prefill: prefill,
+            prefillStartsWithThinking: prefillStartsWithThinking,
             cachedPrefix: Self.cachedPrefix(tools: tools, system: system, messages: conversation)
         )
     }

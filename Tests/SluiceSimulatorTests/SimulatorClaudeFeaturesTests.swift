@@ -58,6 +58,18 @@ import Testing
             #expect(refused.status == 400)
             #expect(refused.json?["error"]?["type"] == "invalid_request_error")
             #expect(refused.json?["error"]?["message"]?.stringValue?.contains("When `thinking` is enabled") == true)
+            // A final assistant message that starts with its thinking block is what the API does accept.
+            let withThinking: JSONValue = [
+                ["role": "user", "content": "hi"],
+                [
+                    "role": "assistant",
+                    "content": [["type": "thinking", "thinking": "hm", "signature": "sig"], ["type": "text", "text": "Hel"]],
+                ],
+            ]
+            let accepted = try await Harness.fetch(
+                port: port,
+                body: Harness.requestBody(messages: withThinking, stream: false, maxTokens: 4096, extra: ["thinking": Self.thinking]))
+            #expect(accepted.status == 200, "\(accepted.text)")
             let badBudget = try await Harness.fetch(
                 port: port, body: Harness.requestBody(stream: false, maxTokens: 1000, extra: ["thinking": Self.thinking]))
             #expect(badBudget.status == 400)
