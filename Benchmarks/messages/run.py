@@ -10,7 +10,7 @@ an SDK's parsing on top. Time to first token: request sent → first text delta 
 CPU: the server's utime + stime (/proc/PID/stat) over the phase, divided by the text deltas delivered.
 
 Usage: .venv/bin/python Benchmarks/messages/run.py [BIN] (default: .build/release/sluice, else .build/debug/sluice).
-Knobs (environment): STREAMS [150], CONCURRENCY [10] (30 stalled once: see RESULTS.md), TOKENS [40], INTERVAL_MS [10],
+Knobs (environment): STREAMS [150], CONCURRENCY [10], TOKENS [40], INTERVAL_MS [10],
 ROUNDS [2].
 """
 
