@@ -134,7 +134,7 @@ let package = Package(
         .testTarget(name: "SluiceTransportTests", dependencies: ["SluiceTransport", "SluiceService", "SluiceIO", "SluiceWire"]),
         .testTarget(
             name: "SluiceClientTests", dependencies: ["SluiceClient", "SluiceTesting", "SluiceTransport", "SluiceIO", "SluiceWire"]),
-        .testTarget(name: "SluiceServiceTests", dependencies: ["SluiceTesting", "SluiceClient", "SluiceWire"]),
+        .testTarget(name: "SluiceServiceTests", dependencies: ["SluiceTesting", "SluiceClient", "SluiceService", "SluiceWire"]),
         .testTarget(
             name: "SluiceUpstreamTests", dependencies: ["SluiceUpstream", "SluiceSimulator", "SluiceTransport", "SluiceIO", "SluiceWire"]),
         .testTarget(

@@ -26,6 +26,8 @@ public struct SendMessageRequest: Sendable {
     public var passthrough: [String: JSONValue]
     /// The request as the client sent it (the store keeps it beside the stream).
     public private(set) var json: [UInt8] = []
+    /// Request headers for the upstream (`anthropic-version`, `anthropic-beta` from `POST /v1/messages`); never a key.
+    public var upstreamHeaders: [(String, String)] = []
 
     public static let maxMaxTokens = 128_000
 

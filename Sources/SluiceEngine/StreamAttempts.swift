@@ -134,7 +134,7 @@ struct StreamAttempts {
             prefillSent = String(trimmed)
             whitespaceToSkip = prefill[trimmed.endIndex...]
         }
-        var headers: [(String, String)] = []
+        var headers = request.upstreamHeaders
         if let simulation = request.simulation { headers.append(("sluice-simulation", simulation.serializedString)) }
         let body = request.upstreamBody(
             conversation: conversation, prefill: prefillSent, serverTools: engine.toolDefinitions(request.tools))

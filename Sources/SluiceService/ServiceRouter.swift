@@ -15,6 +15,9 @@ public enum ServiceRouter {
         StreamingService(engine: engine, authentication: authentication).register(in: &router)
         EventStreamService(engine: engine, authentication: authentication, heartbeat: sseHeartbeat, isDraining: isDraining)
             .register(in: &router)
+        // The API's pings pace like the SSE routes' keep-alives (`--sse-heartbeat`).
+        MessagesService(engine: engine, authentication: authentication, pingInterval: sseHeartbeat, isDraining: isDraining)
+            .register(in: &router)
         HealthService(isDraining: isDraining, storeReady: storeReady).register(in: &router)
         MetricsService(registry: registry, engine: engine, sampled: sampledGauges).register(in: &router)
         console.register(in: &router)

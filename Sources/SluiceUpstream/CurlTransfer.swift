@@ -50,6 +50,11 @@ final class CurlTransfer: @unchecked Sendable {
     /// body only takes more passes.
     static let uploadBufferBytes = 16 << 10
     /// Headers Sluice sets itself; callers' headers with these names are ignored.
+    /// An `anthropic-version` value: a date such as 2023-06-01, nothing that could end the header line.
+    static func isVersion(_ value: String) -> Bool {
+        !value.isEmpty && value.utf8.allSatisfy { (0x30...0x39).contains($0) || $0 == UInt8(ascii: "-") }
+    }
+
     static let managedHeaders: Set<String> = [
         "x-api-key", "authorization", "anthropic-version", "content-type", "accept", "content-length", "host",
         "expect", "transfer-encoding", "connection",
@@ -75,7 +80,12 @@ final class CurlTransfer: @unchecked Sendable {
         buffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
         errorBuffer = buffer
 
-        var lines = ["anthropic-version: 2023-06-01", "content-type: application/json", "accept: text/event-stream"]
+        // A caller's `anthropic-version` (`POST /v1/messages` forwards the SDK's) replaces the default.
+        let version = extraHeaders.last { $0.0.lowercased() == "anthropic-version" }?.1 ?? "2023-06-01"
+        guard Self.isVersion(version) else {
+            throw UpstreamFailure(.invalidResponse, message: "invalid anthropic-version '\(Self.printable(version))'", retryable: false)
+        }
+        var lines = ["anthropic-version: \(version)", "content-type: application/json", "accept: text/event-stream"]
         if let key = configuration.apiKey { lines.append("x-api-key: \(key)") }
         // libcurl adds `Expect: 100-continue` to large HTTP/1.1 POSTs; an empty value suppresses it.
         lines.append("expect:")

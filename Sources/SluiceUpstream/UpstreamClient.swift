@@ -39,7 +39,7 @@ public final class UpstreamClient: Sendable {
     /// aborts the transfer promptly (RST_STREAM) and frees it.
     ///
     /// `headers` are sent after Sluice's own; names Sluice manages (`x-api-key`, `authorization`,
-    /// `anthropic-version`, `content-type`, `accept`, `content-length`, `host`) are ignored.
+    /// `content-type`, `accept`, `content-length`, `host`) are ignored; an `anthropic-version` replaces Sluice's.
     public func streamMessage(body: [UInt8], headers: [(String, String)] = []) -> UpstreamStream {
         let channel = UpstreamEventChannel(maxBufferedBytes: configuration.maxBufferedBytes)
         let transfer = CurlTransfer(channel: channel, body: body, extraHeaders: headers)

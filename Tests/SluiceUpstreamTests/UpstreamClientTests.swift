@@ -192,6 +192,24 @@ private let clientsByServer = LockedValue<[ObjectIdentifier: [UpstreamClient]]>(
         }
     }
 
+    @Test func aCallersAnthropicVersionReplacesTheDefault() async throws {
+        let recorder = Recorder()
+        try await Self.withServer({ request, writer in
+            recorder.record(request)
+            try writer.head(status: 200, headers: Self.sseHead)
+            for event in Self.textStream(["x"]) { try await writer.write(Array(event.utf8)) }
+        }) { server in
+            let client = try Self.client(server)
+            let (_, failure) = await Self.collect(
+                client.streamMessage(body: Self.requestBody, headers: [("anthropic-version", "2024-01-01")]))
+            #expect(failure == nil)
+            #expect(recorder.last?.headers.filter { $0.name == "anthropic-version" }.map(\.value) == ["2024-01-01"])
+            let (_, refused) = await Self.collect(
+                client.streamMessage(body: Self.requestBody, headers: [("anthropic-version", "2023\r\nx-evil: 1")]))
+            #expect(refused?.message.contains("invalid anthropic-version") == true)
+        }
+    }
+
     @Test func eventsSplitAcrossArbitraryChunksAreReassembled() async throws {
         let whole = Array(Self.textStream(["a", "b", "c", "d"]).joined().utf8)
         try await Self.withServer({ _, writer in
