@@ -34,9 +34,10 @@ let package = Package(
         .systemLibrary(name: "CLinux"),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
 
-        // 2. Wire: pure Swift, no I/O (envelopes, SSE, JSON, statuses, durations).
-        .target(name: "SluiceWire"),
+        // 2. Wire: pure Swift, no I/O (envelopes, SSE, JSON, statuses, durations; gzip through zlib).
+        .target(name: "SluiceWire", dependencies: ["CZlib"]),
 
         // 3. IO: event loops, their timers and sleeps, loop-bound values, socket/TLS session I/O, the lock.
         .target(name: "SluiceIO", dependencies: ["CLinux", "CNGHTTP2", "COpenSSL", "SluiceWire"]),

@@ -68,11 +68,14 @@ final class HTTP2Stream {
         }
         let box = LoopBound(connection, loop: connection.loop)
         let streamID = id
+        let configuration = connection.server.configuration
         return StreamOutbound(
-            capacity: connection.server.configuration.limits.streamQueueBytes,
+            capacity: configuration.limits.streamQueueBytes,
             framing: framing,
             endStreamEnvelope: connectEnvelope,
-            messageDelivered: connection.server.configuration.messageDelivered
+            responseEncoding: machine.encodings.response,
+            compressMinBytes: configuration.compressMinBytes,
+            messageDelivered: configuration.messageDelivered
         ) { [loop = connection.loop] in
             loop.execute { box.value.streamHasOutput(streamID) }
         }

@@ -116,6 +116,8 @@ struct HTTP2StreamStateMachine {
     private var headerBytes = 0
     private var requestBody: [UInt8] = []
     private var decoder: EnvelopeDecoder
+    /// An RPC's request and response encodings, decided with its route.
+    private(set) var encodings = EncodingNegotiation()
     private var requestMessage: [UInt8]?
     private(set) var plainResponseHead: [Field] = []
     private(set) var plainBody: [UInt8] = []
@@ -187,12 +189,16 @@ struct HTTP2StreamStateMachine {
             )
         }
         let route = Route.rpc(rpcProtocol)
-        let encodingHeader = rpcProtocol == .grpc ? "grpc-encoding" : "connect-content-encoding"
-        if let encoding = header(encodingHeader), encoding != "identity" {
+        let encodingHeaders: EncodingNegotiation.Headers = rpcProtocol == .grpc ? .grpc : .connectStreaming
+        do {
+            encodings = try EncodingNegotiation.negotiate(
+                encoding: header(encodingHeaders.encoding), acceptEncoding: header(encodingHeaders.acceptEncoding),
+                headers: encodingHeaders)
+        } catch {
             state = .answeredEarly(route)
-            let message = "\(encodingHeader) '\(encoding)' is not supported: this server accepts identity only (send messages uncompressed)"
-            return .failRPC(rpcProtocol, .unimplemented, message)
+            return .failRPC(rpcProtocol, error.code, error.message)
         }
+        decoder = EnvelopeDecoder(maxMessageSize: limits.maxMessageSize, encoding: encodings.request)
         guard path != nil, let enforcesDeadline = rpcRouteEnforcesDeadline else {
             state = .answeredEarly(route)
             return .failRPC(rpcProtocol, .unimplemented, "unknown method \(path ?? "(no :path)"): this server has no such RPC")
@@ -339,25 +345,28 @@ struct HTTP2StreamStateMachine {
         case .http:
             return ((httpHead ?? [(":status", "500")]).map { Field(name: $0.0, value: $0.1) }, true)
         case .rpc(let rpcProtocol):
+            let accept = Field(name: "grpc-accept-encoding", value: MessageEncoding.advertised)
             if let status = trailersOnlyStatus {
                 let head = [Field(name: ":status", value: "200"), Field(name: "content-type", value: contentType ?? "application/grpc")]
-                return (head + Self.statusFields(status), false)
+                return (head + [accept] + Self.statusFields(status), false)
             }
+            // The encoding header says what a message flagged compressed uses; each message still says
+            // whether it is (small ones are not).
+            let compressed = encodings.response == .identity ? nil : encodings.response.rawValue
             switch rpcProtocol {
             case .grpc:
-                return (
-                    [
-                        Field(name: ":status", value: "200"), Field(name: "content-type", value: contentType ?? "application/grpc"),
-                        Field(name: "grpc-accept-encoding", value: "identity"),
-                    ], true
-                )
+                var head = [
+                    Field(name: ":status", value: "200"), Field(name: "content-type", value: contentType ?? "application/grpc"), accept,
+                ]
+                if let compressed { head.append(Field(name: "grpc-encoding", value: compressed)) }
+                return (head, true)
             case .connect:
-                return (
-                    [
-                        Field(name: ":status", value: "200"), Field(name: "content-type", value: "application/connect+json"),
-                        Field(name: "connect-accept-encoding", value: "identity"),
-                    ], true
-                )
+                var head = [
+                    Field(name: ":status", value: "200"), Field(name: "content-type", value: "application/connect+json"),
+                    Field(name: "connect-accept-encoding", value: MessageEncoding.advertised),
+                ]
+                if let compressed { head.append(Field(name: "connect-content-encoding", value: compressed)) }
+                return (head, true)
             }
         }
     }
