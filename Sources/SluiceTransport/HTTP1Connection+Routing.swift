@@ -4,6 +4,8 @@ import CHTTPParser
 extension HTTP1Connection {
     enum Route {
         case handler(HTTPHandler, HTTPRequest)
+        /// A Connect call: its status travels in the body's end-stream message, so HTTP/1.1 can carry it.
+        case rpc(RPCCallHead.Decision, path: String, headers: [(name: String, value: String)])
         case refuse(status: Int, headers: [(String, String)], body: String)
     }
 
@@ -25,17 +27,26 @@ extension HTTP1Connection {
             return .refuse(status: 400, headers: text, body: "An HTTP/1.1 request needs a Host header.\n")
         }
         let contentType = request.header("content-type") ?? ""
-        let isRPC = contentType.hasPrefix("application/grpc") || contentType.hasPrefix("application/connect")
-        if isRPC || server.router.handler(for: path) != nil {
+        let rpcRoute = server.router.handler(for: path)
+        let headers = request.headers.filter { !Self.hopByHopHeaders.contains($0.name) }
+        if RPCCallHead.rpcProtocol(contentType: contentType) == .connect {
+            guard request.method == "POST" else {
+                return .refuse(status: 405, headers: text + [("allow", "POST")], body: "\(request.method) is not allowed: RPCs use POST.\n")
+            }
+            let decision = RPCCallHead.decide(
+                .connect, header: request.header, path: path, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline)
+            return .rpc(decision, path: path, headers: headers)
+        }
+        if contentType.hasPrefix("application/grpc") || contentType.hasPrefix("application/connect") || rpcRoute != nil {
             let body =
-                "gRPC and Connect calls need HTTP/2: use HTTP/2 with prior knowledge (h2c, e.g. "
-                + "curl --http2-prior-knowledge) or TLS with ALPN h2.\n"
+                "gRPC calls need HTTP/2, which carries their status in trailers: use HTTP/2 with prior knowledge (h2c, e.g. "
+                + "curl --http2-prior-knowledge) or TLS with ALPN h2, or call with Connect (application/connect+json), "
+                + "which works over HTTP/1.1.\n"
             return .refuse(status: 505, headers: text, body: body)
         }
         guard let handler = server.router.httpHandler(for: path) else {
             return .refuse(status: 404, headers: text, body: "No such path: \(path)\n")
         }
-        let headers = request.headers.filter { !Self.hopByHopHeaders.contains($0.name) }
         return .handler(handler, HTTPRequest(method: request.method, path: path, query: query, headers: headers, body: request.body))
     }
 

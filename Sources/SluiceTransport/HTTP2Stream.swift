@@ -124,20 +124,7 @@ final class HTTP2Stream {
             path: path, rpcProtocol: rpcProtocol, headers: machine.headers, message: message, deadline: deadline,
             executor: workLoop
         )
-        let writer = RPCResponseWriter(outbound: outbound)
-        handlerTask = Task(executorPreference: connection.loop) {
-            defer { server.callEnded(on: workLoop) }
-            do {
-                try await handler(request, writer)
-                outbound.finish(.ok, "")
-            } catch let error as RPCError {
-                outbound.finish(error.code, error.message)
-            } catch is CancellationError {
-                outbound.finish(.cancelled, "the call was cancelled")
-            } catch {
-                outbound.finish(.internal, "internal error: \(error)")
-            }
-        }
+        handlerTask = outbound.runRPCHandler(handler, request, on: connection.loop, server: server)
     }
 
     // MARK: Ending

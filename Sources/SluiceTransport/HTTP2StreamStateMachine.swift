@@ -59,14 +59,7 @@ struct HTTP2StreamStateMachine {
         case respondPlain
     }
 
-    /// The client's call timeout, armed when the RPC starts.
-    struct Deadline: Equatable {
-        var header: String
-        var value: String
-        var timeout: Duration
-        /// Extra time the handler gets past `timeout` before the transport ends the call itself.
-        var backstop: Duration
-    }
+    typealias Deadline = RPCDeadline
 
     enum DataAction: Equatable {
         case none
@@ -177,47 +170,23 @@ struct HTTP2StreamStateMachine {
             )
         }
         let type = contentType ?? ""
-        let rpcProtocol: RPCProtocol
-        if type.hasPrefix("application/grpc") {
-            rpcProtocol = .grpc
-        } else if type == "application/connect+json" || type.hasPrefix("application/connect+json;") {
-            rpcProtocol = .connect
-        } else {
+        guard let rpcProtocol = RPCCallHead.rpcProtocol(contentType: type) else {
             return respondPlain(
                 status: 415, extra: Field(name: "accept-post", value: "application/grpc, application/grpc+json, application/connect+json"),
                 body: "Unsupported content-type '\(type)': send application/grpc, application/grpc+json or application/connect+json.\n"
             )
         }
         let route = Route.rpc(rpcProtocol)
-        let encodingHeaders: EncodingNegotiation.Headers = rpcProtocol == .grpc ? .grpc : .connectStreaming
-        do {
-            encodings = try EncodingNegotiation.negotiate(
-                encoding: header(encodingHeaders.encoding), acceptEncoding: header(encodingHeaders.acceptEncoding),
-                headers: encodingHeaders)
-        } catch {
+        switch RPCCallHead.decide(rpcProtocol, header: header, path: path, rpcRouteEnforcesDeadline: rpcRouteEnforcesDeadline) {
+        case .fail(_, let code, let message):
             state = .answeredEarly(route)
-            return .failRPC(rpcProtocol, error.code, error.message)
+            return .failRPC(rpcProtocol, code, message)
+        case .start(_, let encodings, let deadline):
+            self.encodings = encodings
+            decoder = EnvelopeDecoder(maxMessageSize: limits.maxMessageSize, encoding: encodings.request)
+            state = .receivingRequest(route)
+            return .startRPC(rpcProtocol, deadline: deadline)
         }
-        decoder = EnvelopeDecoder(maxMessageSize: limits.maxMessageSize, encoding: encodings.request)
-        guard path != nil, let enforcesDeadline = rpcRouteEnforcesDeadline else {
-            state = .answeredEarly(route)
-            return .failRPC(rpcProtocol, .unimplemented, "unknown method \(path ?? "(no :path)"): this server has no such RPC")
-        }
-        let timeoutHeader = rpcProtocol == .grpc ? "grpc-timeout" : "connect-timeout-ms"
-        var deadline: Deadline?
-        if let value = header(timeoutHeader) {
-            let timeout = rpcProtocol == .grpc ? Timeouts.parseGRPCTimeout(value) : Timeouts.parseConnectTimeout(value)
-            guard let timeout else {
-                state = .answeredEarly(route)
-                return .failRPC(rpcProtocol, .invalidArgument, "malformed \(timeoutHeader) header '\(value)'")
-            }
-            deadline = Deadline(
-                header: timeoutHeader, value: value, timeout: timeout,
-                backstop: enforcesDeadline ? RPCRouter.deadlineBackstop : .zero
-            )
-        }
-        state = .receivingRequest(route)
-        return .startRPC(rpcProtocol, deadline: deadline)
     }
 
     /// A chunk of the request body.
@@ -350,24 +319,8 @@ struct HTTP2StreamStateMachine {
                 let head = [Field(name: ":status", value: "200"), Field(name: "content-type", value: contentType ?? "application/grpc")]
                 return (head + [accept] + Self.statusFields(status), false)
             }
-            // The encoding header says what a message flagged compressed uses; each message still says
-            // whether it is (small ones are not).
-            let compressed = encodings.response == .identity ? nil : encodings.response.rawValue
-            switch rpcProtocol {
-            case .grpc:
-                var head = [
-                    Field(name: ":status", value: "200"), Field(name: "content-type", value: contentType ?? "application/grpc"), accept,
-                ]
-                if let compressed { head.append(Field(name: "grpc-encoding", value: compressed)) }
-                return (head, true)
-            case .connect:
-                var head = [
-                    Field(name: ":status", value: "200"), Field(name: "content-type", value: "application/connect+json"),
-                    Field(name: "connect-accept-encoding", value: MessageEncoding.advertised),
-                ]
-                if let compressed { head.append(Field(name: "connect-content-encoding", value: compressed)) }
-                return (head, true)
-            }
+            let head = RPCCallHead.responseHead(rpcProtocol, contentType: contentType, encodings: encodings)
+            return (head.map { Field(name: $0.0, value: $0.1) }, true)
         }
     }
 
