@@ -151,57 +151,60 @@ final class HTTP1Connection: Selectable {
             }
             let task = outbound.runHTTPHandler(handler, httpRequest, on: loop)
             assert(machine.isResponding, "a response starts only after the machine's transition to responding")
-            response = HTTP1Response(.handler(outbound, task), method: request.method, versionMinor: request.versionMinor)
+            response = HTTP1Response(
+                .handler(outbound, task), method: request.method, versionMinor: request.versionMinor, extraHeaders: corsHeaders(request))
         case .rpc(let decision, let path, let headers):
             startRPC(decision, path: path, headers: headers, request: request)
         }
     }
 
-    /// A Connect call: the whole request is in, so its message is decoded at once; the response streams
-    /// chunked, its status in the final end-stream message.
+    /// A Connect or gRPC-Web call: the whole request is in, so its message is decoded at once; the response
+    /// streams chunked, its status in the body's last message.
     private func startRPC(
         _ decision: RPCCallHead.Decision, path: String, headers: [(name: String, value: String)], request: HTTP1Request
     ) {
         var encodings = EncodingNegotiation()
+        let rpcProtocol: RPCProtocol
         var outcome: Result<(message: [UInt8], deadline: RPCDeadline?), RPCError>
         switch decision {
-        case .fail(_, let code, let message):
+        case .fail(let failed, let code, let message):
+            rpcProtocol = failed
             outcome = .failure(RPCError(code, message))
-        case .start(_, let negotiated, let deadline):
+        case .start(let started, let negotiated, let deadline):
+            rpcProtocol = started
             encodings = negotiated
             let decoder = EnvelopeDecoder(maxMessageSize: server.configuration.limits.maxMessageSize, encoding: negotiated.request)
-            outcome = RPCCallHead.singleMessage(of: request.body, decoder: decoder).map { ($0, deadline) }
+            outcome = RPCCallHead.singleMessage(of: request.body, decoder: decoder, base64: started == .grpcWebText).map { ($0, deadline) }
         }
         let box = LoopBound(self, loop: loop)
         let configuration = server.configuration
         let outbound = StreamOutbound(
-            capacity: configuration.limits.streamQueueBytes, framing: .envelope,
-            endStreamEnvelope: { code, message in
-                EnvelopeEncoder.encode(ConnectEndStream.body(status: code, message: message), flags: .endStream)
-            },
+            capacity: configuration.limits.streamQueueBytes, framing: rpcProtocol == .grpcWebText ? .base64Envelope : .envelope,
+            endStreamEnvelope: { code, message in rpcProtocol.endOfCallFrame(code, message) ?? [] },
             responseEncoding: encodings.response, compressMinBytes: configuration.compressMinBytes,
             messageDelivered: configuration.messageDelivered
         ) { [loop] in
             loop.execute { box.value.flush() }
         }
-        try? outbound.setHead(RPCCallHead.responseHead(.connect, contentType: nil, encodings: encodings))
+        try? outbound.setHead(RPCCallHead.responseHead(rpcProtocol, contentType: request.header("content-type"), encodings: encodings))
         var task: Task<Void, Never>?
         switch outcome {
         case .failure(let error):
             outbound.finish(error.code, error.message)
         case .success(let call):
             guard let handler = server.router.handler(for: path)?.handler else {
-                preconditionFailure("a Connect call starts only on a path with an RPC handler")
+                preconditionFailure("an RPC starts only on a path with an RPC handler")
             }
             let workLoop = server.placeCall(preferring: loop)
             let rpcRequest = RPCRequest(
-                path: path, rpcProtocol: .connect, headers: headers, message: call.message,
+                path: path, rpcProtocol: rpcProtocol, headers: headers, message: call.message,
                 deadline: call.deadline.map { .now + $0.timeout }, executor: workLoop)
             task = outbound.runRPCHandler(handler, rpcRequest, on: loop, server: server)
             if let deadline = call.deadline { startDeadline(deadline) }
         }
         assert(machine.isResponding, "a response starts only after the machine's transition to responding")
-        response = HTTP1Response(.rpc(outbound, task), method: request.method, versionMinor: request.versionMinor)
+        response = HTTP1Response(
+            .rpc(outbound, task), method: request.method, versionMinor: request.versionMinor, extraHeaders: corsHeaders(request))
     }
 
     private func startDeadline(_ deadline: RPCDeadline) {
@@ -221,7 +224,13 @@ final class HTTP1Connection: Selectable {
     private func respondFixed(to request: HTTP1Request, status: Int, headers: [(String, String)], body: String) {
         let source = HTTP1Response.Source.fixed(status: status, headers: headers, body: Array(body.utf8))
         assert(machine.isResponding, "a response starts only after the machine's transition to responding")
-        response = HTTP1Response(source, method: request.method, versionMinor: request.versionMinor)
+        response = HTTP1Response(source, method: request.method, versionMinor: request.versionMinor, extraHeaders: corsHeaders(request))
+    }
+
+    /// CORS headers for an allowed origin's response (preflights are answered in `route`).
+    private func corsHeaders(_ request: HTTP1Request) -> [(String, String)] {
+        guard case .allow(let headers) = server.configuration.cors.decide(method: request.method, header: request.header) else { return [] }
+        return headers
     }
 
     /// For the connection's own short answers, which may echo parts of the request.

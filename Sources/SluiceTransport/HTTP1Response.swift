@@ -22,6 +22,8 @@ final class HTTP1Response {
     }
 
     let source: Source
+    /// Added to whatever head goes out (CORS).
+    private let extraHeaders: [(String, String)]
     private let isHead: Bool
     private let clientIsHTTP10: Bool
     private var headWritten = false
@@ -32,8 +34,9 @@ final class HTTP1Response {
     /// is the connection's end, or it was cut off (the client then sees a truncated message).
     private(set) var closesConnection = false
 
-    init(_ source: Source, method: String, versionMinor: Int) {
+    init(_ source: Source, method: String, versionMinor: Int, extraHeaders: [(String, String)] = []) {
         self.source = source
+        self.extraHeaders = extraHeaders
         isHead = method == "HEAD"
         clientIsHTTP10 = versionMinor == 0
     }
@@ -124,7 +127,7 @@ final class HTTP1Response {
         headWritten = true
         if closing { closesConnection = true }
         var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\ndate: \(Self.httpDate())\r\n"
-        for (name, value) in headers where !Self.managedHeaders.contains(name) && !name.hasPrefix(":") {
+        for (name, value) in headers + extraHeaders where !Self.managedHeaders.contains(name) && !name.hasPrefix(":") {
             // A CR or LF would let a header value start a header (or the body) of its own.
             let field = "\(name): \(value)\r\n"
             guard !field.utf8.dropLast(2).contains(where: { $0 == 13 || $0 == 10 }) else { continue }

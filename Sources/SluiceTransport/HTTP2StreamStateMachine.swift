@@ -109,6 +109,8 @@ struct HTTP2StreamStateMachine {
     private var headerBytes = 0
     private var requestBody: [UInt8] = []
     private var decoder: EnvelopeDecoder
+    /// gRPC-Web text: the request body is base64 in front of the envelopes.
+    private var textDecoder: Base64.Decoder?
     /// An RPC's request and response encodings, decided with its route.
     private(set) var encodings = EncodingNegotiation()
     private var requestMessage: [UInt8]?
@@ -172,8 +174,14 @@ struct HTTP2StreamStateMachine {
         let type = contentType ?? ""
         guard let rpcProtocol = RPCCallHead.rpcProtocol(contentType: type) else {
             return respondPlain(
-                status: 415, extra: Field(name: "accept-post", value: "application/grpc, application/grpc+json, application/connect+json"),
-                body: "Unsupported content-type '\(type)': send application/grpc, application/grpc+json or application/connect+json.\n"
+                status: 415,
+                extra: Field(
+                    name: "accept-post",
+                    value:
+                        "application/grpc, application/grpc+json, application/connect+json, application/grpc-web+json, application/grpc-web-text+json"
+                ),
+                body:
+                    "Unsupported content-type '\(type)': send application/grpc, application/grpc+json, application/connect+json, application/grpc-web+json or application/grpc-web-text+json.\n"
             )
         }
         let route = Route.rpc(rpcProtocol)
@@ -184,9 +192,23 @@ struct HTTP2StreamStateMachine {
         case .start(_, let encodings, let deadline):
             self.encodings = encodings
             decoder = EnvelopeDecoder(maxMessageSize: limits.maxMessageSize, encoding: encodings.request)
+            if rpcProtocol == .grpcWebText { textDecoder = Base64.Decoder() }
             state = .receivingRequest(route)
             return .startRPC(rpcProtocol, deadline: deadline)
         }
+    }
+
+    /// A CORS preflight: answered 204 with `headers`, without routing the request.
+    mutating func answerPreflight(_ headers: [(String, String)]) -> HeadersAction {
+        switch state {
+        case .answeredEarly(nil): return .none
+        case .receivingHeaders: break
+        default: preconditionFailure("a preflight is answered when its headers complete, in \(state)")
+        }
+        state = .respondingPlain
+        plainBody = []
+        plainResponseHead = [Field(name: ":status", value: "204")] + headers.map { Field(name: $0.0, value: $0.1) }
+        return .respondPlain
     }
 
     /// A chunk of the request body.
@@ -202,7 +224,14 @@ struct HTTP2StreamStateMachine {
             requestBody.append(contentsOf: bytes)
             return .none
         case .rpc:
-            decoder.append(bytes)
+            if textDecoder != nil {
+                guard let decoded = textDecoder?.feed(bytes) else {
+                    return fail(route, .invalidArgument, "a grpc-web-text request body is not valid base64")
+                }
+                decoder.append(decoded)
+            } else {
+                decoder.append(bytes)
+            }
             do {
                 while let envelope = try decoder.next() {
                     guard requestMessage == nil else {
@@ -232,6 +261,10 @@ struct HTTP2StreamStateMachine {
             requestBody = []
             return .runHTTPHandler(request)
         case .rpc:
+            if let textDecoder, !textDecoder.isComplete {
+                state = .answeredEarly(route)
+                return .fail(.invalidArgument, "a grpc-web-text request body ends inside a base64 group")
+            }
             if let description = decoder.partialMessageDescription {
                 state = .answeredEarly(route)
                 return .fail(.invalidArgument, description)
@@ -308,7 +341,7 @@ struct HTTP2StreamStateMachine {
     ) -> (fields: [Field], withBody: Bool) {
         precondition(!responseSubmitted, "the response head is submitted once")
         responseSubmitted = true
-        if state == .respondingPlain { return (plainResponseHead, true) }
+        if state == .respondingPlain { return (plainResponseHead, !plainBody.isEmpty) }
         guard let route else { preconditionFailure("a response head before the stream was routed, in \(state)") }
         switch route {
         case .http:
@@ -348,7 +381,7 @@ struct HTTP2StreamStateMachine {
         switch route {
         case .http?: status.map { $0.code != .ok } ?? false ? .reset : .endStream
         case .rpc(.grpc)?: status.map { .trailers(Self.statusFields($0)) } ?? .endStream
-        case .rpc(.connect)?, nil: .endStream
+        case .rpc(.connect)?, .rpc(.grpcWeb)?, .rpc(.grpcWebText)?, nil: .endStream
         }
     }
 

@@ -21,6 +21,8 @@ enum RPCCallHead {
 
     /// The RPC protocol a content type names, nil when it names none.
     static func rpcProtocol(contentType: String) -> RPCProtocol? {
+        if contentType.hasPrefix("application/grpc-web-text") { return .grpcWebText }
+        if contentType.hasPrefix("application/grpc-web") { return .grpcWeb }
         if contentType.hasPrefix("application/grpc") { return .grpc }
         if contentType == "application/connect+json" || contentType.hasPrefix("application/connect+json;") { return .connect }
         return nil
@@ -34,8 +36,8 @@ enum RPCCallHead {
     static func decide(
         _ rpcProtocol: RPCProtocol, header: (String) -> String?, path: String?, rpcRouteEnforcesDeadline: Bool?
     ) -> Decision {
-        let encodingHeaders: EncodingNegotiation.Headers = rpcProtocol == .grpc ? .grpc : .connectStreaming
-        let encodings: EncodingNegotiation
+        let encodingHeaders: EncodingNegotiation.Headers = rpcProtocol == .connect ? .connectStreaming : .grpc
+        var encodings: EncodingNegotiation
         do {
             encodings = try EncodingNegotiation.negotiate(
                 encoding: header(encodingHeaders.encoding), acceptEncoding: header(encodingHeaders.acceptEncoding),
@@ -43,13 +45,15 @@ enum RPCCallHead {
         } catch {
             return .fail(rpcProtocol, error.code, error.message)
         }
+        // gRPC-Web leaves compression to the browser's own Content-Encoding: its clients inflate no messages.
+        if rpcProtocol == .grpcWeb || rpcProtocol == .grpcWebText { encodings.response = .identity }
         guard path != nil, let enforcesDeadline = rpcRouteEnforcesDeadline else {
             return .fail(rpcProtocol, .unimplemented, "unknown method \(path ?? "(no :path)"): this server has no such RPC")
         }
-        let timeoutHeader = rpcProtocol == .grpc ? "grpc-timeout" : "connect-timeout-ms"
+        let timeoutHeader = rpcProtocol == .connect ? "connect-timeout-ms" : "grpc-timeout"
         var deadline: RPCDeadline?
         if let value = header(timeoutHeader) {
-            let timeout = rpcProtocol == .grpc ? Timeouts.parseGRPCTimeout(value) : Timeouts.parseConnectTimeout(value)
+            let timeout = rpcProtocol == .connect ? Timeouts.parseConnectTimeout(value) : Timeouts.parseGRPCTimeout(value)
             guard let timeout else {
                 return .fail(rpcProtocol, .invalidArgument, "malformed \(timeoutHeader) header '\(value)'")
             }
@@ -66,9 +70,11 @@ enum RPCCallHead {
     static func responseHead(_ rpcProtocol: RPCProtocol, contentType: String?, encodings: EncodingNegotiation) -> [(String, String)] {
         let compressed = encodings.response == .identity ? nil : encodings.response.rawValue
         switch rpcProtocol {
-        case .grpc:
+        case .grpc, .grpcWeb, .grpcWebText:
+            let defaultType =
+                rpcProtocol == .grpc ? "application/grpc" : rpcProtocol == .grpcWeb ? "application/grpc-web" : "application/grpc-web-text"
             var head = [
-                (":status", "200"), ("content-type", contentType ?? "application/grpc"),
+                (":status", "200"), ("content-type", contentType ?? defaultType),
                 ("grpc-accept-encoding", MessageEncoding.advertised),
             ]
             if let compressed { head.append(("grpc-encoding", compressed)) }
@@ -82,10 +88,19 @@ enum RPCCallHead {
         }
     }
 
-    /// The one request message of a call whose whole body has arrived (HTTP/1.1), inflated as `decoder` says.
-    static func singleMessage(of body: [UInt8], decoder: EnvelopeDecoder) -> Result<[UInt8], RPCError> {
+    /// The one request message of a call whose whole body has arrived (HTTP/1.1), inflated as `decoder` says;
+    /// for gRPC-Web text the body is base64 first.
+    static func singleMessage(of body: [UInt8], decoder: EnvelopeDecoder, base64: Bool = false) -> Result<[UInt8], RPCError> {
         var decoder = decoder
-        decoder.append(body)
+        if base64 {
+            var text = Base64.Decoder()
+            guard let bytes = text.feed(body), text.isComplete else {
+                return .failure(RPCError(.invalidArgument, "a grpc-web-text request body is not valid base64"))
+            }
+            decoder.append(bytes)
+        } else {
+            decoder.append(body)
+        }
         var message: [UInt8]?
         do {
             while let envelope = try decoder.next() {

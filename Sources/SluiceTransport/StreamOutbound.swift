@@ -50,6 +50,9 @@ final class StreamOutbound: Sendable {
         case envelope
         /// Plain HTTP: writes are body bytes as they are.
         case raw
+        /// gRPC-Web text: every write is one enveloped message, base64-encoded with its padding (the protocol
+        /// lets a server flush each message atomically as a padded chunk).
+        case base64Envelope
     }
 
     let capacity: Int
@@ -93,10 +96,13 @@ final class StreamOutbound: Sendable {
     // MARK: Producer side (handler, any thread)
 
     func write(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
-        if let compressed = compressed(payload) {
-            try await write(compressed, flags: .compressed, since: since)
+        if framing == .base64Envelope {
+            // Encoded before locking, like compression.
+            try await write(Base64.encode(EnvelopeEncoder.encode(payload)), flags: [], as: .raw, since: since)
+        } else if let compressed = compressed(payload) {
+            try await write(compressed, flags: .compressed, as: framing, since: since)
         } else {
-            try await write(payload, flags: [], since: since)
+            try await write(payload, flags: [], as: framing, since: since)
         }
     }
 
@@ -106,13 +112,15 @@ final class StreamOutbound: Sendable {
         return responseEncoding.compressed(payload, minBytes: compressMinBytes)
     }
 
-    private func write(_ payload: some Collection<UInt8>, flags: EnvelopeFlags, since: ContinuousClock.Instant?) async throws {
+    private func write(
+        _ payload: some Collection<UInt8>, flags: EnvelopeFlags, as framing: Framing, since: ContinuousClock.Instant?
+    ) async throws {
         let mustWait = try handOff.withLock { state, wakeups throws(RPCError) -> Bool in
             if let reason = state.buffer.closedReason { throw reason }
             guard state.buffer.status == nil else {
                 throw RPCError(.internal, "a message was written after the call ended")
             }
-            guard framing == .envelope || state.buffer.head != nil else {
+            guard self.framing != .raw || state.buffer.head != nil else {
                 throw RPCError(.internal, "an HTTP handler wrote body bytes before its status and headers")
             }
             return Self.enqueue(payload, flags: flags, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
@@ -123,17 +131,21 @@ final class StreamOutbound: Sendable {
     /// Queues `payload` only if that needs no waiting: the call is open and the queue has room for it
     /// (or is empty). Returns false otherwise, queueing nothing; `write` then tells why, or waits.
     func tryWrite(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) -> Bool {
-        if let compressed = compressed(payload) {
-            tryWrite(compressed, flags: .compressed, since: since)
+        if framing == .base64Envelope {
+            tryWrite(Base64.encode(EnvelopeEncoder.encode(payload)), flags: [], as: .raw, since: since)
+        } else if let compressed = compressed(payload) {
+            tryWrite(compressed, flags: .compressed, as: framing, since: since)
         } else {
-            tryWrite(payload, flags: [], since: since)
+            tryWrite(payload, flags: [], as: framing, since: since)
         }
     }
 
-    private func tryWrite(_ payload: some Collection<UInt8>, flags: EnvelopeFlags, since: ContinuousClock.Instant?) -> Bool {
+    private func tryWrite(
+        _ payload: some Collection<UInt8>, flags: EnvelopeFlags, as framing: Framing, since: ContinuousClock.Instant?
+    ) -> Bool {
         handOff.withLock { state, wakeups in
             let queued = state.machine.load
-            guard state.buffer.closedReason == nil, state.buffer.status == nil, framing == .envelope || state.buffer.head != nil,
+            guard state.buffer.closedReason == nil, state.buffer.status == nil, self.framing != .raw || state.buffer.head != nil,
                 queued == 0 || queued + payload.count <= capacity
             else { return false }
             _ = Self.enqueue(payload, flags: flags, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
@@ -149,7 +161,7 @@ final class StreamOutbound: Sendable {
         let before = state.buffer.bytes.count
         switch framing {
         case .envelope: EnvelopeEncoder.append(payload, flags: flags, to: &state.buffer.bytes)
-        case .raw: state.buffer.bytes.append(contentsOf: payload)
+        case .raw, .base64Envelope: state.buffer.bytes.append(contentsOf: payload)
         }
         if let since, measured { state.buffer.markDelivery(since: since) }
         let overCapacity = state.machine.add(state.buffer.bytes.count - before)

@@ -38,6 +38,8 @@ struct Serve: AsyncParsableCommand {
     var maxMessageSize = 4 * 1024 * 1024
     @Option(help: "Response messages this many bytes or longer are gzip-compressed for clients that accept gzip.")
     var compressMinBytes = 1024
+    @Option(help: "A browser origin (https://app.example.com) whose pages may call the server: CORS (repeatable; none by default).")
+    var corsOrigin: [String] = []
     @Option(
         help: "Client connections open at once; more are closed on arrival (default: what the open-file limit leaves after --max-active).")
     var maxConnections: Int?
@@ -133,6 +135,7 @@ struct Serve: AsyncParsableCommand {
         command.maxStreamsPerConnection = try await settings.int("max-streams-per-connection", maxStreamsPerConnection)
         command.maxMessageSize = try await settings.int("max-message-size", maxMessageSize)
         command.compressMinBytes = try await settings.int("compress-min-bytes", compressMinBytes)
+        command.corsOrigin = try await settings.strings("cors-origin", corsOrigin)
         command.maxConnections = try await settings.int("max-connections", maxConnections)
         command.idleTimeout = try await settings.duration("idle-timeout", idleTimeout)
         command.drainTimeout = try await settings.duration("drain-timeout", drainTimeout)
@@ -282,6 +285,7 @@ struct Serve: AsyncParsableCommand {
         configuration.limits.maxStreamsPerConnection = maxStreamsPerConnection
         configuration.limits.maxMessageSize = maxMessageSize
         configuration.compressMinBytes = compressMinBytes
+        configuration.cors = CORSPolicy(allowedOrigins: Set(corsOrigin))
         configuration.messageDelivered = MetricsService.deliveryLatencyRecorder()
 
         let console = ConsoleService()

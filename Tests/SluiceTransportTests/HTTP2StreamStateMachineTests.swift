@@ -127,6 +127,35 @@ import Testing
         #expect(timeout.state == .answeredEarly(.rpc(.grpc)))
     }
 
+    @Test func preflightIsAnswered204WithoutABody() {
+        var machine = machine()
+        _ = machine.receiveHeader(name: ":method", value: "OPTIONS")
+        #expect(machine.answerPreflight([("access-control-allow-origin", "https://app.example")]) == .respondPlain)
+        let head = machine.responseHead(trailersOnlyStatus: nil, httpHead: nil)
+        #expect(!head.withBody)
+        #expect(
+            head.fields == [.init(name: ":status", value: "204"), .init(name: "access-control-allow-origin", value: "https://app.example")])
+    }
+
+    @Test func grpcWebTextRequestIsBase64AndEndsWithTheStream() {
+        var (machine, action) = routed([
+            (":method", "POST"), (":path", "/pkg.Service/Method"), ("content-type", "application/grpc-web-text+json"),
+        ])
+        #expect(action == .startRPC(.grpcWebText, deadline: nil))
+        let text = Base64.encode(envelope("{}"))
+        #expect(receive(&machine, Array(text.prefix(3))) == .none)
+        #expect(receive(&machine, Array(text.dropFirst(3))) == .none)
+        guard case .runRPCHandler(let message) = machine.endOfRequest() else {
+            Issue.record("the handler should run")
+            return
+        }
+        #expect(message == Array("{}".utf8))
+        #expect(machine.outputReady() == .submitHeadIfReady(trailersOnlyAllowed: false))
+        #expect(machine.bodyEnd(status: (.ok, "")) == .endStream, "the status is the body's last frame, not trailers")
+        var (bad, _) = routed([(":method", "POST"), (":path", "/pkg.Service/Method"), ("content-type", "application/grpc-web-text+json")])
+        #expect(receive(&bad, Array("!!!!".utf8)) == .fail(.invalidArgument, "a grpc-web-text request body is not valid base64"))
+    }
+
     @Test func endDuringHeadersLeavesNothingToStart() {
         var machine = machine()
         let result10 = machine.receiveHeader(name: ":method", value: "POST")
