@@ -26,6 +26,8 @@ let package = Package(
         // The CLI's layered settings (flag > SLUICE_* variable > JSON file); FileProvider takes swift-system's FilePath.
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: ["JSON"]),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        // W3C traceparent/tracestate, parsed for each stream and continued as a child span per upstream attempt.
+        .package(url: "https://github.com/swift-otel/swift-w3c-trace-context", from: "1.0.0"),
     ],
     targets: [
         // 1. C shims: system libraries, plus typed inline wrappers where the C API is variadic or a macro.
@@ -65,7 +67,13 @@ let package = Package(
         ),
 
         // 5. Simulator: a deterministic Anthropic Messages API with fault injection, served by the transport.
-        .target(name: "SluiceSimulator", dependencies: ["SluiceTransport", "SluiceUpstream", "SluiceWire", "SluiceIO"]),
+        .target(
+            name: "SluiceSimulator",
+            dependencies: [
+                "SluiceTransport", "SluiceUpstream", "SluiceWire", "SluiceIO",
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
+            ]
+        ),
 
         // 6. Engine: scheduler, jobs, retries, replay, tools.
         .target(
@@ -74,6 +82,7 @@ let package = Package(
                 "SluiceUpstream", "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
             ]
         ),
 
