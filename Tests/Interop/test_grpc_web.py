@@ -15,7 +15,16 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from sluice_testlib import IO_TIMEOUT, SYNTHETIC, H2Session, assert_synthetic_messages, decode_envelopes, json_envelope
+from sluice_testlib import (
+    IO_TIMEOUT,
+    SYNTHETIC,
+    FrameClient,
+    H2Session,
+    StreamResult,
+    assert_synthetic_messages,
+    decode_envelopes,
+    json_envelope,
+)
 from streaming_testlib import SEND_MESSAGE, send_request
 
 GRPC_WEB = "application/grpc-web+json"
@@ -140,6 +149,27 @@ def test_preflight_and_exposed_headers_for_an_allowed_origin_only(start_server):
     assert sse.headers["access-control-allow-origin"] == "https://other.example"
     other = http1_post(server.port, SYNTHETIC, json_envelope({"frames": 1}), GRPC_WEB, {"origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_http2_preflight_and_cors_headers_on_grpc_and_trailers_only_answers(start_server):
+    server = start_server("--cors-origin", "https://app.example")
+    origin = [("origin", "https://app.example")]
+    with FrameClient(server.port) as client:
+        stream_id = client.next_stream_id
+        client.next_stream_id += 2
+        client.streams[stream_id] = StreamResult(stream_id)
+        client.send_headers(stream_id, client.request_headers(SEND_MESSAGE, None, origin + [
+            ("access-control-request-method", "POST"), ("access-control-request-headers", "content-type")], method="OPTIONS"),
+            end_stream=True)
+        preflight = client.wait_closed(stream_id)
+        assert preflight.header_blocks[0][1], "a 204 without a body ends on its HEADERS"
+        assert preflight.headers[":status"] == "204"
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert preflight.headers["access-control-allow-headers"] == "content-type"
+        ok = client.call(SYNTHETIC, json_envelope({"frames": 1}), headers=origin)
+        assert ok.grpc_status == 0 and ok.headers["access-control-allow-origin"] == "https://app.example"
+        missing = client.call("/sluice.v1.Nope/Missing", json_envelope({}), headers=origin)
+        assert missing.trailers_only and missing.headers["access-control-expose-headers"].startswith("grpc-status")
 
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>gRPC-Web caller</title>
