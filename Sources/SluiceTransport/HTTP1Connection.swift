@@ -165,7 +165,7 @@ final class HTTP1Connection: Selectable {
     ) {
         var encodings = EncodingNegotiation()
         let rpcProtocol: RPCProtocol
-        var outcome: Result<(message: [UInt8], deadline: RPCDeadline?), RPCError>
+        let outcome: Result<(message: [UInt8], deadline: RPCDeadline?), RPCError>
         switch decision {
         case .fail(let failed, let code, let message):
             rpcProtocol = failed
