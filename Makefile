@@ -19,7 +19,7 @@ REQUIREMENTS := Tests/Interop/requirements.txt
 SLUICE_BIN ?= $(CURDIR)/.build/debug/sluice
 ARGS ?=
 # Building and serving: the C libraries, and the console's JavaScript libraries read at run time.
-SERVE_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev libhttp-parser-dev libhiredis-dev libjs-marked libjs-highlight.js node-dompurify
+SERVE_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev libhttp-parser-dev libhiredis-dev zlib1g-dev libjs-marked libjs-highlight.js node-dompurify
 # Only the tests: real clients (h2load, nghttp, curl), certificates (openssl), the console's browser.
 TEST_PACKAGES := nghttp2-client curl openssl chromium chromium-driver redis-server redis-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -27,7 +27,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPLOY_VENV := .venv-deploy
 DEPLOY_REQUIREMENTS := Tests/Deploy/requirements.txt
 
-FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts FuzzHTTP1Request
+FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts FuzzHTTP1Request FuzzGzip
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := .build-fuzz
 

@@ -26,6 +26,8 @@ let package = Package(
         // The CLI's layered settings (flag > SLUICE_* variable > JSON file); FileProvider takes swift-system's FilePath.
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: ["JSON"]),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        // W3C traceparent/tracestate, parsed for each stream and continued as a child span per upstream attempt.
+        .package(url: "https://github.com/swift-otel/swift-w3c-trace-context", from: "1.0.0"),
     ],
     targets: [
         // 1. C shims: system libraries, plus typed inline wrappers where the C API is variadic or a macro.
@@ -35,9 +37,10 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
 
-        // 2. Wire: pure Swift, no I/O (envelopes, SSE, JSON, statuses, durations).
-        .target(name: "SluiceWire"),
+        // 2. Wire: pure Swift, no I/O (envelopes, SSE, JSON, statuses, durations; gzip through zlib).
+        .target(name: "SluiceWire", dependencies: ["CZlib"]),
 
         // 3. IO: event loops, their timers and sleeps, loop-bound values, socket/TLS session I/O, the lock.
         .target(name: "SluiceIO", dependencies: ["CLinux", "CNGHTTP2", "COpenSSL", "SluiceWire"]),
@@ -65,7 +68,13 @@ let package = Package(
         ),
 
         // 5. Simulator: a deterministic Anthropic Messages API with fault injection, served by the transport.
-        .target(name: "SluiceSimulator", dependencies: ["SluiceTransport", "SluiceUpstream", "SluiceWire", "SluiceIO"]),
+        .target(
+            name: "SluiceSimulator",
+            dependencies: [
+                "SluiceTransport", "SluiceUpstream", "SluiceWire", "SluiceIO",
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
+            ]
+        ),
 
         // 5. Store: the shared stream log on Redis (hiredis driven by Sluice's event loops), below the engine.
         .target(
@@ -84,6 +93,7 @@ let package = Package(
                 "SluiceUpstream", "SluiceStore", "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
             ]
         ),
 

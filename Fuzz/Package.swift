@@ -18,6 +18,7 @@ let package = Package(
             dependencies: [.product(name: "SluiceWire", package: "sluice"), .product(name: "SluiceEngine", package: "sluice")]
         ),
         .executableTarget(name: "FuzzTimeouts", dependencies: [.product(name: "SluiceWire", package: "sluice")]),
+        .executableTarget(name: "FuzzGzip", dependencies: [.product(name: "SluiceWire", package: "sluice")]),
         // The HTTP/1 parser and connection state machine are internal: `@testable import` reaches
         // them, which works because fuzz builds are debug builds (testability enabled).
         .executableTarget(name: "FuzzHTTP1Request", dependencies: [.product(name: "SluiceTransport", package: "sluice")]),

@@ -11,6 +11,7 @@ struct StreamAttempts {
     let startedAt: ContinuousClock.Instant
     /// Retries and tokens, readable after the stream ends however it ended.
     let stats: StreamStats
+    let trace: StreamTrace
 
     /// The id of the current turn's message, Sluice's own: `message_start` goes out before the
     /// upstream answers, so retries before its first byte are visible in order, and the id stays
@@ -37,9 +38,12 @@ struct StreamAttempts {
         }
     }
 
-    init(engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant, stats: StreamStats)
-    {
+    init(
+        engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant, stats: StreamStats,
+        trace: StreamTrace
+    ) {
         self.stats = stats
+        self.trace = trace
         self.engine = engine
         self.request = request
         self.channel = channel
@@ -134,7 +138,7 @@ struct StreamAttempts {
             prefillSent = String(trimmed)
             whitespaceToSkip = prefill[trimmed.endIndex...]
         }
-        var headers = request.upstreamHeaders
+        var headers = request.upstreamHeaders + trace.childHeaders()
         if let simulation = request.simulation { headers.append(("sluice-simulation", simulation.serializedString)) }
         let body = request.upstreamBody(
             conversation: conversation, prefill: prefillSent, serverTools: engine.toolDefinitions(request.tools))

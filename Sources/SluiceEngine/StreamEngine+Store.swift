@@ -55,10 +55,11 @@ extension StreamEngine {
     /// in the store first (refused with RESOURCE_EXHAUSTED when all are taken on any replicas), then the stream is
     /// admitted here as usual. While the store cannot be reached, each replica's own per-key limit still holds.
     public func startAnywhere(
-        _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil
+        _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
+        trace: StreamTrace? = nil
     ) async throws(RPCError) -> StreamChannel {
         guard let limit = configuration.limits.maxActivePerKey, configuration.store.isShared else {
-            return try start(request, caller: caller, deadline: deadline, executor: executor)
+            return try start(request, caller: caller, deadline: deadline, executor: executor, trace: trace)
         }
         let streamID = Self.makeID(prefix: "st_")
         let acquired: Bool?
@@ -79,7 +80,8 @@ extension StreamEngine {
         }
         do {
             return try start(
-                request, caller: caller, deadline: deadline, executor: executor, streamID: streamID, holdsCallerSlot: acquired == true)
+                request, caller: caller, deadline: deadline, executor: executor, streamID: streamID, holdsCallerSlot: acquired == true,
+                trace: trace)
         } catch {
             if acquired == true { configuration.store.releaseCallerSlot(caller: caller, streamID: streamID) }
             throw error

@@ -54,13 +54,15 @@ public final class StreamEngine: Sendable {
     final class StreamRecord: Sendable {
         let channel: StreamChannel
         let owner: String
+        let trace: StreamTrace
         /// One lock for both, so a cancel that comes before the job is attached is not lost (the stream is
         /// registered, and can be cancelled by a drain or the sweeper, before its job exists).
         private let control = LockedValue<(job: Task<Void, Never>?, cancelReason: RPCError?)>((nil, nil))
 
-        init(channel: StreamChannel, owner: String) {
+        init(channel: StreamChannel, owner: String, trace: StreamTrace) {
             self.channel = channel
             self.owner = owner
+            self.trace = trace
         }
 
         /// The first cancel's reason, if any.
@@ -160,10 +162,12 @@ public final class StreamEngine: Sendable {
     // MARK: Starting and finding streams
 
     /// Starts a stream for `caller`; returns its channel (events from seq 1).
-    /// - Parameter executor: where the stream's job runs; the client's event loop saves a thread switch per event.
+    /// - Parameters:
+    ///   - executor: where the stream's job runs; the client's event loop saves a thread switch per event.
+    ///   - trace: the caller's trace context (a new trace when nil); every upstream attempt is a child span of it.
     public func start(
         _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
-        streamID: String? = nil, holdsCallerSlot: Bool = false
+        streamID: String? = nil, holdsCallerSlot: Bool = false, trace: StreamTrace? = nil
     ) throws(RPCError) -> StreamChannel {
         if request.simulation != nil && !configuration.upstreamIsSimulator {
             throw RPCError(
@@ -190,7 +194,11 @@ public final class StreamEngine: Sendable {
                 streamID: streamID, caller: caller, request: request.json, maxDuration: configuration.maxStreamDuration,
                 holdsCallerSlot: holdsCallerSlot))
         let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes, log: log)
-        let record = StreamRecord(channel: channel, owner: caller)
+        let trace = trace ?? StreamTrace(traceparent: nil, tracestate: nil)
+        if let reason = trace.ignoredReason {
+            logger.debug("started a new trace", metadata: ["stream_id": "\(streamID)", "reason": "\(reason)"])
+        }
+        let record = StreamRecord(channel: channel, owner: caller, trace: trace)
         registry.withLock {
             $0.streams[streamID] = record
             $0.running[streamID] = record
@@ -312,7 +320,8 @@ public final class StreamEngine: Sendable {
             }
             defer { slot.release() }
             try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
-                var attempts = StreamAttempts(engine: self, request: request, channel: channel, startedAt: started, stats: stats)
+                var attempts = StreamAttempts(
+                    engine: self, request: request, channel: channel, startedAt: started, stats: stats, trace: record.trace)
                 try await attempts.run()
             }
         } catch let error as RPCError {
@@ -333,7 +342,8 @@ public final class StreamEngine: Sendable {
         logger.info(
             "stream finished",
             metadata: [
-                "stream_id": "\(channel.streamID)", "caller": "\(record.owner)", "status": "\((outcome?.code ?? .ok).name)",
+                "stream_id": "\(channel.streamID)", "trace_id": "\(record.trace.traceID)", "caller": "\(record.owner)",
+                "status": "\((outcome?.code ?? .ok).name)",
                 "retries": "\(stats.current.retries)", "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
                 "input_tokens": "\(stats.current.inputTokens)", "output_tokens": "\(stats.current.outputTokens)",
             ]

@@ -71,7 +71,8 @@ public struct EventStreamService: Sendable {
         }
         let parsed = try SendMessageRequest(json: request.body)
         // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are then loop timers.
-        let channel = try await engine.startAnywhere(parsed, caller: caller, deadline: nil, executor: EventLoop.current)
+        let trace = StreamTrace(traceparent: request.header("traceparent"), tracestate: request.header("tracestate"))
+        let channel = try await engine.startAnywhere(parsed, caller: caller, deadline: nil, executor: EventLoop.current, trace: trace)
         return JSONResponse(
             status: 201, body: ["stream_id": .string(channel.streamID)],
             headers: [("location", "\(Self.collectionPath)/\(channel.streamID)/events")]

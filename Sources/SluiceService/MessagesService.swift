@@ -56,7 +56,8 @@ public struct MessagesService: Sendable {
         do {
             // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are loop timers.
             // `startAnywhere`: with a shared store, the caller's limit is the cluster's.
-            channel = try await engine.startAnywhere(parsed, caller: caller, deadline: nil, executor: EventLoop.current)
+            let trace = StreamTrace(traceparent: request.header("traceparent"), tracestate: request.header("tracestate"))
+            channel = try await engine.startAnywhere(parsed, caller: caller, deadline: nil, executor: EventLoop.current, trace: trace)
         } catch {
             throw MessagesAPIError(error)
         }

@@ -21,7 +21,9 @@ public struct StreamingService: Sendable {
         router.register(Self.sendMessagePath, enforcesDeadline: true) { request, writer in
             let caller = try authentication.caller(authorization: request.header("authorization"))
             let parsed = try SendMessageRequest(json: request.message)
-            let channel = try await engine.startAnywhere(parsed, caller: caller, deadline: request.deadline, executor: request.executor)
+            let trace = StreamTrace(traceparent: request.header("traceparent"), tracestate: request.header("tracestate"))
+            let channel = try await engine.startAnywhere(
+                parsed, caller: caller, deadline: request.deadline, executor: request.executor, trace: trace)
             try await deliver(channel, after: 0, to: writer, caller: caller)
         }
         router.register(Self.resumePath) { request, writer in

@@ -3,6 +3,7 @@ import SluiceIO
 import SluiceTransport
 import SluiceWire
 import Synchronization
+import W3CTraceContext
 
 /// A built-in simulator of the Anthropic Messages API (`POST /v1/messages`), streaming and not, for tests,
 /// benchmarks and `sluice simulate`.
@@ -14,6 +15,8 @@ import Synchronization
 /// stalls, `error` events and HTTP errors, optionally only for the first K attempts of the same scenario.
 public final class AnthropicSimulator: Sendable {
     public static let messagesPath = "/v1/messages"
+    /// `GET /v1/_simulator/traces/{trace_id}`: the last `traceparent` seen with that trace id, and how many requests.
+    public static let tracesPrefix = "/v1/_simulator/traces/"
 
     private let active = Atomic<Int>(0)
     private let aborted = Atomic<Int>(0)
@@ -23,6 +26,7 @@ public final class AnthropicSimulator: Sendable {
     private let attempts: LockedValue<AttemptTable>
     /// Prompt-cache prefixes seen so far (their first use writes the cache, later ones read it).
     private let cachedPrefixes: LockedValue<AttemptTable>
+    private let traces = LockedValue(TraceTable(capacity: 10_000))
 
     public convenience init() {
         self.init(attemptCapacity: 10_000)
@@ -56,6 +60,22 @@ public final class AnthropicSimulator: Sendable {
         router.registerHTTP(Self.messagesPath) { [self] request, writer in
             try await serve(request, writer)
         }
+        router.registerHTTP(prefix: Self.tracesPrefix) { [self] request, writer in
+            let traceID = String(request.path.dropFirst(Self.tracesPrefix.count))
+            guard let entry = lastTrace(traceID: traceID) else {
+                try writer.head(status: 404, headers: [("content-type", "application/json")])
+                let message = "no request with trace id '\(traceID)' reached the simulator"
+                return try await writer.write(JSONValue.object(["error": .string(message)]).serialized())
+            }
+            try writer.head(status: 200, headers: [("content-type", "application/json")])
+            let body: JSONValue = .object(["traceparent": .string(entry.traceparent), "requests": .number(JSONNumber(entry.requests))])
+            try await writer.write(body.serialized())
+        }
+    }
+
+    /// The last `traceparent` a request of this trace carried, and how many requests carried the trace.
+    func lastTrace(traceID: String) -> TraceTable.Entry? {
+        traces.withLock { $0.entry(traceID: traceID) }
     }
 
     /// Serves one request; usable directly from another HTTP handler.
@@ -82,6 +102,12 @@ public final class AnthropicSimulator: Sendable {
             let failure = SimulatorFailure(
                 status: 405, type: "invalid_request_error", message: "Method \(request.method) not allowed: use POST")
             return try await respond(failure, requestID: requestID, writer)
+        }
+        if let traceparent = request.header("traceparent"),
+            let context = try? TraceContext(traceParentHeaderValue: traceparent)
+        {
+            let traceID = "\(context.traceID)"
+            traces.withLock { $0.record(traceID: traceID, traceparent: traceparent) }
         }
         let scenarioHeader = request.header(SimulationScenario.headerName)
         let scenario: SimulationScenario

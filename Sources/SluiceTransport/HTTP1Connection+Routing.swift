@@ -4,6 +4,8 @@ import CHTTPParser
 extension HTTP1Connection {
     enum Route {
         case handler(HTTPHandler, HTTPRequest)
+        /// A Connect or gRPC-Web call: its status travels in the body's last message, so HTTP/1.1 can carry it.
+        case rpc(RPCCallHead.Decision, path: String, headers: [(name: String, value: String)])
         case refuse(status: Int, headers: [(String, String)], body: String)
     }
 
@@ -24,18 +26,30 @@ extension HTTP1Connection {
         if request.versionMinor >= 1 && request.header("host") == nil {
             return .refuse(status: 400, headers: text, body: "An HTTP/1.1 request needs a Host header.\n")
         }
+        if case .preflight(let headers) = server.configuration.cors.decide(method: request.method, header: request.header) {
+            return .refuse(status: 204, headers: headers, body: "")
+        }
         let contentType = request.header("content-type") ?? ""
-        let isRPC = contentType.hasPrefix("application/grpc") || contentType.hasPrefix("application/connect")
-        if isRPC || server.router.handler(for: path) != nil {
+        let rpcRoute = server.router.handler(for: path)
+        let headers = request.headers.filter { !Self.hopByHopHeaders.contains($0.name) }
+        if let rpcProtocol = RPCCallHead.rpcProtocol(contentType: contentType), rpcProtocol != .grpc {
+            guard request.method == "POST" else {
+                return .refuse(status: 405, headers: text + [("allow", "POST")], body: "\(request.method) is not allowed: RPCs use POST.\n")
+            }
+            let decision = RPCCallHead.decide(
+                rpcProtocol, header: request.header, path: path, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline)
+            return .rpc(decision, path: path, headers: headers)
+        }
+        if contentType.hasPrefix("application/grpc") || contentType.hasPrefix("application/connect") || rpcRoute != nil {
             let body =
-                "gRPC and Connect calls need HTTP/2: use HTTP/2 with prior knowledge (h2c, e.g. "
-                + "curl --http2-prior-knowledge) or TLS with ALPN h2.\n"
+                "gRPC calls need HTTP/2, which carries their status in trailers: use HTTP/2 with prior knowledge (h2c, e.g. "
+                + "curl --http2-prior-knowledge) or TLS with ALPN h2, or call with Connect (application/connect+json) "
+                + "or gRPC-Web (application/grpc-web+json), which work over HTTP/1.1.\n"
             return .refuse(status: 505, headers: text, body: body)
         }
         guard let handler = server.router.httpHandler(for: path) else {
             return .refuse(status: 404, headers: text, body: "No such path: \(path)\n")
         }
-        let headers = request.headers.filter { !Self.hopByHopHeaders.contains($0.name) }
         return .handler(handler, HTTPRequest(method: request.method, path: path, query: query, headers: headers, body: request.body))
     }
 

@@ -2,6 +2,7 @@ import CLinux
 import Glibc
 import Logging
 import SluiceIO
+import SluiceWire
 
 /// An HTTP/1.1 connection on the HTTP/2 port: a cleartext client whose first bytes were not the
 /// HTTP/2 preface, or a TLS client that negotiated ALPN `http/1.1` (or none). It serves the
@@ -23,6 +24,8 @@ final class HTTP1Connection: Selectable {
     /// A `100 Continue` to send before the response.
     private var interim: [UInt8] = []
     private var lingerTimer: TimerID?
+    /// The client's call timeout for the RPC being answered.
+    private var deadlineTimer: TimerID?
     /// When the last request arrived or response finished: idle connections close after the idle
     /// timeout, and so does a client that dribbles one request for that long.
     private var lastActivity = ContinuousClock.now
@@ -148,14 +151,86 @@ final class HTTP1Connection: Selectable {
             }
             let task = outbound.runHTTPHandler(handler, httpRequest, on: loop)
             assert(machine.isResponding, "a response starts only after the machine's transition to responding")
-            response = HTTP1Response(.handler(outbound, task), method: request.method, versionMinor: request.versionMinor)
+            response = HTTP1Response(
+                .handler(outbound, task), method: request.method, versionMinor: request.versionMinor, extraHeaders: corsHeaders(request))
+        case .rpc(let decision, let path, let headers):
+            startRPC(decision, path: path, headers: headers, request: request)
         }
+    }
+
+    /// A Connect or gRPC-Web call: the whole request is in, so its message is decoded at once; the response
+    /// streams chunked, its status in the body's last message.
+    private func startRPC(
+        _ decision: RPCCallHead.Decision, path: String, headers: [(name: String, value: String)], request: HTTP1Request
+    ) {
+        var encodings = EncodingNegotiation()
+        let rpcProtocol: RPCProtocol
+        let outcome: Result<(message: [UInt8], deadline: RPCDeadline?), RPCError>
+        switch decision {
+        case .fail(let failed, let code, let message):
+            rpcProtocol = failed
+            outcome = .failure(RPCError(code, message))
+        case .start(let started, let negotiated, let deadline):
+            rpcProtocol = started
+            encodings = negotiated
+            let decoder = EnvelopeDecoder(maxMessageSize: server.configuration.limits.maxMessageSize, encoding: negotiated.request)
+            outcome = RPCCallHead.singleMessage(of: request.body, decoder: decoder, base64: started == .grpcWebText).map { ($0, deadline) }
+        }
+        let box = LoopBound(self, loop: loop)
+        let configuration = server.configuration
+        let outbound = StreamOutbound(
+            capacity: configuration.limits.streamQueueBytes, framing: rpcProtocol == .grpcWebText ? .base64Envelope : .envelope,
+            endStreamEnvelope: { code, message in rpcProtocol.endOfCallFrame(code, message) ?? [] },
+            responseEncoding: encodings.response, compressMinBytes: configuration.compressMinBytes,
+            messageDelivered: configuration.messageDelivered
+        ) { [loop] in
+            loop.execute { box.value.flush() }
+        }
+        try? outbound.setHead(RPCCallHead.responseHead(rpcProtocol, contentType: request.header("content-type"), encodings: encodings))
+        var task: Task<Void, Never>?
+        switch outcome {
+        case .failure(let error):
+            outbound.finish(error.code, error.message)
+        case .success(let call):
+            guard let handler = server.router.handler(for: path)?.handler else {
+                preconditionFailure("an RPC starts only on a path with an RPC handler")
+            }
+            let workLoop = server.placeCall(preferring: loop)
+            let rpcRequest = RPCRequest(
+                path: path, rpcProtocol: rpcProtocol, headers: headers, message: call.message,
+                deadline: call.deadline.map { .now + $0.timeout }, executor: workLoop)
+            task = outbound.runRPCHandler(handler, rpcRequest, on: loop, server: server)
+            if let deadline = call.deadline { startDeadline(deadline) }
+        }
+        assert(machine.isResponding, "a response starts only after the machine's transition to responding")
+        response = HTTP1Response(
+            .rpc(outbound, task), method: request.method, versionMinor: request.versionMinor, extraHeaders: corsHeaders(request))
+    }
+
+    private func startDeadline(_ deadline: RPCDeadline) {
+        deadlineTimer = loop.scheduleTimer(after: deadline.timeout + deadline.backstop) { [weak self] in
+            guard let self else { return }
+            deadlineTimer = nil
+            response?.abort(.deadlineExceeded, "deadline exceeded: the call ran longer than its \(deadline.header) of \(deadline.value)")
+            flush()
+        }
+    }
+
+    private func cancelDeadline() {
+        if let deadlineTimer { loop.cancelTimer(deadlineTimer) }
+        deadlineTimer = nil
     }
 
     private func respondFixed(to request: HTTP1Request, status: Int, headers: [(String, String)], body: String) {
         let source = HTTP1Response.Source.fixed(status: status, headers: headers, body: Array(body.utf8))
         assert(machine.isResponding, "a response starts only after the machine's transition to responding")
-        response = HTTP1Response(source, method: request.method, versionMinor: request.versionMinor)
+        response = HTTP1Response(source, method: request.method, versionMinor: request.versionMinor, extraHeaders: corsHeaders(request))
+    }
+
+    /// CORS headers for an allowed origin's response (preflights are answered in `route`).
+    private func corsHeaders(_ request: HTTP1Request) -> [(String, String)] {
+        guard case .allow(let headers) = server.configuration.cors.decide(method: request.method, header: request.header) else { return [] }
+        return headers
     }
 
     /// For the connection's own short answers, which may echo parts of the request.
@@ -182,6 +257,7 @@ final class HTTP1Connection: Selectable {
             }
             guard let finished = response, finished.complete else { return }
             response = nil
+            cancelDeadline()
             lastActivity = .now
             switch machine.responseFinished(closesConnection: finished.closesConnection) {
             case .readNext: processInput()
@@ -228,7 +304,7 @@ final class HTTP1Connection: Selectable {
 
     /// The drain timeout passed: cut the response in flight short.
     func abortResponse(_ message: String) {
-        response?.abort(message)
+        response?.abort(.unavailable, message)
         flush()
     }
 
@@ -236,6 +312,7 @@ final class HTTP1Connection: Selectable {
         guard machine.close() else { return }
         server.logger.trace("HTTP/1.1 connection closed: \(reason)")
         if let lingerTimer { loop.cancelTimer(lingerTimer) }
+        cancelDeadline()
         response?.connectionClosed()
         response = nil
         io.release()

@@ -10,6 +10,9 @@ final class HTTP1Response {
     enum Source {
         case fixed(status: Int, headers: [(String, String)], body: [UInt8])
         case handler(StreamOutbound, Task<Void, Never>)
+        /// A Connect call: enveloped messages, then the end-stream message that carries its status, so the
+        /// response ends cleanly whatever the status. No task when the call failed before its handler ran.
+        case rpc(StreamOutbound, Task<Void, Never>?)
     }
 
     private enum Framing {
@@ -19,6 +22,8 @@ final class HTTP1Response {
     }
 
     let source: Source
+    /// Added to whatever head goes out (CORS).
+    private let extraHeaders: [(String, String)]
     private let isHead: Bool
     private let clientIsHTTP10: Bool
     private var headWritten = false
@@ -29,8 +34,9 @@ final class HTTP1Response {
     /// is the connection's end, or it was cut off (the client then sees a truncated message).
     private(set) var closesConnection = false
 
-    init(_ source: Source, method: String, versionMinor: Int) {
+    init(_ source: Source, method: String, versionMinor: Int, extraHeaders: [(String, String)] = []) {
         self.source = source
+        self.extraHeaders = extraHeaders
         isHead = method == "HEAD"
         clientIsHTTP10 = versionMinor == 0
     }
@@ -44,7 +50,7 @@ final class HTTP1Response {
             writeHead(status: status, headers: headers, contentLength: body.count, closing: closing, into: &out)
             if !isHead && Self.allowsBody(status) { out += body }
             complete = true
-        case .handler(let outbound, _):
+        case .handler(let outbound, _), .rpc(let outbound, _):
             if !headWritten {
                 guard outbound.responseShape(trailersOnlyAllowed: false) != nil else { return }
                 startHandlerResponse(outbound, scratch: scratch, closing: closing, into: &out)
@@ -104,7 +110,8 @@ final class HTTP1Response {
     /// OK, or the 500 page of a handler that failed (see `runHTTPHandler`). Anything else, such
     /// as a failure after a head of the handler's own, must show as a truncated response.
     private func endsCleanly(_ code: StatusCode?) -> Bool {
-        code == .ok || (code == .internal && headStatus == 500)
+        if case .rpc = source { return true }
+        return code == .ok || (code == .internal && headStatus == 500)
     }
 
     private func end(ok: Bool, into out: inout [UInt8]) {
@@ -120,7 +127,7 @@ final class HTTP1Response {
         headWritten = true
         if closing { closesConnection = true }
         var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\ndate: \(Self.httpDate())\r\n"
-        for (name, value) in headers where !Self.managedHeaders.contains(name) && !name.hasPrefix(":") {
+        for (name, value) in headers + extraHeaders where !Self.managedHeaders.contains(name) && !name.hasPrefix(":") {
             // A CR or LF would let a header value start a header (or the body) of its own.
             let field = "\(name): \(value)\r\n"
             guard !field.utf8.dropLast(2).contains(where: { $0 == 13 || $0 == 10 }) else { continue }
@@ -165,14 +172,22 @@ final class HTTP1Response {
 
     /// The connection closed under the response: stop its handler.
     func connectionClosed() {
-        guard case .handler(let outbound, let task) = source else { return }
+        guard let (outbound, task) = handlerParts else { return }
         outbound.close(RPCError(.cancelled, "the client's connection closed"), disconnect: .connectionLost)
-        task.cancel()
+        task?.cancel()
     }
 
-    /// The server's drain timeout passed: end the handler's response now.
-    func abort(_ message: String) {
-        guard case .handler(let outbound, let task) = source else { return }
-        if outbound.abort(.unavailable, message) { task.cancel() }
+    /// The server's drain timeout or the call's deadline passed: end the handler's response now.
+    func abort(_ code: StatusCode, _ message: String) {
+        guard let (outbound, task) = handlerParts else { return }
+        if outbound.abort(code, message) { task?.cancel() }
+    }
+
+    private var handlerParts: (StreamOutbound, Task<Void, Never>?)? {
+        switch source {
+        case .fixed: nil
+        case .handler(let outbound, let task): (outbound, task)
+        case .rpc(let outbound, let task): (outbound, task)
+        }
     }
 }

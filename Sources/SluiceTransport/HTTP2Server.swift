@@ -33,6 +33,11 @@ public struct HTTP2ServerConfiguration: Sendable {
     /// client has let its flow-control window hold up a response for this long (it stopped reading).
     public var idleTimeout: Duration = .seconds(120)
     public var limits = Limits()
+    /// Response messages this long or longer are gzip-compressed for clients that accept gzip; shorter ones
+    /// (a text delta) would grow and cost CPU.
+    public var compressMinBytes = 1024
+    /// Which browser origins may call the server (CORS).
+    public var cors = CORSPolicy()
     /// Called on a loop thread for each response message written with a `since` instant, with the time from
     /// it until the message's last byte was copied into a DATA frame that the connection writes at once. The
     /// time includes waiting for a slow client (backpressure, flow control); a message dropped with its call

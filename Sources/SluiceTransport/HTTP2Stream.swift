@@ -17,6 +17,8 @@ final class HTTP2Stream {
     /// The handler the router chose, run once the request is complete.
     private var httpHandler: HTTPHandler?
     private var rpcHandler: RPCHandler?
+    /// CORS headers for an allowed origin's response.
+    private var corsHeaders: [(String, String)] = []
 
     init(id: Int32, connection: HTTP2Connection) {
         self.id = id
@@ -41,7 +43,16 @@ final class HTTP2Stream {
         let router = connection.server.router
         let httpRoute = router.httpHandler(for: machine.routePath)
         let rpcRoute = machine.path.flatMap { router.handler(for: $0) }
-        let action = machine.headersComplete(httpRoute: httpRoute != nil, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline)
+        let action: HTTP2StreamStateMachine.HeadersAction
+        switch connection.server.configuration.cors.decide(method: machine.method, header: machine.header) {
+        case .preflight(let headers):
+            action = machine.answerPreflight(headers)
+        case .allow(let headers):
+            corsHeaders = headers
+            action = machine.headersComplete(httpRoute: httpRoute != nil, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline)
+        case .none:
+            action = machine.headersComplete(httpRoute: httpRoute != nil, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline)
+        }
         switch action {
         case .none: break
         case .startHTTP:
@@ -49,10 +60,10 @@ final class HTTP2Stream {
             outbound = makeOutbound(framing: .raw, rpcProtocol: nil)
         case .startRPC(let rpcProtocol, let deadline):
             rpcHandler = rpcRoute?.handler
-            outbound = makeOutbound(framing: .envelope, rpcProtocol: rpcProtocol)
+            outbound = makeOutbound(framing: rpcProtocol == .grpcWebText ? .base64Envelope : .envelope, rpcProtocol: rpcProtocol)
             if let deadline { startDeadline(deadline) }
         case .failRPC(let rpcProtocol, let code, let message):
-            outbound = makeOutbound(framing: .envelope, rpcProtocol: rpcProtocol)
+            outbound = makeOutbound(framing: rpcProtocol == .grpcWebText ? .base64Envelope : .envelope, rpcProtocol: rpcProtocol)
             fail(code, message)
         case .respondPlain:
             submitResponse()
@@ -60,19 +71,20 @@ final class HTTP2Stream {
     }
 
     private func makeOutbound(framing: StreamOutbound.Framing, rpcProtocol: RPCProtocol?) -> StreamOutbound {
-        var connectEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
-        if rpcProtocol == .connect {
-            connectEnvelope = { code, message in
-                EnvelopeEncoder.encode(ConnectEndStream.body(status: code, message: message), flags: .endStream)
-            }
+        var endOfCallFrame: (@Sendable (StatusCode, String) -> [UInt8])?
+        if let rpcProtocol, rpcProtocol != .grpc {
+            endOfCallFrame = { code, message in rpcProtocol.endOfCallFrame(code, message) ?? [] }
         }
         let box = LoopBound(connection, loop: connection.loop)
         let streamID = id
+        let configuration = connection.server.configuration
         return StreamOutbound(
-            capacity: connection.server.configuration.limits.streamQueueBytes,
+            capacity: configuration.limits.streamQueueBytes,
             framing: framing,
-            endStreamEnvelope: connectEnvelope,
-            messageDelivered: connection.server.configuration.messageDelivered
+            endStreamEnvelope: endOfCallFrame,
+            responseEncoding: machine.encodings.response,
+            compressMinBytes: configuration.compressMinBytes,
+            messageDelivered: configuration.messageDelivered
         ) { [loop = connection.loop] in
             loop.execute { box.value.streamHasOutput(streamID) }
         }
@@ -121,20 +133,7 @@ final class HTTP2Stream {
             path: path, rpcProtocol: rpcProtocol, headers: machine.headers, message: message, deadline: deadline,
             executor: workLoop
         )
-        let writer = RPCResponseWriter(outbound: outbound)
-        handlerTask = Task(executorPreference: connection.loop) {
-            defer { server.callEnded(on: workLoop) }
-            do {
-                try await handler(request, writer)
-                outbound.finish(.ok, "")
-            } catch let error as RPCError {
-                outbound.finish(error.code, error.message)
-            } catch is CancellationError {
-                outbound.finish(.cancelled, "the call was cancelled")
-            } catch {
-                outbound.finish(.internal, "internal error: \(error)")
-            }
-        }
+        handlerTask = outbound.runRPCHandler(handler, request, on: connection.loop, server: server)
     }
 
     // MARK: Ending
@@ -187,7 +186,7 @@ final class HTTP2Stream {
     private func submitResponse(trailersOnlyStatus: (code: StatusCode, message: String)? = nil, httpHead: [(String, String)]? = nil) {
         guard let session = connection.session, !machine.responseSubmitted else { return }
         let head = machine.responseHead(trailersOnlyStatus: trailersOnlyStatus, httpHead: httpHead)
-        withNameValues(head.fields.map { ($0.name, $0.value) }) { nva, count in
+        withNameValues(head.fields.map { ($0.name, $0.value) } + corsHeaders) { nva, count in
             if head.withBody {
                 var provider = nghttp2_data_provider()
                 provider.read_callback = HTTP2Connection.dataSourceRead

@@ -59,14 +59,7 @@ struct HTTP2StreamStateMachine {
         case respondPlain
     }
 
-    /// The client's call timeout, armed when the RPC starts.
-    struct Deadline: Equatable {
-        var header: String
-        var value: String
-        var timeout: Duration
-        /// Extra time the handler gets past `timeout` before the transport ends the call itself.
-        var backstop: Duration
-    }
+    typealias Deadline = RPCDeadline
 
     enum DataAction: Equatable {
         case none
@@ -116,6 +109,10 @@ struct HTTP2StreamStateMachine {
     private var headerBytes = 0
     private var requestBody: [UInt8] = []
     private var decoder: EnvelopeDecoder
+    /// gRPC-Web text: the request body is base64 in front of the envelopes.
+    private var textDecoder: Base64.Decoder?
+    /// An RPC's request and response encodings, decided with its route.
+    private(set) var encodings = EncodingNegotiation()
     private var requestMessage: [UInt8]?
     private(set) var plainResponseHead: [Field] = []
     private(set) var plainBody: [UInt8] = []
@@ -175,43 +172,43 @@ struct HTTP2StreamStateMachine {
             )
         }
         let type = contentType ?? ""
-        let rpcProtocol: RPCProtocol
-        if type.hasPrefix("application/grpc") {
-            rpcProtocol = .grpc
-        } else if type == "application/connect+json" || type.hasPrefix("application/connect+json;") {
-            rpcProtocol = .connect
-        } else {
+        guard let rpcProtocol = RPCCallHead.rpcProtocol(contentType: type) else {
             return respondPlain(
-                status: 415, extra: Field(name: "accept-post", value: "application/grpc, application/grpc+json, application/connect+json"),
-                body: "Unsupported content-type '\(type)': send application/grpc, application/grpc+json or application/connect+json.\n"
+                status: 415,
+                extra: Field(
+                    name: "accept-post",
+                    value:
+                        "application/grpc, application/grpc+json, application/connect+json, application/grpc-web+json, application/grpc-web-text+json"
+                ),
+                body:
+                    "Unsupported content-type '\(type)': send application/grpc, application/grpc+json, application/connect+json, application/grpc-web+json or application/grpc-web-text+json.\n"
             )
         }
         let route = Route.rpc(rpcProtocol)
-        let encodingHeader = rpcProtocol == .grpc ? "grpc-encoding" : "connect-content-encoding"
-        if let encoding = header(encodingHeader), encoding != "identity" {
+        switch RPCCallHead.decide(rpcProtocol, header: header, path: path, rpcRouteEnforcesDeadline: rpcRouteEnforcesDeadline) {
+        case .fail(_, let code, let message):
             state = .answeredEarly(route)
-            let message = "\(encodingHeader) '\(encoding)' is not supported: this server accepts identity only (send messages uncompressed)"
-            return .failRPC(rpcProtocol, .unimplemented, message)
+            return .failRPC(rpcProtocol, code, message)
+        case .start(_, let encodings, let deadline):
+            self.encodings = encodings
+            decoder = EnvelopeDecoder(maxMessageSize: limits.maxMessageSize, encoding: encodings.request)
+            if rpcProtocol == .grpcWebText { textDecoder = Base64.Decoder() }
+            state = .receivingRequest(route)
+            return .startRPC(rpcProtocol, deadline: deadline)
         }
-        guard path != nil, let enforcesDeadline = rpcRouteEnforcesDeadline else {
-            state = .answeredEarly(route)
-            return .failRPC(rpcProtocol, .unimplemented, "unknown method \(path ?? "(no :path)"): this server has no such RPC")
+    }
+
+    /// A CORS preflight: answered 204 with `headers`, without routing the request.
+    mutating func answerPreflight(_ headers: [(String, String)]) -> HeadersAction {
+        switch state {
+        case .answeredEarly(nil): return .none
+        case .receivingHeaders: break
+        default: preconditionFailure("a preflight is answered when its headers complete, in \(state)")
         }
-        let timeoutHeader = rpcProtocol == .grpc ? "grpc-timeout" : "connect-timeout-ms"
-        var deadline: Deadline?
-        if let value = header(timeoutHeader) {
-            let timeout = rpcProtocol == .grpc ? Timeouts.parseGRPCTimeout(value) : Timeouts.parseConnectTimeout(value)
-            guard let timeout else {
-                state = .answeredEarly(route)
-                return .failRPC(rpcProtocol, .invalidArgument, "malformed \(timeoutHeader) header '\(value)'")
-            }
-            deadline = Deadline(
-                header: timeoutHeader, value: value, timeout: timeout,
-                backstop: enforcesDeadline ? RPCRouter.deadlineBackstop : .zero
-            )
-        }
-        state = .receivingRequest(route)
-        return .startRPC(rpcProtocol, deadline: deadline)
+        state = .respondingPlain
+        plainBody = []
+        plainResponseHead = [Field(name: ":status", value: "204")] + headers.map { Field(name: $0.0, value: $0.1) }
+        return .respondPlain
     }
 
     /// Requests carry base64 images and documents, which are what usually hits the limit.
@@ -232,7 +229,14 @@ struct HTTP2StreamStateMachine {
             requestBody.append(contentsOf: bytes)
             return .none
         case .rpc:
-            decoder.append(bytes)
+            if textDecoder != nil {
+                guard let decoded = textDecoder?.feed(bytes) else {
+                    return fail(route, .invalidArgument, "a grpc-web-text request body is not valid base64")
+                }
+                decoder.append(decoded)
+            } else {
+                decoder.append(bytes)
+            }
             do {
                 while let envelope = try decoder.next() {
                     guard requestMessage == nil else {
@@ -262,6 +266,10 @@ struct HTTP2StreamStateMachine {
             requestBody = []
             return .runHTTPHandler(request)
         case .rpc:
+            if let textDecoder, !textDecoder.isComplete {
+                state = .answeredEarly(route)
+                return .fail(.invalidArgument, "a grpc-web-text request body ends inside a base64 group")
+            }
             if let description = decoder.partialMessageDescription {
                 state = .answeredEarly(route)
                 return .fail(.invalidArgument, description)
@@ -338,32 +346,19 @@ struct HTTP2StreamStateMachine {
     ) -> (fields: [Field], withBody: Bool) {
         precondition(!responseSubmitted, "the response head is submitted once")
         responseSubmitted = true
-        if state == .respondingPlain { return (plainResponseHead, true) }
+        if state == .respondingPlain { return (plainResponseHead, !plainBody.isEmpty) }
         guard let route else { preconditionFailure("a response head before the stream was routed, in \(state)") }
         switch route {
         case .http:
             return ((httpHead ?? [(":status", "500")]).map { Field(name: $0.0, value: $0.1) }, true)
         case .rpc(let rpcProtocol):
+            let accept = Field(name: "grpc-accept-encoding", value: MessageEncoding.advertised)
             if let status = trailersOnlyStatus {
                 let head = [Field(name: ":status", value: "200"), Field(name: "content-type", value: contentType ?? "application/grpc")]
-                return (head + Self.statusFields(status), false)
+                return (head + [accept] + Self.statusFields(status), false)
             }
-            switch rpcProtocol {
-            case .grpc:
-                return (
-                    [
-                        Field(name: ":status", value: "200"), Field(name: "content-type", value: contentType ?? "application/grpc"),
-                        Field(name: "grpc-accept-encoding", value: "identity"),
-                    ], true
-                )
-            case .connect:
-                return (
-                    [
-                        Field(name: ":status", value: "200"), Field(name: "content-type", value: "application/connect+json"),
-                        Field(name: "connect-accept-encoding", value: "identity"),
-                    ], true
-                )
-            }
+            let head = RPCCallHead.responseHead(rpcProtocol, contentType: contentType, encodings: encodings)
+            return (head.map { Field(name: $0.0, value: $0.1) }, true)
         }
     }
 
@@ -391,7 +386,7 @@ struct HTTP2StreamStateMachine {
         switch route {
         case .http?: status.map { $0.code != .ok } ?? false ? .reset : .endStream
         case .rpc(.grpc)?: status.map { .trailers(Self.statusFields($0)) } ?? .endStream
-        case .rpc(.connect)?, nil: .endStream
+        case .rpc(.connect)?, .rpc(.grpcWeb)?, .rpc(.grpcWebText)?, nil: .endStream
         }
     }
 

@@ -7,6 +7,20 @@ public enum RPCProtocol: Sendable {
     case grpc
     /// `application/connect+json`: status in a final end-stream envelope.
     case connect
+    /// `application/grpc-web*` (browsers, over HTTP/1.1 or HTTP/2): status in a final frame flagged 0x80.
+    case grpcWeb
+    /// `application/grpc-web-text*`: gRPC-Web with request and response bodies base64-encoded.
+    case grpcWebText
+
+    /// What ends a response in the body, for the protocols whose status travels there.
+    func endOfCallFrame(_ code: StatusCode, _ message: String) -> [UInt8]? {
+        switch self {
+        case .grpc: nil
+        case .connect: EnvelopeEncoder.encode(ConnectEndStream.body(status: code, message: message), flags: .endStream)
+        case .grpcWeb: GRPCWebTrailers.frame(status: code, message: message)
+        case .grpcWebText: Base64.encode(GRPCWebTrailers.frame(status: code, message: message))
+        }
+    }
 }
 
 /// A server-streaming call as a handler sees it: the single request message has arrived.

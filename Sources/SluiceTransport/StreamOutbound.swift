@@ -50,10 +50,16 @@ final class StreamOutbound: Sendable {
         case envelope
         /// Plain HTTP: writes are body bytes as they are.
         case raw
+        /// gRPC-Web text: every write is one enveloped message, base64-encoded with its padding (the protocol
+        /// lets a server flush each message atomically as a padded chunk).
+        case base64Envelope
     }
 
     let capacity: Int
     let framing: Framing
+    /// What messages of at least `compressMinBytes` are compressed with (the client accepts it).
+    let responseEncoding: MessageEncoding
+    let compressMinBytes: Int
     private let handOff: HandOff<Queue>
     private let endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?
     private let messageDelivered: (@Sendable (Duration) -> Void)?
@@ -61,17 +67,23 @@ final class StreamOutbound: Sendable {
     /// - Parameters:
     ///   - wakeLoop: asks the owning loop to look at this stream again (resume its data).
     ///   - endStreamEnvelope: for Connect, the final envelope to queue when the call ends.
+    ///   - responseEncoding, compressMinBytes: envelopes only; messages this long or longer are compressed
+    ///     (before locking), when that makes them smaller.
     ///   - messageDelivered: told, for each message written with a `since` instant, how long after it the
     ///     message's last byte was handed to the connection (see `HTTP2ServerConfiguration.messageDelivered`).
     init(
         capacity: Int,
         framing: Framing = .envelope,
         endStreamEnvelope: (@Sendable (StatusCode, String) -> [UInt8])?,
+        responseEncoding: MessageEncoding = .identity,
+        compressMinBytes: Int = .max,
         messageDelivered: (@Sendable (Duration) -> Void)? = nil,
         wakeLoop: @escaping @Sendable () -> Void
     ) {
         self.capacity = capacity
         self.framing = framing
+        self.responseEncoding = responseEncoding
+        self.compressMinBytes = compressMinBytes
         self.endStreamEnvelope = endStreamEnvelope
         self.messageDelivered = messageDelivered
         // The loop is not going to look at this queue until woken by the first activity.
@@ -84,15 +96,34 @@ final class StreamOutbound: Sendable {
     // MARK: Producer side (handler, any thread)
 
     func write(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
+        if framing == .base64Envelope {
+            // Encoded before locking, like compression.
+            try await write(Base64.encode(EnvelopeEncoder.encode(payload)), flags: [], as: .raw, since: since)
+        } else if let compressed = compressed(payload) {
+            try await write(compressed, flags: .compressed, as: framing, since: since)
+        } else {
+            try await write(payload, flags: [], as: framing, since: since)
+        }
+    }
+
+    /// The payload compressed, when the client accepts compression and it is worth it; nil to send it as is.
+    private func compressed(_ payload: some Collection<UInt8>) -> [UInt8]? {
+        guard framing == .envelope else { return nil }
+        return responseEncoding.compressed(payload, minBytes: compressMinBytes)
+    }
+
+    private func write(
+        _ payload: some Collection<UInt8>, flags: EnvelopeFlags, as framing: Framing, since: ContinuousClock.Instant?
+    ) async throws {
         let mustWait = try handOff.withLock { state, wakeups throws(RPCError) -> Bool in
             if let reason = state.buffer.closedReason { throw reason }
             guard state.buffer.status == nil else {
                 throw RPCError(.internal, "a message was written after the call ended")
             }
-            guard framing == .envelope || state.buffer.head != nil else {
+            guard self.framing != .raw || state.buffer.head != nil else {
                 throw RPCError(.internal, "an HTTP handler wrote body bytes before its status and headers")
             }
-            return Self.enqueue(payload, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
+            return Self.enqueue(payload, flags: flags, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
         }
         if mustWait { try await handOff.waitAsProducer(unlessLoadAtMost: capacity / 2) }
     }
@@ -100,25 +131,37 @@ final class StreamOutbound: Sendable {
     /// Queues `payload` only if that needs no waiting: the call is open and the queue has room for it
     /// (or is empty). Returns false otherwise, queueing nothing; `write` then tells why, or waits.
     func tryWrite(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) -> Bool {
+        if framing == .base64Envelope {
+            tryWrite(Base64.encode(EnvelopeEncoder.encode(payload)), flags: [], as: .raw, since: since)
+        } else if let compressed = compressed(payload) {
+            tryWrite(compressed, flags: .compressed, as: framing, since: since)
+        } else {
+            tryWrite(payload, flags: [], as: framing, since: since)
+        }
+    }
+
+    private func tryWrite(
+        _ payload: some Collection<UInt8>, flags: EnvelopeFlags, as framing: Framing, since: ContinuousClock.Instant?
+    ) -> Bool {
         handOff.withLock { state, wakeups in
             let queued = state.machine.load
-            guard state.buffer.closedReason == nil, state.buffer.status == nil, framing == .envelope || state.buffer.head != nil,
+            guard state.buffer.closedReason == nil, state.buffer.status == nil, self.framing != .raw || state.buffer.head != nil,
                 queued == 0 || queued + payload.count <= capacity
             else { return false }
-            _ = Self.enqueue(payload, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
+            _ = Self.enqueue(payload, flags: flags, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
             return true
         }
     }
 
     /// Under the lock: appends `payload` and wakes the loop if idle. True when the queue is now over capacity.
     private static func enqueue(
-        _ payload: some Collection<UInt8>, since: ContinuousClock.Instant?, framing: Framing, measured: Bool,
+        _ payload: some Collection<UInt8>, flags: EnvelopeFlags, since: ContinuousClock.Instant?, framing: Framing, measured: Bool,
         _ state: inout HandOff<Queue>.State, _ wakeups: inout HandOffWakeups
     ) -> Bool {
         let before = state.buffer.bytes.count
         switch framing {
-        case .envelope: EnvelopeEncoder.append(payload, to: &state.buffer.bytes)
-        case .raw: state.buffer.bytes.append(contentsOf: payload)
+        case .envelope: EnvelopeEncoder.append(payload, flags: flags, to: &state.buffer.bytes)
+        case .raw, .base64Envelope: state.buffer.bytes.append(contentsOf: payload)
         }
         if let since, measured { state.buffer.markDelivery(since: since) }
         let overCapacity = state.machine.add(state.buffer.bytes.count - before)

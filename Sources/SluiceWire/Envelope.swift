@@ -57,13 +57,17 @@ public struct EnvelopeDecoder: Sendable {
     private static let retainedCapacityLimit = 64 * 1024
 
     public let maxMessageSize: Int
+    /// What a message flagged compressed is inflated with (the call's `grpc-encoding` or
+    /// `connect-content-encoding`); identity means no message may be flagged compressed.
+    public let encoding: MessageEncoding
     private var buffer: [UInt8] = []
     /// Start of the unread bytes; consumed bytes are dropped lazily (see `compact`).
     private var readIndex = 0
 
-    public init(maxMessageSize: Int = defaultMaxMessageSize) {
+    public init(maxMessageSize: Int = defaultMaxMessageSize, encoding: MessageEncoding = .identity) {
         precondition(maxMessageSize >= 0, "maxMessageSize must not be negative")
         self.maxMessageSize = maxMessageSize
+        self.encoding = encoding
     }
 
     public mutating func append(_ bytes: UnsafeRawBufferPointer) {
@@ -78,15 +82,19 @@ public struct EnvelopeDecoder: Sendable {
 
     /// The next complete message, or nil when more bytes are needed.
     ///
-    /// Throws `.resourceExhausted` for a length above `maxMessageSize` and `.unimplemented` for a
-    /// compressed message, both as soon as the header arrives. The offending header stays buffered,
-    /// so calling again throws again: the stream cannot be resynchronised and must be failed.
+    /// A message flagged compressed is returned inflated, without the flag.
+    ///
+    /// Throws `.resourceExhausted` for a length above `maxMessageSize` and `.internal` for a message
+    /// flagged compressed when the call declared no encoding, both as soon as the header arrives;
+    /// `.resourceExhausted` for a message that inflates beyond `maxMessageSize` (inflating stops there)
+    /// and `.invalidArgument` for one that is not valid gzip. The offending message stays buffered, so
+    /// calling again throws again: the stream cannot be resynchronised and must be failed.
     public mutating func next() throws(RPCError) -> Envelope? {
         guard let header = pendingHeader else { return nil }
-        if header.flags.contains(.compressed) {
+        if header.flags.contains(.compressed) && encoding == .identity {
             throw RPCError(
-                .unimplemented,
-                "compressed messages are not supported: send them uncompressed (grpc-encoding identity)"
+                .internal,
+                "a message is flagged compressed but the call declared no encoding: send grpc-encoding (or connect-content-encoding) gzip with it, or clear the flag"
             )
         }
         if header.length > maxMessageSize {
@@ -98,9 +106,27 @@ public struct EnvelopeDecoder: Sendable {
         let start = readIndex + EnvelopeEncoder.headerSize
         let end = start + header.length
         guard end <= buffer.count else { return nil }
-        let payload = Array(buffer[start..<end])
+        guard header.flags.contains(.compressed) else {
+            let payload = Array(buffer[start..<end])
+            readIndex = end
+            return Envelope(flags: header.flags, payload: payload)
+        }
+        let inflated: [UInt8]
+        do {
+            inflated = try Gzip.decompress(buffer[start..<end], limit: maxMessageSize)
+        } catch {
+            switch error {
+            case .tooLarge:
+                throw RPCError(
+                    .resourceExhausted,
+                    "a \(header.length)-byte gzip message inflates beyond the maximum message size of \(maxMessageSize) bytes"
+                )
+            case .malformed(let reason):
+                throw RPCError(.invalidArgument, "a message flagged gzip-compressed could not be inflated: \(reason)")
+            }
+        }
         readIndex = end
-        return Envelope(flags: header.flags, payload: payload)
+        return Envelope(flags: header.flags.subtracting(.compressed), payload: inflated)
     }
 
     /// True when buffered bytes start a message that hasn't fully arrived. Meaningful once `next()`

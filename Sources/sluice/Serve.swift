@@ -37,6 +37,10 @@ struct Serve: AsyncParsableCommand {
     var maxStreamsPerConnection = 1000
     @Option(help: "Largest request message in bytes.")
     var maxMessageSize = 4 * 1024 * 1024
+    @Option(help: "Response messages this many bytes or longer are gzip-compressed for clients that accept gzip.")
+    var compressMinBytes = 1024
+    @Option(help: "A browser origin (https://app.example.com) whose pages may call the server: CORS (repeatable; none by default).")
+    var corsOrigin: [String] = []
     @Option(
         help: "Client connections open at once; more are closed on arrival (default: what the open-file limit leaves after --max-active).")
     var maxConnections: Int?
@@ -142,6 +146,8 @@ struct Serve: AsyncParsableCommand {
         command.tlsKey = try await settings.string("tls-key", tlsKey)
         command.maxStreamsPerConnection = try await settings.int("max-streams-per-connection", maxStreamsPerConnection)
         command.maxMessageSize = try await settings.int("max-message-size", maxMessageSize)
+        command.compressMinBytes = try await settings.int("compress-min-bytes", compressMinBytes)
+        command.corsOrigin = try await settings.strings("cors-origin", corsOrigin)
         command.maxConnections = try await settings.int("max-connections", maxConnections)
         command.idleTimeout = try await settings.duration("idle-timeout", idleTimeout)
         command.drainTimeout = try await settings.duration("drain-timeout", drainTimeout)
@@ -183,6 +189,7 @@ struct Serve: AsyncParsableCommand {
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("TLS needs both --tls-cert and --tls-key") }
         if maxStreamsPerConnection < 1 { throw ValidationError("--max-streams-per-connection must be at least 1") }
         if maxMessageSize < 1 { throw ValidationError("--max-message-size must be at least 1") }
+        if compressMinBytes < 0 { throw ValidationError("--compress-min-bytes must be 0 or more") }
         if maxActive < 1 { throw ValidationError("--max-active must be at least 1") }
         if maxQueued < 0 { throw ValidationError("--max-queued must be 0 or more") }
         if let maxActivePerKey, maxActivePerKey < 1 { throw ValidationError("--max-active-per-key must be at least 1") }
@@ -297,6 +304,8 @@ struct Serve: AsyncParsableCommand {
         configuration.idleTimeout = idleTimeout.duration
         configuration.limits.maxStreamsPerConnection = maxStreamsPerConnection
         configuration.limits.maxMessageSize = maxMessageSize
+        configuration.compressMinBytes = compressMinBytes
+        configuration.cors = CORSPolicy(allowedOrigins: Set(corsOrigin))
         configuration.messageDelivered = MetricsService.deliveryLatencyRecorder()
 
         let console = ConsoleService()

@@ -30,6 +30,7 @@ SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
 SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 REFUSED_STREAM = 0x7
+GRPC_INTERNAL = 13
 
 
 def assert_ok(result, frames: int, size: int = 16) -> None:
@@ -108,18 +109,18 @@ def test_zero_request_messages(server):
     assert "none" in result.grpc_message
 
 
-def test_compressed_flag_is_unimplemented(server):
+def test_compressed_flag_without_encoding_is_internal(server):
     with FrameClient(server.port) as client:
         result = client.call(SYNTHETIC, envelope(b'{"frames":1}', flags=0x01))
-    assert result.grpc_status == GRPC_UNIMPLEMENTED
-    assert "compressed" in result.grpc_message
+    assert result.grpc_status == GRPC_INTERNAL
+    assert "flagged compressed but the call declared no encoding" in result.grpc_message
 
 
-def test_grpc_encoding_gzip_is_unimplemented(server):
+def test_unknown_grpc_encoding_is_unimplemented(server):
     with FrameClient(server.port) as client:
-        result = client.call(SYNTHETIC, json_envelope({"frames": 1}), headers=[("grpc-encoding", "gzip")])
+        result = client.call(SYNTHETIC, json_envelope({"frames": 1}), headers=[("grpc-encoding", "snappy")])
     assert result.grpc_status == GRPC_UNIMPLEMENTED
-    assert "gzip" in result.grpc_message
+    assert "snappy" in result.grpc_message
 
 
 @pytest.mark.parametrize("timeout", ["abc", "123456789S", "10x", "-1S", "1.5S", ""])

@@ -191,7 +191,7 @@ def test_grpc_method_with_curl_http1_says_to_use_http2(server):
     result = curl("--http1.1", "-i", "-X", "POST", "-H", "content-type: application/grpc", f"http://127.0.0.1:{server.port}{SYNTHETIC}")
     output = result.stdout.decode()
     assert output.startswith("HTTP/1.1 505 "), output
-    assert "need HTTP/2" in output
+    assert "need HTTP/2" in output and "Connect" in output
 
 
 def test_unknown_path_is_404(server):

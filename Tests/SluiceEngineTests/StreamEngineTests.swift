@@ -22,7 +22,9 @@ import Testing
     /// A drain or the sweeper can cancel a registered stream before its job is attached: the job is cancelled
     /// when it arrives, and the first reason is the one kept.
     @Test func aCancelBeforeTheJobIsAttachedCancelsTheJob() async {
-        let record = StreamEngine.StreamRecord(channel: StreamChannel(streamID: "st_test", maxBufferedBytes: 1 << 20), owner: "")
+        let record = StreamEngine.StreamRecord(
+            channel: StreamChannel(streamID: "st_test", maxBufferedBytes: 1 << 20), owner: "",
+            trace: StreamTrace(traceparent: nil, tracestate: nil))
         record.cancel(RPCError(.unavailable, "the server is draining"))
         record.cancel(RPCError(.cancelled, "a second reason"))
         let job = Task<Void, Never> { try? await Task.sleep(for: .seconds(600)) }
@@ -33,7 +35,9 @@ import Testing
     }
 
     @Test func aCancelAfterTheJobIsAttachedCancelsTheJob() async {
-        let record = StreamEngine.StreamRecord(channel: StreamChannel(streamID: "st_test", maxBufferedBytes: 1 << 20), owner: "")
+        let record = StreamEngine.StreamRecord(
+            channel: StreamChannel(streamID: "st_test", maxBufferedBytes: 1 << 20), owner: "",
+            trace: StreamTrace(traceparent: nil, tracestate: nil))
         let job = Task<Void, Never> { try? await Task.sleep(for: .seconds(600)) }
         record.attach(job)
         #expect(!job.isCancelled)

@@ -160,13 +160,25 @@ import Testing
             #expect(check.json == [["status": "SERVING"]])
             let missing = try await server.http1("GET", "/no/such/page")
             #expect(missing.status == 404)
-            // RPCs need HTTP/2; over HTTP/1.1 the answer says so instead of failing obscurely.
+            // gRPC needs HTTP/2 (trailers); over HTTP/1.1 the answer says so instead of failing obscurely.
             let rpc = try await server.http1(
+                "POST", Self.sendMessage, headers: [("content-type", "application/grpc+json")],
+                body: EnvelopeEncoder.encode(Self.request().serialized())
+            )
+            #expect(rpc.status == 505)
+            #expect(rpc.text.contains("need HTTP/2") && rpc.text.contains("Connect"), "\(rpc.text)")
+            // Connect carries its status in the body: it streams over HTTP/1.1, ending with the end-stream message.
+            let connect = try await server.http1(
                 "POST", Self.sendMessage, headers: [("content-type", "application/connect+json")],
                 body: EnvelopeEncoder.encode(Self.request().serialized())
             )
-            #expect(rpc.status != 200)
-            #expect(rpc.text.contains("need HTTP/2"), "\(rpc.text)")
+            #expect(connect.status == 200)
+            var decoder = EnvelopeDecoder()
+            decoder.append(connect.body)
+            var envelopes: [Envelope] = []
+            while let envelope = try decoder.next() { envelopes.append(envelope) }
+            #expect(envelopes.last == Envelope(flags: .endStream, payload: Array("{}".utf8)))
+            #expect(envelopes.dropLast().contains { String(decoding: $0.payload, as: UTF8.self).contains("stream_complete") })
         }
     }
 

@@ -109,13 +109,13 @@ import Testing
         #expect(action == .startRPC(.grpc, deadline: .init(header: "grpc-timeout", value: "2S", timeout: .seconds(2), backstop: .zero)))
     }
 
-    @Test func compressedEncodingUnknownMethodAndBadTimeoutFailTheCall() {
-        let (encoding, encodingAction) = routed(Self.grpcCall + [("grpc-encoding", "gzip")])
+    @Test func unknownEncodingUnknownMethodAndBadTimeoutFailTheCall() {
+        let (encoding, encodingAction) = routed(Self.grpcCall + [("grpc-encoding", "br")])
         guard case .failRPC(.grpc, .unimplemented, let message) = encodingAction else {
             Issue.record("expected UNIMPLEMENTED, got \(encodingAction)")
             return
         }
-        #expect(message.contains("gzip"))
+        #expect(message.contains("'br'") && message.contains("gzip,identity"))
         #expect(encoding.state == .answeredEarly(.rpc(.grpc)))
 
         let (unknown, unknownAction) = routed(Self.connectCall, rpcRouteEnforcesDeadline: nil)
@@ -125,6 +125,35 @@ import Testing
         let (timeout, timeoutAction) = routed(Self.grpcCall + [("grpc-timeout", "soon")])
         #expect(timeoutAction == .failRPC(.grpc, .invalidArgument, "malformed grpc-timeout header 'soon'"))
         #expect(timeout.state == .answeredEarly(.rpc(.grpc)))
+    }
+
+    @Test func preflightIsAnswered204WithoutABody() {
+        var machine = machine()
+        _ = machine.receiveHeader(name: ":method", value: "OPTIONS")
+        #expect(machine.answerPreflight([("access-control-allow-origin", "https://app.example")]) == .respondPlain)
+        let head = machine.responseHead(trailersOnlyStatus: nil, httpHead: nil)
+        #expect(!head.withBody)
+        #expect(
+            head.fields == [.init(name: ":status", value: "204"), .init(name: "access-control-allow-origin", value: "https://app.example")])
+    }
+
+    @Test func grpcWebTextRequestIsBase64AndEndsWithTheStream() {
+        var (machine, action) = routed([
+            (":method", "POST"), (":path", "/pkg.Service/Method"), ("content-type", "application/grpc-web-text+json"),
+        ])
+        #expect(action == .startRPC(.grpcWebText, deadline: nil))
+        let text = Base64.encode(envelope("{}"))
+        #expect(receive(&machine, Array(text.prefix(3))) == .none)
+        #expect(receive(&machine, Array(text.dropFirst(3))) == .none)
+        guard case .runRPCHandler(let message) = machine.endOfRequest() else {
+            Issue.record("the handler should run")
+            return
+        }
+        #expect(message == Array("{}".utf8))
+        #expect(machine.outputReady() == .submitHeadIfReady(trailersOnlyAllowed: false))
+        #expect(machine.bodyEnd(status: (.ok, "")) == .endStream, "the status is the body's last frame, not trailers")
+        var (bad, _) = routed([(":method", "POST"), (":path", "/pkg.Service/Method"), ("content-type", "application/grpc-web-text+json")])
+        #expect(receive(&bad, Array("!!!!".utf8)) == .fail(.invalidArgument, "a grpc-web-text request body is not valid base64"))
     }
 
     @Test func endDuringHeadersLeavesNothingToStart() {
@@ -184,10 +213,34 @@ import Testing
             return
         }
         var (compressed, _) = routed(Self.grpcCall)
-        guard case .fail(.unimplemented, _) = receive(&compressed, [1, 0, 0, 0, 0]) else {
-            Issue.record("expected UNIMPLEMENTED")
+        guard case .fail(.internal, let message) = receive(&compressed, [1, 0, 0, 0, 0]) else {
+            Issue.record("expected INTERNAL: a message flagged compressed without grpc-encoding")
             return
         }
+        #expect(message.contains("grpc-encoding"))
+    }
+
+    @Test func gzipRequestIsInflatedWithinTheMessageLimit() {
+        var (machine, action) = routed(Self.grpcCall + [("grpc-encoding", "gzip")])
+        #expect(action == .startRPC(.grpc, deadline: nil))
+        #expect(machine.encodings == EncodingNegotiation(request: .gzip, response: .identity))
+        let message = Array(#"{"model":"m"}"#.utf8)
+        #expect(receive(&machine, EnvelopeEncoder.encode(Gzip.compress(message), flags: .compressed)) == .none)
+        guard case .runRPCHandler(let received) = machine.endOfRequest() else {
+            Issue.record("the handler should run")
+            return
+        }
+        #expect(received == message)
+
+        // 64 bytes is this machine's limit: 65 zeros compress to far fewer, and are refused while inflating.
+        var (bomb, _) = routed(Self.connectCall + [("connect-content-encoding", "gzip")])
+        let zeros = Gzip.compress([UInt8](repeating: 0, count: 65))
+        #expect(zeros.count < 64)
+        guard case .fail(.resourceExhausted, let reason) = receive(&bomb, EnvelopeEncoder.encode(zeros, flags: .compressed)) else {
+            Issue.record("expected RESOURCE_EXHAUSTED")
+            return
+        }
+        #expect(reason.contains("inflates beyond the maximum message size of 64 bytes"))
     }
 
     @Test func missingOrTruncatedMessageFailsAtEndOfRequest() {
@@ -282,8 +335,21 @@ import Testing
         let head = machine.responseHead(trailersOnlyStatus: nil, httpHead: nil)
         #expect(head.withBody)
         #expect(head.fields.map(\.name) == [":status", "content-type", "grpc-accept-encoding"])
+        #expect(head.fields.contains(.init(name: "grpc-accept-encoding", value: "gzip,identity")))
         #expect(machine.responseSubmitted)
         #expect(machine.outputReady() == .resumeData)
+    }
+
+    @Test func responseHeadNamesGzipWhenTheClientAcceptsIt() {
+        var (grpc, _) = routed(Self.grpcCall + [("grpc-accept-encoding", "identity, deflate, gzip")])
+        #expect(grpc.encodings.response == .gzip)
+        #expect(grpc.responseHead(trailersOnlyStatus: nil, httpHead: nil).fields.contains(.init(name: "grpc-encoding", value: "gzip")))
+        var (connect, _) = routed(Self.connectCall + [("connect-accept-encoding", "gzip")])
+        let connectHead = connect.responseHead(trailersOnlyStatus: nil, httpHead: nil).fields
+        #expect(connectHead.contains(.init(name: "connect-content-encoding", value: "gzip")))
+        #expect(connectHead.contains(.init(name: "connect-accept-encoding", value: "gzip,identity")))
+        var (refused, _) = routed(Self.grpcCall + [("grpc-accept-encoding", "gzip;q=0")])
+        #expect(!refused.responseHead(trailersOnlyStatus: nil, httpHead: nil).fields.contains { $0.name == "grpc-encoding" })
     }
 
     @Test func grpcTrailersOnlyResponseCarriesTheStatusInItsHead() {

@@ -46,6 +46,26 @@ import Testing
         #expect(last.status?.code == .ok)
     }
 
+    @Test func messagesAtLeastTheMinimumAreCompressedForAGzipClient() async throws {
+        let counter = WakeCounter()
+        let outbound = StreamOutbound(
+            capacity: 64 * 1024, endStreamEnvelope: nil, responseEncoding: .gzip, compressMinBytes: 100, wakeLoop: { counter.wake() })
+        let small = Array(String(repeating: "a", count: 99).utf8)
+        let large = Array(String(repeating: "a", count: 100).utf8)
+        try await outbound.write(small)
+        #expect(outbound.tryWrite(large))
+        outbound.finish(.ok, "")
+        let bytes = drainAll(outbound, chunk: 1024).bytes
+        #expect(bytes[0] == 0, "below the minimum: sent as it is")
+        #expect(bytes[5 + small.count] == EnvelopeFlags.compressed.rawValue)
+        #expect(bytes.count < 2 * 5 + small.count + large.count)
+        var decoder = EnvelopeDecoder(encoding: .gzip)
+        decoder.append(bytes)
+        #expect(try decoder.next() == Envelope(payload: small))
+        #expect(try decoder.next() == Envelope(payload: large), "inflated back by the decoder")
+        #expect(try decoder.next() == nil)
+    }
+
     final class DeliveryLog: Sendable {
         let latencies = LockedValue<[Duration]>([])
         func record(_ latency: Duration) { latencies.withLock { $0.append(latency) } }

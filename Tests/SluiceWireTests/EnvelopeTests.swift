@@ -119,15 +119,41 @@ import Testing
         #expect(!message.flags.contains(.compressed))
     }
 
-    @Test func rejectsCompressedFlagFromHeaderAlone() {
+    @Test func rejectsCompressedFlagWithoutEncodingFromHeaderAlone() {
         var decoder = EnvelopeDecoder()
         decoder.append([0x01, 0, 0, 0, 10])
         #expect(
             throws: RPCError(
-                .unimplemented,
-                "compressed messages are not supported: send them uncompressed (grpc-encoding identity)"
+                .internal,
+                "a message is flagged compressed but the call declared no encoding: send grpc-encoding (or connect-content-encoding) gzip with it, or clear the flag"
             )
         ) { try decoder.next() }
+    }
+
+    @Test func inflatesGzipMessagesAndPassesUncompressedOnes() throws {
+        var decoder = EnvelopeDecoder(maxMessageSize: 1024, encoding: .gzip)
+        let text = Array(String(repeating: "delta ", count: 100).utf8)
+        decoder.append(EnvelopeEncoder.encode(Gzip.compress(text), flags: .compressed) + EnvelopeEncoder.encode("{}".utf8))
+        #expect(try decoder.next() == Envelope(payload: text))
+        #expect(try decoder.next() == Envelope(payload: Array("{}".utf8)))
+    }
+
+    @Test func refusesAGzipBombWhileInflatingAndCorruptGzip() {
+        var bomb = EnvelopeDecoder(maxMessageSize: 64 * 1024, encoding: .gzip)
+        let zeros = Gzip.compress([UInt8](repeating: 0, count: 16 * 1024 * 1024))
+        bomb.append(EnvelopeEncoder.encode(zeros, flags: .compressed))
+        #expect(
+            throws: RPCError(
+                .resourceExhausted,
+                "a \(zeros.count)-byte gzip message inflates beyond the maximum message size of 65536 bytes")
+        ) { try bomb.next() }
+
+        var corrupt = EnvelopeDecoder(encoding: .gzip)
+        corrupt.append(EnvelopeEncoder.encode(Array("not gzip".utf8), flags: .compressed))
+        #expect { try corrupt.next() } throws: { error in
+            guard let error = error as? RPCError else { return false }
+            return error.code == .invalidArgument && error.message.hasPrefix("a message flagged gzip-compressed could not be inflated: ")
+        }
     }
 
     @Test func rejectsOversizeAsSoonAsHeaderArrives() {

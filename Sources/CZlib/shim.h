@@ -1,0 +1,11 @@
+#ifndef SLUICE_CZLIB_SHIM_H
+#define SLUICE_CZLIB_SHIM_H
+#include <zlib.h>
+
+/* inflateInit2 and deflateInit2 are macros (they pass ZLIB_VERSION and sizeof(z_stream)), which
+   Swift cannot call. One typed wrapper each. No logic. */
+static inline int sluice_inflateInit2(z_streamp strm, int windowBits) { return inflateInit2(strm, windowBits); }
+static inline int sluice_deflateInit2(z_streamp strm, int level, int method, int windowBits, int memLevel, int strategy) {
+    return deflateInit2(strm, level, method, windowBits, memLevel, strategy);
+}
+#endif
