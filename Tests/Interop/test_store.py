@@ -11,6 +11,7 @@ Waits are on signals: log lines, ports, /metrics.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import subprocess
 
@@ -34,14 +35,28 @@ from test_sse import STREAMS, check_error, http_client, post_stream, read_events
 RETENTION_MS = 20_000
 
 
+def port_outside_the_ephemeral_range() -> int:
+    """A free port the kernel will not hand out on its own: `start` after `kill` reuses the port, and meanwhile a
+    `--port 0` server or an outgoing connection could otherwise take it."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(n) for n in f.read().split())
+    candidates = [p for p in range(10_000, 65_536) if not low <= p <= high]
+    for port in random.sample(candidates, 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port outside the kernel's ephemeral range")
+
+
 class RedisServer:
     """`redis-server` on a free port in `directory`; `kill` is a crash (SIGKILL), `start` brings it back."""
 
     def __init__(self, directory):
         self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = port_outside_the_ephemeral_range()
         self.proc = None
         self.start()
 
