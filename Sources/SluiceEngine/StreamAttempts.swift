@@ -40,12 +40,25 @@ struct StreamAttempts {
         self.startedAt = startedAt
     }
 
-    /// Runs turns until the model stops asking for tools.
-    mutating func run() async throws {
+    /// Runs turns until the model stops asking for tools; a stream taken over from a lost replica continues from
+    /// where its log ends.
+    mutating func run(takeover: StreamTakeover? = nil) async throws {
         var conversation = request.messages
-        var retries = 0
+        var retries = takeover?.retries ?? 0
+        var resuming: (messageID: String, sentText: String, sawNonTextBlock: Bool)?
+        switch takeover?.next {
+        case .continueTurn(let messageID, let sentText, let sawNonTextBlock): resuming = (messageID, sentText, sawNonTextBlock)
+        case .ended:
+            preconditionFailure("StreamEngine.takeOver finishes a stream whose log holds its end without running it")
+        case .complete:
+            channel.emit(.streamComplete(usage: ["input_tokens": .integer(0), "output_tokens": .integer(0)]))
+            return
+        case .unsupported(let why): throw RPCError(.unavailable, "the replica running this stream was lost, and \(why)")
+        case .startTurn, nil: break
+        }
         for turn in 1... {
-            try await runTurn(conversation: conversation, retries: &retries)
+            try await runTurn(conversation: conversation, retries: &retries, resuming: resuming)
+            resuming = nil
             guard stopReason == "tool_use", !pendingToolUses.isEmpty else { break }
             guard turn < engine.configuration.maxTurns else {
                 throw RPCError(
@@ -69,15 +82,35 @@ struct StreamAttempts {
     }
 
     /// One model turn, retried until it completes or the retry budget is spent.
-    private mutating func runTurn(conversation: [JSONValue], retries: inout Int) async throws {
+    private mutating func runTurn(
+        conversation: [JSONValue], retries: inout Int, resuming: (messageID: String, sentText: String, sawNonTextBlock: Bool)? = nil
+    ) async throws {
         let policy = engine.configuration.retry
-        messageID = StreamEngine.makeID(prefix: "msg_")
-        channel.emit(.messageStart(id: messageID, role: "assistant", model: request.model))
-        sentText = ""
-        sawNonTextBlock = false
         stopReason = nil
         pendingToolUses = []
         var prefill: String?
+        if let resuming {
+            // The message the lost replica was sending: retried by the same rules as any interrupted attempt.
+            messageID = resuming.messageID
+            sentText = resuming.sentText
+            sawNonTextBlock = resuming.sawNonTextBlock
+            retries += 1
+            stats.set(\.retries, to: retries)
+            let mode: RetryMode = sawNonTextBlock ? .restart : sentText.isEmpty ? .transparent : .continue
+            engine.metrics.retried(reason: Self.replicaLost)
+            channel.emit(.upstreamRetry(attempt: retries, reason: Self.replicaLost, delayMilliseconds: 0, mode: mode))
+            if mode == .restart {
+                channel.emit(.messageRestart(id: messageID, reason: Self.replicaLost))
+                sentText = ""
+                sawNonTextBlock = false
+            }
+            prefill = mode == .continue ? sentText : nil
+        } else {
+            messageID = StreamEngine.makeID(prefix: "msg_")
+            channel.emit(.messageStart(id: messageID, role: "assistant", model: request.model))
+            sentText = ""
+            sawNonTextBlock = false
+        }
         while true {
             do {
                 try await attempt(conversation: conversation, prefill: prefill)
@@ -125,7 +158,7 @@ struct StreamAttempts {
         let events = engine.upstream.streamMessage(body: body, headers: headers)
         var attemptOutputTokens = 0
         var accumulator = MessageAccumulator()
-        do {
+        do throws(UpstreamFailure) {
             for try await event in events {
                 accumulator.apply(event)
                 switch event {
@@ -145,6 +178,12 @@ struct StreamAttempts {
                     }
                     whitespaceToSkip = ""
                     guard !delta.isEmpty else { continue }
+                    guard channel.mayEmit else {
+                        // Paused past the lease: another replica may continue the stream; this one stops at once.
+                        engine.localRecord(channel.streamID)?.cancel(
+                            RPCError(.unavailable, "this replica stalled past its lease on stream \(channel.streamID); Resume it"))
+                        throw UpstreamFailure(.cancelled, message: "the replica stalled past its lease")
+                    }
                     if sentText.isEmpty && !sawFirstToken {
                         sawFirstToken = true
                         engine.metrics.timeToFirstToken(.now - startedAt)
@@ -174,6 +213,9 @@ struct StreamAttempts {
         outputTokens += attemptOutputTokens
         throw UpstreamFailure(.streamEndedEarly, message: "the upstream stream ended before message_stop")
     }
+
+    /// The retry reason of a stream taken over from a replica that died or lost its lease.
+    static let replicaLost = "replica_lost"
 
     private static func reason(_ failure: UpstreamFailure) -> String {
         var reason = failure.kind.rawValue

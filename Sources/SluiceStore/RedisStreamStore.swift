@@ -16,8 +16,11 @@ public final class RedisStreamStore: StreamStore {
         public var retention: Duration
         /// The log keeps about this many bytes of frames per stream (`--replay-buffer-bytes`, see `RedisLogShard`).
         public var replayBufferBytes: Int
-        /// A running stream's owner lease lasts this long, renewed every third of it.
-        public var leaseDuration: Duration = .seconds(10)
+        /// A running stream's owner lease lasts this long (`--lease-ttl`): another replica may claim the stream
+        /// once it lapses.
+        public var leaseDuration: Duration = .seconds(5)
+        /// The owner renews its leases this often (`--lease-renew`).
+        public var leaseRenewal: Duration = .seconds(1)
         /// Commands each connection queues while Redis is slow or down; past that a stream's further events are not
         /// written and it is marked not resumable elsewhere.
         public var maxQueuedBytes = 16 << 20
@@ -87,9 +90,13 @@ public final class RedisStreamStore: StreamStore {
         }
         // A hash without them is what is left after Redis lost the stream's keys: no caller can be shown to own it.
         guard let owner = fields["owner"], let caller = fields["caller"], let status = fields["status"] else { return nil }
+        var leaseHolder: String?
+        if status == "running", case .string(let holder) = try await request(["GET", RedisKeys.lease(streamID)]) {
+            leaseHolder = String(decoding: holder, as: UTF8.self)
+        }
         return StoredStreamMetadata(
             owner: owner, caller: caller, status: status, message: fields["message"], lastSeq: fields["last_seq"].flatMap { Int($0) },
-            resumable: fields["resumable"] != "0")
+            resumable: fields["resumable"] != "0", leaseHolder: leaseHolder)
     }
 
     public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] {
@@ -143,6 +150,31 @@ public final class RedisStreamStore: StreamStore {
     }
 
     public var isShared: Bool { true }
+
+    /// Claims a running stream whose lease lapsed: one script, so of the replicas racing for it one gets the next
+    /// epoch and the others nothing.
+    static let claimScript = """
+        if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+        if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return false end
+        local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+        redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+        redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+        return {epoch, redis.call('HGET', KEYS[1], 'request')}
+        """
+
+    public func claim(_ streamID: String) async throws(StoreError) -> StoredClaim? {
+        let reply = try await request([
+            "EVAL", Self.claimScript, "2", RedisKeys.meta(streamID), RedisKeys.lease(streamID), configuration.replicaID,
+            "\(configuration.leaseDuration.milliseconds)",
+        ])
+        guard case .array(let parts) = reply, parts.count == 2, case .integer(let epoch) = parts[0], case .string(let request) = parts[1]
+        else { return nil }
+        return StoredClaim(epoch: epoch, request: request)
+    }
+
+    public func onLeaseLost(_ handler: @escaping @Sendable (String) -> Void) {
+        for shard in shards { shard.loop.execute { shard.onLeaseLost = handler } }
+    }
 
     public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {
         // The first loop's connection collects this replica's cancel requests.
@@ -201,6 +233,8 @@ final class RedisStreamLogWriter: StreamLogWriter, @unchecked Sendable {
         let streamID = streamID
         run { $0.append(streamID: streamID, seq: seq, type: type, frame: frame) }
     }
+
+    var mayEmit: Bool { shard.leaseClock.isFresh(within: shard.leaseDuration) }
 
     func finish(lastSeq: Int, status: String, message: String?) {
         let streamID = streamID
