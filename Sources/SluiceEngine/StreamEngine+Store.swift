@@ -114,6 +114,21 @@ extension StreamEngine {
         }
     }
 
+    /// The sweeper's part in takeover: streams nobody reads whose owner's lease lapsed are claimed and finished here
+    /// (their answer waits in the log for a later Resume), until `--abandon-grace` ends them like any detached stream.
+    func claimLapsedStreams() async {
+        let store = configuration.store
+        guard store.isShared, store.isUp else { return }
+        guard let lapsed = try? await store.lapsedStreams(limit: 16, olderThan: configuration.maxStreamDuration + configuration.retention)
+        else { return }
+        for streamID in lapsed where localRecord(streamID) == nil {
+            guard let metadata = try? await store.metadata(streamID),
+                StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive)
+            else { continue }
+            _ = try? await takeOver(streamID, caller: metadata.caller)
+        }
+    }
+
     /// Claims `streamID` (its owner's lease lapsed) and continues it here from its log; nil when another replica
     /// claimed it first or this one has no room (the caller then follows the log).
     private func takeOver(_ streamID: String, caller: String) async throws(RPCError) -> StreamChannel? {

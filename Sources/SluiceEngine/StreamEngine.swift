@@ -128,6 +128,8 @@ public final class StreamEngine: Sendable {
             while !Task.isCancelled {
                 try? await EventLoop.sleep(for: .milliseconds(250))
                 self?.sweep()
+                // About once a second, at random ticks so the replicas' sweeps spread out.
+                if Int.random(in: 0..<4) == 0 { await self?.claimLapsedStreams() }
             }
         }
         sweeper.withLock { $0 = sweepTask }

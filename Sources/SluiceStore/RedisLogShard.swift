@@ -125,6 +125,9 @@ final class RedisLogShard: @unchecked Sendable {
         streams[id] = StreamLog(
             nextSeq: stream.firstSeq, expiry: expiry, callerSlot: stream.holdsCallerSlot ? stream.caller : nil,
             lease: OwnerLease(epoch: stream.epoch))
+        // Every replica's sweeper finds the stream here if its lease lapses.
+        let leaseEnd = unixMilliseconds() + Int(configuration.leaseDuration.milliseconds)
+        send(["ZADD", RedisKeys.running, "\(leaseEnd)", id], id)
         // A claimed stream's lease, owner and epoch were set by the claim.
         guard stream.epoch == 1 else { return }
         // The lease before the metadata: a reader that finds the stream running finds its lease too (else it would
@@ -186,6 +189,7 @@ final class RedisLogShard: @unchecked Sendable {
     private func finishNow(_ streamID: String, lastSeq: Int, status: String, message: String?) {
         guard let log = streams.removeValue(forKey: streamID), log.lease.mayWrite else { return }
         let incomplete = log.incomplete
+        send(["ZREM", RedisKeys.running, streamID], streamID)
         if let caller = log.callerSlot { send(["ZREM", RedisKeys.callerSlots(caller), streamID], streamID) }
         let retention = "\(configuration.retention.milliseconds)"
         var values: [(String, [UInt8])] = [
@@ -257,6 +261,7 @@ final class RedisLogShard: @unchecked Sendable {
                     let key = RedisKeys.lease(streamID)
                     sendFenced(log, streamID, key: key, ["SET", key, configuration.replicaID, "PX", lease].map { Array($0.utf8) })
                     if let caller = log.callerSlot { send(["ZADD", RedisKeys.callerSlots(caller), "XX", until, streamID], streamID) }
+                    send(["ZADD", RedisKeys.running, "XX", until, streamID], streamID)
                 }
             }
             scheduleLeaseRenewal()

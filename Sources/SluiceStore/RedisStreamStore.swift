@@ -172,6 +172,25 @@ public final class RedisStreamStore: StreamStore {
         return StoredClaim(epoch: epoch, request: request)
     }
 
+    /// Drops entries whose lease ended longer ago than any stream may run (their keys have expired), then lists
+    /// those whose lease has ended.
+    static let lapsedScript = """
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+        return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+        """
+
+    public func lapsedStreams(limit: Int, olderThan forgotten: Duration) async throws(StoreError) -> [String] {
+        let now = unixMilliseconds()
+        let reply = try await request([
+            "EVAL", Self.lapsedScript, "1", RedisKeys.running, "\(now)", "\(now - Int(forgotten.milliseconds))", "\(limit)",
+        ])
+        guard case .array(let items) = reply else { return [] }
+        return items.compactMap { item in
+            guard case .string(let id) = item else { return nil }
+            return String(decoding: id, as: UTF8.self)
+        }
+    }
+
     public func onLeaseLost(_ handler: @escaping @Sendable (String) -> Void) {
         for shard in shards { shard.loop.execute { shard.onLeaseLost = handler } }
     }
@@ -252,6 +271,8 @@ public enum RedisKeys {
     public static func lease(_ streamID: String) -> String { "sluice:{\(streamID)}:lease" }
     /// A sorted set of the caller's running streams across replicas, scored by when their lease ends.
     public static func callerSlots(_ caller: String) -> String { "sluice:caller:{\(caller)}:active" }
+    /// A sorted set of every running stream, scored by when its lease ends (what the sweepers look at).
+    public static let running = "sluice:running"
     /// A list of `<stream id>\n<reason>` cancel requests for the streams `replica` owns.
     public static func cancels(_ replica: String) -> String { "sluice:cancels:{\(replica)}" }
 }

@@ -28,6 +28,9 @@ public protocol StreamStore: Sendable {
     /// one wins; the others get nil and do nothing). The claim's epoch fences every later write of the stream: a
     /// write of an earlier owner is refused.
     func claim(_ streamID: String) async throws(StoreError) -> StoredClaim?
+    /// Up to `limit` running streams whose owner's lease has lapsed (for a sweeper to claim), forgetting those whose
+    /// lease ended more than `forgotten` ago.
+    func lapsedStreams(limit: Int, olderThan forgotten: Duration) async throws(StoreError) -> [String]
     /// This replica lost a stream it runs to another replica's claim (its lease lapsed, e.g. while it was paused):
     /// `handler` aborts it (set once, before streams start).
     func onLeaseLost(_ handler: @escaping @Sendable (_ streamID: String) -> Void)
@@ -160,4 +163,6 @@ public struct MemoryStreamStore: StreamStore {
     public func claim(_ streamID: String) async throws(StoreError) -> StoredClaim? { nil }
 
     public func onLeaseLost(_ handler: @escaping @Sendable (String) -> Void) {}
+
+    public func lapsedStreams(limit: Int, olderThan forgotten: Duration) async throws(StoreError) -> [String] { [] }
 }

@@ -78,6 +78,27 @@ def test_kill_9_of_the_owner_mid_text_is_continued_on_another_replica(pair, redi
     assert wait_for_metrics(b.port, lambda m: m.value("sluice_streams_taken_over_total", 0) == 1, "one takeover")
 
 
+def test_a_stream_nobody_reads_is_finished_by_a_sweeper_after_kill_9_and_read_whole_later(pair, redis):
+    a, b = pair
+    with http_client("alpha") as client:
+        uninterrupted = read_events(client, a.port, post_stream(client, a.port, send_request(seed=23, output_tokens=40)))
+        stream_id = post_stream(client, a.port, slow_request(seed=23, seconds=6, output_tokens=40))
+        first = read_events(client, a.port, stream_id, limit=5)  # then the client goes away
+    wait_until_logged(redis, stream_id, first[-1]["seq"])
+    a.expect_exit = True
+    a.proc.kill()
+    a.proc.wait()
+    # Nobody attaches: b's sweeper finds the lapsed lease, claims the stream and runs it to the end.
+    wait_for_metrics(b.port, lambda m: m.value("sluice_streams_taken_over_total", 0) == 1, "b's sweeper took the stream over")
+    wait_for_metrics(b.port, lambda m: m.value("sluice_streams_completed_total", 0, status="OK") == 1, "the stream finished on b")
+    whole = resume_rpc(b.port, stream_id, 0)
+    assert_stream_shape(whole, "OK")
+    assert whole[:5] == first
+    assert message_text(whole) == message_text(uninterrupted)
+    assert [(e["reason"], e["mode"]) for e in whole if e["type"] == "upstream_retry"] == [("replica_lost", "continue")]
+    assert redis.cli("ZSCORE", "sluice:running", stream_id) == ""  # the sweepers' index forgets it
+
+
 def test_a_paused_owner_that_wakes_after_the_takeover_emits_nothing_and_aborts(pair, redis):
     a, b = pair
     with http_client("alpha") as client:
