@@ -15,6 +15,10 @@ struct EngineMetrics: Sendable {
         Counter(label: "sluice_streams_abandoned_cleaned_total").increment()
     }
 
+    func tookOver() {
+        Counter(label: "sluice_streams_taken_over_total").increment()
+    }
+
     func rejected() {
         Counter(label: "sluice_streams_rejected_total").increment()
     }

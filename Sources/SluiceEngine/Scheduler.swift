@@ -57,6 +57,22 @@ public final class Scheduler: Sendable {
         }
     }
 
+    /// Admits a job only if it can run at once, else nil (a takeover: a replica at capacity leaves the stream to
+    /// another replica rather than queue it).
+    public func admitNow(key: String) -> Slot? {
+        let admitted = state.withLock { state -> Bool in
+            state.nextTicket += 1
+            switch state.admission.admit(ticket: state.nextTicket, key: key) {
+            case .run: return true
+            case .queued:
+                _ = state.admission.withdraw(ticket: state.nextTicket)
+                return false
+            case .rejected: return false
+            }
+        }
+        return admitted ? Slot(scheduler: self, key: key) : nil
+    }
+
     /// Waits until a queued job may run. `onPosition` hears each later position change. Throws
     /// RESOURCE_EXHAUSTED after `queueTimeout`, and CancellationError when the task is cancelled.
     public func waitForSlot(ticket: UInt64, key: String, onPosition: @escaping @Sendable (Int) -> Void) async throws -> Slot {

@@ -52,12 +52,25 @@ struct StreamAttempts {
 
     /// Runs turns until the model stops asking for Sluice's server tools. A turn that calls a client tool (one
     /// the request defines) ends the stream: the caller runs it and sends the result in a new request; Sluice
-    /// never runs it. A tool the request names nowhere gets an error result the model sees, as before.
-    mutating func run() async throws {
+    /// never runs it. A tool the request names nowhere gets an error result the model sees, as before. A stream
+    /// taken over from a lost replica continues from where its log ends.
+    mutating func run(takeover: StreamTakeover? = nil) async throws {
         var conversation = request.messages
-        var retries = 0
+        var retries = takeover?.retries ?? 0
+        var resuming: (messageID: String, sentText: String, sawNonTextBlock: Bool)?
+        switch takeover?.next {
+        case .continueTurn(let messageID, let sentText, let sawNonTextBlock): resuming = (messageID, sentText, sawNonTextBlock)
+        case .ended:
+            preconditionFailure("StreamEngine.takeOver finishes a stream whose log holds its end without running it")
+        case .complete:
+            channel.emit(.streamComplete(usage: usage.jsonValue, message: nil))
+            return
+        case .unsupported(let why): throw RPCError(.unavailable, "the replica running this stream was lost, and \(why)")
+        case .startTurn, nil: break
+        }
         for turn in 1... {
-            try await runTurn(conversation: conversation, retries: &retries)
+            try await runTurn(conversation: conversation, retries: &retries, resuming: resuming)
+            resuming = nil
             let callsClientTools = pendingToolUses.contains { request.clientToolNames.contains($0.name) }
             guard stopReason == "tool_use", !pendingToolUses.isEmpty, !callsClientTools else { break }
             guard turn < engine.configuration.maxTurns else {
@@ -80,17 +93,38 @@ struct StreamAttempts {
     }
 
     /// One model turn, retried until it completes or the retry budget is spent.
-    private mutating func runTurn(conversation: [JSONValue], retries: inout Int) async throws {
+    private mutating func runTurn(
+        conversation: [JSONValue], retries: inout Int, resuming: (messageID: String, sentText: String, sawNonTextBlock: Bool)? = nil
+    ) async throws {
         let policy = engine.configuration.retry
-        messageID = StreamEngine.makeID(prefix: "msg_")
-        channel.emit(.messageStart(id: messageID, role: "assistant", model: request.model))
-        sentText = ""
-        sawNonTextBlock = false
         stopReason = nil
         stopSequence = nil
         pendingToolUses = []
         turnMessage = nil
         var prefill: String?
+        if let resuming {
+            // The message the lost replica was sending: retried by the same rules as any interrupted attempt.
+            messageID = resuming.messageID
+            sentText = resuming.sentText
+            sawNonTextBlock = resuming.sawNonTextBlock
+            retries += 1
+            stats.set(\.retries, to: retries)
+            let mode = Self.retryMode(
+                nothingSent: sentText.isEmpty && !sawNonTextBlock, mustRestart: sawNonTextBlock || request.thinkingEnabled)
+            engine.metrics.retried(reason: Self.replicaLost)
+            channel.emit(.upstreamRetry(attempt: retries, reason: Self.replicaLost, delayMilliseconds: 0, mode: mode))
+            if mode == .restart {
+                channel.emit(.messageRestart(id: messageID, reason: Self.replicaLost))
+                sentText = ""
+                sawNonTextBlock = false
+            }
+            prefill = mode == .continue ? sentText : nil
+        } else {
+            messageID = StreamEngine.makeID(prefix: "msg_")
+            channel.emit(.messageStart(id: messageID, role: "assistant", model: request.model))
+            sentText = ""
+            sawNonTextBlock = false
+        }
         while true {
             do {
                 try await attempt(conversation: conversation, prefill: prefill)
@@ -158,7 +192,7 @@ struct StreamAttempts {
             case .contentBlockDelta(let index, let delta):
                 // Only a tool call's fragments need their block (its name); text deltas skip the lookup.
                 let block: AccumulatedMessage.Block? = if case .inputJSON = delta { accumulator.block(at: index) } else { nil }
-                await emit(delta, of: block, whitespaceToSkip: &whitespaceToSkip)
+                try await emit(delta, of: block, whitespaceToSkip: &whitespaceToSkip)
             case .contentBlockStop(let index):
                 guard let block = accumulator.block(at: index) else { continue }
                 try emitEnd(of: block, index: index + indexOffset)
@@ -185,7 +219,7 @@ struct StreamAttempts {
     /// Sends what a delta adds to the client: text, thinking, a client tool call's input, a citation.
     private mutating func emit(
         _ delta: AnthropicDelta, of block: AccumulatedMessage.Block?, whitespaceToSkip: inout Substring
-    ) async {
+    ) async throws(UpstreamFailure) {
         switch (delta, block) {
         case (.text(let text), _):
             var delta = Substring(text)
@@ -195,6 +229,12 @@ struct StreamAttempts {
             }
             whitespaceToSkip = ""
             guard !delta.isEmpty else { return }
+            guard channel.mayEmit else {
+                // Paused past the lease: another replica may continue the stream; this one stops at once.
+                engine.localRecord(channel.streamID)?.cancel(
+                    RPCError(.unavailable, "this replica stalled past its lease on stream \(channel.streamID); Resume it"))
+                throw UpstreamFailure(.cancelled, message: "the replica stalled past its lease")
+            }
             if sentText.isEmpty && !sawFirstToken {
                 sawFirstToken = true
                 engine.metrics.timeToFirstToken(.now - startedAt)
@@ -247,6 +287,9 @@ struct StreamAttempts {
         }
         return content
     }
+
+    /// The retry reason of a stream taken over from a replica that died or lost its lease.
+    static let replicaLost = "replica_lost"
 
     private static func reason(_ failure: UpstreamFailure) -> String {
         var reason = failure.kind.rawValue

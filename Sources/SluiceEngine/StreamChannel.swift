@@ -125,11 +125,16 @@ public final class StreamChannel: Sendable {
         }
     }
 
+    /// False while this replica may have lost the stream to another (see `StreamLogWriter.mayEmit`).
+    public var mayEmit: Bool { log?.mayEmit ?? true }
+
     /// Numbers, buffers and delivers an event whose frame `encode` makes for its seq (under the lock: cheap work).
+    /// Nothing is recorded while another replica may own the stream.
     @discardableResult
     private func append(type: String, _ encode: (Int) -> [UInt8]) -> Int {
+        let owned = mayEmit
         let (seq, push, recorded) = handOff.withLock { state, wakeups -> (Int, PushAction?, (type: String, bytes: [UInt8])?) in
-            guard state.buffer.outcome == nil else { return (state.buffer.nextSeq - 1, nil, nil) }
+            guard state.buffer.outcome == nil, owned else { return (state.buffer.nextSeq - 1, nil, nil) }
             let seq = state.buffer.nextSeq
             state.buffer.nextSeq += 1
             let bytes = encode(seq)

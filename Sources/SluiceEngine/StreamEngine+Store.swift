@@ -31,6 +31,11 @@ extension StreamEngine {
                 "stream \(streamID) runs on replica \(metadata.owner), and some of its events never reached the shared store (Redis was down or slow); it can be resumed only there"
             )
         }
+        if StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive),
+            let channel = try await takeOver(streamID, caller: caller)
+        {
+            return channel
+        }
         let missing = first.first.map { $0.seq > seq + 1 } ?? (metadata.lastSeq.map { $0 > seq } ?? false)
         if missing {
             throw RPCError(
@@ -111,7 +116,126 @@ extension StreamEngine {
         }
     }
 
-    /// Copies the store's log into `mirror` until the stream ends or its reader has been gone a while. Polls the
+    /// The sweeper's part in takeover: streams nobody reads whose owner's lease lapsed are claimed and finished here
+    /// (their answer waits in the log for a later Resume), until `--abandon-grace` ends them like any detached stream.
+    func claimLapsedStreams() async {
+        let store = configuration.store
+        guard store.isShared, store.isUp else { return }
+        guard let lapsed = try? await store.lapsedStreams(limit: 16, olderThan: configuration.maxStreamDuration + configuration.retention)
+        else { return }
+        for streamID in lapsed where localRecord(streamID) == nil {
+            guard let metadata = try? await store.metadata(streamID),
+                StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive)
+            else { continue }
+            _ = try? await takeOver(streamID, caller: metadata.caller)
+        }
+    }
+
+    /// Claims `streamID` (its owner's lease lapsed) and continues it here from its log; nil when another replica
+    /// claimed it first or this one has no room (the caller then follows the log).
+    private func takeOver(_ streamID: String, caller: String) async throws(RPCError) -> StreamChannel? {
+        guard let slot = scheduler.admitNow(key: caller) else { return nil }
+        let store = configuration.store
+        var logged: [StoredEvent] = []
+        let claim: StoredClaim?
+        do {
+            claim = try await store.claim(streamID)
+            // The claim's epoch fences the old owner: the log cannot grow any more while it is read.
+            while claim != nil {
+                let batch = try await store.events(streamID, after: logged.last?.seq ?? 0, limit: Self.storeBatch)
+                logged += batch
+                if batch.count < Self.storeBatch { break }
+            }
+        } catch {
+            slot.release()
+            throw RPCError(.unavailable, "stream \(streamID) lost its replica, and \(error.message)")
+        }
+        guard let claim else {
+            slot.release()
+            return nil
+        }
+        metrics.tookOver()
+        logger.info("took over a stream whose replica was lost", metadata: ["stream_id": "\(streamID)", "epoch": "\(claim.epoch)"])
+        var events: [(seq: Int, frame: JSONValue)] = []
+        for (index, event) in logged.enumerated() {
+            guard event.seq == index + 1, let frame = try? JSONValue(parsing: event.frame) else { break }
+            events.append((event.seq, frame))
+        }
+        let request = try? SendMessageRequest(json: claim.request)
+        var stored = StoredStream(streamID: streamID, caller: caller, request: claim.request, maxDuration: configuration.maxStreamDuration)
+        stored.epoch = claim.epoch
+        stored.firstSeq = (logged.last?.seq ?? 0) + 1
+        let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes, log: store.open(stored))
+        for event in logged.prefix(events.count) { channel.record(seq: event.seq, type: event.type, frame: event.frame) }
+        let record = StreamRecord(channel: channel, owner: caller, trace: StreamTrace(traceparent: nil, tracestate: nil))
+        registry.withLock {
+            $0.streams[streamID] = record
+            $0.running[streamID] = record
+        }
+        let takeover = StreamTakeover(events: events)
+        if case .ended(let status, let message) = takeover.next {
+            // Its last event was its end: only the metadata's end is missing.
+            slot.release()
+            channel.finish(StatusCode.named(status).map { RPCError($0, message ?? "") })
+            registry.withLock {
+                $0.running[streamID] = nil
+                $0.finished.append((.now, streamID))
+            }
+            return channel
+        }
+        guard let request, events.count == logged.count else {
+            // Nothing to continue from: the stream ends here, in the log too, with what went wrong.
+            slot.release()
+            let error = RPCError(
+                .dataLoss, "stream \(streamID) lost its replica, and its log in the shared store is incomplete; it cannot be continued")
+            channel.emit(.streamError(error: error.message, details: ["code": .string(error.code.name)]))
+            channel.finish(error)
+            registry.withLock {
+                $0.running[streamID] = nil
+                $0.finished.append((.now, streamID))
+            }
+            return channel
+        }
+        let deadline = ContinuousClock.now + configuration.maxStreamDuration
+        let executor = EventLoop.current
+        let job = Task(executorPreference: executor) {
+            await self.run(
+                request, record: record, admitted: .running(slot), deadline: deadline, deadlineIsClients: false, executor: executor,
+                takeover: takeover)
+        }
+        record.attach(job)
+        return channel
+    }
+
+    /// Copies a stream this replica took over while `mirror`'s reader followed it into the mirror, as the stream's
+    /// attached subscriber (its backpressure applies), until it ends.
+    private func relay(_ local: StreamChannel, into mirror: StreamChannel, after seq: Int) async {
+        let generation = local.attach(after: seq)
+        defer { local.detach(generation) }
+        var last = seq
+        while true {
+            do {
+                switch try await local.next(after: last, generation: generation) {
+                case .event(let seq, let type, let bytes, _)?:
+                    mirror.record(seq: seq, type: type, frame: bytes)
+                    last = seq
+                    await mirror.waitForReader()
+                case .end(let error)?:
+                    mirror.finish(error)
+                    return
+                case nil:
+                    mirror.finish(RPCError(.cancelled, "the reader left"))
+                    return
+                }
+            } catch {
+                mirror.finish(error)
+                return
+            }
+        }
+    }
+
+    /// Copies the store's log into `mirror` until the stream ends or its reader has been gone a while; claims the
+    /// stream when its owner's lease lapses meanwhile. Polls the
     /// store (an XRANGE after the last seq, and the metadata when there was nothing new) every 10 ms while it
     /// waits; one shared connection per loop serves every follower.
     private func follow(_ mirror: StreamChannel, after seq: Int, first: [StoredEvent], metadata: StoredStreamMetadata) async {
@@ -141,6 +265,14 @@ extension StreamEngine {
             if batch.isEmpty {
                 if metadata.status != "running", let lastSeq = metadata.lastSeq, last >= lastSeq {
                     mirror.finish(Self.outcome(metadata))
+                    return
+                }
+                // The owner died while this reader followed it: this replica continues the stream.
+                if localRecord(streamID) == nil,
+                    StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive),
+                    let local = try? await takeOver(streamID, caller: metadata.caller)
+                {
+                    await relay(local, into: mirror, after: last)
                     return
                 }
                 if let since = mirror.detachedSince, ContinuousClock.now - since > .seconds(2) {

@@ -48,7 +48,7 @@ public final class StreamEngine: Sendable {
     let logger: Logger
     let metrics = EngineMetrics()
     let tools: [String: any StreamingTool]
-    private let registry = LockedValue(Registry())
+    let registry = LockedValue(Registry())
     private let sweeper = LockedValue<Task<Void, Never>?>(nil)
 
     final class StreamRecord: Sendable {
@@ -114,7 +114,7 @@ public final class StreamEngine: Sendable {
     /// Every stream a client may still resume or cancel. The sweep looks only at running streams (for abandoned
     /// ones) and at the oldest finished ones: with 10,000 streams a pass over all of them 4 × a second cost a few
     /// percent of a core.
-    private struct Registry {
+    struct Registry {
         var streams: [String: StreamRecord] = [:]
         var running: [String: StreamRecord] = [:]
         /// Finished streams in the order they finished; `finishedHead` is the oldest not yet forgotten.
@@ -145,12 +145,20 @@ public final class StreamEngine: Sendable {
             while !Task.isCancelled {
                 try? await EventLoop.sleep(for: .milliseconds(250))
                 self?.sweep()
+                // About once a second, at random ticks so the replicas' sweeps spread out.
+                if Int.random(in: 0..<4) == 0 { await self?.claimLapsedStreams() }
             }
         }
         sweeper.withLock { $0 = sweepTask }
         // Another replica's Cancel of a stream this one runs.
         configuration.store.onCancelRequest { [weak self] streamID, reason in
             self?.localRecord(streamID)?.cancel(RPCError(.cancelled, reason))
+        }
+        // Another replica claimed a stream this one runs (this one was paused past its lease): its log refuses this
+        // replica's writes, so the upstream stops at once; an attached client resumes on another replica.
+        configuration.store.onLeaseLost { [weak self] streamID in
+            self?.localRecord(streamID)?.cancel(
+                RPCError(.unavailable, "stream \(streamID) was taken over by another replica (this one lost its lease); Resume it"))
         }
     }
 
@@ -289,9 +297,9 @@ public final class StreamEngine: Sendable {
 
     // MARK: Running a stream
 
-    private func run(
+    func run(
         _ request: SendMessageRequest, record: StreamRecord, admitted: Scheduler.Admitted, deadline: ContinuousClock.Instant,
-        deadlineIsClients: Bool, executor: (any TaskExecutor)?
+        deadlineIsClients: Bool, executor: (any TaskExecutor)?, takeover: StreamTakeover? = nil
     ) async {
         let channel = record.channel
         let started = ContinuousClock.now
@@ -322,7 +330,7 @@ public final class StreamEngine: Sendable {
             try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
                 var attempts = StreamAttempts(
                     engine: self, request: request, channel: channel, startedAt: started, stats: stats, trace: record.trace)
-                try await attempts.run()
+                try await attempts.run(takeover: takeover)
             }
         } catch let error as RPCError {
             outcome = error

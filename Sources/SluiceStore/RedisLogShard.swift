@@ -1,6 +1,8 @@
+import Glibc
 import Logging
 import Metrics
 import SluiceIO
+import Synchronization
 
 /// The streams of one event loop and their Redis connection: turns appends and finishes into commands, in seq
 /// order, and keeps the owner leases of the loop's running streams alive. Loop-confined.
@@ -18,12 +20,37 @@ import SluiceIO
 final class RedisLogShard: @unchecked Sendable {
     let loop: EventLoop
     private let configuration: RedisStreamStore.Configuration
+    var leaseDuration: Duration { configuration.leaseDuration }
     private let logger: Logger
     private var connection: RedisConnection!
     private var streams: [String: StreamLog] = [:]
     /// Streams whose writes were dropped while they were not yet marked in Redis as not resumable.
     private var unmarkedIncomplete: Set<String> = []
     private var leaseTimer: TimerID?
+    /// When the loop last ran the lease timer or a write (see `abortIfStalledPastLease`), readable from the streams'
+    /// jobs on any thread: a job that wakes with its loop from a pause longer than the lease emits nothing more.
+    let leaseClock = LeaseClock()
+
+    final class LeaseClock: Sendable {
+        private let lastTick = Atomic<Int64>(LeaseClock.nowNanoseconds)
+
+        /// The loop ran within `lease` (so its leases cannot have lapsed unnoticed).
+        func isFresh(within lease: Duration) -> Bool {
+            Self.nowNanoseconds - lastTick.load(ordering: .relaxed) <= lease.milliseconds * 1_000_000
+        }
+
+        /// Marks the loop as running now; returns whether it had stalled past `lease`.
+        func tick(lease: Duration) -> Bool {
+            let now = Self.nowNanoseconds
+            return now - lastTick.exchange(now, ordering: .relaxed) > lease.milliseconds * 1_000_000
+        }
+
+        private static var nowNanoseconds: Int64 {
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+        }
+    }
     private var up = false
     private var closed = false
     /// Reads waiting for their replies, by tag.
@@ -43,7 +70,22 @@ final class RedisLogShard: @unchecked Sendable {
         var callerSlot: String?
         /// A write was dropped: nothing more of its log is written (a gap would look like a complete log).
         var incomplete = false
+        /// The epoch its writes are fenced by, and whether another replica claimed it.
+        var lease: OwnerLease
     }
+
+    /// Runs a stream's write only while `epoch` is still the stream's (`HGET meta epoch`), in one atomic step: a
+    /// replica that lost the stream to a claim (which increments the epoch) cannot write another event, renew the
+    /// lease or finish the stream, however late its writes arrive.
+    static let fencedScript = """
+        if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+            return redis.error_reply('FENCED another replica has claimed this stream')
+        end
+        return redis.call(unpack(ARGV, 2))
+        """
+
+    /// This replica lost a stream it runs to another replica's claim.
+    var onLeaseLost: @Sendable (String) -> Void = { _ in }
 
     init(
         loop: EventLoop, configuration: RedisStreamStore.Configuration, logger: Logger, onUpChanged: @escaping @Sendable (Bool) -> Void
@@ -80,19 +122,29 @@ final class RedisLogShard: @unchecked Sendable {
     func open(_ stream: StoredStream) {
         let id = stream.streamID
         let expiry = "\((stream.maxDuration + configuration.retention).milliseconds)"
-        streams[id] = StreamLog(expiry: expiry, callerSlot: stream.holdsCallerSlot ? stream.caller : nil)
+        streams[id] = StreamLog(
+            nextSeq: stream.firstSeq, expiry: expiry, callerSlot: stream.holdsCallerSlot ? stream.caller : nil,
+            lease: OwnerLease(epoch: stream.epoch))
+        // Every replica's sweeper finds the stream here if its lease lapses.
+        let leaseEnd = unixMilliseconds() + Int(configuration.leaseDuration.milliseconds)
+        send(["ZADD", RedisKeys.running, "\(leaseEnd)", id], id)
+        // A claimed stream's lease, owner and epoch were set by the claim.
+        guard stream.epoch == 1 else { return }
+        // The lease before the metadata: a reader that finds the stream running finds its lease too (else it would
+        // claim a stream that has just started).
+        send(["SET", RedisKeys.lease(id), configuration.replicaID, "PX", "\(configuration.leaseDuration.milliseconds)"], id)
         send(
             [Array("HSET".utf8), Array(RedisKeys.meta(id).utf8)]
                 + fields([
                     ("owner", Array(configuration.replicaID.utf8)), ("caller", Array(stream.caller.utf8)), ("request", stream.request),
                     ("status", Array("running".utf8)), ("created_ms", Array("\(unixMilliseconds())".utf8)),
-                    ("resumable", Array("1".utf8)),
+                    ("resumable", Array("1".utf8)), ("epoch", Array("1".utf8)),
                 ]), id)
         send(["PEXPIRE", RedisKeys.meta(id), expiry], id)
-        send(["SET", RedisKeys.lease(id), configuration.replicaID, "PX", "\(configuration.leaseDuration.milliseconds)"], id)
     }
 
     func append(streamID: String, seq: Int, type: String, frame: [UInt8]) {
+        abortIfStalledPastLease()
         guard var log = streams[streamID] else { return }
         if seq == log.nextSeq {
             write(streamID, &log, seq: seq, type: type, frame: frame)
@@ -124,19 +176,21 @@ final class RedisLogShard: @unchecked Sendable {
         log.frameBytes += frame.count
         let entries = max(16, configuration.replayBufferBytes / max(1, log.frameBytes / seq))
         let key = RedisKeys.log(streamID)
-        send(
+        sendFenced(
+            log, streamID, key: key,
             [
                 Array("XADD".utf8), Array(key.utf8), Array("MAXLEN".utf8), Array("~".utf8), Array("\(entries)".utf8),
                 Array("0-\(seq)".utf8), Array("type".utf8), Array(type.utf8), Array("frame".utf8), frame,
-            ], streamID)
+            ])
         // The log exists from its first entry on: it expires with the stream's other keys.
         if seq == 1 { send(["PEXPIRE", key, log.expiry], streamID) }
     }
 
     private func finishNow(_ streamID: String, lastSeq: Int, status: String, message: String?) {
-        let log = streams.removeValue(forKey: streamID)
-        let incomplete = log?.incomplete ?? false
-        if let caller = log?.callerSlot { send(["ZREM", RedisKeys.callerSlots(caller), streamID], streamID) }
+        guard let log = streams.removeValue(forKey: streamID), log.lease.mayWrite else { return }
+        let incomplete = log.incomplete
+        send(["ZREM", RedisKeys.running, streamID], streamID)
+        if let caller = log.callerSlot { send(["ZREM", RedisKeys.callerSlots(caller), streamID], streamID) }
         let retention = "\(configuration.retention.milliseconds)"
         var values: [(String, [UInt8])] = [
             ("status", Array(status.utf8)), ("finished_ms", Array("\(unixMilliseconds())".utf8)),
@@ -144,10 +198,11 @@ final class RedisLogShard: @unchecked Sendable {
         ]
         if let message { values.append(("message", Array(message.utf8))) }
         if incomplete { values.append(("resumable", Array("0".utf8))) }
-        send([Array("HSET".utf8), Array(RedisKeys.meta(streamID).utf8)] + fields(values), streamID)
-        send(["PEXPIRE", RedisKeys.meta(streamID), retention], streamID)
+        let meta = RedisKeys.meta(streamID)
+        sendFenced(log, streamID, key: meta, [Array("HSET".utf8), Array(meta.utf8)] + fields(values))
+        sendFenced(log, streamID, key: meta, ["PEXPIRE", meta, retention].map { Array($0.utf8) })
         send(["PEXPIRE", RedisKeys.log(streamID), retention], streamID)
-        send(["DEL", RedisKeys.lease(streamID)], streamID)
+        sendFenced(log, streamID, key: RedisKeys.lease(streamID), ["DEL", RedisKeys.lease(streamID)].map { Array($0.utf8) })
     }
 
     /// A write that belongs to no stream's log.
@@ -157,6 +212,13 @@ final class RedisLogShard: @unchecked Sendable {
 
     private func fields(_ pairs: [(String, [UInt8])]) -> [[UInt8]] {
         pairs.flatMap { [Array($0.0.utf8), $0.1] }
+    }
+
+    /// `command` (whose key is `key`) through `fencedScript`, by the stream's epoch; nothing once it was lost.
+    private func sendFenced(_ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]]) {
+        guard log.lease.mayWrite else { return }
+        let fence = ["EVAL", Self.fencedScript, "2", RedisKeys.meta(streamID), key, "\(log.lease.epoch)"].map { Array($0.utf8) }
+        send(fence + command, streamID)
     }
 
     private func send(_ arguments: [String], _ streamID: String?) {
@@ -169,17 +231,37 @@ final class RedisLogShard: @unchecked Sendable {
 
     // MARK: Leases
 
+    /// Aborts `streamID` (once) if this replica still ran it.
+    private func lose(_ streamID: String, because why: String) {
+        guard streams[streamID]?.lease.lose() == true else { return }
+        logger.warning("\(why)", metadata: ["stream_id": "\(streamID)"])
+        onLeaseLost(streamID)
+    }
+
+    /// A loop that did not run for longer than the lease (the process was paused, or hung) must assume that other
+    /// replicas claimed its streams meanwhile: it aborts them before it writes or emits more of them (its writes
+    /// would be refused by the fence anyway, but only after its upstream had run on).
+    private func abortIfStalledPastLease() {
+        guard leaseClock.tick(lease: configuration.leaseDuration) else { return }
+        for streamID in streams.keys {
+            lose(streamID, because: "this replica stalled past its lease: another replica may own this stream, so it stops here")
+        }
+    }
+
     private func scheduleLeaseRenewal() {
-        leaseTimer = loop.scheduleTimer(after: configuration.leaseDuration / 3) { [weak self] in
+        leaseTimer = loop.scheduleTimer(after: configuration.leaseRenewal) { [weak self] in
             guard let self else { return }
+            abortIfStalledPastLease()
             // While Redis is down the renewals would only pile up in the queue; the leases are renewed once it is back.
             if up {
                 markIncomplete()
                 let lease = "\(configuration.leaseDuration.milliseconds)"
                 let until = "\(unixMilliseconds() + Int(configuration.leaseDuration.milliseconds))"
-                for (streamID, log) in streams {
-                    send(["SET", RedisKeys.lease(streamID), configuration.replicaID, "PX", lease], streamID)
+                for (streamID, log) in streams where log.lease.mayWrite {
+                    let key = RedisKeys.lease(streamID)
+                    sendFenced(log, streamID, key: key, ["SET", key, configuration.replicaID, "PX", lease].map { Array($0.utf8) })
                     if let caller = log.callerSlot { send(["ZADD", RedisKeys.callerSlots(caller), "XX", until, streamID], streamID) }
+                    send(["ZADD", RedisKeys.running, "XX", until, streamID], streamID)
                 }
             }
             scheduleLeaseRenewal()
@@ -226,7 +308,13 @@ final class RedisLogShard: @unchecked Sendable {
             return
         }
         guard case .error(let message) = reply else { return }
-        let name = String(decoding: command.arguments.first ?? [], as: UTF8.self)
+        var name = String(decoding: command.arguments.first ?? [], as: UTF8.self)
+        if name == "EVAL", command.arguments.count > 6 { name = String(decoding: command.arguments[6], as: UTF8.self) }
+        if message.hasPrefix("FENCED"), let streamID = command.streamID {
+            Counter(label: "sluice_store_fenced_writes_total").increment()
+            lose(streamID, because: "another replica claimed this stream (this replica's lease lapsed): it stops here")
+            return
+        }
         // A write sent again after a reconnect that had landed before it is refused the same way as a second writer's.
         if name == "XADD", message.contains("equal or smaller") {
             Counter(label: "sluice_store_refused_writes_total").increment()

@@ -16,8 +16,11 @@ public final class RedisStreamStore: StreamStore {
         public var retention: Duration
         /// The log keeps about this many bytes of frames per stream (`--replay-buffer-bytes`, see `RedisLogShard`).
         public var replayBufferBytes: Int
-        /// A running stream's owner lease lasts this long, renewed every third of it.
-        public var leaseDuration: Duration = .seconds(10)
+        /// A running stream's owner lease lasts this long (`--lease-ttl`): another replica may claim the stream
+        /// once it lapses.
+        public var leaseDuration: Duration = .seconds(5)
+        /// The owner renews its leases this often (`--lease-renew`).
+        public var leaseRenewal: Duration = .seconds(1)
         /// Commands each connection queues while Redis is slow or down; past that a stream's further events are not
         /// written and it is marked not resumable elsewhere.
         public var maxQueuedBytes = 16 << 20
@@ -87,9 +90,13 @@ public final class RedisStreamStore: StreamStore {
         }
         // A hash without them is what is left after Redis lost the stream's keys: no caller can be shown to own it.
         guard let owner = fields["owner"], let caller = fields["caller"], let status = fields["status"] else { return nil }
+        var leaseHolder: String?
+        if status == "running", case .string(let holder) = try await request(["GET", RedisKeys.lease(streamID)]) {
+            leaseHolder = String(decoding: holder, as: UTF8.self)
+        }
         return StoredStreamMetadata(
             owner: owner, caller: caller, status: status, message: fields["message"], lastSeq: fields["last_seq"].flatMap { Int($0) },
-            resumable: fields["resumable"] != "0")
+            resumable: fields["resumable"] != "0", leaseHolder: leaseHolder)
     }
 
     public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] {
@@ -143,6 +150,50 @@ public final class RedisStreamStore: StreamStore {
     }
 
     public var isShared: Bool { true }
+
+    /// Claims a running stream whose lease lapsed: one script, so of the replicas racing for it one gets the next
+    /// epoch and the others nothing.
+    static let claimScript = """
+        if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+        if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return false end
+        local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+        redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+        redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+        return {epoch, redis.call('HGET', KEYS[1], 'request')}
+        """
+
+    public func claim(_ streamID: String) async throws(StoreError) -> StoredClaim? {
+        let reply = try await request([
+            "EVAL", Self.claimScript, "2", RedisKeys.meta(streamID), RedisKeys.lease(streamID), configuration.replicaID,
+            "\(configuration.leaseDuration.milliseconds)",
+        ])
+        guard case .array(let parts) = reply, parts.count == 2, case .integer(let epoch) = parts[0], case .string(let request) = parts[1]
+        else { return nil }
+        return StoredClaim(epoch: epoch, request: request)
+    }
+
+    /// Drops entries whose lease ended longer ago than any stream may run (their keys have expired), then lists
+    /// those whose lease has ended.
+    static let lapsedScript = """
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+        return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+        """
+
+    public func lapsedStreams(limit: Int, olderThan forgotten: Duration) async throws(StoreError) -> [String] {
+        let now = unixMilliseconds()
+        let reply = try await request([
+            "EVAL", Self.lapsedScript, "1", RedisKeys.running, "\(now)", "\(now - Int(forgotten.milliseconds))", "\(limit)",
+        ])
+        guard case .array(let items) = reply else { return [] }
+        return items.compactMap { item in
+            guard case .string(let id) = item else { return nil }
+            return String(decoding: id, as: UTF8.self)
+        }
+    }
+
+    public func onLeaseLost(_ handler: @escaping @Sendable (String) -> Void) {
+        for shard in shards { shard.loop.execute { shard.onLeaseLost = handler } }
+    }
 
     public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {
         // The first loop's connection collects this replica's cancel requests.
@@ -202,6 +253,8 @@ final class RedisStreamLogWriter: StreamLogWriter, @unchecked Sendable {
         run { $0.append(streamID: streamID, seq: seq, type: type, frame: frame) }
     }
 
+    var mayEmit: Bool { shard.leaseClock.isFresh(within: shard.leaseDuration) }
+
     func finish(lastSeq: Int, status: String, message: String?) {
         let streamID = streamID
         run { $0.finish(streamID: streamID, lastSeq: lastSeq, status: status, message: message) }
@@ -218,6 +271,8 @@ public enum RedisKeys {
     public static func lease(_ streamID: String) -> String { "sluice:{\(streamID)}:lease" }
     /// A sorted set of the caller's running streams across replicas, scored by when their lease ends.
     public static func callerSlots(_ caller: String) -> String { "sluice:caller:{\(caller)}:active" }
+    /// A sorted set of every running stream, scored by when its lease ends (what the sweepers look at).
+    public static let running = "sluice:running"
     /// A list of `<stream id>\n<reason>` cancel requests for the streams `replica` owns.
     public static func cancels(_ replica: String) -> String { "sluice:cancels:{\(replica)}" }
 }

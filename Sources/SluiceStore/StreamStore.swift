@@ -24,6 +24,27 @@ public protocol StreamStore: Sendable {
     func releaseCallerSlot(caller: String, streamID: String)
     /// Cancel requests for this replica's streams go to `handler` (set once, before streams start).
     func onCancelRequest(_ handler: @escaping @Sendable (_ streamID: String, _ reason: String) -> Void)
+    /// Makes this replica the owner of a running stream whose owner's lease lapsed, atomically (of replicas racing,
+    /// one wins; the others get nil and do nothing). The claim's epoch fences every later write of the stream: a
+    /// write of an earlier owner is refused.
+    func claim(_ streamID: String) async throws(StoreError) -> StoredClaim?
+    /// Up to `limit` running streams whose owner's lease has lapsed (for a sweeper to claim), forgetting those whose
+    /// lease ended more than `forgotten` ago.
+    func lapsedStreams(limit: Int, olderThan forgotten: Duration) async throws(StoreError) -> [String]
+    /// This replica lost a stream it runs to another replica's claim (its lease lapsed, e.g. while it was paused):
+    /// `handler` aborts it (set once, before streams start).
+    func onLeaseLost(_ handler: @escaping @Sendable (_ streamID: String) -> Void)
+}
+
+/// A stream this replica claimed: the epoch of its ownership and the request as the client sent it.
+public struct StoredClaim: Sendable, Equatable {
+    public var epoch: Int
+    public var request: [UInt8]
+
+    public init(epoch: Int, request: [UInt8]) {
+        self.epoch = epoch
+        self.request = request
+    }
 }
 
 /// The store could not answer (Redis down or refusing); the message says what happened.
@@ -46,8 +67,13 @@ public struct StoredStreamMetadata: Sendable, Equatable {
     public var lastSeq: Int?
     /// False when some of its events never reached the store.
     public var resumable: Bool
+    /// The replica whose lease on the running stream is alive; nil when the lease lapsed (its owner is gone).
+    public var leaseHolder: String?
 
-    public init(owner: String, caller: String, status: String, message: String?, lastSeq: Int?, resumable: Bool) {
+    public init(
+        owner: String, caller: String, status: String, message: String?, lastSeq: Int?, resumable: Bool, leaseHolder: String? = nil
+    ) {
+        self.leaseHolder = leaseHolder
         self.owner = owner
         self.caller = caller
         self.status = status
@@ -82,6 +108,10 @@ public struct StoredStream: Sendable {
     public var maxDuration: Duration
     /// The stream holds a caller slot (`acquireCallerSlot`) that its writer renews and releases.
     public var holdsCallerSlot: Bool
+    /// The ownership epoch its writes are fenced by: 1 for a new stream, a `StoredClaim`'s for one taken over.
+    public var epoch = 1
+    /// The first seq this replica writes (after the last one logged, for a stream taken over).
+    public var firstSeq = 1
 
     public init(streamID: String, caller: String, request: [UInt8], maxDuration: Duration, holdsCallerSlot: Bool = false) {
         self.streamID = streamID
@@ -99,6 +129,9 @@ public protocol StreamLogWriter: Sendable {
     func append(seq: Int, type: String, frame: [UInt8])
     /// The stream ended after `lastSeq` with `status` (a gRPC status name) and, unless OK, `message`.
     func finish(lastSeq: Int, status: String, message: String?)
+    /// False while this replica may have lost the stream: it was paused or hung past its lease, so another replica
+    /// may continue the stream now. Read from the job's thread before each event.
+    var mayEmit: Bool { get }
 }
 
 /// `--store memory`: the engine's own registry and replay buffers are the whole store (one replica's streams are
@@ -125,4 +158,11 @@ public struct MemoryStreamStore: StreamStore {
     public func releaseCallerSlot(caller: String, streamID: String) {}
 
     public func onCancelRequest(_ handler: @escaping @Sendable (String, String) -> Void) {}
+
+    // No other replica can run a stream this one started.
+    public func claim(_ streamID: String) async throws(StoreError) -> StoredClaim? { nil }
+
+    public func onLeaseLost(_ handler: @escaping @Sendable (String) -> Void) {}
+
+    public func lapsedStreams(limit: Int, olderThan forgotten: Duration) async throws(StoreError) -> [String] { [] }
 }

@@ -121,6 +121,13 @@ struct Serve: AsyncParsableCommand {
     var storePasswordFile: String?
     @Option(help: "This replica's name in the store's owner leases (default: the host name and process id).")
     var replicaID: String?
+    @Option(
+        help:
+            "With a shared store: a running stream's owner lease lasts this long; once it lapses (the replica died or hung) another replica takes the stream over."
+    )
+    var leaseTtl = CLIDuration(.seconds(5))
+    @Option(help: "With a shared store: how often a replica renews the leases of the streams it runs (well under --lease-ttl).")
+    var leaseRenew = CLIDuration(.seconds(1))
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
@@ -177,6 +184,8 @@ struct Serve: AsyncParsableCommand {
         command.allowUnauthenticated = try await settings.bool("allow-unauthenticated", allowUnauthenticated)
         command.store = try await settings.string("store", store)
         command.storePasswordFile = try await settings.string("store-password-file", storePasswordFile)
+        command.leaseTtl = try await settings.duration("lease-ttl", leaseTtl)
+        command.leaseRenew = try await settings.duration("lease-renew", leaseRenew)
         command.replicaID = try await settings.string("replica-id", replicaID)
         command.logLevel = try await settings.choice("log-level", logLevel)
         command.logFormat = try await settings.choice("log-format", logFormat)
@@ -199,6 +208,10 @@ struct Serve: AsyncParsableCommand {
         if toolMaxBytes < 0 { throw ValidationError("--tool-max-bytes must be 0 or more") }
         if toolResultMaxBytes < 1 { throw ValidationError("--tool-result-max-bytes must be at least 1") }
         if sseHeartbeat.duration <= .zero { throw ValidationError("--sse-heartbeat must be more than 0") }
+        if leaseRenew.duration <= .zero || leaseRenew.duration >= leaseTtl.duration {
+            throw ValidationError(
+                "--lease-renew must be more than 0 and less than --lease-ttl (\(leaseTtl)), or leases lapse while their owner runs")
+        }
         if store != "memory" {
             do { _ = try RedisEndpoint(url: store) } catch { throw ValidationError("--store: \(error) (or memory)") }
         }
@@ -380,8 +393,10 @@ struct Serve: AsyncParsableCommand {
         gethostname(&hostName, hostName.count)
         let host = String(decoding: hostName.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let replica = replicaID ?? "\(host)-\(getpid())"
-        let configuration = RedisStreamStore.Configuration(
+        var configuration = RedisStreamStore.Configuration(
             endpoint: endpoint, replicaID: replica, retention: retention.duration, replayBufferBytes: replayBufferBytes)
+        configuration.leaseDuration = leaseTtl.duration
+        configuration.leaseRenewal = leaseRenew.duration
         logger.info("stream store", metadata: ["store": "\(endpoint)", "replica": "\(replica)"])
         return RedisStreamStore(configuration: configuration, loops: loops, logger: logger)
     }

@@ -124,3 +124,8 @@ def test_simulate_reads_the_environment(sluice_bin):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")} | {"SLUICE_PORT": "0", "SLUICE_EVENT_LOOPS": "0"}
     proc = subprocess.run([sluice_bin, "simulate"], capture_output=True, env=env, text=True, timeout=10)
     assert proc.returncode == 64 and "--event-loops must be at least 1" in proc.stderr
+
+
+def test_a_lease_renewed_no_sooner_than_it_lapses_is_refused(sluice_bin):
+    _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--lease-ttl", "1s", "--lease-renew", "1s"], {})
+    assert code == 64 and "--lease-renew must be more than 0 and less than --lease-ttl (1s)" in stderr, stderr

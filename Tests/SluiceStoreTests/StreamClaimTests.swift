@@ -1,0 +1,81 @@
+import Logging
+import SluiceIO
+import SluiceStore
+import Synchronization
+import Testing
+
+/// Claims and fencing against a real `redis-server`: two replicas' stores, one stream.
+@Suite(.serialized) struct StreamClaimTests {
+    final class Replica: Sendable {
+        let loop: EventLoop
+        let store: RedisStreamStore
+
+        init(_ name: String, url: String) throws {
+            loop = try EventLoop(index: 0)
+            var configuration = RedisStreamStore.Configuration(
+                endpoint: try RedisEndpoint(url: url), replicaID: name, retention: .seconds(60), replayBufferBytes: 1 << 20)
+            configuration.leaseDuration = .seconds(30)
+            configuration.leaseRenewal = .seconds(10)
+            store = RedisStreamStore(configuration: configuration, loops: [loop], logger: Logger(label: name))
+            loop.start()
+            store.start()
+        }
+
+        func stop() {
+            store.close()
+            loop.stop()
+        }
+    }
+
+    let request = Array(#"{"model":"m","messages":[]}"#.utf8)
+
+    @Test func oneReplicaWinsALapsedLeaseAndTheOldOwnerIsFencedOut() async throws {
+        let redis = try RedisTestServer()
+        let owner = try Replica("a", url: redis.url)
+        let claimer = try Replica("b", url: redis.url)
+        defer {
+            owner.stop()
+            claimer.stop()
+        }
+        // Reads before a connection is up fail at once (a reader does not wait out an outage): wait for both.
+        while !owner.store.isUp || !claimer.store.isUp { try await Task.sleep(for: .milliseconds(5)) }
+        let (lost, lostContinuation) = AsyncStream<String>.makeStream()
+        owner.store.onLeaseLost { lostContinuation.yield($0) }
+        let writer = try #require(
+            owner.store.open(StoredStream(streamID: "st_1", caller: "key-1", request: request, maxDuration: .seconds(60))))
+        writer.append(seq: 1, type: "message_start", frame: Array("one".utf8))
+        writer.append(seq: 2, type: "message_delta", frame: Array("two".utf8))
+        // A read on the writer's own connection comes back after its writes.
+        #expect(try await owner.store.events("st_1", after: 0, limit: 10).map(\.seq) == [1, 2])
+        #expect(try await claimer.store.metadata("st_1")?.leaseHolder == "a")
+        #expect(try await claimer.store.claim("st_1") == nil, "a live lease is not claimed")
+
+        _ = try redis.cli("DEL", RedisKeys.lease("st_1"))
+        #expect(try await claimer.store.metadata("st_1")?.leaseHolder == nil)
+        async let first = claimer.store.claim("st_1")
+        async let second = claimer.store.claim("st_1")
+        let claims = try await [first, second].compactMap { $0 }
+        #expect(claims == [StoredClaim(epoch: 2, request: request)], "exactly one of two racing claims wins")
+
+        // The old owner wakes: its next event is refused, and it hears that it lost the stream.
+        writer.append(seq: 3, type: "message_delta", frame: Array("stale".utf8))
+        var lostStreams = lost.makeAsyncIterator()
+        #expect(await lostStreams.next() == "st_1")
+        writer.finish(lastSeq: 3, status: "OK", message: nil)
+
+        var continued = StoredStream(streamID: "st_1", caller: "key-1", request: request, maxDuration: .seconds(60))
+        continued.epoch = 2
+        continued.firstSeq = 3
+        let newWriter = try #require(claimer.store.open(continued))
+        newWriter.append(seq: 3, type: "message_delta", frame: Array("three".utf8))
+        #expect(
+            try await claimer.store.events("st_1", after: 2, limit: 10) == [
+                StoredEvent(seq: 3, type: "message_delta", frame: Array("three".utf8))
+            ])
+        let running = try #require(try await claimer.store.metadata("st_1"))
+        #expect(running.status == "running" && running.owner == "b" && running.leaseHolder == "b")
+        newWriter.finish(lastSeq: 3, status: "OK", message: nil)
+        #expect(try await claimer.store.metadata("st_1")?.status == "OK")
+        #expect(try await owner.store.events("st_1", after: 0, limit: 10).map(\.seq) == [1, 2, 3])
+    }
+}
