@@ -18,16 +18,9 @@ import pytest
 
 from streaming_testlib import assert_stream_shape, message_text, send_request, slow_request, wait_for_metrics
 from test_sse import http_client, post_stream, read_events
-from test_store import RedisServer, resume_rpc, simulator  # noqa: F401  (fixtures)
+from test_store import RedisServer, redis, resume_rpc, simulator  # noqa: F401  (fixtures)
 
 LEASE = ["--lease-ttl", "1s", "--lease-renew", "200ms"]
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.kill()
 
 
 @pytest.fixture
