@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import struct
 import subprocess
@@ -264,6 +265,19 @@ def test_count_tokens_with_a_wrong_key_is_authentication_error(start_server, tmp
                           headers={"authorization": "Bearer sk-sluice-right", "anthropic-version": "2023-06-01"},
                           json={"model": MODEL, "messages": QUESTION})
     assert response.status_code == 200 and response.json()["input_tokens"] > 0
+
+
+def test_count_tokens_without_an_upstream_is_overloaded_error(start_server):
+    # A port bound but not listening refuses connections, and nothing else can take it while the test runs.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        server = start_server("--upstream-url", f"http://127.0.0.1:{closed.getsockname()[1]}", "--upstream-is-simulator")
+        with sdk_client(server, "h2c") as client:
+            with pytest.raises(anthropic.APIStatusError) as caught:
+                client.messages.count_tokens(model=MODEL, messages=QUESTION)
+            assert caught.value.status_code == 529
+            assert caught.value.body["error"]["type"] == "overloaded_error"
+            assert "count_tokens" in caught.value.body["error"]["message"]
 
 
 def test_full_server_is_rate_limit_error(start_server):
