@@ -265,6 +265,9 @@ def test_count_tokens_with_a_wrong_key_is_authentication_error(start_server, tmp
                           headers={"authorization": "Bearer sk-sluice-right", "anthropic-version": "2023-06-01"},
                           json={"model": MODEL, "messages": QUESTION})
     assert response.status_code == 200 and response.json()["input_tokens"] > 0
+    wrong_method = httpx.get(f"http://{server.host}:{server.port}/v1/messages/count_tokens",
+                             headers={"authorization": "Bearer sk-sluice-right"})
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_count_tokens_without_an_upstream_is_overloaded_error(start_server):
