@@ -9,6 +9,8 @@ import SluiceWire
 public protocol MessageUpstream: Sendable {
     associatedtype Events: AsyncSequence<AnthropicEvent, UpstreamFailure>
     func streamMessage(body: [UInt8], headers: [(String, String)]) -> Events
+    /// One non-streaming call to another API path (`/v1/messages/count_tokens`), answered as a whole.
+    func post(path: String, body: [UInt8], headers: [(String, String)]) async throws(UpstreamFailure) -> UpstreamResponse
 }
 
 extension UpstreamClient: MessageUpstream {}
@@ -44,7 +46,7 @@ public struct EngineConfiguration: Sendable {
 public final class StreamEngine: Sendable {
     public let configuration: EngineConfiguration
     public let scheduler: Scheduler
-    let upstream: any MessageUpstream
+    package let upstream: any MessageUpstream
     let logger: Logger
     let metrics = EngineMetrics()
     let tools: [String: any StreamingTool]

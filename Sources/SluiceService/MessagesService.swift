@@ -2,6 +2,7 @@ import Metrics
 import SluiceEngine
 import SluiceIO
 import SluiceTransport
+import SluiceUpstream
 import SluiceWire
 
 /// The Anthropic Messages API's own front door, `POST /v1/messages`, so an existing SDK user gets Sluice by
@@ -10,6 +11,7 @@ import SluiceWire
 /// (`MessagesAPIError`). There is no Resume here (the API has none): a client that leaves cancels the stream.
 public struct MessagesService: Sendable {
     public static let path = "/v1/messages"
+    public static let countTokensPath = "/v1/messages/count_tokens"
 
     let engine: StreamEngine
     let authentication: CallerAuthentication
@@ -31,11 +33,51 @@ public struct MessagesService: Sendable {
             do {
                 try await messages(request, writer)
             } catch let error as MessagesAPIError {
-                Counter(label: "sluice_messages_errors_total", dimensions: [("type", error.type)]).increment()
-                try writer.head(status: error.status, headers: error.headers)
-                try await writer.write(error.body.serialized() + [0x0A])
+                try await Self.respond(error, writer)
             }
         }
+        router.registerHTTP(Self.countTokensPath) { request, writer in
+            do {
+                try await countTokens(request, writer)
+            } catch let error as MessagesAPIError {
+                try await Self.respond(error, writer)
+            }
+        }
+    }
+
+    private static func respond(_ error: MessagesAPIError, _ writer: HTTPResponseWriter) async throws {
+        Counter(label: "sluice_messages_errors_total", dimensions: [("type", error.type)]).increment()
+        try writer.head(status: error.status, headers: error.headers)
+        try await writer.write(error.body.serialized() + [0x0A])
+    }
+
+    /// Forwarded as is, outside admission (no generation, nothing to queue): the upstream validates the body and
+    /// its answer, success or the API's error, is the caller's. Only Sluice's failure to get one is Sluice's error.
+    private func countTokens(_ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+        guard request.method == "POST" else {
+            throw MessagesAPIError(
+                status: 405, type: "invalid_request_error", message: "\(request.method) is not allowed on \(Self.countTokensPath): use POST"
+            )
+        }
+        _ = try Self.caller(request, authentication)
+        let response: UpstreamResponse
+        do {
+            response = try await engine.upstream.post(
+                path: Self.countTokensPath, body: request.body, headers: Self.forwardedHeaders(request))
+        } catch {
+            throw MessagesAPIError(RPCError(error.grpcStatus, "the Anthropic API gave no answer to count_tokens: \(error.message)"))
+        }
+        // The API's request id and retry advice stay with its answer.
+        let headers =
+            [("content-type", response.header("content-type") ?? "application/json")]
+            + ["request-id", "retry-after"].compactMap { name in response.header(name).map { (name, $0) } }
+        try writer.head(status: response.status, headers: headers)
+        try await writer.write(response.body)
+    }
+
+    /// The API version and betas the SDK asked for; its key is the caller's Sluice key and stays here.
+    static func forwardedHeaders(_ request: HTTPRequest) -> [(String, String)] {
+        ["anthropic-version", "anthropic-beta"].compactMap { name in request.header(name).map { (name, $0) } }
     }
 
     /// Answers itself once the stream has started; throws `MessagesAPIError` only before its response head.
@@ -50,8 +92,7 @@ public struct MessagesService: Sendable {
                 status: 529, type: "overloaded_error", message: "this server is shutting down and starts no new requests: retry")
         }
         var (parsed, streaming) = try Self.parse(request.body)
-        // The API version and betas the SDK asked for; its key is the caller's Sluice key and stays here.
-        parsed.upstreamHeaders = ["anthropic-version", "anthropic-beta"].compactMap { name in request.header(name).map { (name, $0) } }
+        parsed.upstreamHeaders = Self.forwardedHeaders(request)
         let channel: StreamChannel
         do {
             // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are loop timers.

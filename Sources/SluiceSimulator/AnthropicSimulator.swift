@@ -15,6 +15,7 @@ import W3CTraceContext
 /// stalls, `error` events and HTTP errors, optionally only for the first K attempts of the same scenario.
 public final class AnthropicSimulator: Sendable {
     public static let messagesPath = "/v1/messages"
+    public static let countTokensPath = "/v1/messages/count_tokens"
     /// `GET /v1/_simulator/traces/{trace_id}`: the last `traceparent` seen with that trace id, and how many requests.
     public static let tracesPrefix = "/v1/_simulator/traces/"
 
@@ -59,6 +60,9 @@ public final class AnthropicSimulator: Sendable {
     public func register(in router: inout RPCRouter) {
         router.registerHTTP(Self.messagesPath) { [self] request, writer in
             try await serve(request, writer)
+        }
+        router.registerHTTP(Self.countTokensPath) { [self] request, writer in
+            try await countTokens(request, writer)
         }
         router.registerHTTP(prefix: Self.tracesPrefix) { [self] request, writer in
             let traceID = String(request.path.dropFirst(Self.tracesPrefix.count))
@@ -145,6 +149,27 @@ public final class AnthropicSimulator: Sendable {
         } else {
             try await respondWhole(message, scenario: scenario, fault: fault, requestID: requestID, writer)
         }
+    }
+
+    /// `{"input_tokens": N}`: the `input_tokens` a message for the same body reports.
+    private func countTokens(_ request: HTTPRequest, _ writer: HTTPResponseWriter) async throws {
+        requests.add(1, ordering: .relaxed)
+        let requestID = SimulatorText.identifier(
+            prefix: "req_", seed: SimulatorHash.combine(requestIDBase, requestIDs.add(1, ordering: .relaxed).newValue))
+        guard request.method == "POST" else {
+            let failure = SimulatorFailure(
+                status: 405, type: "invalid_request_error", message: "Method \(request.method) not allowed: use POST")
+            return try await respond(failure, requestID: requestID, writer)
+        }
+        let messagesRequest: MessagesRequest
+        do {
+            messagesRequest = try MessagesRequest.parse(request.body, requiresMaxTokens: false)
+        } catch {
+            return try await respond(error, requestID: requestID, writer)
+        }
+        let body: OrderedJSON = ["input_tokens": .integer(SimulatedMessage.inputTokens(messagesRequest).uncached)]
+        try writer.head(status: 200, headers: [("content-type", "application/json"), ("request-id", requestID)])
+        try await writer.write(body.serialized())
     }
 
     private static func checkPrefill(_ request: MessagesRequest, policy: SimulationScenario.PrefillPolicy) throws(SimulatorFailure) {

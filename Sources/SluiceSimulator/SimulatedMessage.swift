@@ -63,7 +63,8 @@ struct MessagesRequest {
     /// stores (nil without a marker).
     var cachedPrefix: [UInt8]?
 
-    static func parse(_ body: [UInt8]) throws(SimulatorFailure) -> MessagesRequest {
+    /// `requiresMaxTokens` is false for `count_tokens`, whose body has no `max_tokens` (then unbounded).
+    static func parse(_ body: [UInt8], requiresMaxTokens: Bool = true) throws(SimulatorFailure) -> MessagesRequest {
         let json: JSONValue
         do throws(JSONParseError) {
             json = try JSONValue(parsing: body)
@@ -75,11 +76,14 @@ struct MessagesRequest {
         guard let modelValue = root["model"], modelValue != .null else { throw .invalidRequest("model: Field required") }
         guard let model = modelValue.stringValue, !model.isEmpty else { throw .invalidRequest("model: Input should be a valid string") }
 
-        guard let maxTokensValue = root["max_tokens"], maxTokensValue != .null else {
+        var maxTokens = Int.max
+        if let maxTokensValue = root["max_tokens"], maxTokensValue != .null {
+            guard let value = maxTokensValue.intValue else { throw .invalidRequest("max_tokens: Input should be a valid integer") }
+            guard value >= 1 else { throw .invalidRequest("max_tokens: Input should be greater than or equal to 1") }
+            maxTokens = value
+        } else if requiresMaxTokens {
             throw .invalidRequest("max_tokens: Field required")
         }
-        guard let maxTokens = maxTokensValue.intValue else { throw .invalidRequest("max_tokens: Input should be a valid integer") }
-        guard maxTokens >= 1 else { throw .invalidRequest("max_tokens: Input should be greater than or equal to 1") }
 
         guard let messagesValue = root["messages"], messagesValue != .null else {
             throw .invalidRequest("messages: Field required")
@@ -366,12 +370,20 @@ struct SimulatedMessage {
         self.blocks = blocks
         self.stopReason = stopReason
         self.outputTokens = outputTokens
+        let input = Self.inputTokens(request)
+        if cacheRead { cacheReadInputTokens = input.cached } else { cacheCreationInputTokens = input.cached }
+        self.inputTokens = input.uncached
+    }
+
+    /// The request's input tokens (about four bytes each): the prompt-cached prefix apart from the rest, which
+    /// is the message's `input_tokens` and `count_tokens`' answer.
+    static func inputTokens(_ request: MessagesRequest) -> (uncached: Int, cached: Int) {
+        let conversationBytes = JSONValue.object(["system": request.system, "messages": .array(request.conversation)]).serialized()
         var inputBytes = conversationBytes.count + JSONValue.array(request.tools).serialized().count
         inputBytes += request.prefill?.utf8.count ?? 0
         // The prompt-cached prefix is counted apart from input_tokens: written on first use, read on a repeat.
         let cachedTokens = min((request.cachedPrefix?.count ?? 0) / 4, inputBytes / 4)
-        if cacheRead { cacheReadInputTokens = cachedTokens } else { cacheCreationInputTokens = cachedTokens }
-        self.inputTokens = max(1, inputBytes / 4 - cachedTokens)
+        return (max(1, inputBytes / 4 - cachedTokens), cachedTokens)
     }
 
     /// `json` in fragments of 1 to 16 scalars after an empty first one, as the API streams tool input: splits

@@ -25,7 +25,8 @@ final class CurlMulti: @unchecked Sendable {
     let slowConsumerAborts = Atomic<Int>(0)
 
     private let multiHandle: UnsafeMutableRawPointer
-    private let url: String
+    /// Without a trailing slash; a transfer appends its path.
+    private let baseURL: String
     private let httpVersion: Int
     /// libcurl before 8.0.0 cannot reuse or multiplex cleartext prior-knowledge HTTP/2 connections: a second
     /// transfer on one fails with CURLE_HTTP2 "Error in the HTTP2 framing layer" (curl issue 10634, fixed by
@@ -78,7 +79,7 @@ final class CurlMulti: @unchecked Sendable {
         self.multiHandle = multi
         self.loop = loop
         connectionPerTransfer = lowered.hasPrefix("http://") && Self.libcurlVersion < 0x08_00_00
-        self.url = base + "/v1/messages"
+        self.baseURL = base
         self.configuration = configuration
         self.logger = logger
         installCallbacks()
@@ -237,7 +238,7 @@ final class CurlMulti: @unchecked Sendable {
         }
         do throws(UpstreamFailure) {
             try transfer.configure(
-                url: url, httpVersion: httpVersion, freshConnection: connectionPerTransfer, configuration: configuration
+                url: baseURL + transfer.path, httpVersion: httpVersion, freshConnection: connectionPerTransfer, configuration: configuration
             )
         } catch {
             transfer.release()
@@ -290,6 +291,7 @@ final class CurlMulti: @unchecked Sendable {
         curl_multi_remove_handle(multiHandle, transfer.easy)
         transfer.release()
         openTransfers.subtract(1, ordering: .releasing)
+        if transfer.buffersResponse, case .success = result { transfer.channel.setResponseBody(transfer.bufferedBody) }
         transfer.channel.finish(result)
     }
 

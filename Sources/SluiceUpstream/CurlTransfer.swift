@@ -3,7 +3,8 @@ import Glibc
 import SluiceIO
 
 /// One Messages API call: its easy handle, its response head, and the I/O, deadline and backpressure policy around
-/// the `AnthropicStreamDecoder` that reads its body.
+/// the `AnthropicStreamDecoder` that reads its body; or, for a buffered call (`UpstreamClient.post`), the whole
+/// body of whatever status, handed over at the end.
 ///
 /// Created on the caller's thread, then touched only on its multi handle's event loop (configure, callbacks, completion);
 /// other threads use it only as an identity for cancellation. libcurl's callbacks find it through the
@@ -11,6 +12,10 @@ import SluiceIO
 /// the strong reference for as long as the easy handle is in the multi handle.
 final class CurlTransfer: @unchecked Sendable {
     let channel: UpstreamEventChannel
+    /// Appended to the base URL.
+    let path: String
+    /// Keeps the whole body (any content type, any status) instead of decoding an event stream.
+    let buffersResponse: Bool
     private let body: [UInt8]
     private let extraHeaders: [(String, String)]
 
@@ -29,8 +34,10 @@ final class CurlTransfer: @unchecked Sendable {
     private(set) var responseHead: UpstreamResponseHead?
     /// Reads the body of a 2xx response; replaced when its head arrives, to know its `request-id`.
     private var decoder = AnthropicStreamDecoder(requestID: nil)
-    private var errorBody: [UInt8] = []
+    /// An error response's body, or a buffered call's whole body.
+    private(set) var bufferedBody: [UInt8] = []
     private var maxErrorBodyBytes = 0
+    private var maxBufferedBytes = 0
     /// When `message_stop` arrived: the call is complete even if libcurl has not yet seen the end of the stream.
     private(set) var messageStopAt: ContinuousClock.Instant?
     /// The loop timer that will look at this transfer's deadline, and when (managed by `CurlMulti`).
@@ -60,8 +67,10 @@ final class CurlTransfer: @unchecked Sendable {
         "expect", "transfer-encoding", "connection",
     ]
 
-    init(channel: UpstreamEventChannel, body: [UInt8], extraHeaders: [(String, String)]) {
+    init(channel: UpstreamEventChannel, path: String, body: [UInt8], extraHeaders: [(String, String)], buffersResponse: Bool = false) {
         self.channel = channel
+        self.path = path
+        self.buffersResponse = buffersResponse
         self.body = body
         self.extraHeaders = extraHeaders
     }
@@ -72,6 +81,7 @@ final class CurlTransfer: @unchecked Sendable {
         url: String, httpVersion: Int, freshConnection: Bool, configuration: UpstreamConfiguration
     ) throws(UpstreamFailure) {
         maxErrorBodyBytes = configuration.maxErrorBodyBytes
+        maxBufferedBytes = configuration.maxBufferedBytes
         guard let easy = curl_easy_init() else {
             throw UpstreamFailure(.connectionFailed, message: "curl_easy_init failed")
         }
@@ -85,7 +95,8 @@ final class CurlTransfer: @unchecked Sendable {
         guard Self.isVersion(version) else {
             throw UpstreamFailure(.invalidResponse, message: "invalid anthropic-version '\(Self.printable(version))'", retryable: false)
         }
-        var lines = ["anthropic-version: \(version)", "content-type: application/json", "accept: text/event-stream"]
+        let accept = buffersResponse ? "application/json" : "text/event-stream"
+        var lines = ["anthropic-version: \(version)", "content-type: application/json", "accept: \(accept)"]
         if let key = configuration.apiKey { lines.append("x-api-key: \(key)") }
         // libcurl adds `Expect: 100-continue` to large HTTP/1.1 POSTs; an empty value suppresses it.
         lines.append("expect:")
@@ -247,8 +258,10 @@ final class CurlTransfer: @unchecked Sendable {
             let head = UpstreamResponseHead(status: status, headers: headers)
             responseHead = head
             channel.setResponseHead(head)
-            // An error response has no model output to wait for: its body is bounded by the idle timeout.
-            if !(200..<300).contains(status) { noteOutput() }
+            // An error response or a buffered call has no model output to wait for: its body is bounded by the
+            // idle timeout.
+            if buffersResponse || !(200..<300).contains(status) { noteOutput() }
+            if buffersResponse { return bytes.count }
             if (200..<300).contains(status), let type = headers.first(where: { $0.0 == "content-type" })?.1,
                 !type.lowercased().contains("text/event-stream")
             {
@@ -277,9 +290,20 @@ final class CurlTransfer: @unchecked Sendable {
         guard let head = responseHead else {
             return fail(UpstreamFailure(.invalidResponse, message: "Anthropic API sent a body without a status"))
         }
+        if buffersResponse {
+            guard bufferedBody.count + bytes.count <= maxBufferedBytes else {
+                return fail(
+                    UpstreamFailure(
+                        .invalidResponse, message: "Anthropic API response is larger than \(maxBufferedBytes) bytes",
+                        retryable: false, requestID: head.requestID))
+            }
+            bufferedBody.append(contentsOf: bytes)
+            lastProgress = ContinuousClock.now
+            return bytes.count
+        }
         guard (200..<300).contains(head.status) else {
-            let room = max(0, maxErrorBodyBytes - errorBody.count)
-            errorBody.append(contentsOf: bytes.prefix(room))
+            let room = max(0, maxErrorBodyBytes - bufferedBody.count)
+            bufferedBody.append(contentsOf: bytes.prefix(room))
             lastProgress = ContinuousClock.now
             return bytes.count
         }
@@ -334,9 +358,11 @@ final class CurlTransfer: @unchecked Sendable {
     /// How the call ended, given libcurl's result for the transfer.
     func outcome(code: CURLcode) -> Result<Void, UpstreamFailure> {
         if let failure { return .failure(failure) }
+        // A buffered call's status, whatever it is, is its caller's to read.
+        if buffersResponse, code == CURLE_OK, responseHead != nil { return .success(()) }
         if decoder.end == .complete { return .success(()) }
         if let head = responseHead, !(200..<300).contains(head.status) {
-            return .failure(.http(status: head.status, body: errorBody, headers: head.headers))
+            return .failure(.http(status: head.status, body: bufferedBody, headers: head.headers))
         }
         if code == CURLE_OK, case .failed(let truncated) = decoder.finish() { return .failure(truncated) }
         return .failure(classify(code, requestID: responseHead?.requestID))

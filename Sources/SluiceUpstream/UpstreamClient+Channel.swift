@@ -40,6 +40,8 @@ final class UpstreamEventChannel: Sendable {
         var endDelivered = false
         var consumerCancelled = false
         var responseHead: UpstreamResponseHead?
+        /// A buffered call's body, set before its successful end.
+        var responseBody: [UInt8] = []
     }
 
     let maxBufferedBytes: Int
@@ -81,6 +83,10 @@ final class UpstreamEventChannel: Sendable {
         handOff.withLock { state, _ in state.buffer.responseHead = head }
     }
 
+    func setResponseBody(_ body: [UInt8]) {
+        handOff.withLock { state, _ in state.buffer.responseBody = body }
+    }
+
     /// The stream has ended (or its consumer left): nothing more will be delivered.
     var isClosed: Bool {
         handOff.withLock { state, _ in state.buffer.end != nil }
@@ -90,6 +96,10 @@ final class UpstreamEventChannel: Sendable {
 
     var responseHead: UpstreamResponseHead? {
         handOff.withLock { state, _ in state.buffer.responseHead }
+    }
+
+    var responseBody: [UInt8] {
+        handOff.withLock { state, _ in state.buffer.responseBody }
     }
 
     func poll() -> Poll {

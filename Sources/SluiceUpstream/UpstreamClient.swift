@@ -42,13 +42,30 @@ public final class UpstreamClient: Sendable {
     /// `content-type`, `accept`, `content-length`, `host`) are ignored; an `anthropic-version` replaces Sluice's.
     public func streamMessage(body: [UInt8], headers: [(String, String)] = []) -> UpstreamStream {
         let channel = UpstreamEventChannel(maxBufferedBytes: configuration.maxBufferedBytes)
-        let transfer = CurlTransfer(channel: channel, body: body, extraHeaders: headers)
+        return UpstreamStream(handle: submit(CurlTransfer(channel: channel, path: "/v1/messages", body: body, extraHeaders: headers)))
+    }
+
+    /// `POST {baseURL}{path}` with `body` (JSON), answered as a whole: the response of any HTTP status, or an
+    /// `UpstreamFailure` when there is none (connection failure, timeout, a body over `maxBufferedBytes`).
+    /// Same headers rule as `streamMessage`. Cancelling the calling task aborts the transfer.
+    public func post(path: String, body: [UInt8], headers: [(String, String)] = []) async throws(UpstreamFailure) -> UpstreamResponse {
+        let channel = UpstreamEventChannel(maxBufferedBytes: configuration.maxBufferedBytes)
+        let handle = submit(CurlTransfer(channel: channel, path: path, body: body, extraHeaders: headers, buffersResponse: true))
+        // A buffered transfer yields no events: this returns at its end.
+        while try await handle.next() != nil {}
+        guard let head = channel.responseHead else {
+            throw UpstreamFailure(.invalidResponse, message: "Anthropic API ended \(path) without a response")
+        }
+        return UpstreamResponse(status: head.status, headers: head.headers, body: channel.responseBody)
+    }
+
+    private func submit(_ transfer: CurlTransfer) -> UpstreamTransferHandle {
         let multi =
             multis.first { $0.loop.inEventLoop }
             ?? multis[nextMulti.wrappingAdd(1, ordering: .relaxed).oldValue % multis.count]
-        let handle = UpstreamTransferHandle(multi: multi, transfer: transfer, channel: channel)
+        let handle = UpstreamTransferHandle(multi: multi, transfer: transfer, channel: transfer.channel)
         multi.submit(transfer)
-        return UpstreamStream(handle: handle)
+        return handle
     }
 
     /// Easy handles currently in the multi handles (for leak checks).

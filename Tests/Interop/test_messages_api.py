@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import struct
 import subprocess
@@ -216,6 +217,21 @@ def test_mid_stream_drop_is_continued_invisibly(client):
     assert events.count("content_block_start") == 1
 
 
+def test_count_tokens_equals_the_simulators_count(client, oracle):
+    body = {"model": MODEL, "system": "Be brief.", "messages": QUESTION, "tools": TOOLS}
+    counted = client.messages.count_tokens(**body, extra_headers={"anthropic-beta": "token-counting-2024-11-01"})
+    assert counted.input_tokens == oracle.messages.count_tokens(**body).input_tokens
+    # The same count a message for that body reports.
+    assert counted.input_tokens == oracle.messages.create(**body, max_tokens=16).usage.input_tokens
+
+
+def test_invalid_count_tokens_is_bad_request_error(client):
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.count_tokens(model="", messages=QUESTION)
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
+    assert client.messages.count_tokens(model=MODEL, messages=QUESTION).input_tokens > 0  # still serving
+
+
 # MARK: Once: keys, capacity, draining
 
 def test_wrong_key_is_authentication_error(start_server, tls_cert, tmp_path):
@@ -233,6 +249,38 @@ def test_wrong_key_is_authentication_error(start_server, tls_cert, tmp_path):
                           headers={"authorization": "Bearer sk-sluice-right"},
                           json={"model": MODEL, "max_tokens": 16, "messages": QUESTION})
     assert response.status_code == 200 and response.json()["type"] == "message"
+
+
+def test_count_tokens_with_a_wrong_key_is_authentication_error(start_server, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("sk-sluice-right\n")
+    server = start_server("--keys-file", str(keys))
+    with sdk_client(server, "h2c", api_key="sk-sluice-wrong") as wrong:
+        with pytest.raises(anthropic.AuthenticationError) as caught:
+            wrong.messages.count_tokens(model=MODEL, messages=QUESTION)
+        assert caught.value.body["error"]["type"] == "authentication_error"
+    with sdk_client(server, "h2c", api_key="sk-sluice-right") as right:
+        assert right.messages.count_tokens(model=MODEL, messages=QUESTION).input_tokens > 0
+    response = httpx.post(f"http://{server.host}:{server.port}/v1/messages/count_tokens",
+                          headers={"authorization": "Bearer sk-sluice-right", "anthropic-version": "2023-06-01"},
+                          json={"model": MODEL, "messages": QUESTION})
+    assert response.status_code == 200 and response.json()["input_tokens"] > 0
+    wrong_method = httpx.get(f"http://{server.host}:{server.port}/v1/messages/count_tokens",
+                             headers={"authorization": "Bearer sk-sluice-right"})
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_count_tokens_without_an_upstream_is_overloaded_error(start_server):
+    # A port bound but not listening refuses connections, and nothing else can take it while the test runs.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        server = start_server("--upstream-url", f"http://127.0.0.1:{closed.getsockname()[1]}", "--upstream-is-simulator")
+        with sdk_client(server, "h2c") as client:
+            with pytest.raises(anthropic.APIStatusError) as caught:
+                client.messages.count_tokens(model=MODEL, messages=QUESTION)
+            assert caught.value.status_code == 529
+            assert caught.value.body["error"]["type"] == "overloaded_error"
+            assert "count_tokens" in caught.value.body["error"]["message"]
 
 
 def test_full_server_is_rate_limit_error(start_server):

@@ -26,6 +26,11 @@ final class FakeUpstream: MessageUpstream {
         return Script(steps: steps)
     }
 
+    /// The engine's tests make no buffered calls: one would fail like an unreachable upstream.
+    func post(path: String, body: [UInt8], headers: [(String, String)]) async throws(UpstreamFailure) -> UpstreamResponse {
+        throw UpstreamFailure(.connectionFailed, message: "FakeUpstream answers no \(path)")
+    }
+
     struct Script: AsyncSequence, Sendable {
         typealias Element = AnthropicEvent
         typealias Failure = UpstreamFailure

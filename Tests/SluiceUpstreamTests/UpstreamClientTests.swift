@@ -744,3 +744,104 @@ extension UpstreamClientTests {
         }
     }
 }
+
+// MARK: - Buffered calls (`post`)
+
+extension UpstreamClientTests {
+    static let countTokensPath = "/v1/messages/count_tokens"
+
+    static func withCountTokensServer<T>(
+        _ handler: @escaping HTTPHandler, _ body: (HTTP2Server) async throws -> T
+    ) async throws -> T {
+        var router = RPCRouter()
+        router.registerHTTP(countTokensPath, handler)
+        return try await withServer(router: router, body)
+    }
+
+    @Test func postSendsTheBodyToThePathAndReturnsTheWholeResponse() async throws {
+        let recorder = Recorder()
+        try await Self.withCountTokensServer({ request, writer in
+            recorder.record(request)
+            try writer.head(status: 200, headers: [("content-type", "application/json"), ("request-id", "req_count")])
+            try await writer.write(Array(#"{"input_tokens":"#.utf8))
+            try await writer.write(Array("12}".utf8))
+        }) { server in
+            let client = try Self.client(server)
+            let body = Array(#"{"model":"claude-test","messages":[]}"#.utf8)
+            let response = try await client.post(
+                path: Self.countTokensPath, body: body,
+                headers: [("x-api-key", "caller-must-not-override"), ("anthropic-beta", "test-beta")])
+            #expect(response.status == 200)
+            #expect(response.body == Array(#"{"input_tokens":12}"#.utf8))
+            #expect(response.header("request-id") == "req_count")
+            let request = try #require(recorder.last)
+            #expect(request.method == "POST")
+            #expect(request.path == Self.countTokensPath)
+            #expect(request.body == body)
+            #expect(request.headers.filter { $0.name == "x-api-key" }.map(\.value) == [Self.fakeKey])
+            #expect(request.header("accept") == "application/json")
+            #expect(request.header("anthropic-beta") == "test-beta")
+            #expect(await Self.eventually { client.openTransfers == 0 })
+        }
+    }
+
+    @Test func postReturnsAnErrorStatusAsAResponse() async throws {
+        let error = #"{"type":"error","error":{"type":"invalid_request_error","message":"model: Field required"}}"#
+        try await Self.withCountTokensServer({ _, writer in
+            try writer.head(status: 400, headers: [("content-type", "application/json")])
+            try await writer.write(Array(error.utf8))
+        }) { server in
+            let response = try await Self.client(server).post(path: Self.countTokensPath, body: Array("{}".utf8))
+            #expect(response.status == 400)
+            #expect(response.body == Array(error.utf8))
+        }
+    }
+
+    @Test func postOfABodyOverTheBufferCapFails() async throws {
+        try await Self.withCountTokensServer({ _, writer in
+            try writer.head(status: 200, headers: [("content-type", "application/json")])
+            try await writer.write([UInt8](repeating: UInt8(ascii: " "), count: 4096))
+        }) { server in
+            let client = try Self.client(server) { $0.maxBufferedBytes = 1024 }
+            await #expect(throws: UpstreamFailure.self) {
+                _ = try await client.post(path: Self.countTokensPath, body: Array("{}".utf8))
+            }
+            #expect(await Self.eventually { client.openTransfers == 0 })
+        }
+    }
+
+    @Test func postToAClosedPortIsAConnectionFailure() async throws {
+        let port = try await Self.withServer({ _, _ in }) { server in server.port }
+        let client = try UpstreamClient(
+            configuration: UpstreamConfiguration(baseURL: "http://127.0.0.1:\(port)", apiKey: Self.plainFakeKey))
+        do {
+            _ = try await client.post(path: Self.countTokensPath, body: Array("{}".utf8))
+            Issue.record("a post to a closed port returned a response")
+        } catch {
+            #expect(error.kind == .connectionFailed)
+        }
+        #expect(client.openTransfers == 0)
+        await client.shutdown()
+    }
+
+    @Test func simulatorCountsTheInputTokensAMessageReports() async throws {
+        try await Self.withSimulator { server, _ in
+            let client = try Self.client(server)
+            let system: JSONValue = "Be brief."
+            let messages: JSONValue = [["role": "user", "content": "Tell me about rivers and the seas they reach."]]
+            let countBody = JSONValue.object(["model": "claude-sim-1", "system": system, "messages": messages]).serialized()
+            let response = try await client.post(path: Self.countTokensPath, body: countBody)
+            #expect(response.status == 200)
+            // The same body as a message (with max_tokens): its usage.input_tokens.
+            let messageBody = JSONValue.object([
+                "model": "claude-sim-1", "max_tokens": 64, "system": system, "messages": messages,
+            ]).serialized()
+            let message = SimulatedMessage(request: try MessagesRequest.parse(messageBody), scenario: SimulationScenario())
+            #expect(try JSONValue(parsing: response.body) == ["input_tokens": .integer(message.inputTokens)])
+
+            let invalid = try await client.post(path: Self.countTokensPath, body: Array(#"{"messages":[]}"#.utf8))
+            #expect(invalid.status == 400)
+            #expect(try JSONValue(parsing: invalid.body)["error"]?["type"] == "invalid_request_error")
+        }
+    }
+}
