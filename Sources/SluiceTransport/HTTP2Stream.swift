@@ -41,8 +41,16 @@ final class HTTP2Stream {
 
     func headersComplete() {
         let router = connection.server.router
-        let httpRoute = router.httpHandler(for: machine.routePath)
         let rpcRoute = machine.path.flatMap { router.handler(for: $0) }
+        let configuration = connection.server.configuration
+        // Connect unary is served as plain HTTP: its status is an HTTP status, chosen when the handler ends.
+        let connectUnary = rpcRoute.flatMap { route in
+            ConnectUnary.isUnaryRequest(method: machine.method, contentType: machine.contentType)
+                ? ConnectUnary.handler(
+                    route.handler, maxMessageSize: configuration.limits.maxMessageSize, compressMinBytes: configuration.compressMinBytes)
+                : nil
+        }
+        let httpRoute = connectUnary ?? router.httpHandler(for: machine.routePath)
         let action: HTTP2StreamStateMachine.HeadersAction
         switch connection.server.configuration.cors.decide(method: machine.method, header: machine.header) {
         case .preflight(let headers):
