@@ -174,3 +174,16 @@ def test_curl_unary_not_found_gzip_body_and_bad_encoding(server, http2):
     assert (status, body["code"]) == (400, "invalid_argument")
     status, _, body = curl_unary(server.port, HEALTH_CHECK, b"{}", http2=http2)
     assert (status, body) == (200, {"status": "SERVING"})
+
+
+@pytest.mark.parametrize("version", [HTTPVersion.HTTP1, HTTPVersion.HTTP2])
+def test_unary_cancel_ends_a_running_stream(server, version):
+    from streaming_testlib import slow_request
+
+    with SluiceClient(server.port) as grpc_client:
+        reader = grpc_client.start(slow_request(seed=5, seconds=20, output_tokens=40))
+        stream_id = reader.take(1)[0]["stream_id"]
+        with SyncHTTPTransport(http_version=version) as transport:
+            response = unary(f"http://127.0.0.1:{server.port}", CANCEL, {"stream_id": stream_id}, SyncClient(transport))
+        assert response == {"stream_id": stream_id, "cancelled": True}
+        assert reader.finish(shape=False).code == "CANCELLED"
