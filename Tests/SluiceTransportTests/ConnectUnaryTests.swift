@@ -71,6 +71,32 @@ import Testing
         #expect(try Gzip.decompress(response.body, limit: 1 << 20) == message)
     }
 
+    /// Runs `ConnectUnary.handler` around `rpc` with the given request headers; returns the status and JSON body.
+    private func serve(_ headers: [(name: String, value: String)], _ rpc: @escaping RPCHandler) async throws -> (Int?, JSONValue) {
+        let outbound = StreamOutbound(capacity: 1 << 20, framing: .raw, endStreamEnvelope: nil) {}
+        let request = HTTPRequest(method: "POST", path: "/a.B/C", query: nil, headers: headers, body: Array("{}".utf8))
+        try await ConnectUnary.handler(rpc, maxMessageSize: 1024, compressMinBytes: .max)(request, HTTPResponseWriter(outbound: outbound))
+        var body = [UInt8](repeating: 0, count: 4096)
+        let count = body.withUnsafeMutableBytes { outbound.drain(into: $0).byteCount }
+        let status = outbound.head?.first { $0.0 == ":status" }.flatMap { Int($0.1) }
+        return (status, try JSONValue(parsing: body[..<count]))
+    }
+
+    @Test func theHandlerEndsAtItsDeadlineWith504() async throws {
+        let (status, body) = try await serve([("connect-timeout-ms", "20")]) { _, _ in try await Task.sleep(for: .seconds(60)) }
+        #expect(status == 504)
+        #expect(body.objectValue?["code"] == .string("deadline_exceeded"))
+    }
+
+    @Test func aHandlersErrorAndItsMessageAreTheResponse() async throws {
+        let (status, body) = try await serve([]) { _, _ in throw RPCError(.notFound, "no stream s1") }
+        #expect(status == 404)
+        #expect(body == .object(["code": .string("not_found"), "message": .string("no stream s1")]))
+        let (okStatus, okBody) = try await serve([]) { request, writer in try await writer.write(request.message) }
+        #expect(okStatus == 200)
+        #expect(okBody == .object([:]))
+    }
+
     private func failure(_ result: Result<ConnectUnary.Call, RPCError>) -> RPCError? {
         if case .failure(let error) = result { return error }
         return nil
