@@ -89,8 +89,8 @@ enum ConnectUnary {
         return Response(status: code.connectHTTPStatus, headers: headers, body: compressed)
     }
 
-    /// The plain HTTP handler that serves `rpc` as a Connect unary call.
-    static func handler(_ rpc: @escaping RPCHandler, maxMessageSize: Int, compressMinBytes: Int) -> HTTPHandler {
+    /// The plain HTTP handler that serves `rpc` as a Connect unary call; without one, the call is UNIMPLEMENTED.
+    static func handler(_ rpc: RPCHandler?, maxMessageSize: Int, compressMinBytes: Int) -> HTTPHandler {
         { request, writer in
             var code = StatusCode.ok
             var message = ""
@@ -100,6 +100,10 @@ enum ConnectUnary {
             case .failure(let error):
                 (code, message) = (error.code, error.message)
             case .success(let call):
+                guard let rpc else {
+                    (code, message) = (.unimplemented, "unknown method \(request.path): this server has no such RPC")
+                    break
+                }
                 encoding = call.responseEncoding
                 (code, message, messages) = await run(rpc, call, request)
             }

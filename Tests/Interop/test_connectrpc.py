@@ -133,6 +133,10 @@ def test_unary_health_and_cancel_over_http1_and_http2(server, version):
         with pytest.raises(ConnectError) as unknown:
             unary(address, HEALTH_CHECK, {"service": "nope.Service"}, client)
         assert unknown.value.code == Code.NOT_FOUND
+        with pytest.raises(ConnectError) as unimplemented:
+            unary(address, "/sluice.v1.Nope/Missing", {}, client)
+        assert unimplemented.value.code == Code.UNIMPLEMENTED
+        assert "/sluice.v1.Nope/Missing" in unimplemented.value.message
         # The errors left the server serving.
         assert unary(address, HEALTH_CHECK, {}, client) == {"status": "SERVING"}
 
