@@ -32,6 +32,15 @@ extension HTTP1Connection {
         let contentType = request.header("content-type") ?? ""
         let rpcRoute = server.router.handler(for: path)
         let headers = request.headers.filter { !Self.hopByHopHeaders.contains($0.name) }
+        // Connect unary on an RPC path, or on a path nothing serves (then UNIMPLEMENTED, as Connect clients expect).
+        if ConnectUnary.isUnaryRequest(method: request.method, contentType: contentType),
+            rpcRoute != nil || server.router.httpHandler(for: path) == nil
+        {
+            let configuration = server.configuration
+            let handler = ConnectUnary.handler(
+                rpcRoute?.handler, maxMessageSize: configuration.limits.maxMessageSize, compressMinBytes: configuration.compressMinBytes)
+            return .handler(handler, HTTPRequest(method: request.method, path: path, query: query, headers: headers, body: request.body))
+        }
         if let rpcProtocol = RPCCallHead.rpcProtocol(contentType: contentType), rpcProtocol != .grpc {
             guard request.method == "POST" else {
                 return .refuse(status: 405, headers: text + [("allow", "POST")], body: "\(request.method) is not allowed: RPCs use POST.\n")

@@ -41,8 +41,18 @@ final class HTTP2Stream {
 
     func headersComplete() {
         let router = connection.server.router
-        let httpRoute = router.httpHandler(for: machine.routePath)
         let rpcRoute = machine.path.flatMap { router.handler(for: $0) }
+        let configuration = connection.server.configuration
+        let plainRoute = router.httpHandler(for: machine.routePath)
+        // Connect unary is served as plain HTTP: its status is an HTTP status, chosen when the handler ends. On a
+        // path nothing serves it is UNIMPLEMENTED, as Connect clients expect.
+        let isConnectUnary =
+            ConnectUnary.isUnaryRequest(method: machine.method, contentType: machine.contentType) && (rpcRoute != nil || plainRoute == nil)
+        let httpRoute =
+            isConnectUnary
+            ? ConnectUnary.handler(
+                rpcRoute?.handler, maxMessageSize: configuration.limits.maxMessageSize, compressMinBytes: configuration.compressMinBytes)
+            : plainRoute
         let action: HTTP2StreamStateMachine.HeadersAction
         switch connection.server.configuration.cors.decide(method: machine.method, header: machine.header) {
         case .preflight(let headers):

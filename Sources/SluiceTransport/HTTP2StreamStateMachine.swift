@@ -178,10 +178,10 @@ struct HTTP2StreamStateMachine {
                 extra: Field(
                     name: "accept-post",
                     value:
-                        "application/grpc, application/grpc+json, application/connect+json, application/grpc-web+json, application/grpc-web-text+json"
+                        "application/grpc, application/grpc+json, application/connect+json, application/json, application/grpc-web+json, application/grpc-web-text+json"
                 ),
                 body:
-                    "Unsupported content-type '\(type)': send application/grpc, application/grpc+json, application/connect+json, application/grpc-web+json or application/grpc-web-text+json.\n"
+                    "Unsupported content-type '\(type)': send application/grpc, application/grpc+json, application/connect+json, application/json (Connect unary), application/grpc-web+json or application/grpc-web-text+json.\n"
             )
         }
         let route = Route.rpc(rpcProtocol)

@@ -3,6 +3,7 @@ gzip accepted, and HTTP/1.1 for an http:// URL; also over TLS and HTTP/2."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 from pathlib import Path
@@ -100,3 +101,93 @@ def test_errors_over_http1_are_connect_errors_and_the_server_keeps_serving(serve
     assert invalid.value.code == Code.INVALID_ARGUMENT
     assert "frames" in invalid.value.message
     assert_synthetic_messages(stream(address, SYNTHETIC, {"frames": 2}), 2)
+
+
+# Connect unary (application/json): Cancel and Health/Check with connectrpc's defaults (gzip offered both ways).
+CANCEL = "/sluice.v1.StreamingService/Cancel"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def unary(address: str, path: str, request: dict, http_client: SyncClient | None = None) -> dict:
+    service, name = path.strip("/").split("/")
+    info = MethodInfo(name=name, service_name=service, input=dict, output=dict,
+                      idempotency_level=IdempotencyLevel.UNKNOWN, stream_type=StreamType.UNARY)
+    with ConnectClientSync(address, codec=JSONCodec(), http_client=http_client) as client:
+        return client.execute_unary(request=request, method=info)
+
+
+@pytest.mark.parametrize("version", [HTTPVersion.HTTP1, HTTPVersion.HTTP2])
+def test_unary_health_and_cancel_over_http1_and_http2(server, version):
+    address = f"http://127.0.0.1:{server.port}"
+    with SyncHTTPTransport(http_version=version) as transport:
+        client = SyncClient(transport)
+        assert unary(address, HEALTH_CHECK, {"service": ""}, client) == {"status": "SERVING"}
+        with pytest.raises(ConnectError) as missing:
+            unary(address, CANCEL, {"stream_id": "no-such-stream"}, client)
+        assert missing.value.code == Code.NOT_FOUND
+        assert "no-such-stream" in missing.value.message
+        with pytest.raises(ConnectError) as invalid:
+            unary(address, CANCEL, {}, client)
+        assert invalid.value.code == Code.INVALID_ARGUMENT
+        assert "stream_id" in invalid.value.message
+        with pytest.raises(ConnectError) as unknown:
+            unary(address, HEALTH_CHECK, {"service": "nope.Service"}, client)
+        assert unknown.value.code == Code.NOT_FOUND
+        with pytest.raises(ConnectError) as unimplemented:
+            unary(address, "/sluice.v1.Nope/Missing", {}, client)
+        assert unimplemented.value.code == Code.UNIMPLEMENTED
+        assert "/sluice.v1.Nope/Missing" in unimplemented.value.message
+        # The errors left the server serving.
+        assert unary(address, HEALTH_CHECK, {}, client) == {"status": "SERVING"}
+
+
+def curl_unary(port: int, path: str, body: bytes, *headers: str, http2: bool = False) -> tuple[int, dict, dict]:
+    """POSTs a Connect unary request with curl; returns (status, lower-case headers, JSON body)."""
+    args = ["curl", "-sS", "-D", "-", "-o", "/dev/stdout", "--data-binary", "@-", "-H", "content-type: application/json"]
+    if not any(header.startswith("connect-protocol-version") for header in headers):
+        headers = (*headers, "connect-protocol-version: 1")
+    for header in headers:
+        args += ["-H", header]
+    if http2:
+        args.append("--http2-prior-knowledge")
+    result = subprocess.run([*args, f"http://127.0.0.1:{port}{path}"], input=body, capture_output=True, check=True)
+    head, _, payload = result.stdout.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    response_headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return status, response_headers, json.loads(payload)
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_curl_unary_not_found_gzip_body_and_bad_encoding(server, http2):
+    status, headers, body = curl_unary(server.port, CANCEL, b'{"stream_id":"gone"}', http2=http2)
+    assert (status, body["code"]) == (404, "not_found")
+    assert "gone" in body["message"]
+    assert headers["content-type"] == "application/json"
+    gzipped = gzip.compress(b'{"service":""}')
+    status, _, body = curl_unary(server.port, HEALTH_CHECK, gzipped, "content-encoding: gzip", http2=http2)
+    assert (status, body) == (200, {"status": "SERVING"})
+    status, _, body = curl_unary(server.port, HEALTH_CHECK, b"not gzip", "content-encoding: gzip", http2=http2)
+    assert (status, body["code"]) == (400, "invalid_argument")
+    assert "gzip" in body["message"]
+    status, _, body = curl_unary(server.port, HEALTH_CHECK, b"{}", "content-encoding: br", http2=http2)
+    assert (status, body["code"]) == (501, "unimplemented")
+    status, _, body = curl_unary(server.port, HEALTH_CHECK, b"{}", "connect-protocol-version: 2", http2=http2)
+    assert (status, body["code"]) == (400, "invalid_argument")
+    status, _, body = curl_unary(server.port, HEALTH_CHECK, b"{}", "connect-timeout-ms: soon", http2=http2)
+    assert (status, body["code"]) == (400, "invalid_argument")
+    status, _, body = curl_unary(server.port, HEALTH_CHECK, b"{}", http2=http2)
+    assert (status, body) == (200, {"status": "SERVING"})
+
+
+@pytest.mark.parametrize("version", [HTTPVersion.HTTP1, HTTPVersion.HTTP2])
+def test_unary_cancel_ends_a_running_stream(server, version):
+    from streaming_testlib import slow_request
+
+    with SluiceClient(server.port) as grpc_client:
+        reader = grpc_client.start(slow_request(seed=5, seconds=20, output_tokens=40))
+        stream_id = reader.take(1)[0]["stream_id"]
+        with SyncHTTPTransport(http_version=version) as transport:
+            response = unary(f"http://127.0.0.1:{server.port}", CANCEL, {"stream_id": stream_id}, SyncClient(transport))
+        assert response == {"stream_id": stream_id, "cancelled": True}
+        assert reader.finish(shape=False).code == "CANCELLED"
