@@ -1,3 +1,4 @@
+import SluiceIO
 import SluiceWire
 
 /// Connect unary (`application/json`, connectrpc.com/docs/protocol): the request body is the bare JSON
@@ -129,7 +130,7 @@ enum ConnectUnary {
                 group.addTask { try await rpc(rpcRequest, RPCResponseWriter(outbound: buffer)) }
                 if let timeout = call.timeout {
                     group.addTask {
-                        try await Task.sleep(for: timeout)
+                        try await EventLoop.sleep(for: timeout)  // a loop timer when the call runs on a loop
                         throw RPCError(.deadlineExceeded, "deadline exceeded: the call ran longer than its connect-timeout-ms")
                     }
                 }
