@@ -24,6 +24,7 @@ import httpx2 as httpx  # the HTTP client anthropic 2.x is built on
 import pytest
 
 from sluice_testlib import REPO_ROOT, FrameClient
+from test_anthropic_sdk import scenario as oracle_headers, without_none
 
 MODEL = "claude-sim-1"
 QUESTION = [{"role": "user", "content": "Tell me how streams resume."}]
@@ -83,18 +84,6 @@ def client(start_server, tls_cert, transport):
 
 def simulation(**fields) -> dict:
     return {"simulation": fields}
-
-
-def oracle_headers(**fields) -> dict:
-    return {"sluice-simulation": json.dumps(fields, separators=(",", ":"))}
-
-
-def without_none(value):
-    if isinstance(value, dict):
-        return {key: without_none(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [without_none(item) for item in value]
-    return value
 
 
 def comparable(message) -> dict:
