@@ -96,13 +96,21 @@ final class StreamOutbound: Sendable {
     // MARK: Producer side (handler, any thread)
 
     func write(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
+        // The framing and queueing are synchronous so that their generic temporaries live on the thread's stack,
+        // not in task-allocated async frames: only waiting for room suspends.
+        if try enqueue(payload, since: since) { try await handOff.waitAsProducer(unlessLoadAtMost: capacity / 2) }
+    }
+
+    /// Frames and queues `payload`, or throws why the call takes no more messages. True when the producer must
+    /// wait for room.
+    private func enqueue(_ payload: some Collection<UInt8>, since: ContinuousClock.Instant?) throws -> Bool {
         if framing == .base64Envelope {
             // Encoded before locking, like compression.
-            try await write(Base64.encode(EnvelopeEncoder.encode(payload)), flags: [], as: .raw, since: since)
+            return try enqueue(Base64.encode(EnvelopeEncoder.encode(payload)), flags: [], as: .raw, since: since)
         } else if let compressed = compressed(payload) {
-            try await write(compressed, flags: .compressed, as: framing, since: since)
+            return try enqueue(compressed, flags: .compressed, as: framing, since: since)
         } else {
-            try await write(payload, flags: [], as: framing, since: since)
+            return try enqueue(payload, flags: [], as: framing, since: since)
         }
     }
 
@@ -112,10 +120,10 @@ final class StreamOutbound: Sendable {
         return responseEncoding.compressed(payload, minBytes: compressMinBytes)
     }
 
-    private func write(
+    private func enqueue(
         _ payload: some Collection<UInt8>, flags: EnvelopeFlags, as framing: Framing, since: ContinuousClock.Instant?
-    ) async throws {
-        let mustWait = try handOff.withLock { state, wakeups throws(RPCError) -> Bool in
+    ) throws -> Bool {
+        try handOff.withLock { state, wakeups throws(RPCError) -> Bool in
             if let reason = state.buffer.closedReason { throw reason }
             guard state.buffer.status == nil else {
                 throw RPCError(.internal, "a message was written after the call ended")
@@ -125,7 +133,6 @@ final class StreamOutbound: Sendable {
             }
             return Self.enqueue(payload, flags: flags, since: since, framing: framing, measured: messageDelivered != nil, &state, &wakeups)
         }
-        if mustWait { try await handOff.waitAsProducer(unlessLoadAtMost: capacity / 2) }
     }
 
     /// Queues `payload` only if that needs no waiting: the call is open and the queue has room for it
