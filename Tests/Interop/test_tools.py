@@ -303,12 +303,17 @@ def cancel_mid_read(server: SluiceServer, paths: list[str]) -> tuple[list[Timed]
         return timed, cancel_sent, reader.finish()
 
 
+CANCEL_BOUND_SECONDS = 0.5
+
+
 def assert_cancelled_promptly(timed: list[Timed], cancel_sent: float, outcome: StreamOutcome) -> None:
     assert outcome.code == "CANCELLED", outcome.details
     assert outcome.events[-1]["type"] == "stream_error"
+    # The read of a huge file lasts seconds; a tool that kept running would show progress long after this bound,
+    # which is loose enough for a loaded 2-core CI machine (100 ms failed there under load).
     late = [(round(t.at - cancel_sent, 3), t.event["seq"]) for t in timed
-            if t.event["type"] == "tool_progress" and t.at > cancel_sent + 0.1]
-    assert not late, f"tool_progress (seconds after the cancel, seq) more than 100 ms after Cancel: {late}"
+            if t.event["type"] == "tool_progress" and t.at > cancel_sent + CANCEL_BOUND_SECONDS]
+    assert not late, f"tool_progress (seconds after the cancel, seq) more than {CANCEL_BOUND_SECONDS} s after Cancel: {late}"
 
 
 def test_cancel_mid_read_stops_the_tool(start_server, root, huge_root):
