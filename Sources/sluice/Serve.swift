@@ -369,8 +369,10 @@ struct Serve: AsyncParsableCommand {
             ? "built-in simulator (no ANTHROPIC_API_KEY set)"
             : upstreamIsSimulator ? "simulator at \(upstreamConfiguration.baseURL)" : "Anthropic API at \(upstreamConfiguration.baseURL)"
         let perKey = maxActivePerKey.map { ", \($0) per key" } ?? ""
+        let messagesTools =
+            messagesServerToolNames.isEmpty ? "" : " (on /v1/messages: \(messagesServerToolNames.sorted().joined(separator: ", ")))"
         print(
-            "sluice listening on \(host):\(server.port) \(scheme); upstream: \(upstreamDescription); limits: \(maxActive) active\(perKey), \(maxQueued) queued, \(maxStreamsPerConnection) streams per connection; callers: \(tokens.isEmpty ? "unauthenticated" : "\(tokens.count) keys"); tools: \(toolRoot.isEmpty ? "none" : "read_file, list_directory, search_files in \(toolRoot.joined(separator: ", "))")"
+            "sluice listening on \(host):\(server.port) \(scheme); upstream: \(upstreamDescription); limits: \(maxActive) active\(perKey), \(maxQueued) queued, \(maxStreamsPerConnection) streams per connection; callers: \(tokens.isEmpty ? "unauthenticated" : "\(tokens.count) keys"); tools: \(toolRoot.isEmpty ? "none" : "read_file, list_directory, search_files in \(toolRoot.joined(separator: ", "))")\(messagesTools)"
         )
         fflush(nil)  // scripts wait for this line
 
