@@ -261,7 +261,7 @@ public final class StreamEngine: Sendable {
     public var streamCount: Int { registry.withLock { $0.streams.count } }
 
     /// Tool definitions for the Messages API request.
-    func toolDefinitions(_ names: [String]) -> [JSONValue] {
+    package func toolDefinitions(_ names: [String]) -> [JSONValue] {
         names.compactMap { tools[$0] }.map {
             ["name": .string($0.name), "description": .string($0.description), "input_schema": $0.inputSchema]
         }

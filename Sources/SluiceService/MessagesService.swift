@@ -76,10 +76,10 @@ public struct MessagesService: Sendable {
             )
         }
         _ = try Self.caller(request, authentication)
+        let body = try countTokensBody(request.body)
         let response: UpstreamResponse
         do {
-            response = try await engine.upstream.post(
-                path: Self.countTokensPath, body: request.body, headers: Self.forwardedHeaders(request))
+            response = try await engine.upstream.post(path: Self.countTokensPath, body: body, headers: Self.forwardedHeaders(request))
         } catch {
             throw MessagesAPIError(RPCError(error.grpcStatus, "the Anthropic API gave no answer to count_tokens: \(error.message)"))
         }
@@ -89,6 +89,24 @@ public struct MessagesService: Sendable {
             + ["request-id", "retry-after"].compactMap { name in response.header(name).map { (name, $0) } }
         try writer.head(status: response.status, headers: headers)
         try await writer.write(response.body)
+    }
+
+    /// The body as the upstream counts it: Sluice's server tools named in `tools` become the definitions the model
+    /// gets, and their blocks in the history the turns it had, as for a message. Anything else (a body that is not
+    /// JSON included) is the upstream's to judge.
+    private func countTokensBody(_ body: [UInt8]) throws(MessagesAPIError) -> [UInt8] {
+        guard case .object(var fields)? = try? JSONValue(parsing: body) else { return body }
+        var changed = false
+        if let tools = fields["tools"]?.arrayValue, tools.contains(where: { $0.stringValue != nil }) {
+            try Self.checkServerTools(tools, offered: serverTools)
+            fields["tools"] = .array(tools.flatMap { tool in tool.stringValue.map { engine.toolDefinitions([$0]) } ?? [tool] })
+            changed = true
+        }
+        if let messages = fields["messages"]?.arrayValue, let upstream = ServerToolHistory.upstreamMessages(messages) {
+            fields["messages"] = .array(upstream)
+            changed = true
+        }
+        return changed ? JSONValue.object(fields).serialized() : body
     }
 
     /// The API version and betas the SDK asked for; its key is the caller's Sluice key and stays here.
@@ -197,6 +215,19 @@ public struct MessagesService: Sendable {
         }
     }
 
+    /// Sluice's server tools (strings in `tools`) must be among those `--messages-server-tools` offers.
+    static func checkServerTools(_ tools: [JSONValue], offered serverTools: Set<String>) throws(MessagesAPIError) {
+        for (index, tool) in tools.enumerated() {
+            guard let name = tool.stringValue, !serverTools.contains(name) else { continue }
+            let offered = serverTools.isEmpty ? "none are" : "only \(serverTools.sorted().joined(separator: ", ")) are"
+            throw MessagesAPIError(
+                status: 400, type: "invalid_request_error",
+                message:
+                    "tools.\(index): Sluice's server tool '\(name)' is not offered on \(path) (\(offered)); a tool the API runs or your code runs is an object (a tool definition). To offer it, start sluice with --messages-server-tools \(name) (and --tool-root)"
+            )
+        }
+    }
+
     /// The Messages API body as a Sluice request, and whether it asked for a stream. Sluice's own server
     /// tools are named as in SendMessage (strings in `tools`), and only those in `serverTools` are allowed.
     static func parse(_ body: [UInt8], serverTools: Set<String>) throws(MessagesAPIError) -> (SendMessageRequest, streaming: Bool) {
@@ -206,15 +237,7 @@ public struct MessagesService: Sendable {
         } catch {
             throw MessagesAPIError(status: 400, type: "invalid_request_error", message: "the request body is not valid JSON: \(error)")
         }
-        for (index, tool) in (root["tools"]?.arrayValue ?? []).enumerated() {
-            guard let name = tool.stringValue, !serverTools.contains(name) else { continue }
-            let offered = serverTools.isEmpty ? "none are" : "only \(serverTools.sorted().joined(separator: ", ")) are"
-            throw MessagesAPIError(
-                status: 400, type: "invalid_request_error",
-                message:
-                    "tools.\(index): Sluice's server tool '\(name)' is not offered on \(path) (\(offered)); a tool the API runs or your code runs is an object (a tool definition). To offer it, start sluice with --messages-server-tools \(name) (and --tool-root)"
-            )
-        }
+        try checkServerTools(root["tools"]?.arrayValue ?? [], offered: serverTools)
         var request: SendMessageRequest
         do {
             if let messages = root["messages"]?.arrayValue, let upstream = ServerToolHistory.upstreamMessages(messages),

@@ -444,6 +444,15 @@ def test_offered_server_tools_run_in_sluice_as_server_tool_blocks(start_server, 
         assert f"`read_file` tool ({read_use.id}) returned: " in answer.content[0].text
         assert "SERVER-TOOL notes" in answer.content[0].text
 
+        # count_tokens takes the same body: the offered tools are counted as the definitions the model gets.
+        plain = client.messages.count_tokens(model=MODEL, messages=QUESTION).input_tokens
+        with_tools = client.messages.count_tokens(model=MODEL, messages=QUESTION, tools=["read_file", "list_directory"])
+        assert with_tools.input_tokens > plain
+        assert client.messages.count_tokens(model=MODEL, messages=follow_up, tools=["read_file"]).input_tokens > plain
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.messages.count_tokens(model=MODEL, messages=QUESTION, tools=["search_files"])
+        assert "--messages-server-tools search_files" in caught.value.body["error"]["message"]
+
 
 # MARK: Metrics: the route label
 
