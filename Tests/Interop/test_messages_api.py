@@ -372,6 +372,22 @@ def test_oversized_request_is_request_too_large(start_server, tls_cert, transpor
         assert client.messages.create(model=MODEL, max_tokens=16, messages=QUESTION).content  # still serving
 
 
+@pytest.mark.parametrize("curl_args", [["-H", "expect: 100-continue"], ["-H", "transfer-encoding: chunked"],
+                                       ["--http2-prior-knowledge"]], ids=["expect-continue", "chunked", "h2c"])
+def test_oversized_body_is_request_too_large_however_it_is_sent(start_server, tmp_path, curl_args):
+    """Refused when the declared length is over the limit (before the body: 100-continue), while a chunked body
+    arrives, or in HTTP/2 DATA: the same JSON 413 each way."""
+    server = start_server("--max-message-size", "4096")
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "a" * 9000}]}))
+    result = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *curl_args, "-H", "content-type: application/json",
+                             "--data-binary", f"@{body}", f"http://{server.host}:{server.port}/v1/messages"],
+                            capture_output=True, text=True, timeout=30)
+    text, _, status = result.stdout.rpartition("\n")
+    assert status == "413", result
+    assert json.loads(text)["error"]["type"] == "request_too_large"
+
+
 # MARK: Sluice's server tools (--messages-server-tools)
 
 def test_server_tools_are_refused_unless_offered(start_server, tmp_path):
