@@ -1,29 +1,30 @@
 import Metrics
 import SluiceWire
 
-/// The engine's metrics, through swift-metrics (the service exports them as Prometheus text).
+/// The engine's metrics, through swift-metrics (the service exports them as Prometheus text). Each carries the
+/// `route` its stream came through.
 struct EngineMetrics: Sendable {
-    func finished(_ code: StatusCode) {
-        Counter(label: "sluice_streams_completed_total", dimensions: [("status", code.name)]).increment()
+    func finished(_ code: StatusCode, route: StreamRoute) {
+        Counter(label: "sluice_streams_completed_total", dimensions: [("route", route.rawValue), ("status", code.name)]).increment()
     }
 
-    func retried(reason: String) {
-        Counter(label: "sluice_upstream_retries_total", dimensions: [("reason", reason)]).increment()
+    func retried(reason: String, route: StreamRoute) {
+        Counter(label: "sluice_upstream_retries_total", dimensions: [("reason", reason), ("route", route.rawValue)]).increment()
     }
 
-    func abandoned() {
-        Counter(label: "sluice_streams_abandoned_cleaned_total").increment()
+    func abandoned(route: StreamRoute) {
+        Counter(label: "sluice_streams_abandoned_cleaned_total", dimensions: [("route", route.rawValue)]).increment()
     }
 
-    func tookOver() {
-        Counter(label: "sluice_streams_taken_over_total").increment()
+    func tookOver(route: StreamRoute) {
+        Counter(label: "sluice_streams_taken_over_total", dimensions: [("route", route.rawValue)]).increment()
     }
 
-    func rejected() {
-        Counter(label: "sluice_streams_rejected_total").increment()
+    func rejected(route: StreamRoute) {
+        Counter(label: "sluice_streams_rejected_total", dimensions: [("route", route.rawValue)]).increment()
     }
 
-    func timeToFirstToken(_ duration: Duration) {
-        Timer(label: "sluice_time_to_first_token_seconds").recordNanoseconds(duration.nanoseconds)
+    func timeToFirstToken(_ duration: Duration, route: StreamRoute) {
+        Timer(label: "sluice_time_to_first_token_seconds", dimensions: [("route", route.rawValue)]).recordNanoseconds(duration.nanoseconds)
     }
 }

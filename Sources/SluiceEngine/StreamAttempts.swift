@@ -12,6 +12,8 @@ struct StreamAttempts {
     /// Retries and tokens, readable after the stream ends however it ended.
     let stats: StreamStats
     let trace: StreamTrace
+    /// The front end the stream came through, for the metrics.
+    let route: StreamRoute
 
     /// The id of the current turn's message, Sluice's own: `message_start` goes out before the
     /// upstream answers, so retries before its first byte are visible in order, and the id stays
@@ -40,10 +42,11 @@ struct StreamAttempts {
 
     init(
         engine: StreamEngine, request: SendMessageRequest, channel: StreamChannel, startedAt: ContinuousClock.Instant, stats: StreamStats,
-        trace: StreamTrace
+        trace: StreamTrace, route: StreamRoute
     ) {
         self.stats = stats
         self.trace = trace
+        self.route = route
         self.engine = engine
         self.request = request
         self.channel = channel
@@ -111,7 +114,7 @@ struct StreamAttempts {
             stats.set(\.retries, to: retries)
             let mode = Self.retryMode(
                 nothingSent: sentText.isEmpty && !sawNonTextBlock, mustRestart: sawNonTextBlock || request.thinkingEnabled)
-            engine.metrics.retried(reason: Self.replicaLost)
+            engine.metrics.retried(reason: Self.replicaLost, route: route)
             channel.emit(.upstreamRetry(attempt: retries, reason: Self.replicaLost, delayMilliseconds: 0, mode: mode))
             if mode == .restart {
                 channel.emit(.messageRestart(id: messageID, reason: Self.replicaLost))
@@ -142,7 +145,7 @@ struct StreamAttempts {
                     mustRestart: sawNonTextBlock || prefillRefused || request.thinkingEnabled)
                 let delay = policy.delay(attempt: retries, retryAfter: error.retryAfter, unitRandom: Double.random(in: 0..<1))
                 let reason = Self.reason(error)
-                engine.metrics.retried(reason: error.kind.rawValue)
+                engine.metrics.retried(reason: error.kind.rawValue, route: route)
                 channel.emit(.upstreamRetry(attempt: retries, reason: reason, delayMilliseconds: Int(delay.milliseconds), mode: mode))
                 if mode == .restart {
                     channel.emit(.messageRestart(id: messageID, reason: reason))
@@ -237,7 +240,7 @@ struct StreamAttempts {
             }
             if sentText.isEmpty && !sawFirstToken {
                 sawFirstToken = true
-                engine.metrics.timeToFirstToken(.now - startedAt)
+                engine.metrics.timeToFirstToken(.now - startedAt, route: route)
             }
             sentText += delta
             channel.emit(.messageDelta(id: messageID, delta: String(delta)))

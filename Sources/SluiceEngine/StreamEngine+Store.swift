@@ -9,8 +9,11 @@ extension StreamEngine {
     static let storeBatch = 256
 
     /// The stream `streamID` for `caller`, to read after `seq`: this replica's own, or a mirror of another
-    /// replica's that replays the store's log from `seq` and follows it until the stream ends.
-    public func resumableChannel(_ streamID: String, caller: String, after seq: Int) async throws(RPCError) -> StreamChannel {
+    /// replica's that replays the store's log from `seq` and follows it until the stream ends. `route`: the reader's
+    /// front end, which a stream taken over here is counted under.
+    public func resumableChannel(
+        _ streamID: String, caller: String, after seq: Int, route: StreamRoute = .rpc
+    ) async throws(RPCError) -> StreamChannel {
         if let record = localRecord(streamID) {
             guard record.owner == caller else { throw notFound(streamID) }
             return record.channel
@@ -32,7 +35,7 @@ extension StreamEngine {
             )
         }
         if StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive),
-            let channel = try await takeOver(streamID, caller: caller)
+            let channel = try await takeOver(streamID, caller: caller, route: route)
         {
             return channel
         }
@@ -51,7 +54,7 @@ extension StreamEngine {
             return mirror
         }
         Task(executorPreference: EventLoop.current) {
-            await self.follow(mirror, after: seq, first: first, metadata: metadata)
+            await self.follow(mirror, after: seq, first: first, metadata: metadata, route: route)
         }
         return mirror
     }
@@ -61,10 +64,10 @@ extension StreamEngine {
     /// admitted here as usual. While the store cannot be reached, each replica's own per-key limit still holds.
     public func startAnywhere(
         _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
-        trace: StreamTrace? = nil
+        trace: StreamTrace? = nil, route: StreamRoute = .rpc
     ) async throws(RPCError) -> StreamChannel {
         guard let limit = configuration.limits.maxActivePerKey, configuration.store.isShared else {
-            return try start(request, caller: caller, deadline: deadline, executor: executor, trace: trace)
+            return try start(request, caller: caller, deadline: deadline, executor: executor, trace: trace, route: route)
         }
         let streamID = Self.makeID(prefix: "st_")
         let acquired: Bool?
@@ -77,7 +80,7 @@ extension StreamEngine {
             acquired = nil
         }
         if acquired == false {
-            metrics.rejected()
+            metrics.rejected(route: route)
             throw RPCError(
                 .resourceExhausted,
                 "this caller already runs \(limit) streams across the server's replicas (--max-active-per-key); retry when one has finished"
@@ -86,7 +89,7 @@ extension StreamEngine {
         do {
             return try start(
                 request, caller: caller, deadline: deadline, executor: executor, streamID: streamID, holdsCallerSlot: acquired == true,
-                trace: trace)
+                trace: trace, route: route)
         } catch {
             if acquired == true { configuration.store.releaseCallerSlot(caller: caller, streamID: streamID) }
             throw error
@@ -127,13 +130,14 @@ extension StreamEngine {
             guard let metadata = try? await store.metadata(streamID),
                 StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive)
             else { continue }
-            _ = try? await takeOver(streamID, caller: metadata.caller)
+            // No reader: counted under rpc, whose Resume is how a stream nobody reads is usually picked up.
+            _ = try? await takeOver(streamID, caller: metadata.caller, route: .rpc)
         }
     }
 
     /// Claims `streamID` (its owner's lease lapsed) and continues it here from its log; nil when another replica
     /// claimed it first or this one has no room (the caller then follows the log).
-    private func takeOver(_ streamID: String, caller: String) async throws(RPCError) -> StreamChannel? {
+    private func takeOver(_ streamID: String, caller: String, route: StreamRoute) async throws(RPCError) -> StreamChannel? {
         guard let slot = scheduler.admitNow(key: caller) else { return nil }
         let store = configuration.store
         var logged: [StoredEvent] = []
@@ -154,7 +158,7 @@ extension StreamEngine {
             slot.release()
             return nil
         }
-        metrics.tookOver()
+        metrics.tookOver(route: route)
         logger.info("took over a stream whose replica was lost", metadata: ["stream_id": "\(streamID)", "epoch": "\(claim.epoch)"])
         var events: [(seq: Int, frame: JSONValue)] = []
         for (index, event) in logged.enumerated() {
@@ -167,7 +171,7 @@ extension StreamEngine {
         stored.firstSeq = (logged.last?.seq ?? 0) + 1
         let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes, log: store.open(stored))
         for event in logged.prefix(events.count) { channel.record(seq: event.seq, type: event.type, frame: event.frame) }
-        let record = StreamRecord(channel: channel, owner: caller, trace: StreamTrace(traceparent: nil, tracestate: nil))
+        let record = StreamRecord(channel: channel, owner: caller, trace: StreamTrace(traceparent: nil, tracestate: nil), route: route)
         registry.withLock {
             $0.streams[streamID] = record
             $0.running[streamID] = record
@@ -238,7 +242,9 @@ extension StreamEngine {
     /// stream when its owner's lease lapses meanwhile. Polls the
     /// store (an XRANGE after the last seq, and the metadata when there was nothing new) every 10 ms while it
     /// waits; one shared connection per loop serves every follower.
-    private func follow(_ mirror: StreamChannel, after seq: Int, first: [StoredEvent], metadata: StoredStreamMetadata) async {
+    private func follow(
+        _ mirror: StreamChannel, after seq: Int, first: [StoredEvent], metadata: StoredStreamMetadata, route: StreamRoute
+    ) async {
         let store = configuration.store
         let streamID = mirror.streamID
         let readers = Meter(label: "sluice_store_remote_readers")
@@ -270,7 +276,7 @@ extension StreamEngine {
                 // The owner died while this reader followed it: this replica continues the stream.
                 if localRecord(streamID) == nil,
                     StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive),
-                    let local = try? await takeOver(streamID, caller: metadata.caller)
+                    let local = try? await takeOver(streamID, caller: metadata.caller, route: route)
                 {
                     await relay(local, into: mirror, after: last)
                     return

@@ -57,14 +57,17 @@ public final class StreamEngine: Sendable {
         let channel: StreamChannel
         let owner: String
         let trace: StreamTrace
+        /// The front end that started it (for a stream taken over, the one its new reader came by).
+        let route: StreamRoute
         /// One lock for both, so a cancel that comes before the job is attached is not lost (the stream is
         /// registered, and can be cancelled by a drain or the sweeper, before its job exists).
         private let control = LockedValue<(job: Task<Void, Never>?, cancelReason: RPCError?)>((nil, nil))
 
-        init(channel: StreamChannel, owner: String, trace: StreamTrace) {
+        init(channel: StreamChannel, owner: String, trace: StreamTrace, route: StreamRoute) {
             self.channel = channel
             self.owner = owner
             self.trace = trace
+            self.route = route
         }
 
         /// The first cancel's reason, if any.
@@ -175,9 +178,10 @@ public final class StreamEngine: Sendable {
     /// - Parameters:
     ///   - executor: where the stream's job runs; the client's event loop saves a thread switch per event.
     ///   - trace: the caller's trace context (a new trace when nil); every upstream attempt is a child span of it.
+    ///   - route: the front end the request came through, for the metrics.
     public func start(
         _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
-        streamID: String? = nil, holdsCallerSlot: Bool = false, trace: StreamTrace? = nil
+        streamID: String? = nil, holdsCallerSlot: Bool = false, trace: StreamTrace? = nil, route: StreamRoute = .rpc
     ) throws(RPCError) -> StreamChannel {
         if request.simulation != nil && !configuration.upstreamIsSimulator {
             throw RPCError(
@@ -195,7 +199,7 @@ public final class StreamEngine: Sendable {
         do {
             admitted = try scheduler.admit(key: caller)
         } catch {
-            metrics.rejected()
+            metrics.rejected(route: route)
             throw error
         }
         let streamID = streamID ?? Self.makeID(prefix: "st_")
@@ -208,7 +212,7 @@ public final class StreamEngine: Sendable {
         if let reason = trace.ignoredReason {
             logger.debug("started a new trace", metadata: ["stream_id": "\(streamID)", "reason": "\(reason)"])
         }
-        let record = StreamRecord(channel: channel, owner: caller, trace: trace)
+        let record = StreamRecord(channel: channel, owner: caller, trace: trace, route: route)
         registry.withLock {
             $0.streams[streamID] = record
             $0.running[streamID] = record
@@ -257,7 +261,7 @@ public final class StreamEngine: Sendable {
     public var streamCount: Int { registry.withLock { $0.streams.count } }
 
     /// Tool definitions for the Messages API request.
-    func toolDefinitions(_ names: [String]) -> [JSONValue] {
+    package func toolDefinitions(_ names: [String]) -> [JSONValue] {
         names.compactMap { tools[$0] }.map {
             ["name": .string($0.name), "description": .string($0.description), "input_schema": $0.inputSchema]
         }
@@ -288,7 +292,7 @@ public final class StreamEngine: Sendable {
             for record in abandoned { registry.running[record.channel.streamID] = nil }
         }
         for record in abandoned {
-            metrics.abandoned()
+            metrics.abandoned(route: record.route)
             record.cancel(
                 RPCError(
                     .cancelled,
@@ -331,7 +335,8 @@ public final class StreamEngine: Sendable {
             defer { slot.release() }
             try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
                 var attempts = StreamAttempts(
-                    engine: self, request: request, channel: channel, startedAt: started, stats: stats, trace: record.trace)
+                    engine: self, request: request, channel: channel, startedAt: started, stats: stats, trace: record.trace,
+                    route: record.route)
                 try await attempts.run(takeover: takeover)
             }
         } catch let error as RPCError {
@@ -348,12 +353,12 @@ public final class StreamEngine: Sendable {
             $0.running[channel.streamID] = nil
             $0.finished.append((.now, channel.streamID))
         }
-        metrics.finished(outcome?.code ?? .ok)
+        metrics.finished(outcome?.code ?? .ok, route: record.route)
         logger.info(
             "stream finished",
             metadata: [
                 "stream_id": "\(channel.streamID)", "trace_id": "\(record.trace.traceID)", "caller": "\(record.owner)",
-                "status": "\((outcome?.code ?? .ok).name)",
+                "route": "\(record.route.rawValue)", "status": "\((outcome?.code ?? .ok).name)",
                 "retries": "\(stats.current.retries)", "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
                 "input_tokens": "\(stats.current.inputTokens)", "output_tokens": "\(stats.current.outputTokens)",
             ]

@@ -34,10 +34,12 @@ public struct EventStreamService: Sendable {
 
     public func register(in router: inout RPCRouter) {
         router.registerHTTP(Self.collectionPath) { request, writer in
-            try await Self.respond(writer) { try await create(request) }
+            StreamRoute.sse.countRequest()
+            return try await Self.respond(writer) { try await create(request) }
         }
         router.registerHTTP(prefix: Self.collectionPath + "/") { request, writer in
-            try await Self.respond(writer) {
+            StreamRoute.sse.countRequest()
+            return try await Self.respond(writer) {
                 let rest = request.path.dropFirst(Self.collectionPath.count + 1).split(separator: "/", omittingEmptySubsequences: false)
                 if rest.count == 1, !rest[0].isEmpty {
                     return try await cancel(String(rest[0]), request)
@@ -72,7 +74,8 @@ public struct EventStreamService: Sendable {
         let parsed = try SendMessageRequest(json: request.body)
         // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are then loop timers.
         let trace = StreamTrace(traceparent: request.header("traceparent"), tracestate: request.header("tracestate"))
-        let channel = try await engine.startAnywhere(parsed, caller: caller, deadline: nil, executor: EventLoop.current, trace: trace)
+        let channel = try await engine.startAnywhere(
+            parsed, caller: caller, deadline: nil, executor: EventLoop.current, trace: trace, route: .sse)
         return JSONResponse(
             status: 201, body: ["stream_id": .string(channel.streamID)],
             headers: [("location", "\(Self.collectionPath)/\(channel.streamID)/events")]
@@ -92,7 +95,7 @@ public struct EventStreamService: Sendable {
         try Self.requireMethod("GET", request)
         let caller = try authentication.caller(authorization: request.header("authorization"))
         let after = try Self.resumePoint(request)
-        let channel = try await engine.resumableChannel(streamID, caller: caller, after: after)
+        let channel = try await engine.resumableChannel(streamID, caller: caller, after: after, route: .sse)
         // A newer reader replaces an older one, as with Resume; leaving only detaches.
         let generation = channel.attach()
         defer { channel.detach(generation) }

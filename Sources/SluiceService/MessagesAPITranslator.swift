@@ -11,9 +11,15 @@ import SluiceWire
 /// same block starts a new text block, as the API sends a block's citations before its text.
 ///
 /// Retries: a transparent one and a continuation are invisible (a continued text block goes on with the same
-/// index). A restart (`message_restart`) before any block reached the client is invisible too; after one, the
-/// stream ends with an `overloaded_error` event, as the API ends a stream it cannot finish, and the SDK's caller
-/// retries from the start. Later turns of a stream (after Sluice's own tools) continue the same message.
+/// index). A restart (`message_restart`) before any block of its turn reached the client is invisible too;
+/// after one, the stream ends with an `overloaded_error` event, as the API ends a stream it cannot finish, and
+/// the SDK's caller retries from the start.
+///
+/// Sluice's server tools (`--messages-server-tools`) look like the API's own: later turns continue the same
+/// message, and each call is a `server_tool_use` block followed by its `<name>_tool_result` block (the API's
+/// naming, as `web_fetch` → `web_fetch_tool_result`) whose `content` is the tool's output typed
+/// `<name>_result`, or `{"type": "<name>_tool_result_error", "error_code": "execution_error", "error_message"}`.
+/// Both arrive whole, as a hosted tool's blocks do.
 public struct MessagesAPITranslator: Sendable {
     /// What translating one frame gives.
     public struct Step: Equatable, Sendable {
@@ -46,10 +52,43 @@ public struct MessagesAPITranslator: Sendable {
         case toolUse(id: String)
     }
 
+    /// A block as the final Message holds it: its start, and what its deltas added.
+    private struct BlockContent {
+        var start: JSONValue
+        var text = ""
+        var signature = ""
+        var citations: [JSONValue] = []
+
+        var block: JSONValue {
+            guard case .object(var fields) = start else { return start }
+            switch fields["type"]?.stringValue {
+            case "text":
+                fields["text"] = .string(text)
+                if !citations.isEmpty { fields["citations"] = .array(citations) }
+            case "thinking":
+                fields["thinking"] = .string(text)
+                fields["signature"] = .string(signature)
+            default:
+                break
+            }
+            return .object(fields)
+        }
+    }
+
     let model: String
     private var messageID: String?
     private var open = OpenBlock.none
     private var nextIndex = 0
+    /// The index of the current turn's first block: a later turn (after Sluice's server tools) starts after
+    /// the earlier turns' blocks.
+    private var turnStartIndex = 0
+    /// The blocks of the turns before the current one and of this turn so far, closed: a non-streaming answer
+    /// is the earlier turns' blocks followed by the final turn's message. (Earlier turns hold no client tool
+    /// call: one ends the stream.)
+    private var blocks: [JSONValue] = []
+    private var building: BlockContent?
+    /// The names of the server tool calls under way, by tool use id (their results name the tool).
+    private var serverToolNames: [String: String] = [:]
     private var stopReason: JSONValue = .null
     private var stopSequence: JSONValue = .null
     private var finished = false
@@ -58,8 +97,8 @@ public struct MessagesAPITranslator: Sendable {
         self.model = model
     }
 
-    /// A content block has reached the client: a restart can no longer be hidden.
-    public var sentContent: Bool { nextIndex > 0 }
+    /// A content block of the current turn has reached the client: its restart can no longer be hidden.
+    public var sentContent: Bool { nextIndex > turnStartIndex }
 
     /// The `ping` the API sends while a response is slow to start (Sluice sends it while the request is queued).
     public static let ping = Event(name: "ping", data: ["type": "ping"])
@@ -73,7 +112,10 @@ public struct MessagesAPITranslator: Sendable {
             step.events.append(Self.ping)
         case "message_start":
             // Later turns (after Sluice's server tools) continue the first turn's message.
-            guard messageID == nil else { break }
+            guard messageID == nil else {
+                turnStartIndex = nextIndex
+                break
+            }
             let id = frame["id"]?.stringValue ?? "msg_sluice"
             messageID = id
             let message: JSONValue = [
@@ -118,6 +160,30 @@ public struct MessagesAPITranslator: Sendable {
         case "content_block":
             // Server tool use, its result, new block types: whole, as the API sends a hosted tool's result.
             startBlock(frame["block"] ?? [:], open: .none, into: &step)
+        case "tool_start":
+            let toolUseID = frame["id"]?.stringValue ?? ""
+            let name = frame["name"]?.stringValue ?? ""
+            serverToolNames[toolUseID] = name
+            let block: JSONValue = [
+                "type": "server_tool_use", "id": .string(toolUseID), "name": .string(name), "input": frame["input"] ?? [:],
+            ]
+            startBlock(block, open: .none, into: &step)
+        case "tool_complete", "tool_error":
+            let toolUseID = frame["id"]?.stringValue ?? ""
+            let name = serverToolNames.removeValue(forKey: toolUseID) ?? "server_tool"
+            let content: JSONValue
+            if type == "tool_error" {
+                content = [
+                    "type": .string("\(name)_tool_result_error"), "error_code": "execution_error", "error_message": frame["error"] ?? "",
+                ]
+            } else if case .object(var output)? = frame["output"] {
+                output["type"] = .string("\(name)_result")
+                content = .object(output)
+            } else {
+                content = ["type": .string("\(name)_result"), "output": frame["output"] ?? .null]
+            }
+            let block: JSONValue = ["type": .string("\(name)_tool_result"), "tool_use_id": .string(toolUseID), "content": content]
+            startBlock(block, open: .none, into: &step)
         case "message_stop":
             closeBlock(into: &step)
             stopReason = frame["stop_reason"] ?? .null
@@ -143,7 +209,8 @@ public struct MessagesAPITranslator: Sendable {
             step.events.append(Event(name: "message_stop", data: ["type": "message_stop"]))
             let message: JSONValue = [
                 "id": .string(messageID ?? "msg_sluice"), "type": "message", "role": "assistant", "model": .string(model),
-                "content": frame["message"]?["content"] ?? [], "stop_reason": stopReason, "stop_sequence": stopSequence,
+                "content": .array(Array(blocks.prefix(turnStartIndex)) + (frame["message"]?["content"]?.arrayValue ?? [])),
+                "stop_reason": stopReason, "stop_sequence": stopSequence,
                 "usage": usage,
             ]
             finished = true
@@ -178,7 +245,10 @@ public struct MessagesAPITranslator: Sendable {
         nextIndex += 1
         open = newOpen
         if newOpen == .none {
+            blocks.append(block)
             step.events.append(Event(name: "content_block_stop", data: ["type": "content_block_stop", "index": .integer(nextIndex - 1)]))
+        } else {
+            building = BlockContent(start: block)
         }
     }
 
@@ -186,9 +256,18 @@ public struct MessagesAPITranslator: Sendable {
         guard open != .none else { return }
         step.events.append(Event(name: "content_block_stop", data: ["type": "content_block_stop", "index": .integer(nextIndex - 1)]))
         open = .none
+        if let building { blocks.append(building.block) }
+        building = nil
     }
 
-    private func delta(_ delta: JSONValue, into step: inout Step) {
+    private mutating func delta(_ delta: JSONValue, into step: inout Step) {
+        switch delta["type"]?.stringValue {
+        case "text_delta": building?.text += delta["text"]?.stringValue ?? ""
+        case "thinking_delta": building?.text += delta["thinking"]?.stringValue ?? ""
+        case "signature_delta": building?.signature = delta["signature"]?.stringValue ?? ""
+        case "citations_delta": building?.citations.append(delta["citation"] ?? .null)
+        default: break  // a client tool call's input: only in the final turn, whose message the engine assembles
+        }
         step.events.append(
             Event(name: "content_block_delta", data: ["type": "content_block_delta", "index": .integer(nextIndex - 1), "delta": delta]))
     }

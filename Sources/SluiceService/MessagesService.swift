@@ -18,31 +18,47 @@ public struct MessagesService: Sendable {
     /// A streaming response waiting in the queue, or for its first token, gets a `ping` this often.
     let pingInterval: Duration
     let isDraining: @Sendable () -> Bool
+    /// Sluice's server tools a request may name here (`--messages-server-tools`); none by default, as the API's
+    /// format has no place for them unless the operator chooses to offer them.
+    let serverTools: Set<String>
 
     public init(
-        engine: StreamEngine, authentication: CallerAuthentication, pingInterval: Duration, isDraining: @escaping @Sendable () -> Bool
+        engine: StreamEngine, authentication: CallerAuthentication, pingInterval: Duration, serverTools: Set<String> = [],
+        isDraining: @escaping @Sendable () -> Bool
     ) {
         self.engine = engine
         self.authentication = authentication
         self.pingInterval = pingInterval
+        self.serverTools = serverTools
         self.isDraining = isDraining
     }
 
     public func register(in router: inout RPCRouter) {
-        router.registerHTTP(Self.path) { request, writer in
+        router.registerHTTP(Self.path, bodyTooLarge: Self.requestTooLarge) { request, writer in
+            StreamRoute.messages.countRequest()
             do {
                 try await messages(request, writer)
             } catch let error as MessagesAPIError {
                 try await Self.respond(error, writer)
             }
         }
-        router.registerHTTP(Self.countTokensPath) { request, writer in
+        router.registerHTTP(Self.countTokensPath, bodyTooLarge: Self.requestTooLarge) { request, writer in
+            StreamRoute.messages.countRequest()
             do {
                 try await countTokens(request, writer)
             } catch let error as MessagesAPIError {
                 try await Self.respond(error, writer)
             }
         }
+    }
+
+    /// A body over `--max-message-size` is refused by the transport before a handler runs: in the API's shape, 413
+    /// `request_too_large`, as the API answers one (the SDKs raise `RequestTooLargeError`).
+    static let requestTooLarge: RPCRouter.BodyTooLargeResponse = { message in
+        StreamRoute.messages.countRequest()
+        let error = MessagesAPIError(status: 413, type: "request_too_large", message: message)
+        Counter(label: "sluice_messages_errors_total", dimensions: [("type", error.type)]).increment()
+        return HTTPFixedResponse(status: error.status, headers: error.headers, body: error.body.serializedString + "\n")
     }
 
     private static func respond(_ error: MessagesAPIError, _ writer: HTTPResponseWriter) async throws {
@@ -60,10 +76,10 @@ public struct MessagesService: Sendable {
             )
         }
         _ = try Self.caller(request, authentication)
+        let body = try countTokensBody(request.body)
         let response: UpstreamResponse
         do {
-            response = try await engine.upstream.post(
-                path: Self.countTokensPath, body: request.body, headers: Self.forwardedHeaders(request))
+            response = try await engine.upstream.post(path: Self.countTokensPath, body: body, headers: Self.forwardedHeaders(request))
         } catch {
             throw MessagesAPIError(RPCError(error.grpcStatus, "the Anthropic API gave no answer to count_tokens: \(error.message)"))
         }
@@ -73,6 +89,24 @@ public struct MessagesService: Sendable {
             + ["request-id", "retry-after"].compactMap { name in response.header(name).map { (name, $0) } }
         try writer.head(status: response.status, headers: headers)
         try await writer.write(response.body)
+    }
+
+    /// The body as the upstream counts it: Sluice's server tools named in `tools` become the definitions the model
+    /// gets, and their blocks in the history the turns it had, as for a message. Anything else (a body that is not
+    /// JSON included) is the upstream's to judge.
+    private func countTokensBody(_ body: [UInt8]) throws(MessagesAPIError) -> [UInt8] {
+        guard case .object(var fields)? = try? JSONValue(parsing: body) else { return body }
+        var changed = false
+        if let tools = fields["tools"]?.arrayValue, tools.contains(where: { $0.stringValue != nil }) {
+            try Self.checkServerTools(tools, offered: serverTools)
+            fields["tools"] = .array(tools.flatMap { tool in tool.stringValue.map { engine.toolDefinitions([$0]) } ?? [tool] })
+            changed = true
+        }
+        if let messages = fields["messages"]?.arrayValue, let upstream = ServerToolHistory.upstreamMessages(messages) {
+            fields["messages"] = .array(upstream)
+            changed = true
+        }
+        return changed ? JSONValue.object(fields).serialized() : body
     }
 
     /// The API version and betas the SDK asked for; its key is the caller's Sluice key and stays here.
@@ -91,14 +125,15 @@ public struct MessagesService: Sendable {
             throw MessagesAPIError(
                 status: 529, type: "overloaded_error", message: "this server is shutting down and starts no new requests: retry")
         }
-        var (parsed, streaming) = try Self.parse(request.body)
+        var (parsed, streaming) = try Self.parse(request.body, serverTools: serverTools)
         parsed.upstreamHeaders = Self.forwardedHeaders(request)
         let channel: StreamChannel
         do {
             // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are loop timers.
             // `startAnywhere`: with a shared store, the caller's limit is the cluster's.
             let trace = StreamTrace(traceparent: request.header("traceparent"), tracestate: request.header("tracestate"))
-            channel = try await engine.startAnywhere(parsed, caller: caller, deadline: nil, executor: EventLoop.current, trace: trace)
+            channel = try await engine.startAnywhere(
+                parsed, caller: caller, deadline: nil, executor: EventLoop.current, trace: trace, route: .messages)
         } catch {
             throw MessagesAPIError(error)
         }
@@ -180,23 +215,39 @@ public struct MessagesService: Sendable {
         }
     }
 
+    /// Sluice's server tools (strings in `tools`) must be among those `--messages-server-tools` offers.
+    static func checkServerTools(_ tools: [JSONValue], offered serverTools: Set<String>) throws(MessagesAPIError) {
+        for (index, tool) in tools.enumerated() {
+            guard let name = tool.stringValue, !serverTools.contains(name) else { continue }
+            let offered = serverTools.isEmpty ? "none are" : "only \(serverTools.sorted().joined(separator: ", ")) are"
+            throw MessagesAPIError(
+                status: 400, type: "invalid_request_error",
+                message:
+                    "tools.\(index): Sluice's server tool '\(name)' is not offered on \(path) (\(offered)); a tool the API runs or your code runs is an object (a tool definition). To offer it, start sluice with --messages-server-tools \(name) (and --tool-root)"
+            )
+        }
+    }
+
     /// The Messages API body as a Sluice request, and whether it asked for a stream. Sluice's own server
-    /// tools (strings in `tools`) are not part of the API: an API body names tools with objects only.
-    static func parse(_ body: [UInt8]) throws(MessagesAPIError) -> (SendMessageRequest, streaming: Bool) {
+    /// tools are named as in SendMessage (strings in `tools`), and only those in `serverTools` are allowed.
+    static func parse(_ body: [UInt8], serverTools: Set<String>) throws(MessagesAPIError) -> (SendMessageRequest, streaming: Bool) {
         let root: JSONValue
         do {
             root = try JSONValue(parsing: body)
         } catch {
             throw MessagesAPIError(status: 400, type: "invalid_request_error", message: "the request body is not valid JSON: \(error)")
         }
-        if let tools = root["tools"]?.arrayValue, let index = tools.firstIndex(where: { $0.stringValue != nil }) {
-            throw MessagesAPIError(
-                status: 400, type: "invalid_request_error",
-                message: "tools.\(index): a tool must be an object (a tool definition); Sluice's server tools are not offered on \(path)")
-        }
+        try checkServerTools(root["tools"]?.arrayValue ?? [], offered: serverTools)
         var request: SendMessageRequest
         do {
-            request = try SendMessageRequest(json: body)
+            if let messages = root["messages"]?.arrayValue, let upstream = ServerToolHistory.upstreamMessages(messages),
+                case .object(var fields) = root
+            {
+                fields["messages"] = .array(upstream)
+                request = try SendMessageRequest(json: JSONValue.object(fields).serialized())
+            } else {
+                request = try SendMessageRequest(json: body)
+            }
         } catch {
             throw MessagesAPIError(error)
         }

@@ -7,7 +7,7 @@ public enum ServiceRouter {
     public static func make(
         engine: StreamEngine, authentication: CallerAuthentication, registry: PrometheusCollectorRegistry,
         sampledGauges: [MetricsService.SampledGauge] = [], sseHeartbeat: Duration = .seconds(15),
-        console: ConsoleService = ConsoleService(), isDraining: @escaping @Sendable () -> Bool,
+        console: ConsoleService = ConsoleService(), messagesServerTools: Set<String> = [], isDraining: @escaping @Sendable () -> Bool,
         storeReady: @escaping @Sendable () -> Bool = { true }
     ) -> RPCRouter {
         var router = RPCRouter()
@@ -16,8 +16,11 @@ public enum ServiceRouter {
         EventStreamService(engine: engine, authentication: authentication, heartbeat: sseHeartbeat, isDraining: isDraining)
             .register(in: &router)
         // The API's pings pace like the SSE routes' keep-alives (`--sse-heartbeat`).
-        MessagesService(engine: engine, authentication: authentication, pingInterval: sseHeartbeat, isDraining: isDraining)
-            .register(in: &router)
+        MessagesService(
+            engine: engine, authentication: authentication, pingInterval: sseHeartbeat, serverTools: messagesServerTools,
+            isDraining: isDraining
+        )
+        .register(in: &router)
         HealthService(isDraining: isDraining, storeReady: storeReady).register(in: &router)
         MetricsService(registry: registry, engine: engine, sampled: sampledGauges).register(in: &router)
         console.register(in: &router)

@@ -19,14 +19,16 @@ public struct StreamingService: Sendable {
     public func register(in router: inout RPCRouter) {
         // The engine ends these streams at the deadline itself, with a stream_error event last.
         router.register(Self.sendMessagePath, enforcesDeadline: true) { request, writer in
+            StreamRoute.rpc.countRequest()
             let caller = try authentication.caller(authorization: request.header("authorization"))
             let parsed = try SendMessageRequest(json: request.message)
             let trace = StreamTrace(traceparent: request.header("traceparent"), tracestate: request.header("tracestate"))
             let channel = try await engine.startAnywhere(
-                parsed, caller: caller, deadline: request.deadline, executor: request.executor, trace: trace)
+                parsed, caller: caller, deadline: request.deadline, executor: request.executor, trace: trace, route: .rpc)
             try await deliver(channel, after: 0, to: writer, caller: caller)
         }
         router.register(Self.resumePath) { request, writer in
+            StreamRoute.rpc.countRequest()
             let caller = try authentication.caller(authorization: request.header("authorization"))
             let body = try JSONValue.requestObject(request.message)
             guard let streamID = body["stream_id"]?.stringValue else {
@@ -34,10 +36,11 @@ public struct StreamingService: Sendable {
             }
             let afterSeq = body["after_seq"]?.intValue ?? 0
             guard afterSeq >= 0 else { throw RPCError(.invalidArgument, "'after_seq' must be 0 or more") }
-            let channel = try await engine.resumableChannel(streamID, caller: caller, after: afterSeq)
+            let channel = try await engine.resumableChannel(streamID, caller: caller, after: afterSeq, route: .rpc)
             try await deliver(channel, after: afterSeq, to: writer, caller: caller)
         }
         router.register(Self.cancelPath) { request, writer in
+            StreamRoute.rpc.countRequest()
             let caller = try authentication.caller(authorization: request.header("authorization"))
             let body = try JSONValue.requestObject(request.message)
             guard let streamID = body["stream_id"]?.stringValue else {

@@ -107,7 +107,11 @@ final class HTTP1Connection: Selectable {
             case .failed(let failure):
                 // Answer and close: the rest of the input cannot be trusted.
                 let (status, body) = machine.parseFailed(failure)
-                respondFixed(to: HTTP1Request(), status: status, headers: Self.textHeaders, body: body)
+                if failure == .bodyTooLarge, let response = routeBodyTooLarge() {
+                    respondFixed(to: HTTP1Request(), status: response.status, headers: response.headers, body: response.body)
+                } else {
+                    respondFixed(to: HTTP1Request(), status: status, headers: Self.textHeaders, body: body)
+                }
             }
         }
         if inputIndex == input.count {
@@ -117,6 +121,14 @@ final class HTTP1Connection: Selectable {
         if input.count - inputIndex < Self.inputLimit && machine.backlogDrained() {
             io.setReadableInterest(true)
         }
+    }
+
+    /// The 413 of the route whose request body is over the limit, when it has its own (an API's error shape).
+    private func routeBodyTooLarge() -> HTTPFixedResponse? {
+        guard let (path, _) = Self.splitTarget(parser.headTarget), let response = server.router.bodyTooLargeResponse(for: path) else {
+            return nil
+        }
+        return response(HTTP2StreamStateMachine.bodyTooLargeMessage(limit: server.configuration.limits.maxMessageSize))
     }
 
     /// `Expect` (RFC 9110 §10.1.1), before the body is read.

@@ -99,7 +99,7 @@ struct HTTP1ConnectionStateMachine: Equatable {
         case .malformed(let reason): return (400, "Malformed HTTP/1.1 request (\(reason)).\n")
         case .headersTooLarge: return (431, "The request line and headers exceed the limit of \(limits.maxHeaderBytes) bytes.\n")
         case .bodyTooLarge:
-            return (413, "The request body exceeds the limit of \(limits.maxBodyBytes) bytes\(HTTP2StreamStateMachine.sizeLimitHint).\n")
+            return (413, HTTP2StreamStateMachine.bodyTooLargeMessage(limit: limits.maxBodyBytes) + "\n")
         }
     }
 

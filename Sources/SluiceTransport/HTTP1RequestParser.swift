@@ -97,6 +97,10 @@ final class HTTP1RequestParser {
         return (consumed, .needMore)
     }
 
+    /// The request target of the head parsed last (set once its head is complete): a route's own answer to a body
+    /// over the limit needs its path.
+    var headTarget: String { request.target }
+
     private var declaredContentLength: UInt64? {
         // http_parser keeps ULLONG_MAX when there is no Content-Length (chunked or no body).
         let length = parser.pointee.content_length

@@ -59,9 +59,13 @@ final class HTTP2Stream {
             action = machine.answerPreflight(headers)
         case .allow(let headers):
             corsHeaders = headers
-            action = machine.headersComplete(httpRoute: httpRoute != nil, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline)
+            action = machine.headersComplete(
+                httpRoute: httpRoute != nil, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline,
+                bodyTooLarge: isConnectUnary ? nil : router.bodyTooLargeResponse(for: machine.routePath))
         case .none:
-            action = machine.headersComplete(httpRoute: httpRoute != nil, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline)
+            action = machine.headersComplete(
+                httpRoute: httpRoute != nil, rpcRouteEnforcesDeadline: rpcRoute?.enforcesDeadline,
+                bodyTooLarge: isConnectUnary ? nil : router.bodyTooLargeResponse(for: machine.routePath))
         }
         switch action {
         case .none: break

@@ -116,6 +116,8 @@ struct HTTP2StreamStateMachine {
     private var requestMessage: [UInt8]?
     private(set) var plainResponseHead: [Field] = []
     private(set) var plainBody: [UInt8] = []
+    /// The HTTP route's own answer to a body over the limit, if it has one.
+    private var bodyTooLarge: RPCRouter.BodyTooLargeResponse?
     private var plainBodySent = 0
 
     init(limits: Limits) {
@@ -157,14 +159,18 @@ struct HTTP2StreamStateMachine {
 
     /// The header block is complete. The shell looks the route up in its router first:
     /// `httpRoute` is whether a plain HTTP handler serves `routePath`; `rpcRouteEnforcesDeadline`
-    /// is nil when no RPC serves `path`, else whether that RPC has the transport enforce deadlines.
-    mutating func headersComplete(httpRoute: Bool, rpcRouteEnforcesDeadline: Bool?) -> HeadersAction {
+    /// is nil when no RPC serves `path`, else whether that RPC has the transport enforce deadlines;
+    /// `bodyTooLarge` is the HTTP route's own 413, if it has one.
+    mutating func headersComplete(
+        httpRoute: Bool, rpcRouteEnforcesDeadline: Bool?, bodyTooLarge: RPCRouter.BodyTooLargeResponse? = nil
+    ) -> HeadersAction {
         switch state {
         case .answeredEarly(nil): return .none
         case .receivingHeaders: break
         default: preconditionFailure("the header block completed twice, in \(state)")
         }
         if httpRoute {
+            self.bodyTooLarge = bodyTooLarge
             state = .receivingRequest(.http)
             return .startHTTP
         }
@@ -218,15 +224,27 @@ struct HTTP2StreamStateMachine {
     static let sizeLimitHint =
         " (the server's --max-message-size; base64 image and document data count towards it: send fewer or smaller files, or URL sources)"
 
+    /// What a 413 says, over HTTP/1.1 and HTTP/2 alike.
+    static func bodyTooLargeMessage(limit: Int) -> String {
+        "The request body exceeds the limit of \(limit) bytes\(sizeLimitHint)."
+    }
+
     /// A chunk of the request body.
     mutating func receiveData(_ bytes: UnsafeRawBufferPointer) -> DataAction {
         guard case .receivingRequest(let route) = state else { return .none }
         switch route {
         case .http:
             guard requestBody.count + bytes.count <= limits.maxMessageSize else {
-                preparePlainResponse(
-                    status: 413, extra: nil,
-                    body: "The request body exceeds the limit of \(limits.maxMessageSize) bytes\(Self.sizeLimitHint).\n")
+                let message = Self.bodyTooLargeMessage(limit: limits.maxMessageSize)
+                if let response = bodyTooLarge?(message) {
+                    state = .respondingPlain
+                    plainBody = Array(response.body.utf8)
+                    plainResponseHead =
+                        [Field(name: ":status", value: String(response.status))] + response.headers.map { Field(name: $0.0, value: $0.1) }
+                } else {
+                    preparePlainResponse(status: 413, extra: nil, body: message + "\n")
+                }
+                requestBody = []
                 return .respondPlain
             }
             requestBody.append(contentsOf: bytes)

@@ -92,6 +92,7 @@ public typealias RPCHandler = @Sendable (RPCRequest, RPCResponseWriter) async th
 public struct RPCRouter: Sendable {
     private var handlers: [String: (handler: RPCHandler, enforcesDeadline: Bool)] = [:]
     private var httpHandlers: [String: HTTPHandler] = [:]
+    private var bodyTooLargeResponses: [String: BodyTooLargeResponse] = [:]
     /// Longest prefix first, so the most specific route wins.
     private var httpPrefixHandlers: [(prefix: String, handler: HTTPHandler)] = []
 
@@ -109,9 +110,16 @@ public struct RPCRouter: Sendable {
     public static let deadlineBackstop: Duration = .milliseconds(50)
 
     /// Serves any method on `path` (without query) as plain HTTP instead of an RPC.
-    public mutating func registerHTTP(_ path: String, _ handler: @escaping HTTPHandler) {
+    /// - Parameter bodyTooLarge: the route's own answer to a request body over the limit (an API's error shape),
+    ///   given the transport's explanation; without one the transport answers 413 in plain text. The handler
+    ///   never runs for such a request: the transport stops reading its body.
+    public mutating func registerHTTP(_ path: String, bodyTooLarge: BodyTooLargeResponse? = nil, _ handler: @escaping HTTPHandler) {
         httpHandlers[path] = handler
+        bodyTooLargeResponses[path] = bodyTooLarge
     }
+
+    /// A route's response to a request body over `--max-message-size`, given the transport's explanation of the limit.
+    public typealias BodyTooLargeResponse = @Sendable (_ message: String) -> HTTPFixedResponse
 
     /// Serves any method on every path starting with `prefix` (without query) as plain HTTP; exact
     /// paths registered with `registerHTTP(_:_:)` take precedence. The handler parses the rest of the path.
@@ -127,6 +135,10 @@ public struct RPCRouter: Sendable {
 
     func httpHandler(for path: String) -> HTTPHandler? {
         httpHandlers[path] ?? httpPrefixHandlers.first { path.hasPrefix($0.prefix) }?.handler
+    }
+
+    func bodyTooLargeResponse(for path: String) -> BodyTooLargeResponse? {
+        bodyTooLargeResponses[path]
     }
 }
 
@@ -155,6 +167,19 @@ public struct HTTPResponseWriter: Sendable {
     /// - Parameter since: as for `RPCResponseWriter.write`.
     public func write(_ bytes: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
         try await outbound.write(bytes, since: since)
+    }
+}
+
+/// A whole response the transport sends itself, without running a handler.
+public struct HTTPFixedResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: String
+
+    public init(status: Int, headers: [(String, String)], body: String) {
+        self.status = status
+        self.headers = headers
+        self.body = body
     }
 }
 

@@ -85,6 +85,11 @@ struct Serve: AsyncParsableCommand {
     var toolResultMaxBytes = 1 << 20
     @Option(help: "Model turns per stream; each tool round trip is a turn.")
     var maxTurns = 8
+    @Option(
+        help:
+            "Server tools offered on POST /v1/messages, comma-separated (read_file,list_directory,search_files; needs --tool-root). Default: none there."
+    )
+    var messagesServerTools = ""
 
     // MARK: Upstream
     @Option(help: "Anthropic API base URL.")
@@ -173,6 +178,7 @@ struct Serve: AsyncParsableCommand {
         command.toolMaxBytes = try await settings.int("tool-max-bytes", toolMaxBytes)
         command.toolResultMaxBytes = try await settings.int("tool-result-max-bytes", toolResultMaxBytes)
         command.maxTurns = try await settings.int("max-turns", maxTurns)
+        command.messagesServerTools = try await settings.string("messages-server-tools", messagesServerTools)
         command.upstreamURL = try await settings.string("upstream-url", upstreamURL)
         command.apiKeyFile = try await settings.string("api-key-file", apiKeyFile)
         command.caBundle = try await settings.string("ca-bundle", caBundle)
@@ -215,6 +221,19 @@ struct Serve: AsyncParsableCommand {
         if store != "memory" {
             do { _ = try RedisEndpoint(url: store) } catch { throw ValidationError("--store: \(error) (or memory)") }
         }
+        if let unknown = messagesServerToolNames.first(where: { !ServerToolNames.all.contains($0) }) {
+            throw ValidationError(
+                "--messages-server-tools: '\(unknown)' is not a Sluice server tool (\(ServerToolNames.all.sorted().joined(separator: ", ")))"
+            )
+        }
+        if !messagesServerToolNames.isEmpty && toolRoot.isEmpty {
+            throw ValidationError("--messages-server-tools needs --tool-root: without one, no server tool is offered")
+        }
+    }
+
+    /// `--messages-server-tools` as names.
+    var messagesServerToolNames: Set<String> {
+        Set(messagesServerTools.split(separator: ",").map { String($0.filter { !$0.isWhitespace }) }.filter { !$0.isEmpty })
     }
 
     private func serve() async throws {
@@ -331,7 +350,8 @@ struct Serve: AsyncParsableCommand {
         let router = ServiceRouter.make(
             engine: engine, authentication: CallerAuthentication(tokens: tokens), registry: registry,
             sampledGauges: sampledGauges, sseHeartbeat: sseHeartbeat.duration, console: console,
-            isDraining: { serverReference.isDraining }, storeReady: { redisStore?.hasBeenUp ?? true }
+            messagesServerTools: messagesServerToolNames, isDraining: { serverReference.isDraining },
+            storeReady: { redisStore?.hasBeenUp ?? true }
         )
         let server: HTTP2Server
         do {
@@ -349,8 +369,10 @@ struct Serve: AsyncParsableCommand {
             ? "built-in simulator (no ANTHROPIC_API_KEY set)"
             : upstreamIsSimulator ? "simulator at \(upstreamConfiguration.baseURL)" : "Anthropic API at \(upstreamConfiguration.baseURL)"
         let perKey = maxActivePerKey.map { ", \($0) per key" } ?? ""
+        let messagesTools =
+            messagesServerToolNames.isEmpty ? "" : " (on /v1/messages: \(messagesServerToolNames.sorted().joined(separator: ", ")))"
         print(
-            "sluice listening on \(host):\(server.port) \(scheme); upstream: \(upstreamDescription); limits: \(maxActive) active\(perKey), \(maxQueued) queued, \(maxStreamsPerConnection) streams per connection; callers: \(tokens.isEmpty ? "unauthenticated" : "\(tokens.count) keys"); tools: \(toolRoot.isEmpty ? "none" : "read_file, list_directory, search_files in \(toolRoot.joined(separator: ", "))")"
+            "sluice listening on \(host):\(server.port) \(scheme); upstream: \(upstreamDescription); limits: \(maxActive) active\(perKey), \(maxQueued) queued, \(maxStreamsPerConnection) streams per connection; callers: \(tokens.isEmpty ? "unauthenticated" : "\(tokens.count) keys"); tools: \(toolRoot.isEmpty ? "none" : "read_file, list_directory, search_files in \(toolRoot.joined(separator: ", "))")\(messagesTools)"
         )
         fflush(nil)  // scripts wait for this line
 

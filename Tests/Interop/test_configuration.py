@@ -129,3 +129,15 @@ def test_simulate_reads_the_environment(sluice_bin):
 def test_a_lease_renewed_no_sooner_than_it_lapses_is_refused(sluice_bin):
     _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--lease-ttl", "1s", "--lease-renew", "1s"], {})
     assert code == 64 and "--lease-renew must be more than 0 and less than --lease-ttl (1s)" in stderr, stderr
+
+
+def test_messages_server_tools_are_checked_and_stated(sluice_bin, tmp_path):
+    _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--messages-server-tools", "read_file"], {})
+    assert code == 64 and "--messages-server-tools needs --tool-root" in stderr, stderr
+    _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--tool-root", str(tmp_path),
+                                              "--messages-server-tools", "read_file,web_search"], {})
+    assert code == 64 and "'web_search' is not a Sluice server tool" in stderr, stderr
+    line, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--tool-root", str(tmp_path)],
+                                    {"SLUICE_MESSAGES_SERVER_TOOLS": "search_files, read_file"})
+    assert code is None and line, stderr
+    assert "(on /v1/messages: read_file, search_files)" in line, line

@@ -24,6 +24,7 @@ import httpx2 as httpx  # the HTTP client anthropic 2.x is built on
 import pytest
 
 from sluice_testlib import REPO_ROOT, FrameClient
+from streaming_testlib import SluiceClient, send_request, wait_for_metrics
 from test_anthropic_sdk import scenario as oracle_headers, without_none
 
 MODEL = "claude-sim-1"
@@ -347,12 +348,156 @@ def test_draining_server_answers_overloaded(start_server):
     assert json.loads(bytes(result.data))["error"]["type"] == "overloaded_error"
 
 
-def test_oversized_request_is_request_too_large(start_server):
-    server = start_server("--max-message-size", "4096")
+def test_oversized_request_is_request_too_large(start_server, tls_cert, transport):
+    """The transport refuses a body over --max-message-size before any handler runs; on this route it answers in
+    the API's shape, so the SDK raises its RequestTooLargeError with the API's body."""
+    server = start_server("--max-message-size", "4096", tls=transport == "tls")
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A" * 8192}}
-    with sdk_client(server, "h2c") as client:
+    oversized = [{"role": "user", "content": [image]}]
+    with sdk_client(server, transport, tls_cert) as client:
         with pytest.raises(anthropic.RequestTooLargeError) as caught:
-            client.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": [image]}])
+            client.messages.create(model=MODEL, max_tokens=16, messages=oversized)
         assert caught.value.status_code == 413
-        assert "--max-message-size" in str(caught.value)
-        assert client.messages.create(model=MODEL, max_tokens=16, messages=QUESTION).content
+        assert caught.value.response.headers["content-type"] == "application/json"
+        assert caught.value.body["type"] == "error"
+        assert caught.value.body["error"]["type"] == "request_too_large"
+        assert "4096 bytes" in caught.value.body["error"]["message"]
+        assert "--max-message-size" in caught.value.body["error"]["message"]
+        with pytest.raises(anthropic.RequestTooLargeError):
+            with client.messages.stream(model=MODEL, max_tokens=16, messages=oversized) as stream:
+                stream.get_final_message()
+        with pytest.raises(anthropic.RequestTooLargeError) as counting:
+            client.messages.count_tokens(model=MODEL, messages=oversized)
+        assert counting.value.body["error"]["type"] == "request_too_large"
+        assert client.messages.create(model=MODEL, max_tokens=16, messages=QUESTION).content  # still serving
+
+
+@pytest.mark.parametrize("curl_args", [["-H", "expect: 100-continue"], ["-H", "transfer-encoding: chunked"],
+                                       ["--http2-prior-knowledge"]], ids=["expect-continue", "chunked", "h2c"])
+def test_oversized_body_is_request_too_large_however_it_is_sent(start_server, tmp_path, curl_args):
+    """Refused when the declared length is over the limit (before the body: 100-continue), while a chunked body
+    arrives, or in HTTP/2 DATA: the same JSON 413 each way."""
+    server = start_server("--max-message-size", "4096")
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "a" * 9000}]}))
+    result = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *curl_args, "-H", "content-type: application/json",
+                             "--data-binary", f"@{body}", f"http://{server.host}:{server.port}/v1/messages"],
+                            capture_output=True, text=True, timeout=30)
+    text, _, status = result.stdout.rpartition("\n")
+    assert status == "413", result
+    assert json.loads(text)["error"]["type"] == "request_too_large"
+
+
+# MARK: Sluice's server tools (--messages-server-tools)
+
+def test_server_tools_are_refused_unless_offered(start_server, tmp_path):
+    server = start_server("--tool-root", str(tmp_path), "--messages-server-tools", "list_directory")
+    with sdk_client(server, "h2c") as client:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.messages.create(model=MODEL, max_tokens=64, messages=QUESTION, tools=["read_file"])
+        message = caught.value.body["error"]["message"]
+        assert caught.value.body["error"]["type"] == "invalid_request_error"
+        assert "'read_file' is not offered" in message and "--messages-server-tools read_file" in message
+        assert client.messages.create(model=MODEL, max_tokens=16, messages=QUESTION).content  # still serving
+
+
+def test_server_tools_are_refused_by_default(start_server):
+    server = start_server()
+    with sdk_client(server, "h2c") as client:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.messages.create(model=MODEL, max_tokens=64, messages=QUESTION, tools=["read_file"])
+        assert "none are" in caught.value.body["error"]["message"]
+        assert "--messages-server-tools read_file" in caught.value.body["error"]["message"]
+
+
+def test_offered_server_tools_run_in_sluice_as_server_tool_blocks(start_server, tmp_path):
+    """The model calls two of Sluice's tools; they run in Sluice, and the SDK gets one message: the first turn's
+    text, a server_tool_use block per call, their <name>_tool_result blocks, and the final turn's text."""
+    root = tmp_path / "root"
+    root.mkdir()
+    notes = "SERVER-TOOL notes: streams resume.\n"
+    (root / "notes.txt").write_text(notes)
+    server = start_server("--tool-root", str(root), "--messages-server-tools", "read_file,list_directory")
+    scenario = {"seed": 21, "output_tokens": 12, "tool_calls": [
+        {"name": "read_file", "input": {"path": "notes.txt"}}, {"name": "list_directory", "input": {"path": "missing"}}]}
+    body = {"model": MODEL, "max_tokens": 1024, "messages": QUESTION, "tools": ["read_file", "list_directory"]}
+    expected_output = {"type": "read_file_result", "path": "notes.txt", "offset": 0, "bytes": len(notes), "content": notes}
+    with sdk_client(server, "h2c") as client:
+        with client.messages.stream(**body, extra_body=simulation(**scenario)) as stream:
+            streamed_text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        created = client.messages.create(**body, extra_body=simulation(**scenario))
+        for message in (final, created):
+            # The tools run in parallel: each result follows its own call, in the order they finish.
+            types = [block.type for block in message.content]
+            assert types[0] == "text" and types[-1] == "text" and len(types) == 6, types
+            assert sorted(types[1:5]) == ["list_directory_tool_result", "read_file_tool_result"] + ["server_tool_use"] * 2
+            uses = {block.name: block for block in message.content if block.type == "server_tool_use"}
+            assert uses["read_file"].input == {"path": "notes.txt"}
+            results = {block.type: block.model_dump() for block in message.content[1:5] if block.type != "server_tool_use"}
+            for name, use in uses.items():
+                assert types.index(f"{name}_tool_result") > message.content.index(use), types
+            read = results["read_file_tool_result"]
+            assert read["tool_use_id"] == uses["read_file"].id and read["content"] == expected_output
+            failed = results["list_directory_tool_result"]
+            assert failed["tool_use_id"] == uses["list_directory"].id
+            assert failed["content"]["type"] == "list_directory_tool_result_error"
+            assert failed["content"]["error_code"] == "execution_error" and "missing" in failed["content"]["error_message"]
+            assert message.stop_reason == "end_turn"
+            # The final turn quotes what read_file returned (the simulator's second turn echoes tool results).
+            assert "SERVER-TOOL notes" in message.content[-1].text
+        assert streamed_text == final.content[0].text + final.content[-1].text
+        assert created.content[-1].text == final.content[-1].text
+
+        # The conversation goes on with those blocks in it, sent back as the SDK gave them: the upstream gets its own
+        # tool_use / tool_result form (the simulator then quotes the tool results it was given).
+        follow_up = QUESTION + [
+            {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in final.content[:-1]]}]
+        answer = client.messages.create(model=MODEL, max_tokens=1024, messages=follow_up, tools=["read_file", "list_directory"],
+                                        extra_body=simulation(seed=22, output_tokens=8))
+        assert answer.stop_reason == "end_turn"
+        read_use = next(block for block in final.content if block.type == "server_tool_use" and block.name == "read_file")
+        assert f"`read_file` tool ({read_use.id}) returned: " in answer.content[0].text
+        assert "SERVER-TOOL notes" in answer.content[0].text
+
+        # count_tokens takes the same body: the offered tools are counted as the definitions the model gets.
+        plain = client.messages.count_tokens(model=MODEL, messages=QUESTION).input_tokens
+        with_tools = client.messages.count_tokens(model=MODEL, messages=QUESTION, tools=["read_file", "list_directory"])
+        assert with_tools.input_tokens > plain
+        assert client.messages.count_tokens(model=MODEL, messages=follow_up, tools=["read_file"]).input_tokens > plain
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.messages.count_tokens(model=MODEL, messages=QUESTION, tools=["search_files"])
+        assert "--messages-server-tools search_files" in caught.value.body["error"]["message"]
+
+
+# MARK: Metrics: the route label
+
+def test_metrics_carry_the_route(start_server):
+    """One stream per route, and a Connect unary call: the engine's per-stream series and the request counter carry
+    `route` (rpc, sse, messages)."""
+    server = start_server()
+    base = f"http://{server.host}:{server.port}"
+    with SluiceClient(server.port) as rpc:
+        outcome = rpc.send_message(send_request(seed=31, output_tokens=5))
+    assert outcome.code == "OK"
+    cancelled = httpx.post(f"{base}/sluice.v1.StreamingService/Cancel", json={"stream_id": outcome.stream_id})
+    assert cancelled.status_code == 200, cancelled.text  # Connect unary over HTTP/1.1
+    created = httpx.post(f"{base}/v1/streams", json=send_request(seed=32, output_tokens=5))
+    assert created.status_code == 201, created.text
+    events = httpx.get(f"{base}/v1/streams/{created.json()['stream_id']}/events")
+    assert "event: stream_complete" in events.text
+    with sdk_client(server, "h2c") as client:
+        assert client.messages.create(model=MODEL, max_tokens=16, messages=QUESTION,
+                                      extra_body=simulation(seed=33, output_tokens=5)).content
+
+    def labelled(metrics) -> bool:
+        return all(metrics.counter("sluice_streams_completed_total", route=route, status="OK") == 1
+                   for route in ("rpc", "sse", "messages"))
+    metrics = wait_for_metrics(server.port, labelled, "one OK stream per route")
+    for route in ("rpc", "sse", "messages"):
+        assert metrics.counter("sluice_time_to_first_token_seconds_count", route=route) == 1, route
+    assert metrics.counter("sluice_streams_completed_total") == 3
+    # SendMessage and the Connect unary Cancel; the SSE POST and GET; the one /v1/messages call.
+    assert metrics.counter("sluice_requests_total", route="rpc") == 2
+    assert metrics.counter("sluice_requests_total", route="sse") == 2
+    assert metrics.counter("sluice_requests_total", route="messages") == 1

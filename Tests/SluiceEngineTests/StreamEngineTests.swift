@@ -24,7 +24,7 @@ import Testing
     @Test func aCancelBeforeTheJobIsAttachedCancelsTheJob() async {
         let record = StreamEngine.StreamRecord(
             channel: StreamChannel(streamID: "st_test", maxBufferedBytes: 1 << 20), owner: "",
-            trace: StreamTrace(traceparent: nil, tracestate: nil))
+            trace: StreamTrace(traceparent: nil, tracestate: nil), route: .rpc)
         record.cancel(RPCError(.unavailable, "the server is draining"))
         record.cancel(RPCError(.cancelled, "a second reason"))
         let job = Task<Void, Never> { try? await Task.sleep(for: .seconds(600)) }
@@ -37,7 +37,7 @@ import Testing
     @Test func aCancelAfterTheJobIsAttachedCancelsTheJob() async {
         let record = StreamEngine.StreamRecord(
             channel: StreamChannel(streamID: "st_test", maxBufferedBytes: 1 << 20), owner: "",
-            trace: StreamTrace(traceparent: nil, tracestate: nil))
+            trace: StreamTrace(traceparent: nil, tracestate: nil), route: .rpc)
         let job = Task<Void, Never> { try? await Task.sleep(for: .seconds(600)) }
         record.attach(job)
         #expect(!job.isCancelled)

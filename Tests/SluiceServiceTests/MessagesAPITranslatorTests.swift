@@ -171,6 +171,97 @@ import Testing
         #expect(result.events.first { $0.name == "message_delta" }?.data["delta"]?["stop_reason"] == "end_turn")
     }
 
+    /// Sluice's server tools (`--messages-server-tools`): a `server_tool_use` block and its `<name>_tool_result`, whole,
+    /// between the turns' text; the non-streaming Message holds every turn's blocks.
+    @Test func serverToolCallsAreServerToolBlocksAndTheMessageHoldsEveryTurn() {
+        let result = Self.run([
+            Self.start, Self.text("Reading."), Self.stop("tool_use"),
+            ("tool_start", ["id": "toolu_1", "name": "read_file", "input": ["path": "notes.txt"]]),
+            ("tool_start", ["id": "toolu_2", "name": "list_directory", "input": ["path": "missing"]]),
+            ("tool_progress", ["id": "toolu_1", "message": "reading notes.txt", "percentage": 0]),
+            ("tool_error", ["id": "toolu_2", "error": "cannot open missing: No such file or directory"]),
+            ("tool_complete", ["id": "toolu_1", "output": ["path": "notes.txt", "content": "hello"]]),
+            ("message_start", ["id": "msg_2", "role": "assistant", "model": "claude-sim-1"]),
+            Self.text("Done."), Self.stop("end_turn"),
+            (
+                "stream_complete",
+                ["usage": ["input_tokens": 30, "output_tokens": 9], "message": ["content": [["type": "text", "text": "Done."]]]]
+            ),
+        ])
+        #expect(
+            result.lines == [
+                "message_start", "content_block_start 0 text", "content_block_delta 0 text_delta", "content_block_stop 0",
+                "content_block_start 1 server_tool_use", "content_block_stop 1",
+                "content_block_start 2 server_tool_use", "content_block_stop 2",
+                "content_block_start 3 list_directory_tool_result", "content_block_stop 3",
+                "content_block_start 4 read_file_tool_result", "content_block_stop 4",
+                "content_block_start 5 text", "content_block_delta 5 text_delta", "content_block_stop 5",
+                "message_delta", "message_stop",
+            ])
+        let use: JSONValue = ["type": "server_tool_use", "id": "toolu_1", "name": "read_file", "input": ["path": "notes.txt"]]
+        let failed: JSONValue = [
+            "type": "list_directory_tool_result", "tool_use_id": "toolu_2",
+            "content": [
+                "type": "list_directory_tool_result_error", "error_code": "execution_error",
+                "error_message": "cannot open missing: No such file or directory",
+            ],
+        ]
+        let read: JSONValue = [
+            "type": "read_file_tool_result", "tool_use_id": "toolu_1",
+            "content": ["type": "read_file_result", "path": "notes.txt", "content": "hello"],
+        ]
+        #expect(result.events[4].data["content_block"] == use)
+        guard case .message(let message)? = result.outcome else {
+            Issue.record("expected the message, got \(String(describing: result.outcome))")
+            return
+        }
+        let content = message["content"]?.arrayValue ?? []
+        #expect(content.count == 6)
+        #expect(content.first == ["type": "text", "text": "Reading."])
+        #expect(content[1] == use)
+        #expect(content[3] == failed)
+        #expect(content[4] == read)
+        #expect(content.last == ["type": "text", "text": "Done."])
+        #expect(message["stop_reason"] == "end_turn")
+    }
+
+    @Test func restartOfALaterTurnBeforeItsContentIsInvisible() {
+        let result = Self.run([
+            Self.start, Self.text("Reading."), Self.stop("tool_use"),
+            ("tool_start", ["id": "toolu_1", "name": "read_file", "input": ["path": "notes.txt"]]),
+            ("tool_complete", ["id": "toolu_1", "output": ["content": "hello"]]),
+            ("message_start", ["id": "msg_2", "role": "assistant", "model": "claude-sim-1"]),
+            ("upstream_retry", ["attempt": 1, "reason": "http_status 529", "delay_ms": 10, "mode": "transparent"]),
+            ("message_restart", ["id": "msg_2", "reason": "http_status 529"]),
+            Self.text("Done."), Self.stop("end_turn"), Self.complete,
+        ])
+        #expect(!result.lines.contains("error"))
+        #expect(result.lines.contains("content_block_start 3 text"))
+        #expect(result.lines.last == "message_stop")
+    }
+
+    @Test func thinkingAndCitedTextOfAnEarlierTurnAreKeptWhole() {
+        let citation: JSONValue = ["type": "char_location", "cited_text": "hello"]
+        let result = Self.run([
+            Self.start, ("thinking_delta", ["id": "msg_1", "delta": "Hm"]), ("thinking_delta", ["id": "msg_1", "delta": "m"]),
+            ("thinking_signature", ["id": "msg_1", "signature": "Eq=="]),
+            ("citation", ["id": "msg_1", "citation": citation]), Self.text("Per the notes"), Self.stop("tool_use"),
+            ("tool_start", ["id": "toolu_1", "name": "read_file", "input": [:]]),
+            ("tool_complete", ["id": "toolu_1", "output": ["content": "hello"]]),
+            ("message_start", ["id": "msg_2", "role": "assistant", "model": "claude-sim-1"]),
+            Self.text("Hello"), Self.stop("end_turn"), Self.complete,
+        ])
+        guard case .message(let message)? = result.outcome else {
+            Issue.record("expected the message, got \(String(describing: result.outcome))")
+            return
+        }
+        let content = message["content"]?.arrayValue ?? []
+        #expect(content.first == ["type": "thinking", "thinking": "Hmm", "signature": "Eq=="])
+        #expect(content.dropFirst().first == ["type": "text", "text": "Per the notes", "citations": [citation]])
+        #expect(content.last == ["type": "text", "text": "Hello"])
+        #expect(content.count == 5)
+    }
+
     @Test func streamErrorsBecomeTheAPIsErrors() {
         let result = Self.run([
             Self.start,

@@ -294,6 +294,25 @@ import Testing
         }
     }
 
+    @Test func httpBodyOverTheLimitGetsTheRoutesOwn413() {
+        var machine = machine()
+        for (name, value) in [(":method", "POST"), (":path", "/v1/messages")] { _ = machine.receiveHeader(name: name, value: value) }
+        let action = machine.headersComplete(httpRoute: true, rpcRouteEnforcesDeadline: nil) { message in
+            HTTPFixedResponse(status: 413, headers: [("content-type", "application/json")], body: "{\"message\":\"\(message)\"}")
+        }
+        #expect(action == .startHTTP)
+        #expect(receive(&machine, [UInt8](repeating: 0, count: 65)) == .respondPlain)
+        #expect(machine.state == .respondingPlain)
+        #expect(
+            machine.plainResponseHead == [.init(name: ":status", value: "413"), .init(name: "content-type", value: "application/json")])
+        let body = String(decoding: machine.plainBody, as: UTF8.self)
+        #expect(body.hasPrefix("{\"message\":\"The request body exceeds the limit of 64 bytes (the server's --max-message-size"))
+        guard case .none = machine.endOfRequest() else {
+            Issue.record("a refused request runs nothing")
+            return
+        }
+    }
+
     @Test func endWhileReceivingAbortsAndIgnoresTheRest() {
         var (machine, _) = routed(Self.grpcCall)
         let result23 = machine.end()
