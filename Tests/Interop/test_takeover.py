@@ -6,6 +6,12 @@
   once, the text equal to a fault-free run's.
 - SIGSTOP of the owner past its lease: the other replica takes over and finishes; after SIGCONT the old owner's
   writes are refused by the epoch fence, it aborts its copy (UNAVAILABLE) and the log stays whole.
+- The owner is killed right after its client got an event, without waiting for anything: the log already holds it
+  (delivery waits for Redis's acknowledgement).
+- Redis hung (SIGSTOP): the client's events are held at most a lease, then the stream goes on marked `resumable 0`;
+  with its owner dead and its lease lapsed, no replica claims it (Resume: DATA_LOSS).
+- A taken-over stream keeps its caller's one cluster-wide slot, and gives it back at its end.
+- `kill -9` during or after a server tool round: the round is rebuilt (or the turn that asked for it restarted).
 Waits are on signals: the log in Redis, /metrics, the streams' own ends.
 """
 
