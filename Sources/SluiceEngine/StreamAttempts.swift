@@ -56,9 +56,9 @@ struct StreamAttempts {
     /// Runs turns until the model stops asking for Sluice's server tools. A turn that calls a client tool (one
     /// the request defines) ends the stream: the caller runs it and sends the result in a new request; Sluice
     /// never runs it. A tool the request names nowhere gets an error result the model sees, as before. A stream
-    /// taken over from a lost replica continues from where its log ends.
+    /// taken over from a lost replica continues from where its log ends, after the tool rounds rebuilt from it.
     mutating func run(takeover: StreamTakeover? = nil) async throws {
-        var conversation = request.messages
+        var conversation = request.messages + (takeover?.conversation ?? [])
         var retries = takeover?.retries ?? 0
         var resuming: (messageID: String, sentText: String, sawNonTextBlock: Bool)?
         switch takeover?.next {
@@ -71,7 +71,7 @@ struct StreamAttempts {
         case .unsupported(let why): throw RPCError(.unavailable, "the replica running this stream was lost, and \(why)")
         case .startTurn, nil: break
         }
-        for turn in 1... {
+        for turn in (1 + (takeover?.finishedTurns ?? 0))... {
             try await runTurn(conversation: conversation, retries: &retries, resuming: resuming)
             resuming = nil
             let callsClientTools = pendingToolUses.contains { request.clientToolNames.contains($0.name) }

@@ -33,6 +33,10 @@ public final class StreamChannel: Sendable {
     }
 
     private struct Replay: Sendable {
+        init(delivery: LogDelivery) {
+            self.delivery = delivery
+        }
+
         var events: [(seq: Int, type: String, bytes: [UInt8], emittedAt: ContinuousClock.Instant)] = []
         var head = 0
         var bufferedBytes = 0
@@ -43,6 +47,14 @@ public final class StreamChannel: Sendable {
         var detachedSince: ContinuousClock.Instant? = .now
         /// The push claimed by an emitter and not yet known to be over (see `pushState`).
         var push: Push?
+        /// With a shared log, what it has acknowledged: the client gets nothing the log does not hold yet.
+        var delivery: LogDelivery
+
+        /// The events before this seq may reach the client now.
+        var deliverableEnd: Int { delivery.deliverableEnd(nextSeq: nextSeq) }
+
+        /// The stream has ended and the client may see it: no event is held back for the log.
+        var endIsDeliverable: Bool { outcome != nil && delivery.endIsDeliverable(nextSeq: nextSeq) }
 
         /// The buffered event `seq`, if it is still buffered.
         func event(_ seq: Int) -> (seq: Int, type: String, bytes: [UInt8], emittedAt: ContinuousClock.Instant)? {
@@ -87,7 +99,8 @@ public final class StreamChannel: Sendable {
 
     public let streamID: String
     public let maxBufferedBytes: Int
-    /// The store's log of this stream (nil with `--store memory`): each event is appended after the lock is released.
+    /// The store's log of this stream (nil with `--store memory`): each event is appended after the lock is released,
+    /// and reaches the attached client once the log has acknowledged it (`LogDelivery`).
     private let log: (any StreamLogWriter)?
     /// The producer waits while its attached client has more than half the buffer to read, until a quarter.
     private let handOff: HandOff<Replay>
@@ -98,8 +111,22 @@ public final class StreamChannel: Sendable {
         self.maxBufferedBytes = maxBufferedBytes
         self.log = log
         handOff = HandOff(
-            Replay(), machine: HandOffStateMachine(capacity: maxBufferedBytes / 2, producerResumesAt: maxBufferedBytes / 4)
+            Replay(delivery: log.map { LogDelivery.held(after: $0.firstSeq - 1) } ?? .unheld),
+            machine: HandOffStateMachine(capacity: maxBufferedBytes / 2, producerResumesAt: maxBufferedBytes / 4)
         )
+        log?.onProgress { [weak self] progress in self?.logProgressed(progress) }
+    }
+
+    /// The log acknowledged events, or will not get the rest (see `StreamLogProgress`): what it released goes to the
+    /// client, in order, and then the end if the stream is over.
+    func logProgressed(_ progress: StreamLogProgress) {
+        let push = handOff.withLock { state, wakeups -> PushAction? in
+            guard state.buffer.delivery.apply(progress), !pushInFlight(&state.buffer) else { return nil }
+            let push = dispatch(&state, &wakeups)
+            if push == nil, state.buffer.endIsDeliverable, let finished = state.machine.finish() { wakeups.merge(finished) }
+            return push
+        }
+        if let push { offer(push) }
     }
 
     // MARK: Producer (the job)
@@ -171,8 +198,11 @@ public final class StreamChannel: Sendable {
             guard state.buffer.outcome == nil else { return nil }
             state.buffer.outcome = .some(error)
             defer {
-                // A push in flight must land before the subscriber can see the end: its pusher ends the stream.
-                if !pushInFlight(&state.buffer), let finished = state.machine.finish() { wakeups.merge(finished) }
+                // A push in flight must land before the subscriber can see the end: its pusher ends the stream. Events
+                // held for the log come first too: its acknowledgement ends the stream (`logProgressed`).
+                if !pushInFlight(&state.buffer), state.buffer.endIsDeliverable, let finished = state.machine.finish() {
+                    wakeups.merge(finished)
+                }
             }
             return state.buffer.nextSeq - 1
         }
@@ -245,7 +275,7 @@ public final class StreamChannel: Sendable {
         }
         let next = dispatch(&state, &wakeups)
         // The end `finish` left to this pusher, once nothing more is to be pushed.
-        if next == nil, state.buffer.outcome != nil, let finished = state.machine.finish() { wakeups.merge(finished) }
+        if next == nil, state.buffer.endIsDeliverable, let finished = state.machine.finish() { wakeups.merge(finished) }
         return next
     }
 
@@ -253,15 +283,17 @@ public final class StreamChannel: Sendable {
     /// with a sink gets its next event pushed (claimed here, offered by the caller after unlocking);
     /// otherwise its task is woken if there is anything for it.
     private func dispatch(_ state: inout HandOff<Replay>.State, _ wakeups: inout HandOffWakeups) -> PushAction? {
-        guard let subscriber = state.buffer.subscriber, subscriber.delivered + 1 < state.buffer.nextSeq else { return nil }
+        guard let subscriber = state.buffer.subscriber, subscriber.delivered + 1 < state.buffer.deliverableEnd else { return nil }
         let seq = subscriber.delivered + 1
         guard subscriber.parked, let sink = subscriber.sink, let event = state.buffer.event(seq) else {
             wakeups.merge(state.machine.wakeConsumer())
             return nil
         }
         state.buffer.push = Push(generation: subscriber.generation, seq: seq, acknowledgedBefore: subscriber.acknowledged)
-        // Once the stream has ended, the pusher must come back to end it for the subscriber.
-        pushState.store(state.buffer.outcome == nil ? PushState.inFlight : PushState.awaited, ordering: .relaxed)
+        // Once the stream has ended, the pusher must come back to end it for the subscriber; and to push the next event
+        // if one is ready already (events the log acknowledged together).
+        let pusherReturns = state.buffer.outcome != nil || seq + 1 < state.buffer.deliverableEnd
+        pushState.store(pusherReturns ? PushState.awaited : PushState.inFlight, ordering: .relaxed)
         state.buffer.subscriber?.delivered = seq
         Self.acknowledge(&state, upTo: seq, &wakeups)
         return PushAction(sink: sink, bytes: event.bytes, emittedAt: event.emittedAt)
@@ -372,7 +404,7 @@ public final class StreamChannel: Sendable {
                 // A push in flight wakes this task when it is over, if there is then anything for it.
                 if pushInFlight(&state.buffer) { return false }
                 // Something may have arrived (and not been pushed) since the check above.
-                return max(seq, subscriber.delivered) + 1 < state.buffer.nextSeq || state.buffer.outcome != nil
+                return max(seq, subscriber.delivered) + 1 < state.buffer.deliverableEnd || state.buffer.endIsDeliverable
             }
         }
     }
@@ -397,11 +429,11 @@ public final class StreamChannel: Sendable {
                 )
             )
         }
-        if seq + 1 < state.buffer.nextSeq, let event = state.buffer.event(seq + 1) {
+        if seq + 1 < state.buffer.deliverableEnd, let event = state.buffer.event(seq + 1) {
             if taking { state.buffer.subscriber?.delivered = event.seq }
             return .success(.ready(.event(seq: event.seq, type: event.type, bytes: event.bytes, emittedAt: event.emittedAt)))
         }
-        if let outcome = state.buffer.outcome { return .success(.ready(.end(outcome))) }
+        if state.buffer.endIsDeliverable, let outcome = state.buffer.outcome { return .success(.ready(.end(outcome))) }
         if taking { state.buffer.subscriber?.parked = true }
         return .success(.pending)
     }

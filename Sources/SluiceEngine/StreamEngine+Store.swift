@@ -169,6 +169,9 @@ extension StreamEngine {
         var stored = StoredStream(streamID: streamID, caller: caller, request: claim.request, maxDuration: configuration.maxStreamDuration)
         stored.epoch = claim.epoch
         stored.firstSeq = (logged.last?.seq ?? 0) + 1
+        // The caller's cluster-wide slot moves with the stream (taken again for it, whatever the caller's count: it is
+        // the same stream), renewed by this replica and released when the stream ends here.
+        stored.holdsCallerSlot = configuration.limits.maxActivePerKey != nil
         let channel = StreamChannel(streamID: streamID, maxBufferedBytes: configuration.replayBufferBytes, log: store.open(stored))
         for event in logged.prefix(events.count) { channel.record(seq: event.seq, type: event.type, frame: event.frame) }
         let record = StreamRecord(channel: channel, owner: caller, trace: StreamTrace(traceparent: nil, tracestate: nil), route: route)
@@ -176,7 +179,7 @@ extension StreamEngine {
             $0.streams[streamID] = record
             $0.running[streamID] = record
         }
-        let takeover = StreamTakeover(events: events)
+        let takeover = StreamTakeover(events: events) { ToolRunner.modelContent($0, limit: self.configuration.maxToolResultBytes) }
         if case .ended(let status, let message) = takeover.next {
             // Its last event was its end: only the metadata's end is missing.
             slot.release()

@@ -12,6 +12,8 @@ public struct RedisConnectionStateMachine: Sendable {
         public var streamID: String?
         /// Nonzero for a read whose reply goes back to the reader waiting under this tag.
         public var tag: UInt64 = 0
+        /// Nonzero for a stream's log entry: the seq its reply acknowledges.
+        public var logSeq = 0
         /// When it was queued (`sluice_store_latency_seconds` runs from here to its reply).
         public var queuedAt = ContinuousClock.now
 

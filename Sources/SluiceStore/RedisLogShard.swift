@@ -26,6 +26,10 @@ final class RedisLogShard: @unchecked Sendable {
     private var streams: [String: StreamLog] = [:]
     /// Streams whose writes were dropped while they were not yet marked in Redis as not resumable.
     private var unmarkedIncomplete: Set<String> = []
+    /// What each stream's log has acknowledged, until its last entry is (kept past the stream's finish for that).
+    private var acks: [String: LogAcks] = [:]
+    /// Streams with acknowledgements not yet reported to their channels: reported once per loop iteration.
+    private var unreportedAcks: [String] = []
     private var leaseTimer: TimerID?
     /// When the loop last ran the lease timer or a write (see `abortIfStalledPastLease`), readable from the streams'
     /// jobs on any thread: a job that wakes with its loop from a pause longer than the lease emits nothing more.
@@ -56,6 +60,18 @@ final class RedisLogShard: @unchecked Sendable {
     /// Reads waiting for their replies, by tag.
     private var readers: [UInt64: (RedisReply?) -> Void] = [:]
     private var lastTag: UInt64 = 0
+
+    /// One stream's log entries sent and acknowledged: its channel delivers an event only once Redis holds it.
+    private struct LogAcks {
+        let writer: RedisStreamLogWriter
+        var acknowledged: Int
+        var sent: Int
+        /// Since when an entry sent has waited for its reply (nil while none waits): past the lease, the stream is
+        /// marked not resumable and goes on locally.
+        var waitingSince: ContinuousClock.Instant?
+        var finished = false
+        var unreported = false
+    }
 
     private struct StreamLog {
         /// The next seq to write; later ones wait in `held` until it arrives.
@@ -100,9 +116,19 @@ final class RedisLogShard: @unchecked Sendable {
             onDropped: { [unowned self] commands in dropped(commands) },
             onUpChanged: { [unowned self] up in
                 self.up = up
-                if up { markIncomplete() }
+                if up { markIncomplete() } else { connectionLost() }
                 onUpChanged(up)
             })
+    }
+
+    /// The connection dropped: the streams whose events await their replies go on locally, not resumable elsewhere
+    /// (their clients would otherwise wait for the store to come back).
+    private func connectionLost() {
+        for (streamID, waiting) in acks where waiting.acknowledged < waiting.sent {
+            failLog(
+                streamID,
+                because: "lost the Redis store with events of this stream unacknowledged: it is no longer resumable on other replicas")
+        }
     }
 
     func start() {
@@ -119,17 +145,22 @@ final class RedisLogShard: @unchecked Sendable {
 
     // MARK: Writes
 
-    func open(_ stream: StoredStream) {
+    func open(_ stream: StoredStream, writer: RedisStreamLogWriter) {
         let id = stream.streamID
         let expiry = "\((stream.maxDuration + configuration.retention).milliseconds)"
         streams[id] = StreamLog(
             nextSeq: stream.firstSeq, expiry: expiry, callerSlot: stream.holdsCallerSlot ? stream.caller : nil,
             lease: OwnerLease(epoch: stream.epoch))
+        acks[id] = LogAcks(writer: writer, acknowledged: stream.firstSeq - 1, sent: stream.firstSeq - 1)
         // Every replica's sweeper finds the stream here if its lease lapses.
         let leaseEnd = unixMilliseconds() + Int(configuration.leaseDuration.milliseconds)
         send(["ZADD", RedisKeys.running, "\(leaseEnd)", id], id)
-        // A claimed stream's lease, owner and epoch were set by the claim.
-        guard stream.epoch == 1 else { return }
+        // A claimed stream's lease, owner and epoch were set by the claim. Its caller slot moves with it: the entry
+        // its lost owner renewed is taken again, whatever the caller's count (it is the same stream, not a new one).
+        guard stream.epoch == 1 else {
+            if stream.holdsCallerSlot { send(["ZADD", RedisKeys.callerSlots(stream.caller), "\(leaseEnd)", id], id) }
+            return
+        }
         // The lease before the metadata: a reader that finds the stream running finds its lease too (else it would
         // claim a stream that has just started).
         send(["SET", RedisKeys.lease(id), configuration.replicaID, "PX", "\(configuration.leaseDuration.milliseconds)"], id)
@@ -143,9 +174,20 @@ final class RedisLogShard: @unchecked Sendable {
         send(["PEXPIRE", RedisKeys.meta(id), expiry], id)
     }
 
-    func append(streamID: String, seq: Int, type: String, frame: [UInt8]) {
+    func append(_ writer: RedisStreamLogWriter, seq: Int, type: String, frame: [UInt8]) {
         abortIfStalledPastLease()
-        guard var log = streams[streamID] else { return }
+        let streamID = writer.streamID
+        guard var log = streams[streamID] else {
+            // Not open (or no longer written): the event cannot be logged, and must not wait for it.
+            unmarkedIncomplete.insert(streamID)
+            writer.report(.notResumable)
+            return
+        }
+        // The store is down: the event would wait in the queue while its client waits for it.
+        if !up, !log.incomplete, seq >= log.nextSeq {
+            failLog(streamID, because: "the Redis store is down: this stream is no longer resumable on other replicas")
+            log = streams[streamID] ?? log
+        }
         if seq == log.nextSeq {
             write(streamID, &log, seq: seq, type: type, frame: frame)
             while let next = log.held.removeValue(forKey: log.nextSeq) {
@@ -181,13 +223,22 @@ final class RedisLogShard: @unchecked Sendable {
             [
                 Array("XADD".utf8), Array(key.utf8), Array("MAXLEN".utf8), Array("~".utf8), Array("\(entries)".utf8),
                 Array("0-\(seq)".utf8), Array("type".utf8), Array(type.utf8), Array("frame".utf8), frame,
-            ])
+            ], logSeq: seq)
+        if var sent = acks[streamID], log.lease.mayWrite {
+            sent.sent = seq
+            if sent.waitingSince == nil { sent.waitingSince = .now }
+            acks[streamID] = sent
+        }
         // The log exists from its first entry on: it expires with the stream's other keys.
         if seq == 1 { send(["PEXPIRE", key, log.expiry], streamID) }
     }
 
     private func finishNow(_ streamID: String, lastSeq: Int, status: String, message: String?) {
         guard let log = streams.removeValue(forKey: streamID), log.lease.mayWrite else { return }
+        if var finished = acks[streamID] {
+            finished.finished = true
+            acks[streamID] = finished.acknowledged >= finished.sent && !finished.unreported ? nil : finished
+        }
         let incomplete = log.incomplete
         send(["ZREM", RedisKeys.running, streamID], streamID)
         if let caller = log.callerSlot { send(["ZREM", RedisKeys.callerSlots(caller), streamID], streamID) }
@@ -215,10 +266,12 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     /// `command` (whose key is `key`) through `fencedScript`, by the stream's epoch; nothing once it was lost.
-    private func sendFenced(_ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]]) {
+    private func sendFenced(_ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]], logSeq: Int = 0) {
         guard log.lease.mayWrite else { return }
         let fence = ["EVAL", Self.fencedScript, "2", RedisKeys.meta(streamID), key, "\(log.lease.epoch)"].map { Array($0.utf8) }
-        send(fence + command, streamID)
+        var fenced = RedisConnection.Command(fence + command, streamID: streamID)
+        fenced.logSeq = logSeq
+        connection.send(fenced)
     }
 
     private func send(_ arguments: [String], _ streamID: String?) {
@@ -235,6 +288,8 @@ final class RedisLogShard: @unchecked Sendable {
     private func lose(_ streamID: String, because why: String) {
         guard streams[streamID]?.lease.lose() == true else { return }
         logger.warning("\(why)", metadata: ["stream_id": "\(streamID)"])
+        // Nothing it has not logged may reach its client now: the new owner numbers other events the same.
+        acks.removeValue(forKey: streamID)?.writer.report(.lost)
         onLeaseLost(streamID)
     }
 
@@ -252,6 +307,15 @@ final class RedisLogShard: @unchecked Sendable {
         leaseTimer = loop.scheduleTimer(after: configuration.leaseRenewal) { [weak self] in
             guard let self else { return }
             abortIfStalledPastLease()
+            // A store that stopped answering (connected, but hung or overloaded) must not hold a stream's client longer.
+            let now = ContinuousClock.now
+            for (streamID, waiting) in acks where waiting.waitingSince.map({ now - $0 > configuration.leaseDuration }) ?? false {
+                failLog(
+                    streamID,
+                    because:
+                        "the Redis store did not acknowledge this stream's events within the lease: it is no longer resumable on other replicas",
+                    markNow: up)
+            }
             // While Redis is down the renewals would only pile up in the queue; the leases are renewed once it is back.
             if up {
                 markIncomplete()
@@ -307,7 +371,10 @@ final class RedisLogShard: @unchecked Sendable {
             readers.removeValue(forKey: command.tag)?(reply)
             return
         }
-        guard case .error(let message) = reply else { return }
+        guard case .error(let message) = reply else {
+            if command.logSeq > 0, let streamID = command.streamID { acknowledge(streamID, through: command.logSeq) }
+            return
+        }
         var name = String(decoding: command.arguments.first ?? [], as: UTF8.self)
         if name == "EVAL", command.arguments.count > 6 { name = String(decoding: command.arguments[6], as: UTF8.self) }
         if message.hasPrefix("FENCED"), let streamID = command.streamID {
@@ -317,6 +384,7 @@ final class RedisLogShard: @unchecked Sendable {
         }
         // A write sent again after a reconnect that had landed before it is refused the same way as a second writer's.
         if name == "XADD", message.contains("equal or smaller") {
+            if command.logSeq > 0, let streamID = command.streamID { acknowledge(streamID, through: command.logSeq) }
             Counter(label: "sluice_store_refused_writes_total").increment()
             logger.debug(
                 "the stream log refused an event it already has",
@@ -327,19 +395,58 @@ final class RedisLogShard: @unchecked Sendable {
         logger.warning(
             "the Redis store refused a write",
             metadata: ["command": "\(name)", "stream_id": "\(command.streamID ?? "")", "error": "\(message)"])
+        if command.logSeq > 0, let streamID = command.streamID {
+            failLog(
+                streamID, because: "the Redis store refused an event of this stream: it is no longer resumable on other replicas",
+                markNow: true)
+        }
+    }
+
+    // MARK: Acknowledgements
+
+    /// Redis holds `streamID`'s log through `seq` (its replies come in order): its channel hears of it at the end of
+    /// this loop iteration, once for all the replies of the batch.
+    private func acknowledge(_ streamID: String, through seq: Int) {
+        guard var progress = acks[streamID], seq > progress.acknowledged else { return }
+        progress.acknowledged = seq
+        progress.waitingSince = seq >= progress.sent ? nil : .now
+        if !progress.unreported {
+            progress.unreported = true
+            if unreportedAcks.isEmpty { loop.execute { [weak self] in self?.reportAcknowledgements() } }
+            unreportedAcks.append(streamID)
+        }
+        acks[streamID] = progress
+    }
+
+    private func reportAcknowledgements() {
+        let reporting = unreportedAcks
+        unreportedAcks = []
+        for streamID in reporting {
+            guard var progress = acks[streamID], progress.unreported else { continue }
+            progress.unreported = false
+            acks[streamID] = progress.finished && progress.acknowledged >= progress.sent ? nil : progress
+            progress.writer.report(.logged(through: progress.acknowledged))
+        }
+    }
+
+    /// Some of `streamID`'s events will not reach the log: nothing more of it is written, Redis is told it is not
+    /// resumable (`markIncomplete`: at once when `markNow`, on a connection that takes commands, so the mark goes
+    /// before the client gets what was held; else once Redis is back), and its channel delivers what it held.
+    private func failLog(_ streamID: String, because why: String, markNow: Bool = false) {
+        if streams[streamID]?.incomplete == false {
+            logger.warning("\(why)", metadata: ["stream_id": "\(streamID)"])
+            streams[streamID]?.incomplete = true
+        }
+        unmarkedIncomplete.insert(streamID)
+        if markNow { markIncomplete() }
+        acks.removeValue(forKey: streamID)?.writer.report(.notResumable)
     }
 
     private func dropped(_ commands: [RedisConnection.Command]) {
         for command in commands where command.tag != 0 { readers.removeValue(forKey: command.tag)?(nil) }
         Counter(label: "sluice_store_dropped_commands_total").increment(by: commands.count)
         for streamID in Set(commands.compactMap(\.streamID)) {
-            if streams[streamID]?.incomplete == false {
-                logger.warning(
-                    "the Redis store is not keeping up: this stream is no longer resumable on other replicas",
-                    metadata: ["stream_id": "\(streamID)"])
-            }
-            streams[streamID]?.incomplete = true
-            unmarkedIncomplete.insert(streamID)
+            failLog(streamID, because: "the Redis store is not keeping up: this stream is no longer resumable on other replicas")
         }
     }
 

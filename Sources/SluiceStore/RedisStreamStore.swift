@@ -152,10 +152,12 @@ public final class RedisStreamStore: StreamStore {
     public var isShared: Bool { true }
 
     /// Claims a running stream whose lease lapsed: one script, so of the replicas racing for it one gets the next
-    /// epoch and the others nothing.
+    /// epoch and the others nothing. A stream marked not resumable is never claimed: its owner may have delivered
+    /// events the log does not hold, and a new owner would number different ones the same.
     static let claimScript = """
         if redis.call('EXISTS', KEYS[2]) == 1 then return false end
         if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return false end
+        if redis.call('HGET', KEYS[1], 'resumable') == '0' then return false end
         local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
         redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
         redis.call('HSET', KEYS[1], 'owner', ARGV[1])
@@ -222,8 +224,8 @@ public final class RedisStreamStore: StreamStore {
     public func open(_ stream: StoredStream) -> (any StreamLogWriter)? {
         // The stream's job usually runs on the loop it starts on: its writes then need no thread switch.
         let shard = pickShard()
-        let writer = RedisStreamLogWriter(shard: shard, streamID: stream.streamID)
-        writer.run { $0.open(stream) }
+        let writer = RedisStreamLogWriter(shard: shard, streamID: stream.streamID, firstSeq: stream.firstSeq)
+        writer.run { $0.open(stream, writer: writer) }
         return writer
     }
 }
@@ -233,10 +235,23 @@ final class RedisStreamLogWriter: StreamLogWriter, @unchecked Sendable {
     // Only touched on `shard.loop` (every use goes through `run`).
     private let shard: RedisLogShard
     let streamID: String
+    let firstSeq: Int
+    /// Set by the channel before its first append, read on the shard's loop as replies arrive.
+    private let progressHandler = LockedValue<(@Sendable (StreamLogProgress) -> Void)?>(nil)
 
-    init(shard: RedisLogShard, streamID: String) {
+    init(shard: RedisLogShard, streamID: String, firstSeq: Int) {
         self.shard = shard
         self.streamID = streamID
+        self.firstSeq = firstSeq
+    }
+
+    func onProgress(_ handler: @escaping @Sendable (StreamLogProgress) -> Void) {
+        progressHandler.withLock { $0 = handler }
+    }
+
+    /// Tells the stream's channel (no lock held while it runs).
+    func report(_ progress: StreamLogProgress) {
+        progressHandler.withLock { $0 }?(progress)
     }
 
     func run(_ body: @escaping @Sendable (RedisLogShard) -> Void) {
@@ -249,8 +264,7 @@ final class RedisStreamLogWriter: StreamLogWriter, @unchecked Sendable {
     }
 
     func append(seq: Int, type: String, frame: [UInt8]) {
-        let streamID = streamID
-        run { $0.append(streamID: streamID, seq: seq, type: type, frame: frame) }
+        run { [self] in $0.append(self, seq: seq, type: type, frame: frame) }
     }
 
     var mayEmit: Bool { shard.leaseClock.isFresh(within: shard.leaseDuration) }

@@ -122,10 +122,27 @@ public struct StoredStream: Sendable {
     }
 }
 
+/// What a stream's shared log has acknowledged, as its writer reports it to the stream's channel.
+public enum StreamLogProgress: Sendable, Equatable {
+    /// The store holds every event up to `seq`: a replica that took the stream over would continue after it.
+    case logged(through: Int)
+    /// Some events will never reach the store (it is down, refused a write, or did not answer within the lease); the
+    /// stream is marked not resumable elsewhere, so no other replica may claim it, and it goes on locally.
+    case notResumable
+    /// Another replica claimed the stream (or may have: this one stalled past its lease). Nothing more it emits may
+    /// reach a client: the new owner numbers the events after the last one logged.
+    case lost
+}
+
 /// One stream's writes to the store, from the engine's threads. Appends may arrive out of seq order from
 /// concurrent emitters (seqs are assigned under the channel's lock, the append runs after it); the store writes
 /// them in order.
 public protocol StreamLogWriter: Sendable {
+    /// The first seq this writer logs: the ones before it are in the log already (a stream taken over).
+    var firstSeq: Int { get }
+    /// Where the log's acknowledgements go (`StreamLogProgress`): set once by the stream's channel, before its first
+    /// append. Called on the store's threads, at most once per stream per batch of replies.
+    func onProgress(_ handler: @escaping @Sendable (StreamLogProgress) -> Void)
     func append(seq: Int, type: String, frame: [UInt8])
     /// The stream ended after `lastSeq` with `status` (a gRPC status name) and, unless OK, `message`.
     func finish(lastSeq: Int, status: String, message: String?)

@@ -53,16 +53,75 @@ import Testing
         #expect(takeover.next == .complete)
     }
 
-    @Test func aToolRoundIsNotContinued() {
-        let tool = StreamTakeover(
-            events: events([start, ["type": "message_stop", "stop_reason": "tool_use"], ["type": "tool_start", "id": "t"]]))
-        guard case .unsupported = tool.next else {
-            Issue.record("a tool round was continued: \(tool.next)")
-            return
+    func stop(_ id: String, _ reason: String) -> JSONValue { ["type": "message_stop", "id": .string(id), "stop_reason": .string(reason)] }
+    func toolStart(_ id: String) -> JSONValue {
+        ["type": "tool_start", "id": .string(id), "name": "read_file", "input": ["path": .string(id)]]
+    }
+    func toolUse(_ id: String) -> JSONValue {
+        ["type": "tool_use", "id": .string(id), "name": "read_file", "input": ["path": .string(id)]]
+    }
+
+    @Test func aFinishedToolRoundIsRebuiltAsTheTurnsThatFollowTheRequest() {
+        let output: JSONValue = ["text": "contents"]
+        let takeover = StreamTakeover(
+            events: events([
+                start, delta("Let me look."), stop("msg_1", "tool_use"), toolStart("t1"), toolStart("t2"),
+                ["type": "tool_progress", "id": "t1", "message": "reading"], ["type": "tool_complete", "id": "t1", "output": output],
+                ["type": "tool_error", "id": "t2", "error": "no such file"], ["type": "message_start", "id": "msg_2"],
+                ["type": "message_delta", "id": "msg_2", "delta": "It says"],
+            ]))
+        #expect(takeover.finishedTurns == 1)
+        #expect(
+            takeover.conversation == [
+                ["role": "assistant", "content": [["type": "text", "text": "Let me look."], toolUse("t1"), toolUse("t2")]],
+                [
+                    "role": "user",
+                    "content": [
+                        ["type": "tool_result", "tool_use_id": "t1", "content": .string(output.serializedString)],
+                        ["type": "tool_result", "tool_use_id": "t2", "content": "no such file", "is_error": true],
+                    ],
+                ],
+            ])
+        #expect(takeover.next == .continueTurn(messageID: "msg_2", sentText: "It says", sawNonTextBlock: false))
+    }
+
+    @Test func aRoundsThinkingGoesFirstWithItsSignature() {
+        let takeover = StreamTakeover(
+            events: events([
+                start, ["type": "thinking_delta", "id": "msg_1", "delta": "Hmm"], ["type": "thinking_delta", "id": "msg_1", "delta": "."],
+                ["type": "thinking_signature", "id": "msg_1", "signature": "sig"], delta("Reading."), stop("msg_1", "tool_use"),
+                toolStart("t1"), ["type": "tool_complete", "id": "t1", "output": "ok"], ["type": "message_start", "id": "msg_2"],
+            ]))
+        #expect(
+            Array(takeover.conversation.prefix(1)) == [
+                [
+                    "role": "assistant",
+                    "content": [
+                        ["type": "thinking", "thinking": "Hmm.", "signature": "sig"], ["type": "text", "text": "Reading."], toolUse("t1"),
+                    ],
+                ]
+            ])
+        #expect(takeover.next == .continueTurn(messageID: "msg_2", sentText: "", sawNonTextBlock: false))
+    }
+
+    /// A tool not yet started has logged nothing: the round is not known whole, so the turn that asked for it restarts.
+    @Test func aRoundTheOwnerDiedInRestartsTheTurnThatAskedForIt() {
+        for cut in 3...5 {
+            let logged: [JSONValue] = [
+                start, delta("Let me look."), stop("msg_1", "tool_use"), toolStart("t1"),
+                ["type": "tool_progress", "id": "t1", "message": "50%"],
+            ]
+            let takeover = StreamTakeover(events: events(Array(logged.prefix(cut))))
+            #expect(takeover.conversation.isEmpty && takeover.finishedTurns == 0)
+            #expect(takeover.next == .continueTurn(messageID: "msg_1", sentText: "Let me look.", sawNonTextBlock: true))
         }
-        let later = StreamTakeover(events: events([start, ["type": "tool_complete", "id": "t"], start, delta("x")]))
-        guard case .unsupported = later.next else {
-            Issue.record("a turn after a tool round was continued: \(later.next)")
+    }
+
+    @Test func aTurnAfterARoundWithoutItsResultsIsNotContinued() {
+        let takeover = StreamTakeover(
+            events: events([start, stop("msg_1", "tool_use"), toolStart("t1"), ["type": "message_start", "id": "msg_2"]]))
+        guard case .unsupported = takeover.next else {
+            Issue.record("a log missing a tool result was continued: \(takeover.next)")
             return
         }
     }
@@ -80,5 +139,20 @@ import Testing
         var gappy = lapsed
         gappy.resumable = false
         #expect(!StreamTakeover.shouldClaim(gappy, hasCapacity: true))
+    }
+
+    /// A takeover runs at once or not at all: at capacity the replica leaves the stream to another (nothing queued),
+    /// and a taken-over stream's slot counts like any other until it is released.
+    @Test func aReplicaAtCapacityGetsNoSlotForATakeoverAndQueuesNothing() throws {
+        let scheduler = Scheduler(limits: .init(maxActive: 2, maxQueued: 4, maxActivePerKey: 1), queueTimeout: .seconds(1))
+        let first = try #require(scheduler.admitNow(key: "key-1"))
+        #expect(scheduler.admitNow(key: "key-1") == nil, "the caller's local limit holds for a takeover too")
+        let second = try #require(scheduler.admitNow(key: "key-2"))
+        #expect(scheduler.admitNow(key: "key-3") == nil)
+        #expect(scheduler.active == 2 && scheduler.queued == 0)
+        first.release()
+        second.release()
+        #expect(scheduler.active == 0)
+        #expect(scheduler.admitNow(key: "key-3") != nil)
     }
 }

@@ -84,4 +84,34 @@ import Testing
         #expect(logged == Array(1...logged.count))
         #expect(logged.count < 60)
     }
+
+    @Test func theWriterReportsWhatRedisHoldsAndAnOutageReleasesTheStream() async throws {
+        let redis = try RedisTestServer(persistent: true)
+        let store = try makeStore(redis)
+        defer {
+            store.close()
+            loop.stop()
+        }
+        try await until { store.isUp }
+        let writer = try #require(store.open(StoredStream(streamID: "st_c", caller: "key-1", request: [], maxDuration: .seconds(60))))
+        let progress = LockedValue<[StreamLogProgress]>([])
+        writer.onProgress { reported in progress.withLock { $0.append(reported) } }
+        for seq in 1...5 { writer.append(seq: seq, type: "message_delta", frame: frame(seq)) }
+        try await until { progress.withLock { $0.last } == .logged(through: 5) }
+        // Reported only once Redis holds them, in order, a batch of replies at a time.
+        #expect(try redis.cli("XLEN", "sluice:{st_c}:log") == "5")
+        let reported = progress.withLock { $0 }
+        let throughs = reported.compactMap { if case .logged(let seq) = $0 { seq } else { nil } }
+        #expect(throughs.count == reported.count && throughs == throughs.sorted() && Set(throughs).count == throughs.count)
+
+        redis.stop()
+        try await until { !store.isUp }
+        writer.append(seq: 6, type: "message_delta", frame: frame(6))
+        // An event the store cannot take does not wait for it.
+        try await until { progress.withLock { $0.last } == .notResumable }
+        try redis.start()
+        try await until { store.isUp }
+        try await until { try redis.cli("HGET", "sluice:{st_c}:meta", "resumable") == "0" }
+        writer.finish(lastSeq: 6, status: "OK", message: nil)
+    }
 }

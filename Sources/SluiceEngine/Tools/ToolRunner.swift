@@ -72,7 +72,10 @@ struct ToolRunner {
         switch outcome {
         case .success(let output):
             channel.emit(.toolComplete(id: toolUse.id, output: Self.eventOutput(output)))
-            return ["type": "tool_result", "tool_use_id": .string(toolUse.id), "content": .string(modelContent(output))]
+            return [
+                "type": "tool_result", "tool_use_id": .string(toolUse.id),
+                "content": .string(Self.modelContent(output, limit: engine.configuration.maxToolResultBytes)),
+            ]
         case .failure(let error):
             channel.emit(.toolError(id: toolUse.id, error: error.message))
             return ["type": "tool_result", "tool_use_id": .string(toolUse.id), "content": .string(error.message), "is_error": true]
@@ -107,9 +110,8 @@ struct ToolRunner {
 
     /// The result as the model gets it: the output's JSON, cut at `--tool-result-max-bytes` (the API
     /// limits request sizes, and every later turn carries it again) with a note saying so.
-    private func modelContent(_ output: JSONValue) -> String {
+    static func modelContent(_ output: JSONValue, limit: Int) -> String {
         let text = output.serializedString
-        let limit = engine.configuration.maxToolResultBytes
         guard text.utf8.count > limit else { return text }
         let kept = String(decoding: text.utf8.prefix(limit), as: UTF8.self)
         return kept + "\n[truncated by Sluice: \(limit) of \(text.utf8.count) bytes shown; read smaller parts with offset and length]"
