@@ -21,7 +21,7 @@ ARGS ?=
 # Building and serving: the C libraries, and the console's JavaScript libraries read at run time.
 SERVE_PACKAGES := libnghttp2-dev libssl-dev libcurl4-openssl-dev libhttp-parser-dev libhiredis-dev zlib1g-dev libjs-marked libjs-highlight.js node-dompurify
 # Only the tests: real clients (h2load, nghttp, curl), certificates (openssl), the console's browser.
-TEST_PACKAGES := nghttp2-client curl openssl chromium chromium-driver redis-server redis-tools
+TEST_PACKAGES := nghttp2-client curl openssl chromium chromium-driver redis-server redis-tools nghttp2-proxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEPLOY_VENV := .venv-deploy

@@ -7,6 +7,9 @@ import SluiceWire
 extension StreamEngine {
     /// Events read from the store per request while following a stream.
     static let storeBatch = 256
+    /// A follower waits this long at most for its stream's next notification before it looks at the store anyway:
+    /// only a lost notification (a dropped subscriber connection, a Redis restart) or a lapsing lease needs it.
+    static let followFallback = Duration.seconds(1)
 
     /// The stream `streamID` for `caller`, to read after `seq`: this replica's own, or a mirror of another
     /// replica's that replays the store's log from `seq` and follows it until the stream ends. `route`: the reader's
@@ -242,9 +245,10 @@ extension StreamEngine {
     }
 
     /// Copies the store's log into `mirror` until the stream ends or its reader has been gone a while; claims the
-    /// stream when its owner's lease lapses meanwhile. Polls the
-    /// store (an XRANGE after the last seq, and the metadata when there was nothing new) every 10 ms while it
-    /// waits; one shared connection per loop serves every follower.
+    /// stream when its owner's lease lapses meanwhile. Between reads it waits for the owner's notification of an
+    /// append or of the end (`StreamStore.watch`: one subscriber connection per loop serves every follower), then
+    /// reads the log after its last seq (an XRANGE, no BLOCK); with nothing new, the metadata. It looks anyway after
+    /// `followFallback`, or when the owner's lease would lapse if sooner.
     private func follow(
         _ mirror: StreamChannel, after seq: Int, first: [StoredEvent], metadata: StoredStreamMetadata, route: StreamRoute
     ) async {
@@ -253,6 +257,10 @@ extension StreamEngine {
         let readers = Meter(label: "sluice_store_remote_readers")
         readers.increment()
         defer { readers.decrement() }
+        // `first` was read before the subscription stands: its confirmation wakes the watch, so what was appended
+        // in between is read then.
+        let watch = store.watch(streamID)
+        defer { watch.close() }
         var last = seq
         var batch = first
         var metadata = metadata
@@ -271,24 +279,32 @@ extension StreamEngine {
                 last = event.seq
             }
             if !batch.isEmpty { await mirror.waitForReader() }
-            if batch.isEmpty {
-                if metadata.status != "running", let lastSeq = metadata.lastSeq, last >= lastSeq {
-                    mirror.finish(Self.outcome(metadata))
-                    return
-                }
-                // The owner died while this reader followed it: this replica continues the stream.
-                if localRecord(streamID) == nil,
-                    StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive),
-                    let local = try? await takeOver(streamID, caller: metadata.caller, route: route)
-                {
-                    await relay(local, into: mirror, after: last)
-                    return
+            // A full batch: the log has more now. Otherwise the follower has all the log had when it read it.
+            if batch.count < Self.storeBatch {
+                if batch.isEmpty {
+                    if metadata.status != "running", let lastSeq = metadata.lastSeq, last >= lastSeq {
+                        mirror.finish(Self.outcome(metadata))
+                        return
+                    }
+                    // The owner died while this reader followed it: this replica continues the stream.
+                    if localRecord(streamID) == nil,
+                        StreamTakeover.shouldClaim(metadata, hasCapacity: scheduler.active < scheduler.limits.maxActive),
+                        let local = try? await takeOver(streamID, caller: metadata.caller, route: route)
+                    {
+                        await relay(local, into: mirror, after: last)
+                        return
+                    }
                 }
                 if let since = mirror.detachedSince, ContinuousClock.now - since > .seconds(2) {
                     mirror.finish(RPCError(.cancelled, "the reader left"))
                     return
                 }
-                try? await EventLoop.sleep(for: .milliseconds(10))
+                // After the announced end only the metadata's outcome is left to read: no notification will come.
+                if batch.isEmpty || !watch.endAnnounced {
+                    var timeout = Self.followFallback
+                    if batch.isEmpty, let lapse = metadata.leaseExpiresIn { timeout = min(timeout, lapse + .milliseconds(10)) }
+                    await watch.next(within: timeout)
+                }
             }
             do {
                 batch = try await store.events(streamID, after: last, limit: Self.storeBatch)

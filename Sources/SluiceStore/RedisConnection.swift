@@ -42,11 +42,13 @@ public final class RedisConnection: @unchecked Sendable {
     private let onDropped: ([Command]) -> Void
     /// The connection became usable, or stopped being usable.
     private let onUpChanged: (Bool) -> Void
+    /// On a subscriber connection (`sendPubSub`): its (un)subscribe confirmations and published messages.
+    private let onPush: (RedisReply) -> Void
 
     public init(
         loop: EventLoop, endpoint: RedisEndpoint, maxQueuedBytes: Int, backoff: RedisConnectionStateMachine.Backoff = .init(),
         logger: Logger, onReply: @escaping (Command, RedisReply) -> Void, onDropped: @escaping ([Command]) -> Void,
-        onUpChanged: @escaping (Bool) -> Void
+        onUpChanged: @escaping (Bool) -> Void, onPush: @escaping (RedisReply) -> Void = { _ in }
     ) {
         self.loop = loop
         self.endpoint = endpoint
@@ -55,6 +57,7 @@ public final class RedisConnection: @unchecked Sendable {
         self.onReply = onReply
         self.onDropped = onDropped
         self.onUpChanged = onUpChanged
+        self.onPush = onPush
     }
 
     public var state: RedisConnectionStateMachine.State {
@@ -78,6 +81,17 @@ public final class RedisConnection: @unchecked Sendable {
         perform(machine.enqueue(command))
     }
 
+    /// Sends SUBSCRIBE or UNSUBSCRIBE (`arguments`) at once, outside the queue: a subscriber's subscriptions are not
+    /// replayed after a reconnect (its owner re-makes them, see `RedisSubscriptionStateMachine`). Confirmations and
+    /// messages go to `onPush`. False when the connection is not up.
+    @discardableResult
+    public func sendPubSub(_ arguments: [String]) -> Bool {
+        assertInLoop()
+        guard let context, machine.state == .up else { return false }
+        issue(context, arguments.map { Array($0.utf8) }, replyTo: .push)
+        return true
+    }
+
     /// Closes the connection; queued commands are dropped.
     public func close() {
         assertInLoop()
@@ -97,7 +111,7 @@ public final class RedisConnection: @unchecked Sendable {
                 openContext()
             case .send(let commands):
                 guard let context else { preconditionFailure("RedisConnection: commands to send with no connection") }
-                for command in commands { issue(context, command.arguments, handshake: false) }
+                for command in commands { issue(context, command.arguments, replyTo: .command) }
             case .scheduleReconnect(let delay):
                 reconnectTimer = loop.scheduleTimer(after: delay) { [weak self] in
                     guard let self else { return }
@@ -157,7 +171,7 @@ public final class RedisConnection: @unchecked Sendable {
         if endpoint.database != 0 { steps.append(("SELECT", ["SELECT", "\(endpoint.database)"])) }
         steps.append(("PING", ["PING"]))
         handshake = steps.map(\.0)
-        for (_, arguments) in steps { issue(context, arguments.map { Array($0.utf8) }, handshake: true) }
+        for (_, arguments) in steps { issue(context, arguments.map { Array($0.utf8) }, replyTo: .handshake) }
     }
 
     fileprivate static func from(_ pointer: UnsafeMutableRawPointer?) -> RedisConnection {
@@ -193,8 +207,24 @@ public final class RedisConnection: @unchecked Sendable {
         }
     }
 
+    /// Where a command's replies go.
+    private enum ReplyRoute {
+        /// `onReply`, in the queue's order.
+        case command
+        /// The connection's own AUTH, SELECT and PING.
+        case handshake
+        /// `onPush`: (un)subscribe confirmations and messages, which hiredis routes by channel.
+        case push
+    }
+
+    /// A pub/sub reply or message (nil when the context is being freed).
+    fileprivate func pushed(_ reply: UnsafeMutableRawPointer?) {
+        guard let reply else { return }
+        onPush(RedisReply(reply.assumingMemoryBound(to: redisReply.self)))
+    }
+
     /// Hands `arguments` to hiredis (which copies them into its output buffer).
-    private func issue(_ context: UnsafeMutablePointer<redisAsyncContext>, _ arguments: [[UInt8]], handshake: Bool) {
+    private func issue(_ context: UnsafeMutablePointer<redisAsyncContext>, _ arguments: [[UInt8]], replyTo route: ReplyRoute) {
         var flat: [UInt8] = []
         flat.reserveCapacity(arguments.reduce(1) { $0 + $1.count })
         var lengths: [Int] = []
@@ -214,10 +244,10 @@ public final class RedisConnection: @unchecked Sendable {
                 offset += length
             }
             // Fails only while hiredis is disconnecting this context: the command then goes out after reconnecting.
-            if handshake {
-                _ = redisAsyncCommandArgv(context, redisHandshakeReplied, me, Int32(arguments.count), &pointers, lengths)
-            } else {
-                _ = redisAsyncCommandArgv(context, redisCommandReplied, me, Int32(arguments.count), &pointers, lengths)
+            switch route {
+            case .command: _ = redisAsyncCommandArgv(context, redisCommandReplied, me, Int32(arguments.count), &pointers, lengths)
+            case .handshake: _ = redisAsyncCommandArgv(context, redisHandshakeReplied, me, Int32(arguments.count), &pointers, lengths)
+            case .push: _ = redisAsyncCommandArgv(context, redisPushReceived, me, Int32(arguments.count), &pointers, lengths)
             }
         }
     }
@@ -281,4 +311,10 @@ private func redisHandshakeReplied(
     _ context: UnsafeMutablePointer<redisAsyncContext>?, _ reply: UnsafeMutableRawPointer?, _ privdata: UnsafeMutableRawPointer?
 ) {
     Unmanaged<RedisConnection>.fromOpaque(privdata!).takeUnretainedValue().received(reply, context: context, handshake: true)
+}
+
+private func redisPushReceived(
+    _ context: UnsafeMutablePointer<redisAsyncContext>?, _ reply: UnsafeMutableRawPointer?, _ privdata: UnsafeMutableRawPointer?
+) {
+    Unmanaged<RedisConnection>.fromOpaque(privdata!).takeUnretainedValue().pushed(reply)
 }

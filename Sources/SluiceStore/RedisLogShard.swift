@@ -17,6 +17,9 @@ import Synchronization
 ///   of the lease while it runs, deleted when it ends.
 /// - Expiry: on start every key expires after `--max-stream-duration` plus `--retention` (a replica that dies leaves
 ///   nothing behind for longer); on finish after `--retention`.
+/// - `PUBLISH sluice:{id}:appended <last seq>` (`end <last seq>` once it ended) once per stream per loop iteration
+///   in which its log grew or it ended, in the same pipeline as (after) its XADDs and its final metadata: remote
+///   followers wait for it instead of polling.
 final class RedisLogShard: @unchecked Sendable {
     let loop: EventLoop
     private let configuration: RedisStreamStore.Configuration
@@ -57,6 +60,9 @@ final class RedisLogShard: @unchecked Sendable {
     }
     private var up = false
     private var closed = false
+    /// Streams whose log grew (or that ended) in this loop iteration, with the last seq written: each gets one
+    /// PUBLISH when the iteration's tasks have run (`announceAppended`).
+    private var appended: [String: (lastSeq: Int, ended: Bool)] = [:]
     /// Reads waiting for their replies, by tag.
     private var readers: [UInt64: (RedisReply?) -> Void] = [:]
     private var lastTag: UInt64 = 0
@@ -193,6 +199,7 @@ final class RedisLogShard: @unchecked Sendable {
             while let next = log.held.removeValue(forKey: log.nextSeq) {
                 write(streamID, &log, seq: log.nextSeq, type: next.type, frame: next.frame)
             }
+            if !log.incomplete, log.lease.mayWrite { announce(streamID, lastSeq: log.nextSeq - 1, ended: false) }
         } else if seq > log.nextSeq {
             log.held[seq] = (type, frame)
         }
@@ -254,6 +261,23 @@ final class RedisLogShard: @unchecked Sendable {
         sendFenced(log, streamID, key: meta, ["PEXPIRE", meta, retention].map { Array($0.utf8) })
         send(["PEXPIRE", RedisKeys.log(streamID), retention], streamID)
         sendFenced(log, streamID, key: RedisKeys.lease(streamID), ["DEL", RedisKeys.lease(streamID)].map { Array($0.utf8) })
+        announce(streamID, lastSeq: lastSeq, ended: true)
+    }
+
+    /// Followers of `streamID` are told at the end of this loop iteration that its log grew to `lastSeq` (and that
+    /// the stream `ended`).
+    private func announce(_ streamID: String, lastSeq: Int, ended: Bool) {
+        // Tasks queued from the loop itself run before it waits again: the PUBLISHes join this iteration's pipeline.
+        if appended.isEmpty { loop.execute { [self] in announceAppended() } }
+        appended[streamID] = (lastSeq, ended)
+    }
+
+    private func announceAppended() {
+        // No stream ID: a dropped announcement costs followers only a fallback poll, not the stream's log.
+        for (streamID, news) in appended {
+            send(["PUBLISH", RedisKeys.appended(streamID), news.ended ? "end \(news.lastSeq)" : "\(news.lastSeq)"], nil)
+        }
+        appended.removeAll(keepingCapacity: true)
     }
 
     /// A write that belongs to no stream's log.

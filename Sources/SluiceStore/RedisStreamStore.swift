@@ -5,8 +5,9 @@ import SluiceIO
 import Synchronization
 
 /// `--store redis://…`: every stream's events, metadata and owner lease in Redis, written by one hiredis connection
-/// per event loop (`RedisLogShard`). Keys are hash-tagged by stream (`RedisKeys`), so all of a stream's keys are in
-/// one Redis Cluster slot.
+/// per event loop (`RedisLogShard`), and followed by remote readers through one subscriber connection per event loop
+/// (`RedisSubscriber`): two connections per loop, whatever the number of streams and readers. Keys are hash-tagged
+/// by stream (`RedisKeys`), so all of a stream's keys are in one Redis Cluster slot.
 public final class RedisStreamStore: StreamStore {
     public struct Configuration: Sendable {
         public var endpoint: RedisEndpoint
@@ -36,6 +37,7 @@ public final class RedisStreamStore: StreamStore {
 
     public let configuration: Configuration
     private let shards: [RedisLogShard]
+    private let subscribers: [RedisSubscriber]
     private let health = Health()
     private let nextShard = Atomic<Int>(0)
 
@@ -55,16 +57,19 @@ public final class RedisStreamStore: StreamStore {
                 })
         }
         self.shards = shards
+        subscribers = loops.map { RedisSubscriber(loop: $0, configuration: configuration, logger: logger) }
         Gauge(label: "sluice_store_up").record(0)
     }
 
     public func start() {
         for shard in shards { shard.loop.execute { shard.start() } }
+        for subscriber in subscribers { subscriber.loop.execute { subscriber.start() } }
     }
 
     /// Closes every connection (after the loops' last streams have finished).
     public func close() {
         for shard in shards { shard.loop.execute { shard.close() } }
+        for subscriber in subscribers { subscriber.loop.execute { subscriber.close() } }
     }
 
     public var isUp: Bool { health.shardsUp.load(ordering: .relaxed) == shards.count }
@@ -91,12 +96,34 @@ public final class RedisStreamStore: StreamStore {
         // A hash without them is what is left after Redis lost the stream's keys: no caller can be shown to own it.
         guard let owner = fields["owner"], let caller = fields["caller"], let status = fields["status"] else { return nil }
         var leaseHolder: String?
-        if status == "running", case .string(let holder) = try await request(["GET", RedisKeys.lease(streamID)]) {
+        var leaseExpiresIn: Duration?
+        if status == "running",
+            case .array(let lease) = try await request(["EVAL", Self.leaseScript, "1", RedisKeys.lease(streamID)]), lease.count == 2,
+            case .string(let holder) = lease[0], case .integer(let milliseconds) = lease[1]
+        {
             leaseHolder = String(decoding: holder, as: UTF8.self)
+            // A lease always has a TTL (-1 would be one set by hand: then nothing tells when it lapses).
+            leaseExpiresIn = milliseconds >= 0 ? .milliseconds(milliseconds) : nil
         }
-        return StoredStreamMetadata(
+        var metadata = StoredStreamMetadata(
             owner: owner, caller: caller, status: status, message: fields["message"], lastSeq: fields["last_seq"].flatMap { Int($0) },
             resumable: fields["resumable"] != "0", leaseHolder: leaseHolder)
+        metadata.leaseExpiresIn = leaseExpiresIn
+        return metadata
+    }
+
+    /// The lease's holder and its time to live in milliseconds, in one round trip (an empty array without a lease).
+    static let leaseScript = """
+        local holder = redis.call('GET', KEYS[1])
+        if not holder then return {} end
+        return {holder, redis.call('PTTL', KEYS[1])}
+        """
+
+    public func watch(_ streamID: String) -> any StreamLogWatch {
+        let subscriber =
+            EventLoop.current.flatMap { current in subscribers.first { $0.loop === current } }
+            ?? subscribers[nextShard.add(1, ordering: .relaxed).oldValue % subscribers.count]
+        return subscriber.watch(streamID)
     }
 
     public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] {
@@ -287,6 +314,9 @@ public enum RedisKeys {
     public static func callerSlots(_ caller: String) -> String { "sluice:caller:{\(caller)}:active" }
     /// A sorted set of every running stream, scored by when its lease ends (what the sweepers look at).
     public static let running = "sluice:running"
+    /// The pub/sub channel on which the owner announces each batch it appended to the log (and the stream's end),
+    /// with the last seq written; followers subscribe to it (`RedisSubscriber`) instead of polling the log.
+    public static func appended(_ streamID: String) -> String { "sluice:{\(streamID)}:appended" }
     /// A list of `<stream id>\n<reason>` cancel requests for the streams `replica` owns.
     public static func cancels(_ replica: String) -> String { "sluice:cancels:{\(replica)}" }
 }

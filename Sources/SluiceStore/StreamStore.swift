@@ -1,3 +1,5 @@
+import SluiceIO
+
 /// Where streams are kept beyond the replica's own memory. The engine always keeps each stream's replay buffer in
 /// memory and serves its attached client from there; a store adds a shared log for everyone else (other replicas
 /// resuming, following or cancelling it).
@@ -15,6 +17,9 @@ public protocol StreamStore: Sendable {
     func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata?
     /// Up to `limit` logged events after `seq`, in order.
     func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent]
+    /// Wakes a follower of `streamID` (a stream another replica runs) when its log grows or it ends; the follower
+    /// closes it when done.
+    func watch(_ streamID: String) -> any StreamLogWatch
     /// Asks the replica that owns `streamID` to cancel it.
     func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError)
     /// Takes one of `caller`'s `limit` slots across every replica for `streamID`, leased (renewed while the stream
@@ -34,6 +39,32 @@ public protocol StreamStore: Sendable {
     /// This replica lost a stream it runs to another replica's claim (its lease lapsed, e.g. while it was paused):
     /// `handler` aborts it (set once, before streams start).
     func onLeaseLost(_ handler: @escaping @Sendable (_ streamID: String) -> Void)
+}
+
+/// A follower's wait for news of a stream another replica runs.
+public protocol StreamLogWatch: Sendable {
+    /// Returns once the stream's log may have grown or the stream may have ended since the last return (its owner
+    /// announced an append or its end), or after `timeout` at the latest: notifications can be lost (a dropped
+    /// connection), so the follower looks at the log at least that often.
+    func next(within timeout: Duration) async
+    /// The owner announced the stream's end: once the follower has read the log that far, the metadata has the
+    /// outcome (no more notifications will come).
+    var endAnnounced: Bool { get }
+    /// Stops watching.
+    func close()
+}
+
+/// A store without notifications: the follower looks at the log every `timeout`.
+public struct PollingStreamLogWatch: StreamLogWatch {
+    public init() {}
+
+    public func next(within timeout: Duration) async {
+        try? await EventLoop.sleep(for: timeout)
+    }
+
+    public var endAnnounced: Bool { false }
+
+    public func close() {}
 }
 
 /// A stream this replica claimed: the epoch of its ownership and the request as the client sent it.
@@ -69,6 +100,8 @@ public struct StoredStreamMetadata: Sendable, Equatable {
     public var resumable: Bool
     /// The replica whose lease on the running stream is alive; nil when the lease lapsed (its owner is gone).
     public var leaseHolder: String?
+    /// How long the lease has left unless renewed (a follower looks again when it lapses).
+    public var leaseExpiresIn: Duration?
 
     public init(
         owner: String, caller: String, status: String, message: String?, lastSeq: Int?, resumable: Bool, leaseHolder: String? = nil
@@ -166,6 +199,8 @@ public struct MemoryStreamStore: StreamStore {
     public func metadata(_ streamID: String) async throws(StoreError) -> StoredStreamMetadata? { nil }
 
     public func events(_ streamID: String, after seq: Int, limit: Int) async throws(StoreError) -> [StoredEvent] { [] }
+
+    public func watch(_ streamID: String) -> any StreamLogWatch { PollingStreamLogWatch() }
 
     public func requestCancel(_ streamID: String, owner: String, reason: String) async throws(StoreError) {}
 

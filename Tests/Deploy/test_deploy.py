@@ -572,6 +572,117 @@ def test_compose_commands_run(release_bin, servers, tmp_path):
     assert server.stop() == 0
 
 
+CLUSTER_REPLICAS = ["sluice-a", "sluice-b", "sluice-c"]
+
+
+def balancer_backends(command: list[str]) -> list[tuple[str, int, list[str]]]:
+    """nghttpx's --backend=HOST,PORT;PATTERN;PARAMS… as (host, port, params)."""
+    backends = []
+    for arg in command:
+        if arg.startswith("--backend="):
+            address, _pattern, *params = arg.removeprefix("--backend=").split(";")
+            host, port = address.rsplit(",", 1)
+            backends.append((host, int(port), params))
+    return backends
+
+
+def test_compose_cluster_profile():
+    """--profile cluster: Redis, three replicas on it with distinct ids, nghttpx balancing h2 round robin over them."""
+    services = yaml.safe_load(COMPOSE_FILES[0].read_text())["services"]
+    cluster = {name for name, service in services.items() if "cluster" in service.get("profiles", [])}
+    assert cluster == {"redis", "balancer", *CLUSTER_REPLICAS}
+    assert "profiles" not in services["sluice"], "the default service runs without a profile"
+    (healthcheck,) = instruction("HEALTHCHECK", "runtime")
+    image_probe = exec_form(healthcheck[healthcheck.index("CMD [") + 4:])
+    ids = set()
+    for name in CLUSTER_REPLICAS:
+        replica = services[name]
+        command = replica["command"]
+        assert command[0] == "serve" and flag_value(command, "--port") == "8080"
+        assert flag_value(command, "--store") == "redis://redis:6379"
+        ids.add(flag_value(command, "--replica-id"))
+        assert replica["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert replica["read_only"] is True and replica["cap_drop"] == ["ALL"] and "ports" not in replica
+        assert replica["healthcheck"]["test"] == ["CMD", *[a.replace("$", "$$") for a in image_probe]]
+        assert seconds(replica["stop_grace_period"]) > seconds(flag_value(command, "--drain-timeout") or "30s")
+    assert len(ids) == len(CLUSTER_REPLICAS), "each replica needs its own --replica-id"
+    assert services["redis"]["healthcheck"]["test"][:2] == ["CMD", "redis-cli"]
+    balancer = services["balancer"]
+    command = balancer["command"]
+    assert command[0] == "nghttpx" and "--conf=/dev/null" in command
+    backends = balancer_backends(command)
+    assert sorted(host for host, _, _ in backends) == CLUSTER_REPLICAS
+    for _, port, params in backends:
+        assert port == 8080 and "proto=h2" in params and "dns" in params
+        assert not [p for p in params if p.startswith("affinity=") and p != "affinity=none"], "round robin, no stickiness"
+    assert set(balancer["depends_on"]) == set(CLUSTER_REPLICAS)
+    assert balancer["ports"] == ["127.0.0.1:8081:8081"] and "--frontend=*,8081;no-tls" in command
+    assert "nghttp2-proxy" in balancer["build"]["dockerfile_inline"]
+
+
+def test_compose_cluster_commands_run(release_bin, servers, tmp_path):
+    """The cluster profile's commands, without a container engine: redis-server, the three replicas' commands
+    against it and nghttpx with the balancer's command (host names and ports rewritten to this machine's). Through
+    the balancer, gRPC health answers, a stream runs, and reading it again lands on other replicas (round robin)
+    that serve it from the store, identical each time."""
+    for tool in ("redis-server", "nghttpx"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not installed (make test-deps installs it)")
+    services = yaml.safe_load(COMPOSE_FILES[0].read_text())["services"]
+    redis_port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.PIPE, text=True)
+    balancer = None
+    try:
+        for line in redis.stdout:
+            if "Ready to accept connections" in line:
+                break
+        replicas = {}
+        for name in CLUSTER_REPLICAS:
+            command = [arg.replace("redis://redis:6379", f"redis://127.0.0.1:{redis_port}") for arg in services[name]["command"]]
+            replicas[name] = Server(release_bin, command)
+            servers.append(replicas[name])
+        port = free_port()
+        command = []
+        for arg in services["balancer"]["command"]:
+            if arg.startswith("--frontend="):
+                arg = f"--frontend=127.0.0.1,{port};no-tls"
+            for name, replica in replicas.items():
+                arg = arg.replace(f"--backend={name},8080", f"--backend=127.0.0.1,{replica.port}")
+            command.append(arg.replace(";dns", ""))
+        balancer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert balancer.poll() is None and time.monotonic() < deadline, balancer.stderr.read() if balancer.poll() else "no listener"
+                time.sleep(0.05)
+        for replica in replicas.values():
+            while health(replica.port, "") != "SERVING":  # ready once its store is reached
+                time.sleep(0.05)
+        assert health(port, "") == "SERVING"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            send = channel.unary_stream("/sluice.v1.StreamingService/SendMessage",
+                                        request_serializer=lambda m: json.dumps(m).encode(), response_deserializer=json.loads)
+            resume = channel.unary_stream("/sluice.v1.StreamingService/Resume",
+                                          request_serializer=lambda m: json.dumps(m).encode(), response_deserializer=json.loads)
+            events = list(send({"model": "claude-sonnet-4-5", "max_tokens": 32,
+                                "messages": [{"role": "user", "content": "hello"}]}, timeout=20))
+            assert events[-1]["type"] == "stream_complete"
+            stream_id = events[0]["stream_id"]
+            # Round robin: of three reads, at least two land on replicas that do not run the stream.
+            for _ in CLUSTER_REPLICAS:
+                assert list(resume({"stream_id": stream_id, "after_seq": 0}, timeout=20)) == events
+    finally:
+        if balancer:
+            balancer.kill()
+            balancer.wait()
+        redis.kill()
+        redis.wait()
+
+
 # MARK: Grafana
 
 

@@ -14,6 +14,7 @@ import json
 import random
 import socket
 import subprocess
+import threading
 
 import grpc
 import pytest
@@ -263,3 +264,55 @@ def test_readyz_waits_for_the_store_at_start_up(start_server, tmp_path):
         wait_for_metrics(server.port, lambda m: m.value("sluice_store_up") == 0, "sluice_store_up 0")
         # Down after start-up: still ready, its own streams go on.
         assert client.get(url(server.port, "/readyz")).status_code == 200
+
+
+def test_remote_readers_are_notified_over_a_fixed_number_of_redis_connections(start_server, redis, simulator, monkeypatch):
+    """Eight readers on B follow two streams A runs: B is woken by A's pub/sub notifications over its two
+    connections per event loop (one for commands, one subscriber), subscribes once per stream whatever the
+    readers, and unsubscribes when they are done; each reader gets the whole stream."""
+    monkeypatch.setenv("SLUICE_API_KEYS", "alpha")
+    a, b = (start_server("--store", redis.url, "--replica-id", name, "--upstream-url", simulator, "--upstream-is-simulator",
+                         "--event-loops", "1") for name in "ab")
+    for replica in (a, b):
+        wait_for_metrics(replica.port, lambda m: m.value("sluice_store_up") == 1, "the store up")
+
+    def clients() -> int:
+        """Redis clients, not counting this redis-cli."""
+        info = dict(line.split(":", 1) for line in redis.cli("INFO", "clients").splitlines() if ":" in line)
+        return int(info["connected_clients"]) - 1
+
+    def subscribers(stream_id: str) -> int:
+        return int(redis.cli("PUBSUB", "NUMSUB", f"sluice:{{{stream_id}}}:appended").splitlines()[-1])
+
+    while clients() != 2 * 2:  # two replicas with one loop each; their subscriber connections come up just after
+        pass
+    readers_per_stream = 4
+    with http_client("alpha") as client:
+        stream_ids = [post_stream(client, a.port, slow_request(seed=20 + i, seconds=6, output_tokens=30)) for i in range(2)]
+        results: dict[tuple[str, int], list[dict]] = {}
+
+        def follow(stream_id: str, index: int) -> None:
+            with http_client("alpha") as reader:
+                results[stream_id, index] = read_events(reader, b.port, stream_id, params={"after_seq": 0})
+
+        threads = [threading.Thread(target=follow, args=(stream_id, i)) for stream_id in stream_ids
+                   for i in range(readers_per_stream)]
+        for thread in threads:
+            thread.start()
+        wait_for_metrics(b.port, lambda m: m.value("sluice_store_remote_readers", 0) == len(threads), "every reader following")
+        # A follower counts itself before its SUBSCRIBE is confirmed.
+        while 0 in [subscribers(stream_id) for stream_id in stream_ids]:
+            pass
+        assert [subscribers(stream_id) for stream_id in stream_ids] == [1, 1]
+        assert clients() == 2 * 2
+        owners_view = {stream_id: read_events(client, a.port, stream_id) for stream_id in stream_ids}
+        for thread in threads:
+            thread.join(IO_TIMEOUT)
+    for (stream_id, _), events in results.items():
+        assert events == owners_view[stream_id]
+        assert_stream_shape(events, "OK")
+    assert len(results) == len(threads)
+    for stream_id in stream_ids:
+        while subscribers(stream_id) != 0:  # unsubscribed once its last reader is done (pytest-timeout bounds it)
+            pass
+    assert clients() == 2 * 2

@@ -5,7 +5,7 @@ import Testing
 
 /// `RedisStreamStore` against a real `redis-server`: what a stream's keys hold, and what happens to a stream whose
 /// writes overflow the queue while Redis is down. Waits poll a condition (Redis or the store), never a fixed time.
-@Suite(.serialized) struct RedisStreamStoreTests {
+@Suite(.serialized, .timeLimit(.minutes(1))) struct RedisStreamStoreTests {
     let loop: EventLoop
 
     init() throws {
@@ -113,5 +113,60 @@ import Testing
         try await until { store.isUp }
         try await until { try redis.cli("HGET", "sluice:{st_c}:meta", "resumable") == "0" }
         writer.finish(lastSeq: 6, status: "OK", message: nil)
+    }
+
+    /// `redis-cli` output of `PUBSUB NUMSUB` for `streamID`'s channel: its subscriber count.
+    func subscribers(_ redis: RedisTestServer, _ streamID: String) throws -> String {
+        try redis.cli("PUBSUB", "NUMSUB", RedisKeys.appended(streamID)).split(separator: "\n").last.map(String.init) ?? ""
+    }
+
+    /// A wait with no fallback to speak of: it returns only on a notification (else the suite's time limit fails it).
+    let forever = Duration.seconds(3600)
+
+    @Test func watchesWakeOnEachAppendShareOneSubscriptionAndResubscribeAfterARestart() async throws {
+        let redis = try RedisTestServer(persistent: true)
+        let store = try makeStore(redis)
+        defer {
+            store.close()
+            loop.stop()
+        }
+        try await until { store.isUp }
+        let writer = try #require(store.open(StoredStream(streamID: "st_w", caller: "key-1", request: [], maxDuration: .seconds(60))))
+        let watches = (0..<5).map { _ in store.watch("st_w") }
+        let others = (0..<5).map { store.watch("st_other\($0)") }
+        try await until { try subscribers(redis, "st_w") == "1" }
+        // One command and one subscriber connection for the loop (and redis-cli's own), whatever the watches.
+        #expect(try redis.cli("INFO", "clients").contains("connected_clients:3"))
+        // The confirmed subscription wakes each watch once: what was appended before it stood is read then.
+        for watch in watches { await watch.next(within: forever) }
+
+        writer.append(seq: 1, type: "message_start", frame: frame(1))
+        for watch in watches { await watch.next(within: forever) }
+        #expect(try await store.events("st_w", after: 0, limit: 10).map(\.seq) == [1])
+        #expect(watches.allSatisfy { !$0.endAnnounced })
+
+        redis.stop()
+        try await until { !store.isUp }
+        try redis.start()
+        try await until { try subscribers(redis, "st_w") == "1" }
+        // Resubscribed after the reconnect: each watch wakes (it may have missed a notification meanwhile).
+        for watch in watches { await watch.next(within: forever) }
+        writer.append(seq: 2, type: "message_delta", frame: frame(2))
+        writer.finish(lastSeq: 2, status: "OK", message: nil)
+        // The append and the end may be announced together or one after the other.
+        for watch in watches {
+            while !watch.endAnnounced { await watch.next(within: forever) }
+        }
+        #expect(try await store.events("st_w", after: 1, limit: 10).map(\.seq) == [2])
+        #expect(try await store.metadata("st_w")?.status == "OK")
+
+        // The last watch of a stream to close unsubscribes.
+        for watch in watches.dropLast() { watch.close() }
+        for watch in others { watch.close() }
+        try await until { try subscribers(redis, "st_other4") == "0" }
+        #expect(try subscribers(redis, "st_w") == "1")
+        watches.last?.close()
+        try await until { try subscribers(redis, "st_w") == "0" }
+        #expect(try redis.cli("INFO", "clients").contains("connected_clients:3"))
     }
 }
