@@ -59,12 +59,14 @@ extension StreamEngine {
     /// `start`, with `--max-active-per-key` counted across every replica sharing the store: the caller's slot is taken
     /// in the store first (refused with RESOURCE_EXHAUSTED when all are taken on any replicas), then the stream is
     /// admitted here as usual. While the store cannot be reached, each replica's own per-key limit still holds.
+    /// `clientCanResume`: false for a client that cannot resume the stream elsewhere (a drain then keeps it here).
     public func startAnywhere(
         _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
-        trace: StreamTrace? = nil
+        trace: StreamTrace? = nil, clientCanResume: Bool = true
     ) async throws(RPCError) -> StreamChannel {
         guard let limit = configuration.limits.maxActivePerKey, configuration.store.isShared else {
-            return try start(request, caller: caller, deadline: deadline, executor: executor, trace: trace)
+            return try start(
+                request, caller: caller, deadline: deadline, executor: executor, trace: trace, clientCanResume: clientCanResume)
         }
         let streamID = Self.makeID(prefix: "st_")
         let acquired: Bool?
@@ -86,7 +88,7 @@ extension StreamEngine {
         do {
             return try start(
                 request, caller: caller, deadline: deadline, executor: executor, streamID: streamID, holdsCallerSlot: acquired == true,
-                trace: trace)
+                trace: trace, clientCanResume: clientCanResume)
         } catch {
             if acquired == true { configuration.store.releaseCallerSlot(caller: caller, streamID: streamID) }
             throw error
@@ -132,9 +134,9 @@ extension StreamEngine {
     }
 
     /// Claims `streamID` (its owner's lease lapsed) and continues it here from its log; nil when another replica
-    /// claimed it first or this one has no room (the caller then follows the log).
+    /// claimed it first, this one has no room or is shutting down (the caller then follows the log).
     private func takeOver(_ streamID: String, caller: String) async throws(RPCError) -> StreamChannel? {
-        guard let slot = scheduler.admitNow(key: caller) else { return nil }
+        guard !isHandingOff, let slot = scheduler.admitNow(key: caller) else { return nil }
         let store = configuration.store
         var logged: [StoredEvent] = []
         let claim: StoredClaim?
@@ -248,6 +250,10 @@ extension StreamEngine {
         var batch = first
         var metadata = metadata
         while !Task.isCancelled {
+            if isHandingOff {
+                mirror.finish(RPCError(.unavailable, Self.shuttingDown))
+                return
+            }
             for event in batch {
                 // The log is trimmed from its head: a reader slower than the owner's replay buffer finds a gap.
                 guard event.seq == last + 1 else {

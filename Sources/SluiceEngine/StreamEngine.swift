@@ -52,23 +52,49 @@ public final class StreamEngine: Sendable {
     let tools: [String: any StreamingTool]
     let registry = LockedValue(Registry())
     private let sweeper = LockedValue<Task<Void, Never>?>(nil)
+    /// Hand-off on drain (`handOffRunningStreams`): whether it has begun (the replica then claims no stream), and how
+    /// many hand-offs the store has acknowledged.
+    let handOffs = LockedValue((started: false, acknowledged: 0))
 
     final class StreamRecord: Sendable {
         let channel: StreamChannel
         let owner: String
         let trace: StreamTrace
-        /// One lock for both, so a cancel that comes before the job is attached is not lost (the stream is
-        /// registered, and can be cancelled by a drain or the sweeper, before its job exists).
-        private let control = LockedValue<(job: Task<Void, Never>?, cancelReason: RPCError?)>((nil, nil))
+        /// Its client can resume it on another replica (a /v1/messages client cannot): a drain may hand it off.
+        let clientCanResume: Bool
+        /// One lock for all, so a cancel that comes before the job is attached is not lost (the stream is
+        /// registered, and can be cancelled by a drain or the sweeper, before its job exists). `handingOff`: the
+        /// cancel is a hand-off (`handOff`).
+        private let control = LockedValue<(job: Task<Void, Never>?, cancelReason: RPCError?, handingOff: Bool)>((nil, nil, false))
 
-        init(channel: StreamChannel, owner: String, trace: StreamTrace) {
+        init(channel: StreamChannel, owner: String, trace: StreamTrace, clientCanResume: Bool = true) {
             self.channel = channel
             self.owner = owner
             self.trace = trace
+            self.clientCanResume = clientCanResume
         }
 
         /// The first cancel's reason, if any.
         var cancelReason: RPCError? { control.withLock { $0.cancelReason } }
+
+        /// The stream was stopped to be handed off, not cancelled.
+        var isHandingOff: Bool { control.withLock { $0.handingOff } }
+
+        var job: Task<Void, Never>? { control.withLock { $0.job } }
+
+        /// Stops the job to hand the stream off, its local readers ending with `reason`; false when it was cancelled
+        /// already.
+        func handOff(_ reason: RPCError) -> Bool {
+            let job = control.withLock { control -> Task<Void, Never>?? in
+                guard control.cancelReason == nil else { return nil }
+                control.cancelReason = reason
+                control.handingOff = true
+                return .some(control.job)
+            }
+            guard let job else { return false }
+            job?.cancel()
+            return true
+        }
 
         func cancel(_ reason: RPCError) {
             let job = control.withLock { control in
@@ -177,7 +203,7 @@ public final class StreamEngine: Sendable {
     ///   - trace: the caller's trace context (a new trace when nil); every upstream attempt is a child span of it.
     public func start(
         _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
-        streamID: String? = nil, holdsCallerSlot: Bool = false, trace: StreamTrace? = nil
+        streamID: String? = nil, holdsCallerSlot: Bool = false, trace: StreamTrace? = nil, clientCanResume: Bool = true
     ) throws(RPCError) -> StreamChannel {
         if request.simulation != nil && !configuration.upstreamIsSimulator {
             throw RPCError(
@@ -208,7 +234,7 @@ public final class StreamEngine: Sendable {
         if let reason = trace.ignoredReason {
             logger.debug("started a new trace", metadata: ["stream_id": "\(streamID)", "reason": "\(reason)"])
         }
-        let record = StreamRecord(channel: channel, owner: caller, trace: trace)
+        let record = StreamRecord(channel: channel, owner: caller, trace: trace, clientCanResume: clientCanResume)
         registry.withLock {
             $0.streams[streamID] = record
             $0.running[streamID] = record
@@ -340,6 +366,10 @@ public final class StreamEngine: Sendable {
             outcome = record.cancelReason ?? RPCError(.cancelled, "the stream was cancelled")
         }
         if let cancelReason = record.cancelReason, outcome != nil { outcome = cancelReason }
+        if let outcome, record.isHandingOff {
+            await endHandingOff(record, outcome)
+            return
+        }
         if let outcome {
             channel.emit(.streamError(error: outcome.message, details: ["code": .string(outcome.code.name)]))
         }

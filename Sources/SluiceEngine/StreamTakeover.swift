@@ -24,6 +24,12 @@ struct StreamTakeover: Equatable {
     /// `upstream_retry` events logged so far (each counted against the retry budget).
     var retries = 0
     var next = Next.startTurn
+    /// The continuation's `upstream_retry` reason: `handoff` when the log ends with the owner's `stream_handoff` (it
+    /// shut down and let go of the stream), `replica_lost` when it ends anywhere else (the owner died or hung).
+    var reason = StreamTakeover.replicaLost
+
+    static let replicaLost = "replica_lost"
+    static let handOff = "handoff"
 
     /// Claim only a stream that still runs, whose owner's lease lapsed, whose log is whole, while this replica has
     /// room for it (a takeover counts against `--max-active`).
@@ -41,6 +47,7 @@ struct StreamTakeover: Equatable {
         var calledClientTool = false
         for (seq, frame) in events {
             lastSeq = seq
+            reason = frame["type"]?.stringValue == "stream_handoff" ? Self.handOff : Self.replicaLost
             switch frame["type"]?.stringValue ?? "" {
             case "message_start":
                 messageID = frame["id"]?.stringValue ?? ""
