@@ -27,7 +27,6 @@ from streaming_testlib import (
     SEND_MESSAGE,
     assert_stream_shape,
     message_text,
-    scrape,
     send_request,
     slow_request,
     to_json,
@@ -297,7 +296,8 @@ def test_the_console_reconnects_with_last_event_id_when_its_replica_hands_the_st
     words = numbered_words(200)
     page.send("Count slowly.", {"text": paragraphs(words), "token_interval_ms": 40})
     page.wait_for(lambda d: len(words_shown(page)) >= 30, "the first words")
-    owner = next(replica for replica in (a, b) if scrape(replica.port).value("sluice_streams_active") == 1)
+    (stream_id,) = redis.cli("ZRANGE", "sluice:running", "0", "-1").split()  # the page's stream, the only one running
+    owner = owner_of(redis, stream_id, (a, b))
     owner.signal(signal.SIGTERM)
     assert page.wait_until_finished() == "complete"
     assert words_shown(page) == words, "every word once, in order"
