@@ -23,16 +23,21 @@ import grpc
 import pytest
 
 from streaming_testlib import StreamShapeError, assert_stream_shape, message_text
-from test_chaos import MAX_RETRIES, SEED, STALL_TIMEOUT, make_plans
+from test_chaos import MAX_RETRIES, SEED, STALL_TIMEOUT, is_timeout, make_plans
 from test_rolling_restart import Cluster, StreamRun, balanced_options, fault_free_texts, run_stream, wait_replica_idle
 from test_store import redis, simulator  # noqa: F401  (fixtures)
 
 STREAMS = int(os.environ.get("SLUICE_CHAOS_CLUSTER_STREAMS", "1000"))
 RETENTION_S = 5
-LEASE = ["--lease-ttl", "2s", "--lease-renew", "500ms"]
+# The defaults: a shorter lease lapses under a thousand streams at once on a busy 2-core machine running debug builds
+# (a loop held up past it loses its streams to another replica: correct, but not what this test is about).
+LEASE = ["--lease-ttl", "5s", "--lease-renew", "1s"]
 # Seconds between kills (uniform), and the share of kills that are kill -9 rather than SIGTERM.
 KILL_EVERY = (2.0, 4.0)
 HARD_KILL_SHARE = 0.5
+# Per replica, as in test_chaos: most streams wait in a queue first (and a queued stream is handed off too). All at
+# once would overload one simulator and three debug builds on two cores into first-token timeouts.
+MAX_ACTIVE = 64
 # Simulator pacing: each stream runs about 1 to 6 s, so kills land in the middle of many.
 TOKEN_INTERVAL_MS = 100
 
@@ -71,7 +76,10 @@ async def run_chaos(cluster: Cluster, references: list[dict], requests: list[dic
     runs = [StreamRun(index) for index in range(len(requests))]
     done = asyncio.Event()
     async with grpc.aio.insecure_channel(cluster.target, options=balanced_options()) as channel:
-        texts = await fault_free_texts(channel, references)
+        # At most a few hundred at once, like the chaos run's active streams: all at once would be first-token timeouts.
+        texts = []
+        for start in range(0, len(references), 3 * MAX_ACTIVE):
+            texts += await fault_free_texts(channel, references[start:start + 3 * MAX_ACTIVE])
         killer = asyncio.create_task(kill_replicas(cluster, rng, done, tally))
         await asyncio.gather(*(run_stream(channel, run, request, resend_unanswered=True) for run, request in zip(runs, requests)))
         done.set()
@@ -89,7 +97,8 @@ def problems_of(run: StreamRun, reference: str, faulty: bool) -> list[str]:
         return [] if message_text(run.events) == reference else ["text differs from the fault-free run"]
     if run.code not in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
         return [f"ended {run.code}: {run.details}"]
-    if not faulty and not takeovers:
+    # A healthy attempt may time out on a busy machine (test_chaos accepts that too).
+    if not faulty and not takeovers and not is_timeout(run.details):
         return [f"a fault-free stream that nobody took over ended {run.code}: {run.details}"]
     return []
 
@@ -104,7 +113,7 @@ def test_chaos_cluster(start_server, redis, simulator, monkeypatch):  # noqa: F8
     print(f"chaos-cluster: seed {SEED}, {STREAMS} streams, 3 replicas, --max-retries {MAX_RETRIES}")
     cluster = Cluster(start_server, redis.url, simulator, [
         *LEASE, "--handoff-after", "500ms", "--retention", f"{RETENTION_S}s", "--abandon-grace", "10s",
-        "--max-stream-duration", "120s", "--max-active", "1024", "--max-queued", str(STREAMS),
+        "--max-stream-duration", "120s", "--max-active", str(MAX_ACTIVE), "--max-queued", str(STREAMS), "--queue-timeout", "10m",
         "--max-retries", str(MAX_RETRIES), "--upstream-idle-timeout", STALL_TIMEOUT, "--first-token-timeout", STALL_TIMEOUT])
 
     requests = []
@@ -134,7 +143,7 @@ def test_chaos_cluster(start_server, redis, simulator, monkeypatch):  # noqa: F8
     for replica in cluster.replicas:
         wait_replica_idle(replica.port, timeout=60)
     # Streams orphaned by a kill before their first event end by --abandon-grace; then every key expires.
-    deadline = time.monotonic() + 10 + 2 + RETENTION_S + 30
+    deadline = time.monotonic() + 10 + 5 + RETENTION_S + 30
     while (keys := redis.cli("KEYS", "sluice:*").split()) and time.monotonic() < deadline:
         time.sleep(0.2)  # poll interval, not synchronisation
     assert keys == [], f"Redis still holds {len(keys)} keys after the retention: {keys[:10]}"
