@@ -129,3 +129,9 @@ def test_simulate_reads_the_environment(sluice_bin):
 def test_a_lease_renewed_no_sooner_than_it_lapses_is_refused(sluice_bin):
     _, code, stderr = start_line(sluice_bin, ["serve", "--port", "0", "--lease-ttl", "1s", "--lease-renew", "1s"], {})
     assert code == 64 and "--lease-renew must be more than 0 and less than --lease-ttl (1s)" in stderr, stderr
+
+
+def test_a_handoff_window_not_under_the_drain_timeout_is_refused_with_a_store(sluice_bin):
+    flags = ["serve", "--port", "0", "--store", "redis://127.0.0.1:1", "--drain-timeout", "2s", "--handoff-after", "2s"]
+    _, code, stderr = start_line(sluice_bin, flags, {})
+    assert code == 64 and "--handoff-after must be 0 or more and less than --drain-timeout (2s)" in stderr, stderr
