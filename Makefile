@@ -6,6 +6,8 @@
 #   make venv    .venv with the pinned interop test requirements
 #   make test    test-deps + format check + debug build + swift test + venv + interop tests (pytest Tests/Interop) + fuzz smoke + deploy checks + test-tsan
 #   make chaos   1,000 streams with random upstream faults (CHAOS_STREAMS, CHAOS_SEED); make test runs 200
+#   make chaos-cluster  three replicas on Redis: 1,000 streams with upstream faults and random replica kills
+#                (CHAOS_CLUSTER_STREAMS, CHAOS_SEED), then a rolling restart under 300 streams; make test runs 60
 #   make soak    Benchmarks/soak/run.sh: 100,000 streams, server memory and descriptors → RESULTS.md
 #   make test-tsan  the concurrent code's tests under ThreadSanitizer
 #   make hostile    the full-length hostile HTTP/2 client tests (Tests/Interop/test_hostile.py)
@@ -31,7 +33,7 @@ FUZZ_TARGETS := FuzzEnvelope FuzzSSE FuzzRequest FuzzTimeouts FuzzHTTP1Request F
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := .build-fuzz
 
-.PHONY: format format-check deps test-deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos soak test-tsan hostile
+.PHONY: format format-check deps test-deps build run venv test deploy-venv test-deploy fuzz fuzz-smoke chaos chaos-cluster soak test-tsan hostile
 
 # Installs whichever of $(1) are missing (and python3-venv when $(2) is "venv" and Python lacks it).
 define install-missing
@@ -131,6 +133,15 @@ chaos: test-deps
 	$(MAKE) venv
 	SLUICE_CHAOS=full SLUICE_CHAOS_STREAMS=$(CHAOS_STREAMS) $(if $(CHAOS_SEED),SLUICE_CHAOS_SEED=$(CHAOS_SEED)) \
 	  SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest -s Tests/Interop/test_chaos.py::test_chaos_full
+
+# Tests/Interop/test_chaos_cluster.py's run and the long rolling restart (300 streams) of test_rolling_restart.py.
+CHAOS_CLUSTER_STREAMS ?= 1000
+chaos-cluster: test-deps
+	swift build
+	$(MAKE) venv
+	SLUICE_CHAOS_CLUSTER=full SLUICE_CHAOS_CLUSTER_STREAMS=$(CHAOS_CLUSTER_STREAMS) SLUICE_ROLLING_STREAMS=300 \
+	  $(if $(CHAOS_SEED),SLUICE_CHAOS_SEED=$(CHAOS_SEED)) SLUICE_BIN="$(SLUICE_BIN)" \
+	  $(VENV)/bin/python -m pytest -s Tests/Interop/test_chaos_cluster.py Tests/Interop/test_rolling_restart.py
 
 # Release build, 100,000 streams, writes Benchmarks/soak/RESULTS.md (several minutes).
 soak: test-deps

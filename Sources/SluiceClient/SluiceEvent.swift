@@ -36,6 +36,9 @@ public struct SluiceEvent: Sendable, Equatable {
         case streamError(error: String, code: StatusCode?, details: JSONValue?)
         /// The stream finished; usage sums every upstream attempt.
         case streamComplete(inputTokens: Int, outputTokens: Int)
+        /// The server running the stream shut down and let go of it here; the call then ends UNAVAILABLE and the
+        /// stream resumes after this seq, continued by another replica (nothing to do: the resume is automatic).
+        case streamHandoff(reason: String)
         /// An event type this client does not know (a newer server): its whole JSON object.
         case other(type: String, fields: JSONValue)
     }
@@ -65,6 +68,7 @@ public struct SluiceEvent: Sendable, Equatable {
         case .toolError: "tool_error"
         case .streamError: "stream_error"
         case .streamComplete: "stream_complete"
+        case .streamHandoff: "stream_handoff"
         case .other(let type, _): type
         }
     }
@@ -112,6 +116,7 @@ public struct SluiceEvent: Sendable, Equatable {
         case "stream_complete":
             fields.object = value["usage"] ?? .null
             kind = .streamComplete(inputTokens: try fields.int("input_tokens"), outputTokens: try fields.int("output_tokens"))
+        case "stream_handoff": kind = .streamHandoff(reason: try fields.string("reason"))
         default: kind = .other(type: type, fields: value)
         }
         json = bytes

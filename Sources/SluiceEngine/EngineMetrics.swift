@@ -20,6 +20,12 @@ struct EngineMetrics: Sendable {
         Counter(label: "sluice_streams_taken_over_total", dimensions: [("route", route.rawValue)]).increment()
     }
 
+    /// A stream this replica handed off while shutting down; `acknowledged`: the store released it (else it is
+    /// claimed once its lease lapses).
+    func handedOff(acknowledged: Bool) {
+        Counter(label: "sluice_streams_handed_off_total", dimensions: [("acknowledged", acknowledged ? "true" : "false")]).increment()
+    }
+
     func rejected(route: StreamRoute) {
         Counter(label: "sluice_streams_rejected_total", dimensions: [("route", route.rawValue)]).increment()
     }

@@ -27,6 +27,8 @@ struct StreamAttempts {
     private var stopReason: String?
     private var stopSequence: String?
     private var sawFirstToken = false
+    /// The `upstream_retry` reason when the stream continues another replica's (`StreamTakeover.reason`).
+    private var takeoverReason = StreamTakeover.replicaLost
     /// The tool calls of the turn that just completed.
     private var pendingToolUses: [ToolUse] = []
     /// The turn's assistant content as the API's non-streaming response would give it: the last attempt's
@@ -61,6 +63,7 @@ struct StreamAttempts {
         var conversation = request.messages + (takeover?.conversation ?? [])
         var retries = takeover?.retries ?? 0
         var resuming: (messageID: String, sentText: String, sawNonTextBlock: Bool)?
+        takeoverReason = takeover?.reason ?? StreamTakeover.replicaLost
         switch takeover?.next {
         case .continueTurn(let messageID, let sentText, let sawNonTextBlock): resuming = (messageID, sentText, sawNonTextBlock)
         case .ended:
@@ -114,10 +117,10 @@ struct StreamAttempts {
             stats.set(\.retries, to: retries)
             let mode = Self.retryMode(
                 nothingSent: sentText.isEmpty && !sawNonTextBlock, mustRestart: sawNonTextBlock || request.thinkingEnabled)
-            engine.metrics.retried(reason: Self.replicaLost, route: route)
-            channel.emit(.upstreamRetry(attempt: retries, reason: Self.replicaLost, delayMilliseconds: 0, mode: mode))
+            engine.metrics.retried(reason: takeoverReason, route: route)
+            channel.emit(.upstreamRetry(attempt: retries, reason: takeoverReason, delayMilliseconds: 0, mode: mode))
             if mode == .restart {
-                channel.emit(.messageRestart(id: messageID, reason: Self.replicaLost))
+                channel.emit(.messageRestart(id: messageID, reason: takeoverReason))
                 sentText = ""
                 sawNonTextBlock = false
             }
@@ -290,9 +293,6 @@ struct StreamAttempts {
         }
         return content
     }
-
-    /// The retry reason of a stream taken over from a replica that died or lost its lease.
-    static let replicaLost = "replica_lost"
 
     private static func reason(_ failure: UpstreamFailure) -> String {
         var reason = failure.kind.rawValue

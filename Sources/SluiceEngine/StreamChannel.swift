@@ -194,7 +194,25 @@ public final class StreamChannel: Sendable {
 
     /// Ends the stream: OK when `error` is nil.
     public func finish(_ error: RPCError?) {
-        let lastSeq = handOff.withLock { state, wakeups -> Int? in
+        if let lastSeq = end(error) { log?.finish(lastSeq: lastSeq, status: (error?.code ?? .ok).name, message: error?.message) }
+    }
+
+    /// Ends the stream for this replica's readers with `error`, but not in the store: this replica handed it off, and
+    /// another continues it from the log. Nothing is recorded after the last event; returns once the store has that
+    /// event and has released the stream (true), or could not (false; see `StreamLogWriter.handOff`).
+    public func endForHandOff(_ error: RPCError) async -> Bool {
+        guard let lastSeq = end(error), let log else { return false }
+        return await log.handOff(lastSeq: lastSeq)
+    }
+
+    /// Another replica could continue the stream from the store's log now (false with `--store memory`).
+    public func canHandOff() async -> Bool {
+        await log?.canHandOff() ?? false
+    }
+
+    /// Sets the outcome, once; returns the last seq, or nil when the stream had ended already.
+    private func end(_ error: RPCError?) -> Int? {
+        handOff.withLock { state, wakeups -> Int? in
             guard state.buffer.outcome == nil else { return nil }
             state.buffer.outcome = .some(error)
             defer {
@@ -206,7 +224,11 @@ public final class StreamChannel: Sendable {
             }
             return state.buffer.nextSeq - 1
         }
-        if let lastSeq { log?.finish(lastSeq: lastSeq, status: (error?.code ?? .ok).name, message: error?.message) }
+    }
+
+    /// The events still in the replay buffer, oldest first: every event while the first is seq 1.
+    public var bufferedFrames: [(seq: Int, frame: [UInt8])] {
+        handOff.withLock { state, _ in state.buffer.events[state.buffer.head...].map { ($0.seq, $0.bytes) } }
     }
 
     /// The attached client's task waits in `next` with everything delivered (for tests).

@@ -65,6 +65,7 @@ extension StreamEngine {
     /// `start`, with `--max-active-per-key` counted across every replica sharing the store: the caller's slot is taken
     /// in the store first (refused with RESOURCE_EXHAUSTED when all are taken on any replicas), then the stream is
     /// admitted here as usual. While the store cannot be reached, each replica's own per-key limit still holds.
+    /// `route`: the front end it came through (a `/v1/messages` client cannot resume elsewhere: a drain keeps it here).
     public func startAnywhere(
         _ request: SendMessageRequest, caller: String, deadline: ContinuousClock.Instant?, executor: (any TaskExecutor)? = nil,
         trace: StreamTrace? = nil, route: StreamRoute = .rpc
@@ -139,9 +140,9 @@ extension StreamEngine {
     }
 
     /// Claims `streamID` (its owner's lease lapsed) and continues it here from its log; nil when another replica
-    /// claimed it first or this one has no room (the caller then follows the log).
+    /// claimed it first, this one has no room or is shutting down (the caller then follows the log).
     private func takeOver(_ streamID: String, caller: String, route: StreamRoute) async throws(RPCError) -> StreamChannel? {
-        guard let slot = scheduler.admitNow(key: caller) else { return nil }
+        guard !isHandingOff, let slot = scheduler.admitNow(key: caller) else { return nil }
         let store = configuration.store
         var logged: [StoredEvent] = []
         let claim: StoredClaim?
@@ -265,6 +266,10 @@ extension StreamEngine {
         var batch = first
         var metadata = metadata
         while !Task.isCancelled {
+            if isHandingOff {
+                mirror.finish(RPCError(.unavailable, Self.shuttingDown))
+                return
+            }
             for event in batch {
                 // The log is trimmed from its head: a reader slower than the owner's replay buffer finds a gap.
                 guard event.seq == last + 1 else {

@@ -52,6 +52,9 @@ public final class StreamEngine: Sendable {
     let tools: [String: any StreamingTool]
     let registry = LockedValue(Registry())
     private let sweeper = LockedValue<Task<Void, Never>?>(nil)
+    /// Hand-off on drain (`handOffRunningStreams`): whether it has begun (the replica then claims no stream), and how
+    /// many hand-offs the store has acknowledged.
+    let handOffs = LockedValue((started: false, acknowledged: 0))
 
     final class StreamRecord: Sendable {
         let channel: StreamChannel
@@ -59,9 +62,12 @@ public final class StreamEngine: Sendable {
         let trace: StreamTrace
         /// The front end that started it (for a stream taken over, the one its new reader came by).
         let route: StreamRoute
-        /// One lock for both, so a cancel that comes before the job is attached is not lost (the stream is
-        /// registered, and can be cancelled by a drain or the sweeper, before its job exists).
-        private let control = LockedValue<(job: Task<Void, Never>?, cancelReason: RPCError?)>((nil, nil))
+        /// Its client can resume it on another replica (a /v1/messages client cannot): a drain may hand it off.
+        var clientCanResume: Bool { route != .messages }
+        /// One lock for all, so a cancel that comes before the job is attached is not lost (the stream is
+        /// registered, and can be cancelled by a drain or the sweeper, before its job exists). `handingOff`: the
+        /// cancel is a hand-off (`handOff`).
+        private let control = LockedValue<(job: Task<Void, Never>?, cancelReason: RPCError?, handingOff: Bool)>((nil, nil, false))
 
         init(channel: StreamChannel, owner: String, trace: StreamTrace, route: StreamRoute) {
             self.channel = channel
@@ -72,6 +78,25 @@ public final class StreamEngine: Sendable {
 
         /// The first cancel's reason, if any.
         var cancelReason: RPCError? { control.withLock { $0.cancelReason } }
+
+        /// The stream was stopped to be handed off, not cancelled.
+        var isHandingOff: Bool { control.withLock { $0.handingOff } }
+
+        var job: Task<Void, Never>? { control.withLock { $0.job } }
+
+        /// Stops the job to hand the stream off, its local readers ending with `reason`; false when it was cancelled
+        /// already.
+        func handOff(_ reason: RPCError) -> Bool {
+            let job = control.withLock { control -> Task<Void, Never>?? in
+                guard control.cancelReason == nil else { return nil }
+                control.cancelReason = reason
+                control.handingOff = true
+                return .some(control.job)
+            }
+            guard let job else { return false }
+            job?.cancel()
+            return true
+        }
 
         func cancel(_ reason: RPCError) {
             let job = control.withLock { control in
@@ -345,6 +370,10 @@ public final class StreamEngine: Sendable {
             outcome = record.cancelReason ?? RPCError(.cancelled, "the stream was cancelled")
         }
         if let cancelReason = record.cancelReason, outcome != nil { outcome = cancelReason }
+        if let outcome, record.isHandingOff {
+            await endHandingOff(record, outcome)
+            return
+        }
         if let outcome {
             channel.emit(.streamError(error: outcome.message, details: ["code": .string(outcome.code.name)]))
         }

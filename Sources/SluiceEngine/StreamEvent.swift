@@ -29,6 +29,9 @@ public enum StreamEvent: Sendable, Equatable {
     case streamError(error: String, details: JSONValue?)
     /// `message`: the final turn's assistant message, when the request asked for it (`include_message`).
     case streamComplete(usage: JSONValue, message: JSONValue?)
+    /// This replica stopped the stream here without ending it (it is shutting down): the call ends UNAVAILABLE,
+    /// and a Resume after this seq, on any replica, continues the stream from the shared log.
+    case streamHandoff(reason: String)
 
     public var type: String {
         switch self {
@@ -51,6 +54,7 @@ public enum StreamEvent: Sendable, Equatable {
         case .toolError: "tool_error"
         case .streamError: "stream_error"
         case .streamComplete: "stream_complete"
+        case .streamHandoff: "stream_handoff"
         }
     }
 
@@ -120,6 +124,8 @@ public enum StreamEvent: Sendable, Equatable {
             ["message": message, "seq": seq, "stream_id": streamID, "type": type, "usage": usage]
         case .streamComplete(let usage, nil):
             ["seq": seq, "stream_id": streamID, "type": type, "usage": usage]
+        case .streamHandoff(let reason):
+            ["reason": .string(reason), "seq": seq, "stream_id": streamID, "type": type]
         }
     }
 

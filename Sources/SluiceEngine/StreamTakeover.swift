@@ -35,6 +35,12 @@ struct StreamTakeover: Equatable {
     var conversation: [JSONValue] = []
     /// Model turns finished before the one the stream continues with (each asked for tools).
     var finishedTurns = 0
+    /// The continuation's `upstream_retry` reason: `handoff` when the log ends with the owner's `stream_handoff` (it
+    /// shut down and let go of the stream), `replica_lost` when it ends anywhere else (the owner died or hung).
+    var reason = StreamTakeover.replicaLost
+
+    static let replicaLost = "replica_lost"
+    static let handOff = "handoff"
 
     /// Claim only a stream that still runs, whose owner's lease lapsed, whose log is whole, while this replica has
     /// room for it (a takeover counts against `--max-active`).
@@ -77,6 +83,7 @@ struct StreamTakeover: Equatable {
         var round: ToolRound?
         for (seq, frame) in events {
             lastSeq = seq
+            reason = frame["type"]?.stringValue == "stream_handoff" ? Self.handOff : Self.replicaLost
             switch frame["type"]?.stringValue ?? "" {
             case "message_start":
                 if let finished = round {

@@ -132,6 +132,7 @@ public struct MessagesService: Sendable {
             // On the connection's loop, like an RPC stream's job: its retry backoff and deadlines are loop timers.
             // `startAnywhere`: with a shared store, the caller's limit is the cluster's.
             let trace = StreamTrace(traceparent: request.header("traceparent"), tracestate: request.header("tracestate"))
+            // Its client has no Resume: a drain lets the stream run out here rather than hand it off (`route`).
             channel = try await engine.startAnywhere(
                 parsed, caller: caller, deadline: nil, executor: EventLoop.current, trace: trace, route: .messages)
         } catch {

@@ -20,6 +20,8 @@ import Synchronization
 /// - `PUBLISH sluice:{id}:appended <last seq>` (`end <last seq>` once it ended) once per stream per loop iteration
 ///   in which its log grew or it ended, in the same pipeline as (after) its XADDs and its final metadata: remote
 ///   followers wait for it instead of polling.
+/// - Hand-off (the replica is shutting down): after the stream's last event, its `sluice:running` score becomes now,
+///   its caller slot is removed and its lease deleted (fenced); the metadata stays `running`, so any replica claims it.
 final class RedisLogShard: @unchecked Sendable {
     let loop: EventLoop
     private let configuration: RedisStreamStore.Configuration
@@ -94,6 +96,8 @@ final class RedisLogShard: @unchecked Sendable {
         var incomplete = false
         /// The epoch its writes are fenced by, and whether another replica claimed it.
         var lease: OwnerLease
+        /// `handOff` arrived before every seq up to its last had.
+        var pendingHandOff: (lastSeq: Int, completion: (Bool) -> Void)?
     }
 
     /// Runs a stream's write only while `epoch` is still the stream's (`HGET meta epoch`), in one atomic step: a
@@ -207,6 +211,9 @@ final class RedisLogShard: @unchecked Sendable {
         if let finish = log.pendingFinish, log.nextSeq > finish.lastSeq {
             finishNow(streamID, lastSeq: finish.lastSeq, status: finish.status, message: finish.message)
         }
+        if let handOff = log.pendingHandOff, log.nextSeq > handOff.lastSeq {
+            handOffNow(streamID, completion: handOff.completion)
+        }
     }
 
     func finish(streamID: String, lastSeq: Int, status: String, message: String?) {
@@ -280,6 +287,43 @@ final class RedisLogShard: @unchecked Sendable {
         appended.removeAll(keepingCapacity: true)
     }
 
+    // MARK: Hand-off
+
+    /// Another replica could continue `streamID` from its log now: Redis is up, none of its writes was dropped, and
+    /// it is still this replica's.
+    func canHandOff(_ streamID: String) -> Bool {
+        guard up, let log = streams[streamID] else { return false }
+        return !log.incomplete && log.lease.mayWrite
+    }
+
+    /// Once every event up to `lastSeq` is written: the stream leaves this replica (no more renewals), its lease is
+    /// deleted, it is due at once in the sweepers' index and its caller slot is given back, so the replica its client
+    /// re-attaches to (or, if nobody does, a sweeper) claims it without waiting for the lease to lapse.
+    /// `completion(true)` once Redis has acknowledged the lease's release: on the same connection, after every
+    /// earlier write of the stream.
+    func handOff(streamID: String, lastSeq: Int, completion: @escaping (Bool) -> Void) {
+        guard var log = streams[streamID] else { return completion(false) }
+        guard log.nextSeq > lastSeq else {
+            // Events up to `lastSeq` emitted on other threads are still on their way to this loop.
+            log.pendingHandOff = (lastSeq, completion)
+            streams[streamID] = log
+            return
+        }
+        handOffNow(streamID, completion: completion)
+    }
+
+    private func handOffNow(_ streamID: String, completion: @escaping (Bool) -> Void) {
+        guard let log = streams.removeValue(forKey: streamID), log.lease.mayWrite, !log.incomplete else { return completion(false) }
+        send(["ZADD", RedisKeys.running, "XX", "\(unixMilliseconds())", streamID], streamID)
+        if let caller = log.callerSlot { send(["ZREM", RedisKeys.callerSlots(caller), streamID], streamID) }
+        let lease = RedisKeys.lease(streamID)
+        sendFenced(log, streamID, key: lease, ["DEL", lease].map { Array($0.utf8) }) { reply in
+            // 1, or 0 if the lease had lapsed already; an error (FENCED: another replica has the stream) or none
+            // (Redis went away before answering) is a failure.
+            if case .integer(_)? = reply { completion(true) } else { completion(false) }
+        }
+    }
+
     /// A write that belongs to no stream's log.
     func write(_ arguments: [String]) {
         send(arguments, nil)
@@ -290,11 +334,20 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     /// `command` (whose key is `key`) through `fencedScript`, by the stream's epoch; nothing once it was lost.
-    private func sendFenced(_ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]], logSeq: Int = 0) {
+    /// `reply`, if given, gets Redis's answer (nil when the command was dropped); `logSeq`: the log entry it writes.
+    private func sendFenced(
+        _ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]], logSeq: Int = 0,
+        reply: ((RedisReply?) -> Void)? = nil
+    ) {
         guard log.lease.mayWrite else { return }
         let fence = ["EVAL", Self.fencedScript, "2", RedisKeys.meta(streamID), key, "\(log.lease.epoch)"].map { Array($0.utf8) }
         var fenced = RedisConnection.Command(fence + command, streamID: streamID)
         fenced.logSeq = logSeq
+        if let reply {
+            lastTag += 1
+            readers[lastTag] = reply
+            fenced.tag = lastTag
+        }
         connection.send(fenced)
     }
 

@@ -300,6 +300,20 @@ final class RedisStreamLogWriter: StreamLogWriter, @unchecked Sendable {
         let streamID = streamID
         run { $0.finish(streamID: streamID, lastSeq: lastSeq, status: status, message: message) }
     }
+
+    func canHandOff() async -> Bool {
+        let streamID = streamID
+        return await withCheckedContinuation { continuation in
+            run { continuation.resume(returning: $0.canHandOff(streamID)) }
+        }
+    }
+
+    func handOff(lastSeq: Int) async -> Bool {
+        let streamID = streamID
+        return await withCheckedContinuation { continuation in
+            run { shard in shard.handOff(streamID: streamID, lastSeq: lastSeq) { continuation.resume(returning: $0) } }
+        }
+    }
 }
 
 /// The keys of one stream. The `{…}` hash tag puts them in one Cluster slot.

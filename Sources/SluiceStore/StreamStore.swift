@@ -182,6 +182,14 @@ public protocol StreamLogWriter: Sendable {
     /// False while this replica may have lost the stream: it was paused or hung past its lease, so another replica
     /// may continue the stream now. Read from the job's thread before each event.
     var mayEmit: Bool { get }
+    /// Another replica could continue the stream from its log now: the store is up, the log has every event so far,
+    /// and this replica still owns the stream.
+    func canHandOff() async -> Bool
+    /// The stream stopped here after `lastSeq` without ending (this replica is shutting down): once the log holds
+    /// every event up to `lastSeq`, the stream's lease is released so another replica claims it at once. True once
+    /// the store has acknowledged all of it; false when it could not (the stream is then claimed when its lease
+    /// lapses, if its log is whole).
+    func handOff(lastSeq: Int) async -> Bool
 }
 
 /// `--store memory`: the engine's own registry and replay buffers are the whole store (one replica's streams are

@@ -70,6 +70,16 @@ public final class HTTP2Server: @unchecked Sendable {
         var waiters: [CheckedContinuation<Void, Never>] = []
         var stopped = false
         var runningLoops = 0
+        /// `holdLoops` calls not yet matched by `releaseLoops` (all released at the drain timeout).
+        var loopHolds = 0
+        var stopping = false
+
+        /// Every loop has drained and nothing holds them: stop them (true once).
+        mutating func shouldStop() -> Bool {
+            guard started, loopsWithConnections == 0, loopHolds == 0, !stopping else { return false }
+            stopping = true
+            return true
+        }
     }
 
     /// - Parameter loops: loops to serve on, created but not started (other work, such as upstream
@@ -143,13 +153,39 @@ public final class HTTP2Server: @unchecked Sendable {
         }
     }
 
-    /// Called by a draining loop once it has no connections left; the last one stops every loop.
+    /// Called by a draining loop once it has no connections left; the last one stops every loop, unless work that
+    /// runs on them holds them (`holdLoops`).
     fileprivate func loopDrained() {
-        let allDrained = shutdownState.withLock { state -> Bool in
+        if shutdownState.withLock({ state in
             state.loopsWithConnections -= 1
-            return state.loopsWithConnections == 0
+            return state.shouldStop()
+        }) {
+            for loop in loops { loop.stop() }
         }
-        if allDrained {
+    }
+
+    /// Keeps the loops running once the last connection has closed, until `releaseLoops`, or at most until the drain
+    /// timeout: for work on them that must end before the process does (the engine's hand-off waits for Redis on
+    /// them). Call it before `shutdown`.
+    public func holdLoops() {
+        shutdownState.withLock { $0.loopHolds += 1 }
+    }
+
+    public func releaseLoops() {
+        if shutdownState.withLock({ state in
+            state.loopHolds = max(0, state.loopHolds - 1)
+            return state.shouldStop()
+        }) {
+            for loop in loops { loop.stop() }
+        }
+    }
+
+    /// The drain timeout passed: nothing holds the loops any longer.
+    fileprivate func drainTimedOut() {
+        if shutdownState.withLock({ state in
+            state.loopHolds = 0
+            return state.shouldStop()
+        }) {
             for loop in loops { loop.stop() }
         }
     }
@@ -413,11 +449,18 @@ private final class LoopContext: Selectable {
             guard let self else { return }
             let message =
                 "the server is shutting down and its drain timeout (\(DurationParsing.format(drainTimeout))) has passed: retry the call"
+            let open = self.connections.values.reduce(0) { $0 + $1.streams.count } + self.http1Connections.count
+            if open > 0 {
+                self.server.logger.warning(
+                    "the drain timeout has passed: ending the calls still open",
+                    metadata: ["loop": "\(self.loop.index)", "calls": "\(open)"])
+            }
             for connection in self.connections.values {
                 for stream in connection.streams.values { stream.end(.unavailable, message) }
                 connection.flushNow()
             }
             for connection in self.http1Connections.values { connection.abortResponse(message) }
+            self.server.drainTimedOut()
             // Clients that do not read their final frames do not hold the process up.
             self.loop.scheduleTimer(after: .seconds(1)) { [weak self] in
                 guard let self else { return }

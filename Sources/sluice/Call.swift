@@ -197,6 +197,8 @@ private struct EventRenderer {
             endProgress()
         case .toolError(let id, let error):
             note("\(toolNames[id] ?? "tool") failed: \(error)")
+        case .streamHandoff(let reason):
+            note("the server handed the stream off (\(reason)); resuming it on another replica")
         default: break
         }
     }

@@ -133,6 +133,11 @@ struct Serve: AsyncParsableCommand {
     var leaseTtl = CLIDuration(.seconds(5))
     @Option(help: "With a shared store: how often a replica renews the leases of the streams it runs (well under --lease-ttl).")
     var leaseRenew = CLIDuration(.seconds(1))
+    @Option(
+        help:
+            "With a shared store: on SIGTERM/SIGINT, how long running streams may finish before they are handed off to other replicas (well under --drain-timeout)."
+    )
+    var handoffAfter = CLIDuration(.seconds(2))
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
@@ -192,6 +197,7 @@ struct Serve: AsyncParsableCommand {
         command.storePasswordFile = try await settings.string("store-password-file", storePasswordFile)
         command.leaseTtl = try await settings.duration("lease-ttl", leaseTtl)
         command.leaseRenew = try await settings.duration("lease-renew", leaseRenew)
+        command.handoffAfter = try await settings.duration("handoff-after", handoffAfter)
         command.replicaID = try await settings.string("replica-id", replicaID)
         command.logLevel = try await settings.choice("log-level", logLevel)
         command.logFormat = try await settings.choice("log-format", logFormat)
@@ -220,6 +226,11 @@ struct Serve: AsyncParsableCommand {
         }
         if store != "memory" {
             do { _ = try RedisEndpoint(url: store) } catch { throw ValidationError("--store: \(error) (or memory)") }
+        }
+        if store != "memory", handoffAfter.duration < .zero || handoffAfter.duration >= drainTimeout.duration {
+            throw ValidationError(
+                "--handoff-after must be 0 or more and less than --drain-timeout (\(drainTimeout)), or the drain ends streams before they are handed off"
+            )
         }
         if let unknown = messagesServerToolNames.first(where: { !ServerToolNames.all.contains($0) }) {
             throw ValidationError(
@@ -378,7 +389,10 @@ struct Serve: AsyncParsableCommand {
 
         // On a loop, so that its sleeps are that loop's timers; it trims only when no stream is running.
         let trimmer = Task(executorPreference: loops[0]) { await Self.returnMemoryWhenIdle(engine: engine, upstream: upstream) }
-        await server.runUntilSignalled(drainTimeout: drainTimeout.duration, logger: logger)
+        let handOffWindow = handoffAfter.duration
+        await server.runUntilSignalled(drainTimeout: drainTimeout.duration, logger: logger) {
+            await engine.handOffRunningStreams(after: handOffWindow)
+        }
         trimmer.cancel()
         await upstream.shutdown()
         redisStore?.close()

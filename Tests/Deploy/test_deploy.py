@@ -467,6 +467,40 @@ def test_service_pdb_and_hpa_match_the_deployment():
     assert hpa["spec"]["minReplicas"] >= 2 and deployment()["spec"]["replicas"] >= hpa["spec"]["minReplicas"]
 
 
+def json_patch(document: dict, operations: list[dict]) -> dict:
+    """RFC 6902's test, add and replace (what deploy/kubernetes-redis uses), as kustomize applies them."""
+    for operation in operations:
+        *parents, last = [part for part in operation["path"].split("/")[1:]]
+        target = document
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        key = int(last) if isinstance(target, list) else last
+        if operation["op"] == "test":
+            assert target[key] == operation["value"], f"the base moved {operation['path']}: {target[key]!r}"
+        elif operation["op"] in ("add", "replace"):
+            target[key] = operation["value"]
+        else:
+            raise AssertionError(f"unexpected op {operation['op']}")
+    return document
+
+
+def test_the_redis_overlay_sizes_the_grace_period_for_hand_off():
+    """With the shared store a pod hands its streams off after --handoff-after and exits: the grace period covers the
+    preStop sleep and a --drain-timeout that is itself well above the hand-off, not the longest stream."""
+    (kustomization,) = load_yaml(DEPLOY / "kubernetes-redis" / "kustomization.yaml")
+    (patch,) = [p for p in kustomization["patches"] if p["target"]["kind"] == "Deployment"]
+    pod = json_patch(deployment(), yaml.safe_load(patch["patch"]))["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "sluice"]
+    env = {variable["name"]: variable for variable in container["env"]}
+    assert env["SLUICE_STORE"]["valueFrom"]["secretKeyRef"] == {"name": "sluice-store", "key": "url"}
+    handoff = seconds(env["SLUICE_HANDOFF_AFTER"]["value"])
+    drain = seconds(flag_value(container["args"], "--drain-timeout"))
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert handoff + 3 <= drain, "the hand-off (and the store's acknowledgement) must fit well inside the drain"
+    assert pre_stop + drain < pod["terminationGracePeriodSeconds"] <= pre_stop + drain + 10
+    assert pod["terminationGracePeriodSeconds"] < deployment()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
 def test_deployment_args_run_and_probes_follow_the_drain(release_bin, servers, tmp_path):
     """The container's args start the real binary; the kubelet's gRPC probes see SERVING, then
     NOT_SERVING while a stream drains after SIGTERM; the process exits 0."""

@@ -141,3 +141,9 @@ def test_messages_server_tools_are_checked_and_stated(sluice_bin, tmp_path):
                                     {"SLUICE_MESSAGES_SERVER_TOOLS": "search_files, read_file"})
     assert code is None and line, stderr
     assert "(on /v1/messages: read_file, search_files)" in line, line
+
+
+def test_a_handoff_window_not_under_the_drain_timeout_is_refused_with_a_store(sluice_bin):
+    flags = ["serve", "--port", "0", "--store", "redis://127.0.0.1:1", "--drain-timeout", "2s", "--handoff-after", "2s"]
+    _, code, stderr = start_line(sluice_bin, flags, {})
+    assert code == 64 and "--handoff-after must be 0 or more and less than --drain-timeout (2s)" in stderr, stderr

@@ -208,6 +208,21 @@ import Testing
         #expect(stop.kind == .messageStop(id: "m", stopReason: nil))
     }
 
+    /// A server that shuts down hands the stream off: the marker is not the end, and the UNAVAILABLE that follows
+    /// is resumed after it (any replica continues the stream).
+    @Test func aHandOffIsNotTheEndAndItsUnavailableIsResumedAfterIt() throws {
+        let handOff = try SluiceEvent(json: Array(#"{"reason":"shutdown","seq":7,"stream_id":"st_1","type":"stream_handoff"}"#.utf8))
+        #expect(handOff.kind == .streamHandoff(reason: "shutdown"))
+        #expect(handOff.type == "stream_handoff" && !handOff.isLast)
+        var machine = ResumeStateMachine(policy: SluiceResumePolicy(jitter: 0))
+        for seq in 1...7 {
+            #expect(machine.received(seq: seq, streamID: "st_1", isLast: seq == 7 && handOff.isLast) == .deliver)
+        }
+        let handedOff = RPCClientStatus(code: .unavailable, message: "this server is shutting down and handed the stream off")
+        #expect(machine.callEnded(handedOff) == .resume(after: .milliseconds(100)))
+        #expect(machine.backoffElapsed(now: .now) == .startResume(streamID: "st_1", afterSeq: 7, timeout: nil))
+    }
+
     @Test func anUnknownTypeIsKeptWholeForForwardCompatibility() throws {
         let event = try SluiceEvent(json: Array(#"{"seq":1,"stream_id":"st_1","type":"hologram_delta","text":"hm"}"#.utf8))
         #expect(event.type == "hologram_delta")

@@ -23,6 +23,10 @@ final class FakeLogWriter: StreamLogWriter {
 
     var mayEmit: Bool { true }
 
+    func canHandOff() async -> Bool { false }
+
+    func handOff(lastSeq: Int) async -> Bool { false }
+
     func report(_ progress: StreamLogProgress) { handler.withLock { $0 }?(progress) }
 }
 

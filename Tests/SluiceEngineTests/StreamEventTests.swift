@@ -28,6 +28,7 @@ import Testing
         .streamError(error: "CANCELLED", details: nil),
         .streamComplete(usage: ["input_tokens": 1, "output_tokens": 2], message: nil),
         .streamComplete(usage: ["input_tokens": 1, "output_tokens": 2], message: ["type": "message", "content": []]),
+        .streamHandoff(reason: "shutdown"),
     ]
 
     /// The hand-written encoder must produce exactly what serializing the same object would: valid JSON,

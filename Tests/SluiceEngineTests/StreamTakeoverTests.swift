@@ -156,3 +156,30 @@ import Testing
         #expect(scheduler.admitNow(key: "key-3") != nil)
     }
 }
+
+@Suite struct StreamTakeoverReasonTests {
+    let start: JSONValue = ["type": "message_start", "id": "msg_1"]
+    let delta: JSONValue = ["type": "message_delta", "id": "msg_1", "delta": "Hi"]
+    let handOff: JSONValue = ["type": "stream_handoff", "reason": "shutdown"]
+
+    func events(_ frames: [JSONValue]) -> [(seq: Int, frame: JSONValue)] {
+        frames.enumerated().map { ($0.offset + 1, $0.element) }
+    }
+
+    /// A log that ends with the owner's stream_handoff was let go of, not lost: the continuation says so.
+    @Test func aLogEndingWithAHandOffContinuesForReasonHandoff() {
+        let takeover = StreamTakeover(events: events([start, delta, handOff]))
+        #expect(takeover.reason == "handoff")
+        #expect(takeover.lastSeq == 3)
+        #expect(takeover.next == .continueTurn(messageID: "msg_1", sentText: "Hi", sawNonTextBlock: false))
+    }
+
+    /// Handed off, continued, then its new owner died: that owner was lost.
+    @Test func eventsAfterTheHandOffMakeItReplicaLostAgain() {
+        let takeover = StreamTakeover(
+            events: events([start, delta, handOff, ["type": "upstream_retry", "reason": "handoff"], delta]))
+        #expect(takeover.reason == "replica_lost")
+        #expect(takeover.retries == 1)
+        #expect(StreamTakeover(events: events([start, delta])).reason == "replica_lost")
+    }
+}

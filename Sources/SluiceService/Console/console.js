@@ -456,7 +456,15 @@
           this.note(`The answer restarted (${event.reason}).`);
           break;
         case 'upstream_retry':
-          this.note(`Upstream attempt ${event.attempt} failed (${event.reason}); retrying in ${event.delay_ms} ms (${event.mode}).`);
+          if (event.reason === 'handoff' || event.reason === 'replica_lost') {
+            this.note(`Another server continues the answer (${event.reason}, ${event.mode}).`);
+          } else {
+            this.note(`Upstream attempt ${event.attempt} failed (${event.reason}); retrying in ${event.delay_ms} ms (${event.mode}).`);
+          }
+          break;
+        case 'stream_handoff':
+          // The server is shutting down: the stream ends here without a final event, and the reconnect continues it.
+          this.note('The server handed the stream off; reconnecting.');
           break;
         case 'tool_start': {
           const card = this.toolCard(event.id, event.name);
