@@ -200,7 +200,7 @@ extension StreamEngine {
         let executor = EventLoop.current
         let job = Task(executorPreference: executor) {
             await self.run(
-                request, record: record, admitted: .running(slot), deadline: deadline, deadlineIsClients: false,
+                request, record: record, admitted: .running(slot), deadline: deadline, deadlineIsClients: false, executor: executor,
                 takeover: takeover)
         }
         record.attach(job)

@@ -218,7 +218,8 @@ public final class StreamEngine: Sendable {
         let deadlineIsClients = deadline.map { $0 <= limit } ?? false
         let job = Task(executorPreference: executor) {
             await self.run(
-                request, record: record, admitted: admitted, deadline: effectiveDeadline, deadlineIsClients: deadlineIsClients
+                request, record: record, admitted: admitted, deadline: effectiveDeadline, deadlineIsClients: deadlineIsClients,
+                executor: executor
             )
         }
         record.attach(job)
@@ -300,20 +301,12 @@ public final class StreamEngine: Sendable {
 
     func run(
         _ request: SendMessageRequest, record: StreamRecord, admitted: Scheduler.Admitted, deadline: ContinuousClock.Instant,
-        deadlineIsClients: Bool, takeover: StreamTakeover? = nil
+        deadlineIsClients: Bool, executor: (any TaskExecutor)?, takeover: StreamTakeover? = nil
     ) async {
         let channel = record.channel
         let started = ContinuousClock.now
         var outcome: RPCError?
         let stats = StreamStats()
-        // The deadline cancels this job with its own reason, like a Cancel call: no task of its own per stream.
-        let deadlineTimer = DeadlineTimer(after: started.duration(to: deadline)) { [configuration] in
-            let why =
-                deadlineIsClients
-                ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed"
-                : "the stream reached the server's limit of \(DurationParsing.format(configuration.maxStreamDuration)) per stream"
-            record.cancel(RPCError(.deadlineExceeded, why))
-        }
         do {
             let slot: Scheduler.Slot
             switch admitted {
@@ -325,24 +318,27 @@ public final class StreamEngine: Sendable {
                 // only ever shrinks, so an update that is not smaller than the last one sent is stale.
                 // Emitted with no lock held (emit takes the channel's), one reporter at a time.
                 let positions = LockedValue(QueuePositions(smallest: position))
-                slot = try await scheduler.waitForSlot(ticket: ticket, key: record.owner) { position in
-                    var next = positions.withLock { $0.report(position) }
-                    while let position = next {
-                        channel.emit(.streamQueued(position: position))
-                        next = positions.withLock { $0.emitted(position) }
+                slot = try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
+                    try await self.scheduler.waitForSlot(ticket: ticket, key: record.owner) { position in
+                        var next = positions.withLock { $0.report(position) }
+                        while let position = next {
+                            channel.emit(.streamQueued(position: position))
+                            next = positions.withLock { $0.emitted(position) }
+                        }
                     }
                 }
             }
             defer { slot.release() }
-            var attempts = StreamAttempts(
-                engine: self, request: request, channel: channel, startedAt: started, stats: stats, trace: record.trace)
-            try await attempts.run(takeover: takeover)
+            try await withDeadline(deadline, clients: deadlineIsClients, executor: executor) {
+                var attempts = StreamAttempts(
+                    engine: self, request: request, channel: channel, startedAt: started, stats: stats, trace: record.trace)
+                try await attempts.run(takeover: takeover)
+            }
         } catch let error as RPCError {
             outcome = error
         } catch {
             outcome = record.cancelReason ?? RPCError(.cancelled, "the stream was cancelled")
         }
-        deadlineTimer.cancel()
         if let cancelReason = record.cancelReason, outcome != nil { outcome = cancelReason }
         if let outcome {
             channel.emit(.streamError(error: outcome.message, details: ["code": .string(outcome.code.name)]))
@@ -362,6 +358,32 @@ public final class StreamEngine: Sendable {
                 "input_tokens": "\(stats.current.inputTokens)", "output_tokens": "\(stats.current.outputTokens)",
             ]
         )
+    }
+
+    /// Runs `body` in its own task on `executor`, cancelled at `deadline` (then DEADLINE_EXCEEDED) or when this
+    /// task is. (An unstructured task does not inherit the job's executor: without it, every upstream event
+    /// would hop to the global pool and back.)
+    private func withDeadline<T: Sendable>(
+        _ deadline: ContinuousClock.Instant, clients: Bool, executor: (any TaskExecutor)?,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let work = Task(executorPreference: executor) { try await body() }
+        let timer = DeadlineTimer(after: ContinuousClock.now.duration(to: deadline)) { work.cancel() }
+        defer { timer.cancel() }
+        do {
+            return try await withTaskCancellationHandler {
+                try await work.value
+            } onCancel: {
+                work.cancel()
+            }
+        } catch {
+            guard timer.fired else { throw error }
+            let why =
+                clients
+                ? "the client's deadline (grpc-timeout / connect-timeout-ms) passed"
+                : "the stream reached the server's limit of \(DurationParsing.format(configuration.maxStreamDuration)) per stream"
+            throw RPCError(.deadlineExceeded, why)
+        }
     }
 }
 
