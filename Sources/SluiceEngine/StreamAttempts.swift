@@ -246,7 +246,8 @@ struct StreamAttempts {
                 engine.metrics.timeToFirstToken(.now - startedAt, route: route)
             }
             sentText += delta
-            channel.emit(.messageDelta(id: messageID, delta: String(delta)))
+            // The whole text unless a prefill's whitespace was cut off: then no copy.
+            channel.emit(.messageDelta(id: messageID, delta: delta.startIndex == text.startIndex ? text : String(delta)))
             await channel.waitForReader()
         case (.thinking(let text), _):
             channel.emit(.thinkingDelta(id: messageID, delta: text))

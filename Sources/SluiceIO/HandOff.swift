@@ -68,6 +68,10 @@ extension HandOff {
     /// hand-off ends, or the task is cancelled: for a producer that goes on either way (a closed hand-off's
     /// result is not reported).
     @inlinable public func waitForRoom(unlessLoadAtMost limit: Int) async {
+        // Nearly always there is room (a stream's producer calls this after every event): then one look under the
+        // lock, without the continuation and cancellation handler of a wait (they cost as much as the event).
+        let mayGoOn = state.withLock { state in !state.machine.isOpen || state.machine.load <= limit }
+        if mayGoOn { return }
         try? await waitAsProducer(unlessLoadAtMost: limit, cancelledResult: .success(()))
     }
 

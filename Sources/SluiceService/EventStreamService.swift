@@ -149,9 +149,26 @@ public struct EventStreamService: Sendable {
         }
     }
 
-    /// `id: seq`, `event: type`, `data: <the frame's JSON>`: the frame is one line (JSON escapes newlines).
+    /// `event: type`, `id: seq`, `data: <the frame's JSON>`, as `SSEEncoder` writes them. A frame is one line
+    /// (JSON escapes line breaks) of UTF-8 (Sluice's own JSON, from Swift strings), so it is copied as it is, once
+    /// per event of every reader, instead of going through a string and the encoder's line splitting; anything
+    /// else (no frame Sluice writes) takes the encoder's path.
     static func encode(seq: Int, type: String, frame: [UInt8]) -> [UInt8] {
-        SSEEncoder.encode(event: type, data: String(decoding: frame, as: UTF8.self), id: String(seq))
+        func isLineBreak(_ byte: UInt8) -> Bool { byte == 0x0A || byte == 0x0D }
+        guard !frame.isEmpty, !type.isEmpty, !frame.contains(where: isLineBreak), !type.utf8.contains(where: isLineBreak) else {
+            return SSEEncoder.encode(event: type, data: String(decoding: frame, as: UTF8.self), id: String(seq))
+        }
+        let id = String(seq)
+        var out: [UInt8] = []
+        out.reserveCapacity(frame.count + type.utf8.count + id.utf8.count + 20)
+        out.append(contentsOf: "event: ".utf8)
+        out.append(contentsOf: type.utf8)
+        out.append(contentsOf: "\nid: ".utf8)
+        out.append(contentsOf: id.utf8)
+        out.append(contentsOf: "\ndata: ".utf8)
+        out.append(contentsOf: frame)
+        out.append(contentsOf: "\n\n".utf8)
+        return out
     }
 
     /// Where a reader resumes: after `Last-Event-ID` (what an EventSource sends when it reconnects,

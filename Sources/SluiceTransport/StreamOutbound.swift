@@ -257,14 +257,17 @@ final class StreamOutbound: Sendable {
     /// Copies up to `into.count` queued bytes. When nothing is queued and the call is still
     /// running, marks the loop idle (the data provider then defers until woken).
     func drain(into destination: UnsafeMutableRawBufferPointer) -> Drained {
-        var delivered: [ContinuousClock.Instant] = []
+        // Usually one message ends per drain: its instant is kept without an array (a drain per event).
+        var firstDelivered: ContinuousClock.Instant?
+        var moreDelivered: [ContinuousClock.Instant] = []
         let drained = handOff.withLock { state, wakeups in
             let count = min(state.machine.load, destination.count)
             state.buffer.drainedTotal += count
             let drainedTotal = state.buffer.drainedTotal
             let passed = state.buffer.deliveryMarks.firstIndex { $0.end > drainedTotal } ?? state.buffer.deliveryMarks.count
             if passed > 0 {
-                delivered = state.buffer.deliveryMarks[..<passed].map(\.since)
+                firstDelivered = state.buffer.deliveryMarks[0].since
+                if passed > 1 { moreDelivered = state.buffer.deliveryMarks[1..<passed].map(\.since) }
                 state.buffer.deliveryMarks.removeFirst(passed)
             }
             if count > 0 {
@@ -287,9 +290,10 @@ final class StreamOutbound: Sendable {
             if remaining == 0 && state.buffer.status == nil { state.machine.consumerIdle() }
             return Drained(byteCount: count, endOfStream: end, status: end ? state.buffer.status : nil)
         }
-        if let messageDelivered, !delivered.isEmpty {
+        if let messageDelivered, let firstDelivered {
             let now = ContinuousClock.now
-            for since in delivered { messageDelivered(now - since) }
+            messageDelivered(now - firstDelivered)
+            for since in moreDelivered { messageDelivered(now - since) }
         }
         return drained
     }

@@ -138,8 +138,10 @@ extension AnthropicEvent {
         switch name {
         case "ping": return .ping
         case "message_stop": return .messageStop
-        case "message_start", "content_block_start", "content_block_delta", "content_block_stop",
-            "message_delta", "error":
+        case "content_block_delta":
+            // Nearly every event of an answer: its text read without building a JSON tree.
+            if let (index, text) = textDelta(payload: sse.data) { return .contentBlockDelta(index: index, delta: .text(text)) }
+        case "message_start", "content_block_start", "content_block_stop", "message_delta", "error":
             break
         case "message":
             // Unnamed event: dispatch on the payload's own `type`, if it parses.
@@ -194,6 +196,175 @@ extension AnthropicEvent {
                 requestID: try payload.optionalString("request_id", in: root)
             )
         }
+    }
+}
+
+extension AnthropicEvent {
+    /// The block index and text of a `content_block_delta` payload carrying a `text_delta`, read straight from
+    /// its bytes, without the JSON tree (dictionaries, hashed keys, boxed values) that `decode` builds for other
+    /// events. Takes only that exact shape: an object whose members are `type` ("content_block_delta"), `index`
+    /// (a non-negative integer written as plain digits) and `delta` (an object whose members are `type`
+    /// ("text_delta") and `text`, any JSON string), each once, in any order, JSON whitespace anywhere. Anything
+    /// else is nil, and `decode` parses it in full; whenever this answers, the full parse gives the same event
+    /// (the unit tests and the FuzzSSE fuzzer check it).
+    public static func textDelta(payload: String) -> (index: Int, text: String)? {
+        var payload = payload
+        return payload.withUTF8 { bytes in
+            var reader = TextDeltaReader(bytes: bytes)
+            return reader.read()
+        }
+    }
+}
+
+/// Reads one `content_block_delta` + `text_delta` payload (see `AnthropicEvent.textDelta(payload:)`).
+private struct TextDeltaReader {
+    private enum Key {
+        case type, index, delta, text
+    }
+
+    let bytes: UnsafeBufferPointer<UInt8>
+    private var position = 0
+
+    init(bytes: UnsafeBufferPointer<UInt8>) {
+        self.bytes = bytes
+    }
+
+    /// Digits beyond this could overflow `Int`; such an index is left to the full parse.
+    private static let maxIndexDigits = 18
+
+    mutating func read() -> (index: Int, text: String)? {
+        var sawType = false
+        var index: Int?
+        var text: String?
+        guard enterObject() else { return nil }
+        var more = true
+        while more {
+            switch readKey() {
+            case .type? where !sawType:
+                guard readExactString("content_block_delta") else { return nil }
+                sawType = true
+            case .index? where index == nil:
+                guard let value = readIndex() else { return nil }
+                index = value
+            case .delta? where text == nil:
+                guard let value = readDelta() else { return nil }
+                text = value
+            default:
+                return nil
+            }
+            guard let next = nextMember() else { return nil }
+            more = next
+        }
+        guard sawType, let index, let text else { return nil }
+        skipWhitespace()
+        guard position == bytes.count else { return nil }
+        return (index, text)
+    }
+
+    /// The `delta` object's text.
+    private mutating func readDelta() -> String? {
+        var sawType = false
+        var text: String?
+        guard enterObject() else { return nil }
+        var more = true
+        while more {
+            switch readKey() {
+            case .type? where !sawType:
+                guard readExactString("text_delta") else { return nil }
+                sawType = true
+            case .text? where text == nil:
+                guard let value = JSONValue.readString(in: bytes, at: &position) else { return nil }
+                text = value
+            default:
+                return nil
+            }
+            guard let next = nextMember() else { return nil }
+            more = next
+        }
+        guard sawType else { return nil }
+        return text
+    }
+
+    private mutating func skipWhitespace() {
+        while position < bytes.count {
+            switch bytes[position] {
+            case 0x20, 0x09, 0x0A, 0x0D: position += 1
+            default: return
+            }
+        }
+    }
+
+    /// `{` followed by a member (an empty object is not this shape).
+    private mutating func enterObject() -> Bool {
+        skipWhitespace()
+        guard position < bytes.count, bytes[position] == UInt8(ascii: "{") else { return false }
+        position += 1
+        return true
+    }
+
+    /// After a member: true after `,`, false after `}`, nil for anything else.
+    private mutating func nextMember() -> Bool? {
+        skipWhitespace()
+        guard position < bytes.count else { return nil }
+        let byte = bytes[position]
+        position += 1
+        switch byte {
+        case UInt8(ascii: ","): return true
+        case UInt8(ascii: "}"): return false
+        default: return nil
+        }
+    }
+
+    /// A member's key and its `:`; nil for a key not of this shape (or spelled with escapes).
+    private mutating func readKey() -> Key? {
+        skipWhitespace()
+        let key: Key
+        if consume(#""type""#) {
+            key = .type
+        } else if consume(#""index""#) {
+            key = .index
+        } else if consume(#""delta""#) {
+            key = .delta
+        } else if consume(#""text""#) {
+            key = .text
+        } else {
+            return nil
+        }
+        skipWhitespace()
+        guard consume(":") else { return nil }
+        skipWhitespace()
+        return key
+    }
+
+    /// The string `"<literal>"` exactly, with no escapes.
+    private mutating func readExactString(_ literal: StaticString) -> Bool {
+        guard consume("\"") else { return false }
+        guard consume(literal) else { return false }
+        return consume("\"")
+    }
+
+    /// A non-negative integer in plain digits (no sign, fraction or exponent, no leading zero).
+    private mutating func readIndex() -> Int? {
+        let start = position
+        var value = 0
+        while position < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[position]) {
+            guard position - start < Self.maxIndexDigits else { return nil }
+            value = value * 10 + Int(bytes[position] - UInt8(ascii: "0"))
+            position += 1
+        }
+        let digits = position - start
+        guard digits > 0, digits == 1 || bytes[start] != UInt8(ascii: "0") else { return nil }
+        return value
+    }
+
+    private mutating func consume(_ literal: StaticString) -> Bool {
+        let count = literal.utf8CodeUnitCount
+        guard bytes.count - position >= count else { return false }
+        for offset in 0..<count where bytes[position + offset] != literal.utf8Start[offset] {
+            return false
+        }
+        position += count
+        return true
     }
 }
 

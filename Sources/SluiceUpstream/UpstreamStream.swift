@@ -82,21 +82,16 @@ final class UpstreamTransferHandle: Sendable {
 
     func next() async throws(UpstreamFailure) -> AnthropicEvent? {
         while true {
+            // Cancellation wakes the wait below (`HandOff` handles it), and is acted on here: the buffered events
+            // are dropped and the transfer aborted. Checked first, so a cancelled consumer gets no further event.
+            if Task.isCancelled { cancel() }
             switch channel.poll() {
             case .event(let event): return event
             case .finished: return nil
             case .failed(let failure): throw failure
             case .empty: break
             }
-            if Task.isCancelled {
-                cancel()
-                continue  // the channel now reports `.failed(.cancelled)`
-            }
-            await withTaskCancellationHandler {
-                await channel.waitForActivity()
-            } onCancel: {
-                self.cancel()
-            }
+            await channel.waitForActivity()
         }
     }
 }

@@ -98,6 +98,19 @@ extension JSONValue {
     public init(parsing text: String) throws(JSONParseError) {
         try self.init(parsing: text.utf8)
     }
+
+    /// Reads the JSON string literal that starts at `index` (its opening quote) exactly as the parser reads
+    /// string values, and moves `index` past its closing quote; nil, with `index` unspecified, if it is not a
+    /// valid string there. For readers of one known event shape that skip building a tree (the upstream's
+    /// text deltas) and must decode text byte for byte as `JSONValue(parsing:)` does.
+    package static func readString(in bytes: UnsafeBufferPointer<UInt8>, at index: inout Int) -> String? {
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return nil }
+        var parser = JSONParser(bytes: bytes)
+        parser.index = index
+        guard let text = try? parser.parseString() else { return nil }
+        index = parser.index
+        return text
+    }
 }
 
 private struct JSONParser {
@@ -225,7 +238,7 @@ private struct JSONParser {
         }
     }
 
-    private mutating func parseString() throws(JSONParseError) -> String {
+    fileprivate mutating func parseString() throws(JSONParseError) -> String {
         index += 1
         let start = index
         // Fast path: no escapes.

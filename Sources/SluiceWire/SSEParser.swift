@@ -41,6 +41,8 @@ public struct SSEParser: Sendable {
     private var line: [UInt8] = []
     private var data: [UInt8] = []
     private var eventType = ""
+    /// The last `event` field's value, decoded.
+    private var previousEventType = ""
     private var idBuffer = ""
     private var eventRetry: Int?
     /// The previous chunk ended with CR: a leading LF in the next one completes that CRLF.
@@ -160,7 +162,9 @@ public struct SSEParser: Sendable {
             data.append(contentsOf: value)
             data.append(Self.lf)
         } else if field.elementsEqual("event".utf8) {
-            eventType = String(decoding: value, as: UTF8.self)
+            // A stream repeats a few event names: the previous one's string is shared rather than decoded again.
+            if !previousEventType.utf8.elementsEqual(value) { previousEventType = String(decoding: value, as: UTF8.self) }
+            eventType = previousEventType
         } else if field.elementsEqual("id".utf8) {
             if !value.contains(0) { idBuffer = String(decoding: value, as: UTF8.self) }
         } else if field.elementsEqual("retry".utf8) {

@@ -10,6 +10,8 @@ import Testing
         .messageDelta(id: "msg_1", delta: "quote \" backslash \\ newline \n tab \t bell \u{07} é ✓"),
         .messageStop(id: "msg_1", stopReason: nil, stopSequence: nil),
         .messageStop(id: "msg_1", stopReason: "stop_sequence", stopSequence: "END"),
+        .messageDelta(id: "msg_1", delta: ""),
+        .messageDelta(id: "", delta: "\u{0}\u{1F}\u{7F} 😀 \\u0041"),
         .thinkingDelta(id: "msg_1", delta: "hmm \" é"),
         .thinkingSignature(id: "msg_1", signature: "EqQBCgIYAhIM"),
         .redactedThinking(id: "msg_1", data: "EmwKAhgB"),
@@ -47,5 +49,20 @@ import Testing
         #expect(JSONValue.object(members).serialized() != encoded)
         members["seq"] = .number(42)
         #expect(JSONValue.object(members).serialized() == encoded)
+    }
+
+    /// The deltas' frames are written without the member list: the same bytes at any seq.
+    @Test(arguments: [0, 1, 9, 10, 99_999, Int.max])
+    func deltaFramesMatchTheGenericSerializerAtAnySeq(_ seq: Int) {
+        let frames: [(StreamEvent, type: String, delta: String)] = [
+            (.messageDelta(id: "msg_2", delta: "a\nb"), "message_delta", "a\nb"),
+            (.thinkingDelta(id: "msg_2", delta: "t"), "thinking_delta", "t"),
+        ]
+        for (event, type, delta) in frames {
+            let generic = JSONValue.object([
+                "delta": .string(delta), "id": "msg_2", "seq": .integer(seq), "stream_id": "st_1", "type": .string(type),
+            ])
+            #expect(event.encoded(streamID: "st_1", seq: seq) == generic.serialized())
+        }
     }
 }

@@ -322,3 +322,102 @@ struct SplitMix64: RandomNumberGenerator {
         #expect(error?.reason.contains(field) == true, "\(error?.reason ?? "")")
     }
 }
+
+/// The text-delta fast path (`AnthropicEvent.textDelta(payload:)`): taken for the shapes the API and the simulator
+/// send, and whenever it answers, the same index and text as the full parse.
+@Suite struct AnthropicTextDeltaTests {
+    /// The index and text by the full parse's rules (what `decode` gives without the fast path).
+    static func fullParse(_ payload: String) -> (index: Int, text: String)? {
+        guard let root = try? JSONValue(parsing: payload), let index = root["index"]?.intValue, index >= 0,
+            let delta = root["delta"], delta["type"] == "text_delta", let text = delta["text"]?.stringValue
+        else { return nil }
+        return (index, text)
+    }
+
+    @Test(arguments: [
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        #"{"delta":{"text":"Hello","type":"text_delta"},"index":12,"type":"content_block_delta"}"#,
+        " { \"type\" : \"content_block_delta\" ,\n\t\"index\" :\r 3 , \"delta\" : { \"type\" : \"text_delta\" , \"text\" : \"x\" } } \n",
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"quote \" slash \/ \\ \n\t \u00e9 \ud83d\ude00 lone \ud800 end"}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"São Paulo ☀️"}}"#,
+        #"{"type":"content_block_delta","index":999999999999999999,"delta":{"type":"text_delta","text":"big"}}"#,
+    ])
+    func takesTheTextDeltaShapes(_ payload: String) throws {
+        let fast = try #require(AnthropicEvent.textDelta(payload: payload))
+        let full = try #require(Self.fullParse(payload))
+        #expect(fast.index == full.index)
+        #expect(fast.text == full.text)
+    }
+
+    /// Not the exact shape (other members, repeats, other types, numbers in other forms, broken JSON): left to the
+    /// full parse, which still decodes the valid ones and reports the others.
+    @Test(arguments: [
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"},"extra":1}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","extra":1}}"#,
+        #"{"index":0,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"text":"a"}}"#,
+        #"{"type":"content_block_delta","index":0,"index":1,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","text":"b"}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"a"}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delt\u0061","text":"a"}}"#,
+        #"{"type":"content_block_delta","ind\u0065x":0,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"message","index":0,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":-1,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":-0,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":1.0,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":1e0,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":"0","delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":9999999999999999999,"delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":7}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\x"}}"#,
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"raw \u{01} control\"}}",
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}} x"#,
+        #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"},}"#,
+        #"{"type":"content_block_delta","index":0 "delta":{"type":"text_delta","text":"a"}}"#,
+        #"{"type":"content_block_delta","index":0,"delta":{}}"#,
+        #"{}"#,
+        "",
+        "[]",
+    ])
+    func leavesOtherShapesToTheFullParse(_ payload: String) throws {
+        #expect(AnthropicEvent.textDelta(payload: payload) == nil)
+        let full = Self.fullParse(payload)
+        let decoded = try? AnthropicFixtures.decode(event: "content_block_delta", data: payload)
+        if let full {
+            #expect(decoded == .contentBlockDelta(index: full.index, delta: .text(full.text)))
+        }
+    }
+
+    /// Every prefix and every one-byte change of a valid payload: the fast path never answers differently.
+    @Test func neverDisagreesWithTheFullParseOnMutations() {
+        let payload = Array(#"{"type":"content_block_delta","index":10,"delta":{"type":"text_delta","text":"a\"b\u00e9"}}"#.utf8)
+        var variants: [[UInt8]] = (0...payload.count).map { Array(payload[..<$0]) }
+        for position in payload.indices {
+            for replacement in Array(#" {}[]":,\0123456789aetx-.u"#.utf8) + [0x01, 0xC3, 0xFF] {
+                var changed = payload
+                changed[position] = replacement
+                variants.append(changed)
+            }
+        }
+        var taken = 0
+        for variant in variants {
+            let text = String(decoding: variant, as: UTF8.self)
+            guard let fast = AnthropicEvent.textDelta(payload: text) else { continue }
+            taken += 1
+            let full = Self.fullParse(text)
+            #expect(full?.index == fast.index && full?.text == fast.text, "\(text)")
+        }
+        #expect(taken > 0)
+    }
+
+    @Test func decodeUsesItForNamedAndUnnamedEvents() throws {
+        let payload = #"{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"hi\n"}}"#
+        #expect(
+            try AnthropicFixtures.decode(event: "content_block_delta", data: payload) == .contentBlockDelta(index: 2, delta: .text("hi\n")))
+        #expect(try AnthropicFixtures.decode(event: "message", data: payload) == .contentBlockDelta(index: 2, delta: .text("hi\n")))
+    }
+}

@@ -198,6 +198,16 @@ import Testing
         #expect(events == [SSEEvent(event: "message", data: "x")])
     }
 
+    /// The previous event name's string is reused when the next one has the same bytes, never when it differs.
+    @Test func repeatedAndChangedEventNames() throws {
+        let input: [UInt8] =
+            Array("event: a\ndata: 1\n\nevent: a\ndata: 2\n\nevent: ab\ndata: 3\n\ndata: 4\n\nevent: a\ndata: 5\n\n".utf8)
+            + Array("event: ".utf8) + [0xFF] + Array("\ndata: 6\n\nevent: \u{FFFD}\ndata: 7\n\n".utf8)
+        let events = try Self.parse([input]).events
+        #expect(events.map(\.event) == ["a", "a", "ab", "message", "a", "\u{FFFD}", "\u{FFFD}"])
+        #expect(events.map(\.data) == ["1", "2", "3", "4", "5", "6", "7"])
+    }
+
     @Test func unknownFieldsAreIgnored() throws {
         #expect(try Self.parse("foo: bar\nDATA: no\nData: no\ndata: yes\n\n") == [SSEEvent(data: "yes")])
     }

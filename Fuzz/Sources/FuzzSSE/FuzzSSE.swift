@@ -43,7 +43,23 @@ public func fuzzSSE(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     var accumulator = MessageAccumulator()
     for decoded in wholeOutput.events { accumulator.apply(decoded.event) }
     _ = accumulator.message().jsonValue.serialized()
+
+    // The text-delta fast path answers only where the full parse gives the same index and text.
+    var parser = SSEParser(maxEventBytes: maxEventBytes)
+    for sse in (try? parser.feed(body)) ?? [] {
+        guard let fast = AnthropicEvent.textDelta(payload: sse.data) else { continue }
+        let full = fullTextDelta(sse.data)
+        precondition(full?.index == fast.index && full?.text == fast.text, "the text-delta fast path disagrees with the full parse")
+    }
     return 0
+}
+
+/// A `text_delta`'s index and text as the full parse reads them (`AnthropicEvent.decode`'s rules).
+private func fullTextDelta(_ payload: String) -> (index: Int, text: String)? {
+    guard let root = try? JSONValue(parsing: payload), let index = root["index"]?.intValue, index >= 0,
+        let delta = root["delta"], delta["type"] == "text_delta", let text = delta["text"]?.stringValue
+    else { return nil }
+    return (index, text)
 }
 
 /// What holds for every chunk's output.
