@@ -31,6 +31,12 @@ public struct SendMessageRequest: Sendable {
 
     public static let maxMaxTokens = 128_000
 
+    /// Forgets the request's bytes once the store (if any) has taken them, so a large request (images, documents) is
+    /// not held twice for the stream's life.
+    mutating func dropJSON() {
+        json = []
+    }
+
     /// Fields Sluice owns or builds itself; everything else is passthrough.
     static let sluiceFields: Set = [
         "model", "max_tokens", "system", "messages", "tools", "metadata", "simulation", "include_message", "stream",

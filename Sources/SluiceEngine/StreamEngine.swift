@@ -245,6 +245,9 @@ public final class StreamEngine: Sendable {
         let limit = ContinuousClock.now + configuration.maxStreamDuration
         let effectiveDeadline = deadline.map { min($0, limit) } ?? limit
         let deadlineIsClients = deadline.map { $0 <= limit } ?? false
+        // The store has what it keeps of the request's bytes: the job needs only the parsed request.
+        var request = request
+        request.dropJSON()
         let job = Task(executorPreference: executor) {
             await self.run(
                 request, record: record, admitted: admitted, deadline: effectiveDeadline, deadlineIsClients: deadlineIsClients,
