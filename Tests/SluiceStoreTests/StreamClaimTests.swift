@@ -6,39 +6,15 @@ import Testing
 
 /// Claims and fencing against a real `redis-server`: two replicas' stores, one stream.
 @Suite(.serialized) struct StreamClaimTests {
-    final class Replica: Sendable {
-        let loop: EventLoop
-        let store: RedisStreamStore
-
-        init(_ name: String, url: String) throws {
-            loop = try EventLoop(index: 0)
-            var configuration = RedisStreamStore.Configuration(
-                endpoint: try RedisEndpoint(url: url), replicaID: name, retention: .seconds(60), replayBufferBytes: 1 << 20)
-            configuration.leaseDuration = .seconds(30)
-            configuration.leaseRenewal = .seconds(10)
-            store = RedisStreamStore(configuration: configuration, loops: [loop], logger: Logger(label: name))
-            loop.start()
-            store.start()
-        }
-
-        func stop() {
-            store.close()
-            loop.stop()
-        }
-    }
-
     let request = Array(#"{"model":"m","messages":[]}"#.utf8)
 
     @Test func oneReplicaWinsALapsedLeaseAndTheOldOwnerIsFencedOut() async throws {
         let redis = try RedisTestServer()
-        let owner = try Replica("a", url: redis.url)
-        let claimer = try Replica("b", url: redis.url)
+        let (owner, claimer) = try await (StoreReplica.started("a", on: redis), StoreReplica.started("b", on: redis))
         defer {
             owner.stop()
             claimer.stop()
         }
-        // Reads before a connection is up fail at once (a reader does not wait out an outage): wait for both.
-        while !owner.store.isUp || !claimer.store.isUp { try await Task.sleep(for: .milliseconds(5)) }
         let (lost, lostContinuation) = AsyncStream<String>.makeStream()
         owner.store.onLeaseLost { lostContinuation.yield($0) }
         let writer = try #require(
@@ -85,13 +61,11 @@ import Testing
 
     @Test func aClaimedStreamTakesItsCallersSlotAlongAndGivesItBackAtTheEnd() async throws {
         let redis = try RedisTestServer()
-        let owner = try Replica("a", url: redis.url)
-        let claimer = try Replica("b", url: redis.url)
+        let (owner, claimer) = try await (StoreReplica.started("a", on: redis), StoreReplica.started("b", on: redis))
         defer {
             owner.stop()
             claimer.stop()
         }
-        while !owner.store.isUp || !claimer.store.isUp { try await Task.sleep(for: .milliseconds(5)) }
         #expect(try await owner.store.acquireCallerSlot(caller: "key-1", streamID: "st_2", limit: 1))
         let writer = try #require(
             owner.store.open(

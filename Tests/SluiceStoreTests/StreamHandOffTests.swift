@@ -6,7 +6,6 @@ import Testing
 /// Hand-off on drain against a real `redis-server`: the owner lets go of a running stream, and another replica
 /// claims it at once, without waiting for the lease to lapse.
 @Suite(.serialized) struct StreamHandOffTests {
-    typealias Replica = StreamClaimTests.Replica
 
     let request = Array(#"{"model":"m","messages":[]}"#.utf8)
 
@@ -16,13 +15,11 @@ import Testing
 
     @Test func aHandedOffStreamIsReleasedAfterItsLastEventAndClaimedAtOnce() async throws {
         let redis = try RedisTestServer()
-        let owner = try Replica("a", url: redis.url)
-        let claimer = try Replica("b", url: redis.url)
+        let (owner, claimer) = try await (StoreReplica.started("a", on: redis), StoreReplica.started("b", on: redis))
         defer {
             owner.stop()
             claimer.stop()
         }
-        while !owner.store.isUp || !claimer.store.isUp { try await Task.sleep(for: .milliseconds(5)) }
         #expect(try await owner.store.acquireCallerSlot(caller: "key-1", streamID: "st_h", limit: 1))
         let writer = try #require(owner.store.open(stream("st_h", holdsCallerSlot: true)))
         writer.append(seq: 1, type: "message_start", frame: Array("one".utf8))
@@ -52,13 +49,11 @@ import Testing
     /// A stream another replica has claimed meanwhile is not the owner's to hand off.
     @Test func aStreamLostToAClaimIsNotHandedOff() async throws {
         let redis = try RedisTestServer()
-        let owner = try Replica("a", url: redis.url)
-        let claimer = try Replica("b", url: redis.url)
+        let (owner, claimer) = try await (StoreReplica.started("a", on: redis), StoreReplica.started("b", on: redis))
         defer {
             owner.stop()
             claimer.stop()
         }
-        while !owner.store.isUp || !claimer.store.isUp { try await Task.sleep(for: .milliseconds(5)) }
         let writer = try #require(owner.store.open(stream("st_l")))
         writer.append(seq: 1, type: "message_start", frame: Array("one".utf8))
         #expect(try await owner.store.events("st_l", after: 0, limit: 10).map(\.seq) == [1])
@@ -70,9 +65,8 @@ import Testing
 
     @Test func withRedisDownNothingCanBeHandedOff() async throws {
         let redis = try RedisTestServer()
-        let owner = try Replica("a", url: redis.url)
+        let owner = try await StoreReplica.started("a", on: redis)
         defer { owner.stop() }
-        while !owner.store.isUp { try await Task.sleep(for: .milliseconds(5)) }
         let writer = try #require(owner.store.open(stream("st_d")))
         writer.append(seq: 1, type: "message_start", frame: Array("one".utf8))
         redis.stop()
