@@ -26,7 +26,11 @@ public final class RedisConnection: @unchecked Sendable {
     private var watchedFD: Int32 = -1
     private var wantsRead = false
     private var wantsWrite = false
-    /// The handshake commands (AUTH, SELECT, PING) still awaiting their replies; the connection is up after the last.
+    /// Lua scripts loaded (`SCRIPT LOAD`) on every new connection before any queued command goes out, so the queue's
+    /// `EVALSHA`s of them find them even after Redis restarted.
+    private let scripts: [String]
+    /// The handshake commands (AUTH, SELECT, SCRIPT LOAD, PING) still awaiting their replies; the connection is up
+    /// after the last.
     private var handshake: [String] = []
     private var reconnectTimer: TimerID?
     /// Commands handed to hiredis since its last write: the next write sends them as one pipeline.
@@ -47,10 +51,11 @@ public final class RedisConnection: @unchecked Sendable {
 
     public init(
         loop: EventLoop, endpoint: RedisEndpoint, maxQueuedBytes: Int, backoff: RedisConnectionStateMachine.Backoff = .init(),
-        logger: Logger, onReply: @escaping (Command, RedisReply) -> Void, onDropped: @escaping ([Command]) -> Void,
-        onUpChanged: @escaping (Bool) -> Void, onPush: @escaping (RedisReply) -> Void = { _ in }
+        scripts: [String] = [], logger: Logger, onReply: @escaping (Command, RedisReply) -> Void,
+        onDropped: @escaping ([Command]) -> Void, onUpChanged: @escaping (Bool) -> Void, onPush: @escaping (RedisReply) -> Void = { _ in }
     ) {
         self.loop = loop
+        self.scripts = scripts
         self.endpoint = endpoint
         self.logger = logger
         self.machine = RedisConnectionStateMachine(maxQueuedBytes: maxQueuedBytes, backoff: backoff)
@@ -169,6 +174,7 @@ public final class RedisConnection: @unchecked Sendable {
             steps.append(("AUTH", endpoint.user.map { ["AUTH", $0, password] } ?? ["AUTH", password]))
         }
         if endpoint.database != 0 { steps.append(("SELECT", ["SELECT", "\(endpoint.database)"])) }
+        for script in scripts { steps.append(("SCRIPT LOAD", ["SCRIPT", "LOAD", script])) }
         steps.append(("PING", ["PING"]))
         handshake = steps.map(\.0)
         for (_, arguments) in steps { issue(context, arguments.map { Array($0.utf8) }, replyTo: .handshake) }
@@ -196,7 +202,7 @@ public final class RedisConnection: @unchecked Sendable {
         if case .error(let message) = value {
             self.handshake = []
             logger.error(
-                "the Redis store refused \(step); check --store and its password",
+                "the Redis store refused \(step); check --store, its password and the user's permissions",
                 metadata: ["store": "\(endpoint)", "error": "\(message)"])
             redisAsyncDisconnect(context)
             return
