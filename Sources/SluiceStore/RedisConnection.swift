@@ -116,7 +116,7 @@ public final class RedisConnection: @unchecked Sendable {
                 openContext()
             case .send(let commands):
                 guard let context else { preconditionFailure("RedisConnection: commands to send with no connection") }
-                for command in commands { issue(context, command.arguments, replyTo: .command) }
+                for command in commands { issue(context, command) }
             case .scheduleReconnect(let delay):
                 reconnectTimer = loop.scheduleTimer(after: delay) { [weak self] in
                     guard let self else { return }
@@ -215,9 +215,7 @@ public final class RedisConnection: @unchecked Sendable {
 
     /// Where a command's replies go.
     private enum ReplyRoute {
-        /// `onReply`, in the queue's order.
-        case command
-        /// The connection's own AUTH, SELECT and PING.
+        /// The connection's own AUTH, SELECT, SCRIPT LOAD and PING.
         case handshake
         /// `onPush`: (un)subscribe confirmations and messages, which hiredis routes by channel.
         case push
@@ -229,7 +227,20 @@ public final class RedisConnection: @unchecked Sendable {
         onPush(RedisReply(reply.assumingMemoryBound(to: redisReply.self)))
     }
 
-    /// Hands `arguments` to hiredis (which copies them into its output buffer).
+    /// Hands a queued command to hiredis as it is encoded (hiredis copies it into its output buffer).
+    private func issue(_ context: UnsafeMutablePointer<redisAsyncContext>, _ command: Command) {
+        assert(command.isComplete, "a Redis command sent with fewer arguments than its header announced")
+        issuedSinceWrite += 1
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        command.encoded.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { bytes in
+                // Fails only while hiredis is disconnecting this context: the command then goes out after reconnecting.
+                _ = redisAsyncFormattedCommand(context, redisCommandReplied, me, bytes.baseAddress, bytes.count)
+            }
+        }
+    }
+
+    /// Hands a handshake or pub/sub command's `arguments` to hiredis (which formats them into its output buffer).
     private func issue(_ context: UnsafeMutablePointer<redisAsyncContext>, _ arguments: [[UInt8]], replyTo route: ReplyRoute) {
         var flat: [UInt8] = []
         flat.reserveCapacity(arguments.reduce(1) { $0 + $1.count })
@@ -251,7 +262,6 @@ public final class RedisConnection: @unchecked Sendable {
             }
             // Fails only while hiredis is disconnecting this context: the command then goes out after reconnecting.
             switch route {
-            case .command: _ = redisAsyncCommandArgv(context, redisCommandReplied, me, Int32(arguments.count), &pointers, lengths)
             case .handshake: _ = redisAsyncCommandArgv(context, redisHandshakeReplied, me, Int32(arguments.count), &pointers, lengths)
             case .push: _ = redisAsyncCommandArgv(context, redisPushReceived, me, Int32(arguments.count), &pointers, lengths)
             }

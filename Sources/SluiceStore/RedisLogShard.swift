@@ -246,12 +246,22 @@ final class RedisLogShard: @unchecked Sendable {
         log.frameBytes += frame.count
         let entries = max(16, configuration.replayBufferBytes / max(1, log.frameBytes / seq))
         let key = RedisKeys.log(streamID)
-        sendFenced(
-            log, streamID, key: key,
-            [
-                Array("XADD".utf8), Array(key.utf8), Array("MAXLEN".utf8), Array("~".utf8), Array("\(entries)".utf8),
-                Array("0-\(seq)".utf8), Array("type".utf8), Array(type.utf8), Array("frame".utf8), frame,
-            ], logSeq: seq)
+        if log.lease.mayWrite {
+            // Built in place: the write path's one command per event.
+            var xadd = fenced(log, streamID, key: key, count: 10, capacity: 2 * key.utf8.count + type.utf8.count + frame.count)
+            xadd.append("XADD")
+            xadd.append(key)
+            xadd.append("MAXLEN")
+            xadd.append("~")
+            xadd.append("\(entries)")
+            xadd.append("0-\(seq)")
+            xadd.append("type")
+            xadd.append(type)
+            xadd.append("frame")
+            xadd.append(frame)
+            xadd.logSeq = seq
+            connection.send(xadd)
+        }
         if var sent = acks[streamID], log.lease.mayWrite {
             sent.sent = seq
             if sent.waitingSince == nil { sent.waitingSince = .now }
@@ -348,15 +358,13 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     /// `command` (whose key is `key`) through `fencedScript`, by the stream's epoch; nothing once it was lost.
-    /// `reply`, if given, gets Redis's answer (nil when the command was dropped); `logSeq`: the log entry it writes.
+    /// `reply`, if given, gets Redis's answer (nil when the command was dropped).
     private func sendFenced(
-        _ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]], logSeq: Int = 0,
-        reply: ((RedisReply?) -> Void)? = nil
+        _ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]], reply: ((RedisReply?) -> Void)? = nil
     ) {
         guard log.lease.mayWrite else { return }
-        let fence = ["EVALSHA", Self.fencedScriptSHA1, "2", RedisKeys.meta(streamID), key, "\(log.lease.epoch)"].map { Array($0.utf8) }
-        var fenced = RedisConnection.Command(fence + command, streamID: streamID)
-        fenced.logSeq = logSeq
+        var fenced = fenced(log, streamID, key: key, count: command.count, capacity: command.reduce(0) { $0 + $1.count })
+        for argument in command { fenced.append(argument) }
         if let reply {
             lastTag += 1
             readers[lastTag] = reply
@@ -365,8 +373,23 @@ final class RedisLogShard: @unchecked Sendable {
         connection.send(fenced)
     }
 
+    /// `EVALSHA` of `fencedScript` with the fence's arguments; the caller appends the `count` arguments of the command
+    /// it fences (whose key is `key`, `capacity` bytes in all).
+    private func fenced(_ log: StreamLog, _ streamID: String, key: String, count: Int, capacity: Int) -> RedisConnection.Command {
+        let meta = RedisKeys.meta(streamID)
+        var command = RedisConnection.Command(
+            count: 6 + count, capacity: 64 + meta.utf8.count + key.utf8.count + capacity, streamID: streamID)
+        command.append("EVALSHA")
+        command.append(Self.fencedScriptSHA1)
+        command.append("2")
+        command.append(meta)
+        command.append(key)
+        command.append("\(log.lease.epoch)")
+        return command
+    }
+
     private func send(_ arguments: [String], _ streamID: String?) {
-        send(arguments.map { Array($0.utf8) }, streamID)
+        connection.send(.init(arguments, streamID: streamID))
     }
 
     private func send(_ arguments: [[UInt8]], _ streamID: String?) {
