@@ -80,7 +80,7 @@ let package = Package(
         .target(
             name: "SluiceStore",
             dependencies: [
-                "CHiredis", "SluiceWire", "SluiceIO",
+                "CHiredis", "COpenSSL", "SluiceWire", "SluiceIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]

@@ -2,6 +2,7 @@
 #define SLUICE_COPENSSL_SHIM_H
 #include <openssl/ssl.h>
 #include <openssl/err.h>
+#include <openssl/sha.h>
 
 /* These OpenSSL APIs are macros, which Swift cannot call: typed wrappers, no logic. */
 static inline long sluice_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {

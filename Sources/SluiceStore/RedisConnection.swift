@@ -26,7 +26,11 @@ public final class RedisConnection: @unchecked Sendable {
     private var watchedFD: Int32 = -1
     private var wantsRead = false
     private var wantsWrite = false
-    /// The handshake commands (AUTH, SELECT, PING) still awaiting their replies; the connection is up after the last.
+    /// Lua scripts loaded (`SCRIPT LOAD`) on every new connection before any queued command goes out, so the queue's
+    /// `EVALSHA`s of them find them even after Redis restarted.
+    private let scripts: [String]
+    /// The handshake commands (AUTH, SELECT, SCRIPT LOAD, PING) still awaiting their replies; the connection is up
+    /// after the last.
     private var handshake: [String] = []
     private var reconnectTimer: TimerID?
     /// Commands handed to hiredis since its last write: the next write sends them as one pipeline.
@@ -47,10 +51,11 @@ public final class RedisConnection: @unchecked Sendable {
 
     public init(
         loop: EventLoop, endpoint: RedisEndpoint, maxQueuedBytes: Int, backoff: RedisConnectionStateMachine.Backoff = .init(),
-        logger: Logger, onReply: @escaping (Command, RedisReply) -> Void, onDropped: @escaping ([Command]) -> Void,
-        onUpChanged: @escaping (Bool) -> Void, onPush: @escaping (RedisReply) -> Void = { _ in }
+        scripts: [String] = [], logger: Logger, onReply: @escaping (Command, RedisReply) -> Void,
+        onDropped: @escaping ([Command]) -> Void, onUpChanged: @escaping (Bool) -> Void, onPush: @escaping (RedisReply) -> Void = { _ in }
     ) {
         self.loop = loop
+        self.scripts = scripts
         self.endpoint = endpoint
         self.logger = logger
         self.machine = RedisConnectionStateMachine(maxQueuedBytes: maxQueuedBytes, backoff: backoff)
@@ -111,7 +116,7 @@ public final class RedisConnection: @unchecked Sendable {
                 openContext()
             case .send(let commands):
                 guard let context else { preconditionFailure("RedisConnection: commands to send with no connection") }
-                for command in commands { issue(context, command.arguments, replyTo: .command) }
+                for command in commands { issue(context, command) }
             case .scheduleReconnect(let delay):
                 reconnectTimer = loop.scheduleTimer(after: delay) { [weak self] in
                     guard let self else { return }
@@ -169,6 +174,7 @@ public final class RedisConnection: @unchecked Sendable {
             steps.append(("AUTH", endpoint.user.map { ["AUTH", $0, password] } ?? ["AUTH", password]))
         }
         if endpoint.database != 0 { steps.append(("SELECT", ["SELECT", "\(endpoint.database)"])) }
+        for script in scripts { steps.append(("SCRIPT LOAD", ["SCRIPT", "LOAD", script])) }
         steps.append(("PING", ["PING"]))
         handshake = steps.map(\.0)
         for (_, arguments) in steps { issue(context, arguments.map { Array($0.utf8) }, replyTo: .handshake) }
@@ -196,7 +202,7 @@ public final class RedisConnection: @unchecked Sendable {
         if case .error(let message) = value {
             self.handshake = []
             logger.error(
-                "the Redis store refused \(step); check --store and its password",
+                "the Redis store refused \(step); check --store, its password and the user's permissions",
                 metadata: ["store": "\(endpoint)", "error": "\(message)"])
             redisAsyncDisconnect(context)
             return
@@ -209,9 +215,7 @@ public final class RedisConnection: @unchecked Sendable {
 
     /// Where a command's replies go.
     private enum ReplyRoute {
-        /// `onReply`, in the queue's order.
-        case command
-        /// The connection's own AUTH, SELECT and PING.
+        /// The connection's own AUTH, SELECT, SCRIPT LOAD and PING.
         case handshake
         /// `onPush`: (un)subscribe confirmations and messages, which hiredis routes by channel.
         case push
@@ -223,7 +227,20 @@ public final class RedisConnection: @unchecked Sendable {
         onPush(RedisReply(reply.assumingMemoryBound(to: redisReply.self)))
     }
 
-    /// Hands `arguments` to hiredis (which copies them into its output buffer).
+    /// Hands a queued command to hiredis as it is encoded (hiredis copies it into its output buffer).
+    private func issue(_ context: UnsafeMutablePointer<redisAsyncContext>, _ command: Command) {
+        assert(command.isComplete, "a Redis command sent with fewer arguments than its header announced")
+        issuedSinceWrite += 1
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        command.encoded.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { bytes in
+                // Fails only while hiredis is disconnecting this context: the command then goes out after reconnecting.
+                _ = redisAsyncFormattedCommand(context, redisCommandReplied, me, bytes.baseAddress, bytes.count)
+            }
+        }
+    }
+
+    /// Hands a handshake or pub/sub command's `arguments` to hiredis (which formats them into its output buffer).
     private func issue(_ context: UnsafeMutablePointer<redisAsyncContext>, _ arguments: [[UInt8]], replyTo route: ReplyRoute) {
         var flat: [UInt8] = []
         flat.reserveCapacity(arguments.reduce(1) { $0 + $1.count })
@@ -245,7 +262,6 @@ public final class RedisConnection: @unchecked Sendable {
             }
             // Fails only while hiredis is disconnecting this context: the command then goes out after reconnecting.
             switch route {
-            case .command: _ = redisAsyncCommandArgv(context, redisCommandReplied, me, Int32(arguments.count), &pointers, lengths)
             case .handshake: _ = redisAsyncCommandArgv(context, redisHandshakeReplied, me, Int32(arguments.count), &pointers, lengths)
             case .push: _ = redisAsyncCommandArgv(context, redisPushReceived, me, Int32(arguments.count), &pointers, lengths)
             }

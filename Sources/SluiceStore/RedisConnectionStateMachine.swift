@@ -7,7 +7,12 @@
 /// dropped and reported, so their streams can be marked as not resumable on other replicas.
 public struct RedisConnectionStateMachine: Sendable {
     public struct Command: Sendable, Equatable {
-        public var arguments: [[UInt8]]
+        /// The command as Redis reads it (RESP: `*<count>`, then `$<length>` and the bytes of each argument), built
+        /// once in one buffer and handed to hiredis as is: no array per argument to allocate, copy and free.
+        public private(set) var encoded: [UInt8] = []
+        /// Arguments announced in the header, and appended so far.
+        private let count: Int
+        private var appended = 0
         /// The stream whose log the command writes, if any (reported when the command is dropped).
         public var streamID: String?
         /// Nonzero for a read whose reply goes back to the reader waiting under this tag.
@@ -17,16 +22,78 @@ public struct RedisConnectionStateMachine: Sendable {
         /// When it was queued (`sluice_store_latency_seconds` runs from here to its reply).
         public var queuedAt = ContinuousClock.now
 
-        public init(_ arguments: [[UInt8]], streamID: String? = nil) {
-            self.arguments = arguments
+        /// An empty command of `count` arguments, `capacity` bytes of them: `append` each, then send it.
+        public init(count: Int, capacity: Int = 0, streamID: String? = nil) {
+            self.count = count
             self.streamID = streamID
+            encoded.reserveCapacity(16 + capacity + count * 8)
+            encoded.append(UInt8(ascii: "*"))
+            appendDecimal(count)
+        }
+
+        public init(_ arguments: [[UInt8]], streamID: String? = nil) {
+            self.init(count: arguments.count, capacity: arguments.reduce(0) { $0 + $1.count }, streamID: streamID)
+            for argument in arguments { append(argument) }
         }
 
         public init(_ arguments: [String], streamID: String? = nil) {
-            self.init(arguments.map { Array($0.utf8) }, streamID: streamID)
+            self.init(count: arguments.count, capacity: arguments.reduce(0) { $0 + $1.utf8.count }, streamID: streamID)
+            for argument in arguments { append(argument) }
         }
 
-        var bytes: Int { arguments.reduce(0) { $0 + $1.count } }
+        public mutating func append(_ argument: some Collection<UInt8>) {
+            precondition(appended < count, "a Redis command takes more arguments than its header announced")
+            appended += 1
+            encoded.append(UInt8(ascii: "$"))
+            appendDecimal(argument.count)
+            encoded.append(contentsOf: argument)
+            encoded.append(13)
+            encoded.append(10)
+        }
+
+        public mutating func append(_ argument: String) {
+            var argument = argument
+            argument.withUTF8 { append($0) }
+        }
+
+        /// Every argument announced was appended.
+        public var isComplete: Bool { appended == count }
+
+        /// The arguments, decoded again from `encoded` (for errors and tests, not the write path).
+        public var arguments: [[UInt8]] {
+            var arguments: [[UInt8]] = []
+            var index = encoded.firstIndex(of: 10)! + 1
+            while index < encoded.count {
+                let lengthEnd = encoded[index...].firstIndex(of: 13)!
+                let length = Int(String(decoding: encoded[(index + 1)..<lengthEnd], as: UTF8.self))!
+                arguments.append(Array(encoded[(lengthEnd + 2)..<(lengthEnd + 2 + length)]))
+                index = lengthEnd + 2 + length + 2
+            }
+            return arguments
+        }
+
+        /// What it takes of the queue's `maxQueuedBytes`.
+        public var bytes: Int { encoded.count }
+
+        /// `value` in decimal, then CRLF.
+        private mutating func appendDecimal(_ value: Int) {
+            precondition(value >= 0)
+            var digits = 1
+            var rest = value
+            while rest >= 10 {
+                digits += 1
+                rest /= 10
+            }
+            let start = encoded.count
+            encoded.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: digits))
+            rest = value
+            for position in stride(from: start + digits - 1, through: start, by: -1) {
+                encoded[position] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            }
+            encoded.append(13)
+            encoded.append(10)
+        }
     }
 
     public enum State: Sendable, Equatable {

@@ -1,3 +1,4 @@
+import COpenSSL
 import Glibc
 import Logging
 import Metrics
@@ -110,6 +111,19 @@ final class RedisLogShard: @unchecked Sendable {
         return redis.call(unpack(ARGV, 2))
         """
 
+    /// The script's SHA1, as `EVALSHA` names it: each write sends these 40 bytes instead of the script (and Redis
+    /// hashes nothing). The connection loads the script on every (re)connect before its queued writes go out.
+    static let fencedScriptSHA1: String = {
+        var digest = [UInt8](repeating: 0, count: Int(SHA_DIGEST_LENGTH))
+        let script = Array(fencedScript.utf8)
+        _ = SHA1(script, script.count, &digest)
+        return digest.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }()
+
+    /// A `SCRIPT LOAD` sent after a `NOSCRIPT` reply (Redis's script cache was flushed while connected) awaits its
+    /// reply: one reload for the whole batch of refused writes.
+    private var reloadingScript = false
+
     /// This replica lost a stream it runs to another replica's claim.
     var onLeaseLost: @Sendable (String) -> Void = { _ in }
 
@@ -121,7 +135,7 @@ final class RedisLogShard: @unchecked Sendable {
         self.logger = logger
         connection = RedisConnection(
             loop: loop, endpoint: configuration.endpoint, maxQueuedBytes: configuration.maxQueuedBytes,
-            backoff: configuration.backoff, logger: logger,
+            backoff: configuration.backoff, scripts: [Self.fencedScript], logger: logger,
             onReply: { [unowned self] command, reply in replied(command, reply) },
             onDropped: { [unowned self] commands in dropped(commands) },
             onUpChanged: { [unowned self] up in
@@ -232,12 +246,22 @@ final class RedisLogShard: @unchecked Sendable {
         log.frameBytes += frame.count
         let entries = max(16, configuration.replayBufferBytes / max(1, log.frameBytes / seq))
         let key = RedisKeys.log(streamID)
-        sendFenced(
-            log, streamID, key: key,
-            [
-                Array("XADD".utf8), Array(key.utf8), Array("MAXLEN".utf8), Array("~".utf8), Array("\(entries)".utf8),
-                Array("0-\(seq)".utf8), Array("type".utf8), Array(type.utf8), Array("frame".utf8), frame,
-            ], logSeq: seq)
+        if log.lease.mayWrite {
+            // Built in place: the write path's one command per event.
+            var xadd = fenced(log, streamID, key: key, count: 10, capacity: 2 * key.utf8.count + type.utf8.count + frame.count)
+            xadd.append("XADD")
+            xadd.append(key)
+            xadd.append("MAXLEN")
+            xadd.append("~")
+            xadd.append("\(entries)")
+            xadd.append("0-\(seq)")
+            xadd.append("type")
+            xadd.append(type)
+            xadd.append("frame")
+            xadd.append(frame)
+            xadd.logSeq = seq
+            connection.send(xadd)
+        }
         if var sent = acks[streamID], log.lease.mayWrite {
             sent.sent = seq
             if sent.waitingSince == nil { sent.waitingSince = .now }
@@ -334,15 +358,13 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     /// `command` (whose key is `key`) through `fencedScript`, by the stream's epoch; nothing once it was lost.
-    /// `reply`, if given, gets Redis's answer (nil when the command was dropped); `logSeq`: the log entry it writes.
+    /// `reply`, if given, gets Redis's answer (nil when the command was dropped).
     private func sendFenced(
-        _ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]], logSeq: Int = 0,
-        reply: ((RedisReply?) -> Void)? = nil
+        _ log: StreamLog, _ streamID: String, key: String, _ command: [[UInt8]], reply: ((RedisReply?) -> Void)? = nil
     ) {
         guard log.lease.mayWrite else { return }
-        let fence = ["EVAL", Self.fencedScript, "2", RedisKeys.meta(streamID), key, "\(log.lease.epoch)"].map { Array($0.utf8) }
-        var fenced = RedisConnection.Command(fence + command, streamID: streamID)
-        fenced.logSeq = logSeq
+        var fenced = fenced(log, streamID, key: key, count: command.count, capacity: command.reduce(0) { $0 + $1.count })
+        for argument in command { fenced.append(argument) }
         if let reply {
             lastTag += 1
             readers[lastTag] = reply
@@ -351,8 +373,23 @@ final class RedisLogShard: @unchecked Sendable {
         connection.send(fenced)
     }
 
+    /// `EVALSHA` of `fencedScript` with the fence's arguments; the caller appends the `count` arguments of the command
+    /// it fences (whose key is `key`, `capacity` bytes in all).
+    private func fenced(_ log: StreamLog, _ streamID: String, key: String, count: Int, capacity: Int) -> RedisConnection.Command {
+        let meta = RedisKeys.meta(streamID)
+        var command = RedisConnection.Command(
+            count: 6 + count, capacity: 64 + meta.utf8.count + key.utf8.count + capacity, streamID: streamID)
+        command.append("EVALSHA")
+        command.append(Self.fencedScriptSHA1)
+        command.append("2")
+        command.append(meta)
+        command.append(key)
+        command.append("\(log.lease.epoch)")
+        return command
+    }
+
     private func send(_ arguments: [String], _ streamID: String?) {
-        send(arguments.map { Array($0.utf8) }, streamID)
+        connection.send(.init(arguments, streamID: streamID))
     }
 
     private func send(_ arguments: [[UInt8]], _ streamID: String?) {
@@ -453,10 +490,28 @@ final class RedisLogShard: @unchecked Sendable {
             return
         }
         var name = String(decoding: command.arguments.first ?? [], as: UTF8.self)
-        if name == "EVAL", command.arguments.count > 6 { name = String(decoding: command.arguments[6], as: UTF8.self) }
+        if name == "EVALSHA", command.arguments.count > 6 { name = String(decoding: command.arguments[6], as: UTF8.self) }
         if message.hasPrefix("FENCED"), let streamID = command.streamID {
             Counter(label: "sluice_store_fenced_writes_total").increment()
             lose(streamID, because: "another replica claimed this stream (this replica's lease lapsed): it stops here")
+            return
+        }
+        // The script cache was flushed (`SCRIPT FLUSH`) while connected: the writes already sent after this one are
+        // refused too, and resending them after later ones would be refused by the log's order. Their streams go on
+        // locally, not resumable elsewhere, like any refused write; the script is loaded again for the others.
+        if message.hasPrefix("NOSCRIPT") {
+            Counter(label: "sluice_store_errors_total", dimensions: [("command", name)]).increment()
+            if !reloadingScript {
+                reloadingScript = true
+                logger.warning(
+                    "the Redis store lost the fencing script (SCRIPT FLUSH?); loading it again", metadata: ["error": "\(message)"])
+                read(["SCRIPT", "LOAD", Self.fencedScript]) { [weak self] _ in self?.reloadingScript = false }
+            }
+            if let streamID = command.streamID {
+                failLog(
+                    streamID, because: "the Redis store lost the fencing script: this stream is no longer resumable on other replicas",
+                    markNow: true)
+            }
             return
         }
         // A write sent again after a reconnect that had landed before it is refused the same way as a second writer's.

@@ -52,8 +52,21 @@ import Testing
         #expect(machine.connectionLost() == [.reportUp(false), .scheduleReconnect(after: .milliseconds(100))])
     }
 
+    @Test func aCommandIsEncodedOnceAsRedisReadsItAndDecodesBack() {
+        var command = Machine.Command(count: 3, streamID: "st_x")
+        #expect(!command.isComplete)
+        command.append("SET")
+        command.append(Array("k\r\n".utf8))
+        command.append("")
+        #expect(command.isComplete)
+        #expect(command.encoded == Array("*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n".utf8))
+        #expect(command.arguments == [Array("SET".utf8), Array("k\r\n".utf8), []])
+        let long = [UInt8](repeating: 7, count: 12_345)
+        #expect(Machine.Command([Array("XADD".utf8), long]).arguments == [Array("XADD".utf8), long])
+    }
+
     @Test func aFullQueueDropsNewCommandsAndReportsThem() {
-        var machine = Machine(maxQueuedBytes: xadd.arguments.reduce(0) { $0 + $1.count } + 5)
+        var machine = Machine(maxQueuedBytes: xadd.bytes + 5)
         _ = machine.start()
         _ = machine.connectionLost()
         #expect(machine.enqueue(xadd) == [])

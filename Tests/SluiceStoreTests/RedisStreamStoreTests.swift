@@ -1,7 +1,8 @@
 import Logging
 import SluiceIO
-import SluiceStore
 import Testing
+
+@testable import SluiceStore
 
 /// `RedisStreamStore` against a real `redis-server`: what a stream's keys hold, and what happens to a stream whose
 /// writes overflow the queue while Redis is down. Waits poll a condition (Redis or the store), never a fixed time.
@@ -168,5 +169,42 @@ import Testing
         watches.last?.close()
         try await until { try subscribers(redis, "st_w") == "0" }
         #expect(try redis.cli("INFO", "clients").contains("connected_clients:3"))
+    }
+
+    @Test func fencedWritesLandAfterARestartAndAFlushedScriptFailsOnlyTheWritesItRefused() async throws {
+        let redis = try RedisTestServer(persistent: true)
+        let store = try makeStore(redis)
+        defer {
+            store.close()
+            loop.stop()
+        }
+        try await until { store.isUp }
+        let writer = try #require(store.open(StoredStream(streamID: "st_s", caller: "key-1", request: [], maxDuration: .seconds(60))))
+        let progress = LockedValue<[StreamLogProgress]>([])
+        writer.onProgress { reported in progress.withLock { $0.append(reported) } }
+        writer.append(seq: 1, type: "message_start", frame: frame(1))
+        try await until { progress.withLock { $0.last } == .logged(through: 1) }
+        // A restarted Redis has no scripts: the reconnect loads the fencing script before the queued writes' EVALSHA.
+        redis.stop()
+        try await until { !store.isUp }
+        try redis.start()
+        try await until { store.isUp }
+        writer.append(seq: 2, type: "message_delta", frame: frame(2))
+        try await until { progress.withLock { $0.last } == .logged(through: 2) }
+        #expect(try redis.cli("XLEN", "sluice:{st_s}:log") == "2")
+
+        // Flushed while connected: the refused write is not resent out of order; its stream goes on, not resumable.
+        _ = try redis.cli("SCRIPT", "FLUSH")
+        writer.append(seq: 3, type: "message_delta", frame: frame(3))
+        try await until { progress.withLock { $0.last } == .notResumable }
+        try await until { try redis.cli("HGET", "sluice:{st_s}:meta", "resumable") == "0" }
+        #expect(try redis.cli("XLEN", "sluice:{st_s}:log") == "2")
+        // The script is loaded again: the next stream's writes land.
+        try await until { try redis.cli("SCRIPT", "EXISTS", RedisLogShard.fencedScriptSHA1) == "1" }
+        let next = try #require(store.open(StoredStream(streamID: "st_t", caller: "key-1", request: [], maxDuration: .seconds(60))))
+        next.append(seq: 1, type: "message_start", frame: frame(1))
+        try await until { try redis.cli("XLEN", "sluice:{st_t}:log") == "1" }
+        writer.finish(lastSeq: 3, status: "OK", message: nil)
+        next.finish(lastSeq: 1, status: "OK", message: nil)
     }
 }
