@@ -14,7 +14,9 @@ import json
 import random
 import socket
 import subprocess
+import sys
 import threading
+import time
 
 import grpc
 import pytest
@@ -66,16 +68,28 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        # Redis logs to a file, not to a pipe nobody reads after start-up; the log says why it stopped, if it did.
+        self.log = self.directory / "redis.log"
+        self.log.write_text("")
+        self.killed = False
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in self.proc.stdout:  # pytest-timeout guards against a hang
-            if "Ready to accept connections" in line:
-                return
-        pytest.fail(f"redis-server exited with {self.proc.wait()}")
+             "--save", "", "--appendonly", "no", "--logfile", str(self.log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + IO_TIMEOUT
+        while "Ready to accept connections" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None:
+                pytest.fail(f"redis-server exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server was not ready in {IO_TIMEOUT} s:\n{self.log.read_text(errors='replace')}")
+            time.sleep(0.01)
 
     def kill(self) -> None:
+        if not self.killed and self.proc.poll() is not None:
+            # Only the tests stop Redis: say why it stopped on its own (the failing test's output shows this).
+            print(f"redis-server had exited with {self.proc.returncode}; its log:\n{self.log.read_text(errors='replace')}",
+                  file=sys.stderr)
+        self.killed = True
         self.proc.kill()
         self.proc.wait(timeout=IO_TIMEOUT)
 
