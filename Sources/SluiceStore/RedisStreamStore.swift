@@ -51,9 +51,7 @@ public final class RedisStreamStore: StreamStore {
         for loop in loops {
             shards.append(
                 RedisLogShard(loop: loop, configuration: configuration, logger: logger) { up in
-                    let count = health.shardsUp.add(up ? 1 : -1, ordering: .relaxed).newValue
-                    if count == total { health.wasUp.store(true, ordering: .relaxed) }
-                    Gauge(label: "sluice_store_up").record(count == total ? 1 : 0)
+                    health.shardChanged(up: up, total: total)
                 })
         }
         self.shards = shards
@@ -81,6 +79,21 @@ public final class RedisStreamStore: StreamStore {
     private final class Health: Sendable {
         let shardsUp = Atomic<Int>(0)
         let wasUp = Atomic<Bool>(false)
+
+        /// A shard's connection went up or down, on its own loop. Shards change on several loops at once, so a
+        /// gauge written from the count each one computed could end stale (a shard's "0 of 2" landing after another's
+        /// "2 of 2"): each writer reads the count again after writing and writes again if it moved, so the last write
+        /// always matches the final count.
+        func shardChanged(up: Bool, total: Int) {
+            var count = shardsUp.add(up ? 1 : -1, ordering: .sequentiallyConsistent).newValue
+            if count == total { wasUp.store(true, ordering: .relaxed) }
+            while true {
+                Gauge(label: "sluice_store_up").record(count == total ? 1 : 0)
+                let now = shardsUp.load(ordering: .sequentiallyConsistent)
+                if now == count { return }
+                count = now
+            }
+        }
     }
 
     // MARK: Reading (other replicas' streams)
