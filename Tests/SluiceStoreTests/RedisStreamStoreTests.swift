@@ -14,14 +14,22 @@ import Testing
         loop.start()
     }
 
-    func makeStore(_ redis: RedisTestServer, maxQueuedBytes: Int = 1 << 20) throws -> RedisStreamStore {
+    /// A store on `redis`, once it is up.
+    func startedStore(_ redis: RedisTestServer, maxQueuedBytes: Int = 1 << 20) async throws -> RedisStreamStore {
         var configuration = RedisStreamStore.Configuration(
             endpoint: try RedisEndpoint(url: redis.url), replicaID: "replica-1", retention: .seconds(60), replayBufferBytes: 1 << 20)
         configuration.maxQueuedBytes = maxQueuedBytes
         configuration.backoff = .init(initial: .milliseconds(20), maximum: .milliseconds(100))
         let store = RedisStreamStore(configuration: configuration, loops: [loop], logger: Logger(label: "test"))
         store.start()
+        try await until { store.isUp }
         return store
+    }
+
+    /// Closes `store` and stops the suite's loop.
+    func stop(_ store: RedisStreamStore) {
+        store.close()
+        loop.stop()
     }
 
     func until(_ condition: () throws -> Bool) async throws {
@@ -32,12 +40,8 @@ import Testing
 
     @Test func eventsAppendedOutOfOrderAreLoggedInOrderAndReadBack() async throws {
         let redis = try RedisTestServer()
-        let store = try makeStore(redis)
-        defer {
-            store.close()
-            loop.stop()
-        }
-        try await until { store.isUp }
+        let store = try await startedStore(redis)
+        defer { stop(store) }
         let writer = try #require(
             store.open(StoredStream(streamID: "st_a", caller: "key-1", request: Array("{}".utf8), maxDuration: .seconds(60))))
         // Concurrent emitters may append 3 before 2; the finish may come before the last event.
@@ -59,12 +63,8 @@ import Testing
 
     @Test func writesDroppedWhileRedisIsDownMarkTheStreamNotResumable() async throws {
         let redis = try RedisTestServer(persistent: true)
-        let store = try makeStore(redis, maxQueuedBytes: 4096)
-        defer {
-            store.close()
-            loop.stop()
-        }
-        try await until { store.isUp }
+        let store = try await startedStore(redis, maxQueuedBytes: 4096)
+        defer { stop(store) }
         let writer = try #require(store.open(StoredStream(streamID: "st_b", caller: "key-1", request: [], maxDuration: .seconds(60))))
         writer.append(seq: 1, type: "message_start", frame: frame(1))
         try await until { try redis.cli("XLEN", "sluice:{st_b}:log") == "1" }
@@ -88,12 +88,8 @@ import Testing
 
     @Test func theWriterReportsWhatRedisHoldsAndAnOutageReleasesTheStream() async throws {
         let redis = try RedisTestServer(persistent: true)
-        let store = try makeStore(redis)
-        defer {
-            store.close()
-            loop.stop()
-        }
-        try await until { store.isUp }
+        let store = try await startedStore(redis)
+        defer { stop(store) }
         let writer = try #require(store.open(StoredStream(streamID: "st_c", caller: "key-1", request: [], maxDuration: .seconds(60))))
         let progress = LockedValue<[StreamLogProgress]>([])
         writer.onProgress { reported in progress.withLock { $0.append(reported) } }
@@ -126,12 +122,8 @@ import Testing
 
     @Test func watchesWakeOnEachAppendShareOneSubscriptionAndResubscribeAfterARestart() async throws {
         let redis = try RedisTestServer(persistent: true)
-        let store = try makeStore(redis)
-        defer {
-            store.close()
-            loop.stop()
-        }
-        try await until { store.isUp }
+        let store = try await startedStore(redis)
+        defer { stop(store) }
         let writer = try #require(store.open(StoredStream(streamID: "st_w", caller: "key-1", request: [], maxDuration: .seconds(60))))
         let watches = (0..<5).map { _ in store.watch("st_w") }
         let others = (0..<5).map { store.watch("st_other\($0)") }
@@ -173,12 +165,8 @@ import Testing
 
     @Test func fencedWritesLandAfterARestartAndAFlushedScriptFailsOnlyTheWritesItRefused() async throws {
         let redis = try RedisTestServer(persistent: true)
-        let store = try makeStore(redis)
-        defer {
-            store.close()
-            loop.stop()
-        }
-        try await until { store.isUp }
+        let store = try await startedStore(redis)
+        defer { stop(store) }
         let writer = try #require(store.open(StoredStream(streamID: "st_s", caller: "key-1", request: [], maxDuration: .seconds(60))))
         let progress = LockedValue<[StreamLogProgress]>([])
         writer.onProgress { reported in progress.withLock { $0.append(reported) } }
