@@ -131,7 +131,7 @@ CHAOS_STREAMS ?= 1000
 chaos: test-deps
 	swift build
 	$(MAKE) venv
-	SLUICE_CHAOS=full SLUICE_CHAOS_STREAMS=$(CHAOS_STREAMS) $(if $(CHAOS_SEED),SLUICE_CHAOS_SEED=$(CHAOS_SEED)) \
+	INTEROP_CHAOS=full INTEROP_CHAOS_STREAMS=$(CHAOS_STREAMS) $(if $(CHAOS_SEED),INTEROP_CHAOS_SEED=$(CHAOS_SEED)) \
 	  SLUICE_BIN="$(SLUICE_BIN)" $(VENV)/bin/python -m pytest -s Tests/Interop/test_chaos.py::test_chaos_full
 
 # Tests/Interop/test_chaos_cluster.py's run and the long rolling restart (300 streams) of test_rolling_restart.py.
@@ -139,8 +139,8 @@ CHAOS_CLUSTER_STREAMS ?= 1000
 chaos-cluster: test-deps
 	swift build
 	$(MAKE) venv
-	SLUICE_CHAOS_CLUSTER=full SLUICE_CHAOS_CLUSTER_STREAMS=$(CHAOS_CLUSTER_STREAMS) SLUICE_ROLLING_STREAMS=300 \
-	  $(if $(CHAOS_SEED),SLUICE_CHAOS_SEED=$(CHAOS_SEED)) SLUICE_BIN="$(SLUICE_BIN)" \
+	INTEROP_CHAOS_CLUSTER=full INTEROP_CHAOS_CLUSTER_STREAMS=$(CHAOS_CLUSTER_STREAMS) INTEROP_ROLLING_STREAMS=300 \
+	  $(if $(CHAOS_SEED),INTEROP_CHAOS_SEED=$(CHAOS_SEED)) SLUICE_BIN="$(SLUICE_BIN)" \
 	  $(VENV)/bin/python -m pytest -s Tests/Interop/test_chaos_cluster.py Tests/Interop/test_rolling_restart.py
 
 # Release build, 100,000 streams, writes Benchmarks/soak/RESULTS.md (several minutes).

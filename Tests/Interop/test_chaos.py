@@ -6,8 +6,8 @@ gaps. Afterwards the active and queued gauges, the open upstream transfers and t
 descriptors return to where they started.
 
 The plan of every stream comes from one seed, printed by each test (`pytest -s` shows it, and every
-failure names it). Reproduce with SLUICE_CHAOS_SEED=<seed>. `make test` runs 200 streams;
-`make chaos` runs SLUICE_CHAOS_STREAMS (default 1,000).
+failure names it). Reproduce with INTEROP_CHAOS_SEED=<seed>. `make test` runs 200 streams;
+`make chaos` runs INTEROP_CHAOS_STREAMS (default 1,000).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from streaming_testlib import (
     wait_idle,
 )
 
-SEED = int(os.environ.get("SLUICE_CHAOS_SEED", "20261126"))
-FULL_STREAMS = int(os.environ.get("SLUICE_CHAOS_STREAMS", "1000"))
+SEED = int(os.environ.get("INTEROP_CHAOS_SEED", "20261126"))
+FULL_STREAMS = int(os.environ.get("INTEROP_CHAOS_STREAMS", "1000"))
 MAX_RETRIES = 2
 # Stalls are caught by these; long enough that a busy 2-core machine rarely trips them on a healthy attempt.
 STALL_TIMEOUT = "2s"
@@ -211,7 +211,7 @@ def wait_for_fds(pid: int, expected: int, timeout: float) -> None:
 
 def run_chaos(start_server, streams: int, max_active: int) -> None:
     plans = make_plans(SEED, streams)
-    reproduce = f"(reproduce with SLUICE_CHAOS_SEED={SEED})"
+    reproduce = f"(reproduce with INTEROP_CHAOS_SEED={SEED})"
     print(f"chaos: seed {SEED}, {streams} streams, --max-active {max_active}, --max-retries {MAX_RETRIES}")
     server = start_server("--max-active", str(max_active), "--max-queued", str(streams), "--queue-timeout", "10m",
                           "--max-retries", str(MAX_RETRIES), "--upstream-idle-timeout", STALL_TIMEOUT,
@@ -255,8 +255,8 @@ def test_chaos_short(start_server):
     run_chaos(start_server, streams=200, max_active=32)
 
 
-@pytest.mark.skipif(os.environ.get("SLUICE_CHAOS") != "full",
-                    reason="the full chaos run is `make chaos` (SLUICE_CHAOS=full)")
+@pytest.mark.skipif(os.environ.get("INTEROP_CHAOS") != "full",
+                    reason="the full chaos run is `make chaos` (INTEROP_CHAOS=full)")
 @pytest.mark.timeout(1800)
 def test_chaos_full(start_server):
     run_chaos(start_server, streams=FULL_STREAMS, max_active=64)

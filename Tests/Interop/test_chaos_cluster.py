@@ -1,5 +1,5 @@
 """Chaos across a cluster (`make chaos-cluster`, not part of `make test`): three `sluice serve` replicas sharing one
-`redis-server` and one `sluice simulate`, SLUICE_CHAOS_CLUSTER_STREAMS (default 1,000) streams at once through a
+`redis-server` and one `sluice simulate`, INTEROP_CHAOS_CLUSTER_STREAMS (default 1,000) streams at once through a
 grpcio channel balanced over the three, each with test_chaos.py's random upstream fault, while every few seconds a
 random replica is killed (`kill -9`, or SIGTERM and its hand-off) and started again on its port as a new replica.
 Clients resume a stream that ends UNAVAILABLE after its last event, and send again a call that failed before its
@@ -8,7 +8,7 @@ first (its id unknown).
 Every stream must end with each seq once and either exactly its fault-free text or a clean error (`stream_error`,
 UNAVAILABLE or RESOURCE_EXHAUSTED: a takeover counts against the retry budget); afterwards no stream is active or
 queued and no upstream transfer open on any replica, and once --retention has passed Redis holds no key of Sluice's.
-The plan (faults and kills) comes from one seed, printed: SLUICE_CHAOS_SEED=<seed> replays it.
+The plan (faults and kills) comes from one seed, printed: INTEROP_CHAOS_SEED=<seed> replays it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from test_chaos import MAX_RETRIES, SEED, STALL_TIMEOUT, is_timeout, make_plans
 from test_rolling_restart import Cluster, StreamRun, balanced_options, fault_free_texts, run_stream, wait_replica_idle
 from test_store import redis, simulator  # noqa: F401  (fixtures)
 
-STREAMS = int(os.environ.get("SLUICE_CHAOS_CLUSTER_STREAMS", "1000"))
+STREAMS = int(os.environ.get("INTEROP_CHAOS_CLUSTER_STREAMS", "1000"))
 RETENTION_S = 5
 # The defaults: a shorter lease lapses under a thousand streams at once on a busy 2-core machine running debug builds
 # (a loop held up past it loses its streams to another replica: correct, but not what this test is about).
@@ -103,8 +103,8 @@ def problems_of(run: StreamRun, reference: str, faulty: bool) -> list[str]:
     return []
 
 
-@pytest.mark.skipif(os.environ.get("SLUICE_CHAOS_CLUSTER") != "full",
-                    reason="the cluster chaos run is `make chaos-cluster` (SLUICE_CHAOS_CLUSTER=full)")
+@pytest.mark.skipif(os.environ.get("INTEROP_CHAOS_CLUSTER") != "full",
+                    reason="the cluster chaos run is `make chaos-cluster` (INTEROP_CHAOS_CLUSTER=full)")
 @pytest.mark.timeout(3600)
 def test_chaos_cluster(start_server, redis, simulator, monkeypatch):  # noqa: F811
     monkeypatch.setenv("SLUICE_API_KEYS", "alpha")

@@ -1,5 +1,5 @@
 """A rolling restart under load: three `sluice serve` replicas sharing one `redis-server` and one `sluice simulate`,
-and SLUICE_ROLLING_STREAMS (60 here, 300 in `make chaos-cluster`) long streams through a grpcio channel that balances
+and INTEROP_ROLLING_STREAMS (60 here, 300 in `make chaos-cluster`) long streams through a grpcio channel that balances
 over the three (round robin, as a client behind a Kubernetes Service would be spread). Each replica in turn gets
 SIGTERM, must exit having handed its streams off (not waiting for its 60 s --drain-timeout), and is started again on
 its port as a new replica; the clients resume each stream that ends UNAVAILABLE after its last event.
@@ -34,7 +34,7 @@ from streaming_testlib import (
 )
 from test_store import port_outside_the_ephemeral_range, redis, simulator  # noqa: F401  (fixtures)
 
-STREAMS = int(os.environ.get("SLUICE_ROLLING_STREAMS", "60"))
+STREAMS = int(os.environ.get("INTEROP_ROLLING_STREAMS", "60"))
 AUTH = [("authorization", "Bearer alpha")]
 # Long enough to outlive three restarts on a busy machine: each restart is a 500 ms window, the exit and a start-up.
 STREAM_SECONDS = 30
