@@ -32,7 +32,7 @@ final class CurlMulti: @unchecked Sendable {
     /// transfer on one fails with CURLE_HTTP2 "Error in the HTTP2 framing layer" (curl issue 10634, fixed by
     /// curl PR 10643 in 8.0.0; Debian 12's 7.88.1 has it). For `http://` base URLs (the simulator) such versions
     /// get one connection per transfer instead. `https://` (ALPN) is unaffected and always multiplexes.
-    private let connectionPerTransfer: Bool
+    let connectionPerTransfer: Bool
     private let lifecycle = LockedValue(Lifecycle.running)
 
     private enum Lifecycle {

@@ -68,6 +68,16 @@ public final class UpstreamClient: Sendable {
         return handle
     }
 
+    /// Sockets `transfers` concurrent transfers can hold at most: one each where every transfer gets a connection of
+    /// its own (cleartext HTTP/2 on libcurl before 8.0), otherwise a connection per `maxConcurrentStreams`
+    /// transfers, plus per multi handle a partly filled one, the idle ones it keeps and one a retry on a fresh
+    /// connection opens.
+    public func socketsNeeded(forTransfers transfers: Int) -> Int {
+        guard !multis[0].connectionPerTransfer else { return transfers }
+        let perConnection = configuration.maxConcurrentStreams
+        return (transfers + perConnection - 1) / perConnection + multis.count * (CurlMulti.idleConnectionsKept + 2)
+    }
+
     /// Easy handles currently in the multi handles (for leak checks).
     public var openTransfers: Int { multis.reduce(0) { $0 + $1.openTransfers.load(ordering: .acquiring) } }
 

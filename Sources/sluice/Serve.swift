@@ -328,13 +328,13 @@ struct Serve: AsyncParsableCommand {
         let engine = StreamEngine(configuration: engineConfiguration, upstream: upstream, logger: logger, sweepLoop: loops[0])
 
         // Running out of descriptors aborts the process (libdispatch needs some for its thread pool):
-        // upstream transfers (two descriptors each with the in-process h2c simulator: its client and
-        // server side) and a reserve come first, connections get the rest.
-        let perTransfer = simulatorServer != nil ? 2 : 1
-        let available = descriptorLimit - Self.reservedDescriptors - maxActive * perTransfer
+        // upstream sockets (twice as many with the in-process h2c simulator: its client and server side) and a
+        // reserve come first, connections get the rest.
+        let upstreamDescriptors = upstream.socketsNeeded(forTransfers: maxActive) * (simulatorServer != nil ? 2 : 1)
+        let available = descriptorLimit - Self.reservedDescriptors - upstreamDescriptors
         guard available >= 16 else {
             throw ValidationError(
-                "--max-active \(maxActive) needs about \(maxActive * perTransfer + Self.reservedDescriptors + 16) open files, but the limit is \(descriptorLimit): lower --max-active or raise the limit (ulimit -n)"
+                "--max-active \(maxActive) needs about \(upstreamDescriptors + Self.reservedDescriptors + 16) open files, but the limit is \(descriptorLimit): lower --max-active or raise the limit (ulimit -n)"
             )
         }
         var configuration = HTTP2ServerConfiguration()

@@ -331,19 +331,44 @@ def test_max_active_beyond_the_descriptor_limit_is_refused(sluice_bin):
     assert "open files" in stderr and "ulimit" in stderr, stderr
 
 
+def count_closed_of(port: int, connections: int) -> tuple[int, list[socket.socket]]:
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) for _ in range(connections)]
+    closed = 0
+    for sock in sockets:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize())
+        try:
+            closed += sock.recv(9) == b""  # the kept ones answer with SETTINGS
+        except ConnectionResetError:
+            closed += 1
+    return closed, sockets
+
+
+def test_a_multiplexed_upstream_reserves_a_connection_per_ten_transfers_not_one_each(sluice_bin):
+    # An https upstream carries 10 transfers per connection (--upstream-streams-per-connection), so --max-active 100
+    # reserves 10 sockets plus, per loop, a partly filled connection, 8 kept idle and one for a fresh-connection
+    # retry: 200 - 128 reserved - 30 = 42 client connections. A descriptor per transfer would refuse to start.
+    proc = start_with_descriptor_limit(
+        sluice_bin, 200, "--max-active", "100", "--event-loops", "2",
+        "--upstream-url", "https://127.0.0.1:9", "--upstream-is-simulator")
+    try:
+        line = proc.stdout.readline()
+        assert "127.0.0.1:" in line, line + proc.stderr.read()
+        closed, sockets = count_closed_of(int(line.split("127.0.0.1:")[1].split()[0]), 100)
+        assert closed == 58, f"{closed} of 100 connections were closed, expected the 58 beyond the budget of 42"
+        for sock in sockets:
+            sock.close()
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_connections_beyond_the_descriptor_budget_are_closed_on_arrival(sluice_bin):
     # 200 descriptors - 128 reserved - 2 for one upstream transfer on the in-process simulator = 70 connections.
     proc = start_with_descriptor_limit(sluice_bin, 200, "--max-active", "1")
     try:
         port = int(proc.stdout.readline().split("127.0.0.1:")[1].split()[0])
-        sockets = [socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) for _ in range(100)]
-        closed = 0
-        for sock in sockets:
-            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize())
-            try:
-                closed += sock.recv(9) == b""  # the kept ones answer with SETTINGS
-            except ConnectionResetError:
-                closed += 1
+        closed, sockets = count_closed_of(port, 100)
         assert closed == 30, f"{closed} of 100 connections were closed, expected the 30 beyond the budget of 70"
         for sock in sockets:
             sock.close()
