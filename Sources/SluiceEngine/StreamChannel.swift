@@ -33,10 +33,6 @@ public final class StreamChannel: Sendable {
     }
 
     private struct Replay: Sendable {
-        init(delivery: LogDelivery) {
-            self.delivery = delivery
-        }
-
         var events: [(seq: Int, type: String, bytes: [UInt8], emittedAt: ContinuousClock.Instant)] = []
         var head = 0
         var bufferedBytes = 0
