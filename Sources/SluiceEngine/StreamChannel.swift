@@ -7,8 +7,9 @@ import Synchronization
 public protocol StreamEventSink: Sendable {
     /// Queues `bytes` for the client if that is possible at once; false when the client is not keeping up
     /// (or is gone), and the subscriber's task then delivers the event itself, waiting as needed.
-    /// `emittedAt`: when the job emitted the event (what delivery latency is measured from).
-    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool
+    /// `seq` and `type`: the event's (an SSE reader writes them around the frame); `emittedAt`: when the job emitted
+    /// the event (what delivery latency is measured from).
+    func offer(_ bytes: [UInt8], seq: Int, type: String, emittedAt: ContinuousClock.Instant) -> Bool
 }
 
 /// The events of one stream: numbered, kept in a bounded replay buffer, and handed to the one
@@ -82,6 +83,8 @@ public final class StreamChannel: Sendable {
     private struct PushAction: Sendable {
         let sink: any StreamEventSink
         let bytes: [UInt8]
+        let seq: Int
+        let type: String
         let emittedAt: ContinuousClock.Instant
     }
 
@@ -250,7 +253,7 @@ public final class StreamChannel: Sendable {
     private func offer(_ push: PushAction) {
         var next: PushAction? = push
         while let push = next {
-            let accepted = push.sink.offer(push.bytes, emittedAt: push.emittedAt)
+            let accepted = push.sink.offer(push.bytes, seq: push.seq, type: push.type, emittedAt: push.emittedAt)
             if accepted,
                 pushState.compareExchange(
                     expected: PushState.inFlight, desired: PushState.idle, ordering: .acquiringAndReleasing
@@ -314,7 +317,7 @@ public final class StreamChannel: Sendable {
         pushState.store(pusherReturns ? PushState.awaited : PushState.inFlight, ordering: .relaxed)
         state.buffer.subscriber?.delivered = seq
         Self.acknowledge(&state, upTo: seq, &wakeups)
-        return PushAction(sink: sink, bytes: event.bytes, emittedAt: event.emittedAt)
+        return PushAction(sink: sink, bytes: event.bytes, seq: event.seq, type: event.type, emittedAt: event.emittedAt)
     }
 
     // MARK: Consumer (the attached client)

@@ -2,6 +2,7 @@ import SluiceEngine
 import SluiceIO
 import SluiceTransport
 import SluiceWire
+import Synchronization
 
 /// The event streams as Server-Sent Events, for browsers and shell tools that do not speak gRPC:
 ///
@@ -97,7 +98,8 @@ public struct EventStreamService: Sendable {
         let after = try Self.resumePoint(request)
         let channel = try await engine.resumableChannel(streamID, caller: caller, after: after, route: .sse)
         // A newer reader replaces an older one, as with Resume; leaving only detaches.
-        let generation = channel.attach()
+        let sink = EventSink(writer: writer)
+        let generation = channel.attach(sink: sink, after: after)
         defer { channel.detach(generation) }
         // Decided before the head, while these can still be answered as errors (DATA_LOSS is thrown here).
         if case .ready(.end) = try channel.poll(after: after, generation: generation) {
@@ -114,17 +116,21 @@ public struct EventStreamService: Sendable {
                 ("x-accel-buffering", "no"),
             ]
         )
-        try await stream(channel, after: after, generation: generation, to: writer)
+        try await stream(channel, after: after, generation: generation, to: writer, sink: sink)
     }
 
     // MARK: Event stream
 
     /// Writes the channel's events after `cursor` until the stream ends, the client leaves (a write fails,
-    /// the task is cancelled) or a newer reader takes over. Only HTTPStreamReset escapes.
-    private func stream(_ channel: StreamChannel, after start: Int, generation: Int, to writer: HTTPResponseWriter) async throws {
+    /// the task is cancelled) or a newer reader takes over. Only HTTPStreamReset escapes. While the client keeps
+    /// up, the job pushes events through `sink` and this task only waits; it writes what the sink refused.
+    private func stream(
+        _ channel: StreamChannel, after start: Int, generation: Int, to writer: HTTPResponseWriter, sink: EventSink
+    ) async throws {
         var cursor = start
         do {
             while true {
+                sink.pushedSinceLastLook.store(false, ordering: .relaxed)
                 switch try await channel.next(after: cursor, generation: generation, until: .now + heartbeat) {
                 case .item(.event(let seq, let type, let frame, let emittedAt)):
                     try await writer.write(Self.encode(seq: seq, type: type, frame: frame), since: emittedAt)
@@ -132,6 +138,8 @@ public struct EventStreamService: Sendable {
                 case .item(.end):
                     return  // after stream_complete or stream_error
                 case .timedOut:
+                    // Quiet only if the sink pushed nothing meanwhile.
+                    if sink.pushedSinceLastLook.load(ordering: .relaxed) { continue }
                     try await writer.write(SSEEncoder.comment("keepalive"))
                 case .detached:
                     if !Task.isCancelled {
@@ -248,5 +256,23 @@ public struct EventStreamService: Sendable {
         let headers = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
         try writer.head(status: response.status, headers: headers + response.headers)
         try await writer.write(response.body.serialized() + [0x0A])
+    }
+}
+
+/// Lets the job write an SSE reader's events straight into its response while the client keeps up: no task switch
+/// (and no heartbeat timer re-armed) per event.
+private final class EventSink: StreamEventSink {
+    let writer: HTTPResponseWriter
+    /// Set by each push: the reader's task sends a keepalive only when nothing went out for a whole heartbeat.
+    let pushedSinceLastLook = Atomic<Bool>(false)
+
+    init(writer: HTTPResponseWriter) {
+        self.writer = writer
+    }
+
+    func offer(_ bytes: [UInt8], seq: Int, type: String, emittedAt: ContinuousClock.Instant) -> Bool {
+        guard writer.tryWrite(EventStreamService.encode(seq: seq, type: type, frame: bytes), since: emittedAt) else { return false }
+        pushedSinceLastLook.store(true, ordering: .relaxed)
+        return true
     }
 }

@@ -85,7 +85,7 @@ public struct StreamingService: Sendable {
 private struct WriterSink: StreamEventSink {
     let writer: RPCResponseWriter
 
-    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
+    func offer(_ bytes: [UInt8], seq: Int, type: String, emittedAt: ContinuousClock.Instant) -> Bool {
         writer.tryWrite(bytes, since: emittedAt)
     }
 }

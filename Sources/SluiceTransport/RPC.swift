@@ -168,6 +168,12 @@ public struct HTTPResponseWriter: Sendable {
     public func write(_ bytes: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) async throws {
         try await outbound.write(bytes, since: since)
     }
+
+    /// Queues `bytes` if that needs no waiting, from any thread and without suspending; false before the head is
+    /// set, while the client is not keeping up, or once the response is over (then `write` waits, or throws why).
+    public func tryWrite(_ bytes: some Collection<UInt8>, since: ContinuousClock.Instant? = nil) -> Bool {
+        outbound.tryWrite(bytes, since: since)
+    }
 }
 
 /// A whole response the transport sends itself, without running a handler.

@@ -47,8 +47,10 @@ final class CurlMulti: @unchecked Sendable {
     private var active: [ObjectIdentifier: CurlTransfer] = [:]
     /// The sockets libcurl asked to watch, with their epoll event masks.
     private var watchedSockets: [Int32: UInt32] = [:]
-    /// libcurl's timer: when it wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`.
-    private var curlTimer: TimerID?
+    /// libcurl's timer: when it wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`, and the loop timer armed for it.
+    private var curlTimer: (id: TimerID, at: ContinuousClock.Instant)?
+    /// libcurl asked for its timeout action now: a loop task will run it.
+    private var timeoutActionQueued = false
 
     init(configuration: UpstreamConfiguration, logger: Logger, loop: EventLoop) throws(UpstreamConfigurationError) {
         guard curlGlobalInitResult == CURLE_OK else {
@@ -156,7 +158,8 @@ final class CurlMulti: @unchecked Sendable {
     private func close() {
         let failure = UpstreamFailure(.cancelled, message: "the upstream client has shut down")
         for transfer in Array(active.values) { remove(transfer, failure: failure) }
-        if let curlTimer { loop.cancelTimer(curlTimer) }
+        if let curlTimer { loop.cancelTimer(curlTimer.id) }
+        timeoutActionQueued = false
         curl_multi_cleanup(multiHandle)  // closes every connection
         for socket in watchedSockets.keys { loop.unwatch(socket) }
         watchedSockets = [:]
@@ -193,6 +196,8 @@ final class CurlMulti: @unchecked Sendable {
         var mask: UInt32 = 0
         if what & CURL_POLL_IN != 0 { mask |= EPOLLIN.rawValue }
         if what & CURL_POLL_OUT != 0 { mask |= EPOLLOUT.rawValue }
+        // libcurl repeats the socket's mask each time another transfer joins its connection: already watched as asked.
+        guard watchedSockets[socket] != mask else { return }
         watchedSockets[socket] = mask
         loop.watch(socket, events: mask) { [unowned self] ready in
             var flags: Int32 = 0
@@ -203,16 +208,44 @@ final class CurlMulti: @unchecked Sendable {
         }
     }
 
-    /// libcurl must not be called back from inside its timer callback: the loop's timer does it.
+    /// libcurl must not be called back from inside its timer callback: a loop task or timer does it.
+    ///
+    /// On almost every socket action libcurl 7.88 asks for a timeout action at once (data for one transfer woke
+    /// another on its connection), and after it names its next deadline again (another transfer's connect timeout).
+    /// "At once" is a loop task, leaving the deadline's timer armed, so that timer is neither cancelled nor
+    /// re-armed per upstream event; libcurl tolerates a timeout action with nothing due.
     private func setCurlTimer(milliseconds: Int) {
-        if let curlTimer { loop.cancelTimer(curlTimer) }
-        curlTimer = nil
-        guard milliseconds >= 0 else { return }
-        curlTimer = loop.scheduleTimer(after: .milliseconds(milliseconds)) { [unowned self] in
+        if milliseconds == 0 {
+            guard !timeoutActionQueued else { return }
+            timeoutActionQueued = true
+            loop.execute { [unowned self] in
+                // Dropped when `close` ran meanwhile.
+                guard timeoutActionQueued else { return }
+                timeoutActionQueued = false
+                socketAction(CURL_SOCKET_TIMEOUT, events: 0)
+            }
+            return
+        }
+        guard milliseconds > 0 else {
+            if let curlTimer { loop.cancelTimer(curlTimer.id) }
+            curlTimer = nil
+            return
+        }
+        let deadline = ContinuousClock.now + .milliseconds(milliseconds)
+        // libcurl names a deadline in whole milliseconds from now, rounded down: a timer armed within a millisecond
+        // of it is the one asked for.
+        if let armed = curlTimer {
+            if (deadline - Self.curlTimerSlack..<deadline + Self.curlTimerSlack).contains(armed.at) { return }
+            loop.cancelTimer(armed.id)
+        }
+        let id = loop.scheduleTimer(after: .milliseconds(milliseconds)) { [unowned self] in
             curlTimer = nil
             socketAction(CURL_SOCKET_TIMEOUT, events: 0)
         }
+        curlTimer = (id, deadline)
     }
+
+    private static let curlTimerSlack: Duration = .milliseconds(1)
 
     /// Lets libcurl act on one socket (or on its timers), then completes the transfers that finished.
     private func socketAction(_ socket: curl_socket_t, events: Int32) {

@@ -339,6 +339,19 @@ def test_heartbeats_keep_a_slow_stream_alive(start_server, monkeypatch, configur
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_stream_whose_events_keep_coming_gets_no_keepalive(start_server, protocol):
+    # A delta every 10 ms for 2.5 s, a heartbeat every second: the events the job writes straight into the response
+    # (its reader's task waiting all along) count as activity, so no heartbeat interval passes without one.
+    server = start_server("--sse-heartbeat", "1s")
+    stream_id = curl_post(server.port, slow_request(seed=7, seconds=2.5, output_tokens=250), protocol=protocol)
+
+    stream = curl_events(server.port, stream_id, protocol=protocol)
+
+    assert stream.comments == [], stream.comments
+    assert_stream_shape(stream.frames, "OK")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_an_event_arriving_as_the_heartbeat_fires_is_not_lost(start_server, protocol):
     # A heartbeat every millisecond beside a delta every 10 ms: many events become ready just as a heartbeat
     # fires, and each must still be written exactly once.

@@ -13,7 +13,7 @@ final class RecordingSink: StreamEventSink {
     let taken = LockedValue<[Int]>([])
     let emittedAt = LockedValue<[ContinuousClock.Instant]>([])
 
-    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
+    func offer(_ bytes: [UInt8], seq: Int, type: String, emittedAt: ContinuousClock.Instant) -> Bool {
         guard accepting.withLock({ $0 }) else { return false }
         let seq = (try? JSONValue(parsing: bytes))?["seq"]?.intValue ?? -1
         taken.withLock { $0.append(seq) }
@@ -226,7 +226,7 @@ final class LoggingSink: StreamEventSink {
         self.refuseEvery = refuseEvery
     }
 
-    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
+    func offer(_ bytes: [UInt8], seq: Int, type: String, emittedAt: ContinuousClock.Instant) -> Bool {
         _ = channel.withLock({ $0 })?.detachedSince
         let offer = offers.withLock { offers in
             offers += 1
@@ -246,7 +246,7 @@ final class GatedSink: StreamEventSink {
 
     init(log: ClientLog) { self.log = log }
 
-    func offer(_ bytes: [UInt8], emittedAt: ContinuousClock.Instant) -> Bool {
+    func offer(_ bytes: [UInt8], seq: Int, type: String, emittedAt: ContinuousClock.Instant) -> Bool {
         entered.store(true, ordering: .releasing)
         gate.wait()
         log.append(ClientLog.seq(of: bytes))
