@@ -232,6 +232,22 @@ private let clientsByServer = LockedValue<[ObjectIdentifier: [UpstreamClient]]>(
         }
     }
 
+    /// Events several times libcurl's receive buffer (`CurlTransfer.receiveBufferBytes`), written at once, arrive whole
+    /// and at once. (With a 4 KiB buffer, libcurl 7.88 stalled this stream until the idle timeout.)
+    @Test func eventsLargerThanTheReceiveBufferArriveWhole() async throws {
+        let chunks = (0..<3).map { index in String(repeating: "\(index)abcdefgh", count: 4 * CurlTransfer.receiveBufferBytes / 9) }
+        let whole = Array(Self.textStream(chunks).joined().utf8)
+        try await Self.withServer({ _, writer in
+            try writer.head(status: 200, headers: Self.sseHead)
+            try await writer.write(whole[...])
+        }) { server in
+            let client = try Self.client(server)
+            let (events, failure) = await Self.collect(client.streamMessage(body: Self.requestBody, headers: []))
+            #expect(failure == nil)
+            #expect(Self.accumulate(events).message().content == [.text(chunks.joined(), citations: [])])
+        }
+    }
+
     @Test func malformedEventIsAnInvalidResponse() async throws {
         try await Self.withServer({ _, writer in
             try writer.head(status: 200, headers: Self.sseHead)
@@ -726,6 +742,34 @@ extension UpstreamClientTests {
             await client.shutdown()
             #expect(await Self.eventually { simulator.activeStreams == 0 })
             #expect(simulator.abortedStreams == count / 4)
+        }
+    }
+
+    /// Request bodies several times libcurl's upload buffer, on streams sharing TLS connections: each body is sent
+    /// whole (the answer is the one for that body), and the upload buffer is freed once it is, while the answer
+    /// still streams.
+    @Test func largeBodiesAreSentWholeAndTheirUploadBufferFreed() async throws {
+        try await Self.withSimulator(tls: true) { server, _ in
+            let client = try Self.client(server)
+            let results = await withTaskGroup(of: (Bool, Bool, UpstreamFailure?).self) { group in
+                for index in 0..<8 {
+                    group.addTask {
+                        let question = "Question \(index): " + String(repeating: "river \(index) ", count: 12_000)
+                        let body = Self.simulatorBody(question)
+                        let scenario = #"{"seed":\#(index),"output_tokens":30,"token_interval_ms":5}"#
+                        let stream = client.streamMessage(body: body, headers: [("sluice-simulation", scenario)])
+                        let (events, failure) = await Self.collect(stream)
+                        let expected = try? Self.expectedMessage(body: body, scenario: scenario)
+                        return (Self.accumulate(events).jsonValue == expected, stream.handle.transfer.uploadBufferReleased, failure)
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(results.count == 8)
+            for (matches, released, failure) in results {
+                #expect(matches && failure == nil, "\(failure.map { "\($0)" } ?? "wrong message")")
+                #expect(released)
+            }
         }
     }
 
