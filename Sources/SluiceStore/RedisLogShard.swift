@@ -18,8 +18,8 @@ import Synchronization
 ///   of the lease while it runs, deleted when it ends.
 /// - Expiry: on start every key expires after `--max-stream-duration` plus `--retention` (a replica that dies leaves
 ///   nothing behind for longer); on finish after `--retention`.
-/// - `PUBLISH sluice:{id}:appended <last seq>` (`end <last seq>` once it ended) once per stream per loop iteration
-///   in which its log grew or it ended, in the same pipeline as (after) its XADDs and its final metadata: remote
+/// - `PUBLISH sluice:{id}:appended <last seq>` (`end <last seq>` once it ended) once per stream per pipeline
+///   in which its log grew or it ended, at the end of that pipeline (after its XADDs and its final metadata): remote
 ///   followers wait for it instead of polling.
 /// - Hand-off (the replica is shutting down): after the stream's last event, its `sluice:running` score becomes now,
 ///   its caller slot is removed and its lease deleted (fenced); the metadata stays `running`, so any replica claims it.
@@ -63,8 +63,8 @@ final class RedisLogShard: @unchecked Sendable {
     }
     private var up = false
     private var closed = false
-    /// Streams whose log grew (or that ended) in this loop iteration, with the last seq written: each gets one
-    /// PUBLISH when the iteration's tasks have run (`announceAppended`).
+    /// Streams whose log grew (or that ended) since the last pipeline went out, with the last seq written: each gets
+    /// one PUBLISH at the end of the next (`announceAppended`).
     private var appended: [String: (lastSeq: Int, ended: Bool)] = [:]
     /// Reads waiting for their replies, by tag.
     private var readers: [UInt64: (RedisReply?) -> Void] = [:]
@@ -142,7 +142,8 @@ final class RedisLogShard: @unchecked Sendable {
                 self.up = up
                 if up { markIncomplete() } else { connectionLost() }
                 onUpChanged(up)
-            })
+            },
+            beforeWrite: { [unowned self] in announceAppended() })
     }
 
     /// The connection dropped: the streams whose events await their replies go on locally, not resumable elsewhere
@@ -295,11 +296,9 @@ final class RedisLogShard: @unchecked Sendable {
         announce(streamID, lastSeq: lastSeq, ended: true)
     }
 
-    /// Followers of `streamID` are told at the end of this loop iteration that its log grew to `lastSeq` (and that
-    /// the stream `ended`).
+    /// Followers of `streamID` are told that its log grew to `lastSeq` (and that the stream `ended`), at the end of
+    /// the pipeline that carries the write (the caller has just sent one): `announceAppended` runs before it goes out.
     private func announce(_ streamID: String, lastSeq: Int, ended: Bool) {
-        // Tasks queued from the loop itself run before it waits again: the PUBLISHes join this iteration's pipeline.
-        if appended.isEmpty { loop.execute { [self] in announceAppended() } }
         appended[streamID] = (lastSeq, ended)
     }
 
@@ -480,12 +479,12 @@ final class RedisLogShard: @unchecked Sendable {
         connection.send(command)
     }
 
-    private func replied(_ command: RedisConnection.Command, _ reply: RedisReply) {
+    private func replied(_ command: RedisConnection.Command, _ reply: RedisReplyView) {
         if command.tag != 0 {
-            readers.removeValue(forKey: command.tag)?(reply)
+            readers.removeValue(forKey: command.tag)?(reply.copy())
             return
         }
-        guard case .error(let message) = reply else {
+        guard let message = reply.errorMessage else {
             if command.logSeq > 0, let streamID = command.streamID { acknowledge(streamID, through: command.logSeq) }
             return
         }
