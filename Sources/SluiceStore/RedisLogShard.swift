@@ -83,6 +83,9 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     private struct StreamLog {
+        /// `RedisKeys.log` and `RedisKeys.meta` of the stream, made once rather than for every event.
+        let logKey: String
+        let metaKey: String
         /// The next seq to write; later ones wait in `held` until it arrives.
         var nextSeq = 1
         var held: [Int: (type: String, frame: [UInt8])] = [:]
@@ -174,7 +177,8 @@ final class RedisLogShard: @unchecked Sendable {
         let id = stream.streamID
         let expiry = "\((stream.maxDuration + configuration.retention).milliseconds)"
         streams[id] = StreamLog(
-            nextSeq: stream.firstSeq, expiry: expiry, callerSlot: stream.holdsCallerSlot ? stream.caller : nil,
+            logKey: RedisKeys.log(id), metaKey: RedisKeys.meta(id), nextSeq: stream.firstSeq, expiry: expiry,
+            callerSlot: stream.holdsCallerSlot ? stream.caller : nil,
             lease: OwnerLease(epoch: stream.epoch))
         acks[id] = LogAcks(writer: writer, acknowledged: stream.firstSeq - 1, sent: stream.firstSeq - 1)
         // Every replica's sweeper finds the stream here if its lease lapses.
@@ -246,7 +250,7 @@ final class RedisLogShard: @unchecked Sendable {
         guard !log.incomplete else { return }
         log.frameBytes += frame.count
         let entries = max(16, configuration.replayBufferBytes / max(1, log.frameBytes / seq))
-        let key = RedisKeys.log(streamID)
+        let key = log.logKey
         if log.lease.mayWrite {
             // Built in place: the write path's one command per event.
             var xadd = fenced(log, streamID, key: key, count: 10, capacity: 2 * key.utf8.count + type.utf8.count + frame.count)
@@ -375,7 +379,7 @@ final class RedisLogShard: @unchecked Sendable {
     /// `EVALSHA` of `fencedScript` with the fence's arguments; the caller appends the `count` arguments of the command
     /// it fences (whose key is `key`, `capacity` bytes in all).
     private func fenced(_ log: StreamLog, _ streamID: String, key: String, count: Int, capacity: Int) -> RedisConnection.Command {
-        let meta = RedisKeys.meta(streamID)
+        let meta = log.metaKey
         var command = RedisConnection.Command(
             count: 6 + count, capacity: 64 + meta.utf8.count + key.utf8.count + capacity, streamID: streamID)
         command.append("EVALSHA")
@@ -434,14 +438,35 @@ final class RedisLogShard: @unchecked Sendable {
                 markIncomplete()
                 let lease = "\(configuration.leaseDuration.milliseconds)"
                 let until = "\(unixMilliseconds() + Int(configuration.leaseDuration.milliseconds))"
+                var renewed: [String] = []
                 for (streamID, log) in streams where log.lease.mayWrite {
                     let key = RedisKeys.lease(streamID)
                     sendFenced(log, streamID, key: key, ["SET", key, configuration.replicaID, "PX", lease].map { Array($0.utf8) })
                     if let caller = log.callerSlot { send(["ZADD", RedisKeys.callerSlots(caller), "XX", until, streamID], streamID) }
-                    send(["ZADD", RedisKeys.running, "XX", until, streamID], streamID)
+                    renewed.append(streamID)
                 }
+                renewRunning(renewed, until: until)
             }
             scheduleLeaseRenewal()
+        }
+    }
+
+    /// Moves `streamIDs`' ends in the sweepers' index to `until`: one ZADD per 256 streams rather than one per stream
+    /// each renewal period. Not tied to a stream: a dropped one
+    /// leaves old scores, and a sweeper finds their leases still held (the claim script checks the lease itself).
+    private func renewRunning(_ streamIDs: [String], until: String) {
+        for start in stride(from: 0, to: streamIDs.count, by: 256) {
+            let chunk = streamIDs[start..<min(start + 256, streamIDs.count)]
+            var command = RedisConnection.Command(
+                count: 3 + 2 * chunk.count, capacity: 32 + chunk.reduce(0) { $0 + until.utf8.count + $1.utf8.count })
+            command.append("ZADD")
+            command.append(RedisKeys.running)
+            command.append("XX")
+            for streamID in chunk {
+                command.append(until)
+                command.append(streamID)
+            }
+            connection.send(command)
         }
     }
 
