@@ -10,8 +10,13 @@ import SluiceIO
 /// hiredis asks for read and write readiness through its `ev` hooks (`addRead`, `delRead`, `addWrite`,
 /// `delWrite`, `cleanup`); this adapter turns them into `EventLoop.watch` interest on the context's socket and calls
 /// `redisAsyncHandleRead`/`redisAsyncHandleWrite` when epoll reports it ready, as hiredis's libevent and ae
-/// adapters do with their loops. No extra threads. Commands issued during one loop iteration sit in hiredis's
-/// output buffer until the socket's next write readiness, so they go to Redis as one pipeline.
+/// adapters do with their loops. No extra threads.
+///
+/// hiredis asks for write readiness with every command and for read readiness after every read. Once connected,
+/// neither becomes an `epoll_ctl`: read interest stays on, and commands issued while the loop runs its tasks sit in
+/// hiredis's output buffer until a task queued with the first of them writes them (`flush`), as one pipeline, before
+/// the loop waits again (not an iteration later, when epoll would report the socket writable). Write interest is
+/// taken only while connecting and while the socket does not take the whole pipeline.
 ///
 /// Loop-confined: every method runs on `loop` (asserted), and hiredis calls back only from inside the calls made
 /// here.
@@ -24,8 +29,15 @@ public final class RedisConnection: @unchecked Sendable {
     private var machine: RedisConnectionStateMachine
     private var context: UnsafeMutablePointer<redisAsyncContext>?
     private var watchedFD: Int32 = -1
+    /// The epoll interest registered for `watchedFD` (EPOLLIN, EPOLLOUT).
+    private var watchedEvents: UInt32 = 0
     private var wantsRead = false
-    private var wantsWrite = false
+    /// Output waits for the socket's write readiness: connecting, or the socket did not take the whole pipeline.
+    private var waitsForWritable = false
+    /// A task to write hiredis's output buffer is queued on the loop.
+    private var flushQueued = false
+    /// Inside `redisAsyncHandleWrite`: hiredis asking for write readiness now means the socket is full.
+    private var writing = false
     /// Lua scripts loaded (`SCRIPT LOAD`) on every new connection before any queued command goes out, so the queue's
     /// `EVALSHA`s of them find them even after Redis restarted.
     private let scripts: [String]
@@ -40,19 +52,23 @@ public final class RedisConnection: @unchecked Sendable {
     /// A failed attempt of the current series was logged as a warning.
     private var reportedFailure = false
 
-    /// Each acknowledged command with its reply (an error reply included), in the order they were sent.
-    private let onReply: (Command, RedisReply) -> Void
+    /// Each acknowledged command with its reply (an error reply included), in the order they were sent. The reply is
+    /// hiredis's, valid during the call only: a write's acknowledgement copies nothing unless it is an error.
+    private let onReply: (Command, RedisReplyView) -> Void
     /// Commands dropped because the queue was full (or the connection closed) before they could be sent.
     private let onDropped: ([Command]) -> Void
     /// The connection became usable, or stopped being usable.
     private let onUpChanged: (Bool) -> Void
     /// On a subscriber connection (`sendPubSub`): its (un)subscribe confirmations and published messages.
     private let onPush: (RedisReply) -> Void
+    /// Runs just before each pipeline is written: what it sends joins that pipeline.
+    private let beforeWrite: () -> Void
 
     public init(
         loop: EventLoop, endpoint: RedisEndpoint, maxQueuedBytes: Int, backoff: RedisConnectionStateMachine.Backoff = .init(),
-        scripts: [String] = [], logger: Logger, onReply: @escaping (Command, RedisReply) -> Void,
-        onDropped: @escaping ([Command]) -> Void, onUpChanged: @escaping (Bool) -> Void, onPush: @escaping (RedisReply) -> Void = { _ in }
+        scripts: [String] = [], logger: Logger, onReply: @escaping (Command, RedisReplyView) -> Void,
+        onDropped: @escaping ([Command]) -> Void, onUpChanged: @escaping (Bool) -> Void, onPush: @escaping (RedisReply) -> Void = { _ in },
+        beforeWrite: @escaping () -> Void = {}
     ) {
         self.loop = loop
         self.scripts = scripts
@@ -63,6 +79,7 @@ public final class RedisConnection: @unchecked Sendable {
         self.onDropped = onDropped
         self.onUpChanged = onUpChanged
         self.onPush = onPush
+        self.beforeWrite = beforeWrite
     }
 
     public var state: RedisConnectionStateMachine.State {
@@ -83,7 +100,13 @@ public final class RedisConnection: @unchecked Sendable {
     /// Queues `command`; its reply comes to `onReply`.
     public func send(_ command: Command) {
         assertInLoop()
-        perform(machine.enqueue(command))
+        switch machine.enqueue(command) {
+        case .queued: break
+        case .send(let command):
+            guard let context else { preconditionFailure("RedisConnection: a command to send with no connection") }
+            issue(context, command)
+        case .dropped(let command): onDropped([command])
+        }
     }
 
     /// Sends SUBSCRIBE or UNSUBSCRIBE (`arguments`) at once, outside the queue: a subscriber's subscriptions are not
@@ -151,10 +174,10 @@ public final class RedisConnection: @unchecked Sendable {
         let me = Unmanaged.passUnretained(self).toOpaque()
         context.pointee.data = me
         context.pointee.ev.data = me
-        context.pointee.ev.addRead = { RedisConnection.from($0).setInterest(read: true) }
-        context.pointee.ev.delRead = { RedisConnection.from($0).setInterest(read: false) }
-        context.pointee.ev.addWrite = { RedisConnection.from($0).setInterest(write: true) }
-        context.pointee.ev.delWrite = { RedisConnection.from($0).setInterest(write: false) }
+        context.pointee.ev.addRead = { RedisConnection.from($0).setReadInterest(true) }
+        context.pointee.ev.delRead = { RedisConnection.from($0).setReadInterest(false) }
+        context.pointee.ev.addWrite = { RedisConnection.from($0).outputPending() }
+        context.pointee.ev.delWrite = { RedisConnection.from($0).outputWritten() }
         context.pointee.ev.cleanup = { RedisConnection.from($0).contextFreed() }
         _ = redisAsyncSetConnectCallback(context) { context, status in
             guard status != REDIS_OK, let context else { return }
@@ -188,14 +211,15 @@ public final class RedisConnection: @unchecked Sendable {
     fileprivate func received(_ reply: UnsafeMutableRawPointer?, context: UnsafeMutablePointer<redisAsyncContext>?, handshake: Bool) {
         // No reply: the context is being freed (the connection dropped); a command is sent again after reconnecting.
         guard let reply, let context else { return }
-        let value = RedisReply(reply.assumingMemoryBound(to: redisReply.self))
+        let view = RedisReplyView(reply.assumingMemoryBound(to: redisReply.self))
         guard handshake else {
             let command = machine.replied()
             let (seconds, attoseconds) = (ContinuousClock.now - command.queuedAt).components
             latency.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-            onReply(command, value)
+            onReply(command, view)
             return
         }
+        let value = view.copy()
         // Emptied by a refused step: the connection is closing, and later steps' errors say nothing new.
         guard !self.handshake.isEmpty else { return }
         let step = self.handshake.removeFirst()
@@ -268,27 +292,79 @@ public final class RedisConnection: @unchecked Sendable {
         }
     }
 
-    private func setInterest(read: Bool? = nil, write: Bool? = nil) {
-        if let read { wantsRead = read }
-        if let write { wantsWrite = write }
-        guard let context else { return }
-        let fd = context.pointee.c.fd
-        let events = (wantsRead ? EPOLLIN.rawValue : 0) | (wantsWrite ? EPOLLOUT.rawValue : 0)
-        if events == 0 {
-            if watchedFD >= 0 { loop.unwatch(watchedFD) }
-            watchedFD = -1
+    private func setReadInterest(_ read: Bool) {
+        wantsRead = read
+        updateInterest()
+    }
+
+    /// hiredis has output to write (it says so for every command, and after a partial write).
+    private func outputPending() {
+        guard let context, !waitsForWritable else { return }
+        // Connecting (hiredis learns that the connect finished from write readiness), or the socket is full.
+        if writing || context.pointee.c.flags & REDIS_CONNECTED == 0 {
+            waitsForWritable = true
+            updateInterest()
             return
         }
-        watchedFD = fd
-        loop.watch(fd, events: events) { [unowned self] ready in
-            if ready & (EPOLLIN.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0, let context = self.context {
-                redisAsyncHandleRead(context)
-            }
-            if ready & (EPOLLOUT.rawValue | EPOLLERR.rawValue) != 0, let context = self.context {
-                if issuedSinceWrite > 0 { pipelineSize.record(issuedSinceWrite) }
-                issuedSinceWrite = 0
-                redisAsyncHandleWrite(context)
-            }
+        guard !flushQueued else { return }
+        flushQueued = true
+        // Runs after the tasks queued before it: every command they issue goes out in this write.
+        loop.execute { [weak self] in self?.flush() }
+    }
+
+    /// hiredis's output buffer is empty.
+    private func outputWritten() {
+        guard waitsForWritable else { return }
+        waitsForWritable = false
+        updateInterest()
+    }
+
+    private func flush() {
+        // Commands sent from `beforeWrite` join this write rather than queue another.
+        beforeWrite()
+        flushQueued = false
+        guard let context, !waitsForWritable else { return }
+        write(context)
+    }
+
+    private func write(_ context: UnsafeMutablePointer<redisAsyncContext>) {
+        if issuedSinceWrite > 0 { pipelineSize.record(issuedSinceWrite) }
+        issuedSinceWrite = 0
+        writing = true
+        // May free the context (a write error): `contextFreed` then clears it.
+        redisAsyncHandleWrite(context)
+        writing = false
+    }
+
+    /// Registers the interest wanted, with an `epoll_ctl` only when it changes.
+    private func updateInterest() {
+        guard let context else { return }
+        let fd = context.pointee.c.fd
+        let events = (wantsRead ? EPOLLIN.rawValue : 0) | (waitsForWritable ? EPOLLOUT.rawValue : 0)
+        guard fd != watchedFD || events != watchedEvents else { return }
+        if watchedFD >= 0, fd != watchedFD || events == 0 {
+            loop.unwatch(watchedFD)
+            watchedFD = -1
+            watchedEvents = 0
+        }
+        guard events != 0 else { return }
+        if watchedFD == fd {
+            loop.modify(fd, events: events)
+        } else {
+            watchedFD = fd
+            loop.watch(fd, events: events) { [unowned self] ready in readiness(ready) }
+        }
+        watchedEvents = events
+    }
+
+    private func readiness(_ ready: UInt32) {
+        if ready & (EPOLLIN.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0, let context {
+            redisAsyncHandleRead(context)
+        }
+        if ready & (EPOLLOUT.rawValue | EPOLLERR.rawValue) != 0, waitsForWritable, let context {
+            // Connected: the rest of a pipeline the socket did not take, with whatever joined it since.
+            if context.pointee.c.flags & REDIS_CONNECTED != 0 { beforeWrite() }
+            write(context)
         }
     }
 
@@ -308,8 +384,9 @@ public final class RedisConnection: @unchecked Sendable {
     private func contextFreed() {
         if watchedFD >= 0 { loop.unwatch(watchedFD) }
         watchedFD = -1
+        watchedEvents = 0
         wantsRead = false
-        wantsWrite = false
+        waitsForWritable = false
         context = nil
         handshake = []
         perform(machine.connectionLost())

@@ -120,6 +120,16 @@ public struct RedisConnectionStateMachine: Sendable {
         case disconnect
     }
 
+    /// What becomes of a command just queued (not an array of actions: this is the write path's one call per event).
+    public enum Enqueued: Sendable, Equatable {
+        /// It waits for the connection.
+        case queued
+        /// Hand it to the connection now.
+        case send(Command)
+        /// Never sent and never will be: the queue is full, or the connection closed.
+        case dropped(Command)
+    }
+
     public struct Backoff: Sendable, Equatable {
         public var initial: Duration
         public var maximum: Duration
@@ -192,14 +202,13 @@ public struct RedisConnectionStateMachine: Sendable {
     }
 
     /// Queues `command`: sent at once while up; dropped when the queue is full.
-    public mutating func enqueue(_ command: Command) -> [Action] {
-        guard state != .closed else { return [.dropped([command])] }
-        guard queuedBytes + command.bytes <= maxQueuedBytes else { return [.dropped([command])] }
+    public mutating func enqueue(_ command: Command) -> Enqueued {
+        guard state != .closed, queuedBytes + command.bytes <= maxQueuedBytes else { return .dropped(command) }
         queue.append(command)
         queuedBytes += command.bytes
-        guard state == .up else { return [] }
+        guard state == .up else { return .queued }
         sent += 1
-        return [.send([command])]
+        return .send(command)
     }
 
     /// The reply to the oldest command sent arrived; returns that command (the shell interprets the reply).

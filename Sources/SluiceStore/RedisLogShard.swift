@@ -18,8 +18,8 @@ import Synchronization
 ///   of the lease while it runs, deleted when it ends.
 /// - Expiry: on start every key expires after `--max-stream-duration` plus `--retention` (a replica that dies leaves
 ///   nothing behind for longer); on finish after `--retention`.
-/// - `PUBLISH sluice:{id}:appended <last seq>` (`end <last seq>` once it ended) once per stream per loop iteration
-///   in which its log grew or it ended, in the same pipeline as (after) its XADDs and its final metadata: remote
+/// - `PUBLISH sluice:{id}:appended <last seq>` (`end <last seq>` once it ended) once per stream per pipeline
+///   in which its log grew or it ended, at the end of that pipeline (after its XADDs and its final metadata): remote
 ///   followers wait for it instead of polling.
 /// - Hand-off (the replica is shutting down): after the stream's last event, its `sluice:running` score becomes now,
 ///   its caller slot is removed and its lease deleted (fenced); the metadata stays `running`, so any replica claims it.
@@ -63,8 +63,8 @@ final class RedisLogShard: @unchecked Sendable {
     }
     private var up = false
     private var closed = false
-    /// Streams whose log grew (or that ended) in this loop iteration, with the last seq written: each gets one
-    /// PUBLISH when the iteration's tasks have run (`announceAppended`).
+    /// Streams whose log grew (or that ended) since the last pipeline went out, with the last seq written: each gets
+    /// one PUBLISH at the end of the next (`announceAppended`).
     private var appended: [String: (lastSeq: Int, ended: Bool)] = [:]
     /// Reads waiting for their replies, by tag.
     private var readers: [UInt64: (RedisReply?) -> Void] = [:]
@@ -83,6 +83,9 @@ final class RedisLogShard: @unchecked Sendable {
     }
 
     private struct StreamLog {
+        /// `RedisKeys.log` and `RedisKeys.meta` of the stream, made once rather than for every event.
+        let logKey: String
+        let metaKey: String
         /// The next seq to write; later ones wait in `held` until it arrives.
         var nextSeq = 1
         var held: [Int: (type: String, frame: [UInt8])] = [:]
@@ -142,7 +145,8 @@ final class RedisLogShard: @unchecked Sendable {
                 self.up = up
                 if up { markIncomplete() } else { connectionLost() }
                 onUpChanged(up)
-            })
+            },
+            beforeWrite: { [unowned self] in announceAppended() })
     }
 
     /// The connection dropped: the streams whose events await their replies go on locally, not resumable elsewhere
@@ -173,7 +177,8 @@ final class RedisLogShard: @unchecked Sendable {
         let id = stream.streamID
         let expiry = "\((stream.maxDuration + configuration.retention).milliseconds)"
         streams[id] = StreamLog(
-            nextSeq: stream.firstSeq, expiry: expiry, callerSlot: stream.holdsCallerSlot ? stream.caller : nil,
+            logKey: RedisKeys.log(id), metaKey: RedisKeys.meta(id), nextSeq: stream.firstSeq, expiry: expiry,
+            callerSlot: stream.holdsCallerSlot ? stream.caller : nil,
             lease: OwnerLease(epoch: stream.epoch))
         acks[id] = LogAcks(writer: writer, acknowledged: stream.firstSeq - 1, sent: stream.firstSeq - 1)
         // Every replica's sweeper finds the stream here if its lease lapses.
@@ -245,7 +250,7 @@ final class RedisLogShard: @unchecked Sendable {
         guard !log.incomplete else { return }
         log.frameBytes += frame.count
         let entries = max(16, configuration.replayBufferBytes / max(1, log.frameBytes / seq))
-        let key = RedisKeys.log(streamID)
+        let key = log.logKey
         if log.lease.mayWrite {
             // Built in place: the write path's one command per event.
             var xadd = fenced(log, streamID, key: key, count: 10, capacity: 2 * key.utf8.count + type.utf8.count + frame.count)
@@ -295,11 +300,9 @@ final class RedisLogShard: @unchecked Sendable {
         announce(streamID, lastSeq: lastSeq, ended: true)
     }
 
-    /// Followers of `streamID` are told at the end of this loop iteration that its log grew to `lastSeq` (and that
-    /// the stream `ended`).
+    /// Followers of `streamID` are told that its log grew to `lastSeq` (and that the stream `ended`), at the end of
+    /// the pipeline that carries the write (the caller has just sent one): `announceAppended` runs before it goes out.
     private func announce(_ streamID: String, lastSeq: Int, ended: Bool) {
-        // Tasks queued from the loop itself run before it waits again: the PUBLISHes join this iteration's pipeline.
-        if appended.isEmpty { loop.execute { [self] in announceAppended() } }
         appended[streamID] = (lastSeq, ended)
     }
 
@@ -376,7 +379,7 @@ final class RedisLogShard: @unchecked Sendable {
     /// `EVALSHA` of `fencedScript` with the fence's arguments; the caller appends the `count` arguments of the command
     /// it fences (whose key is `key`, `capacity` bytes in all).
     private func fenced(_ log: StreamLog, _ streamID: String, key: String, count: Int, capacity: Int) -> RedisConnection.Command {
-        let meta = RedisKeys.meta(streamID)
+        let meta = log.metaKey
         var command = RedisConnection.Command(
             count: 6 + count, capacity: 64 + meta.utf8.count + key.utf8.count + capacity, streamID: streamID)
         command.append("EVALSHA")
@@ -435,14 +438,35 @@ final class RedisLogShard: @unchecked Sendable {
                 markIncomplete()
                 let lease = "\(configuration.leaseDuration.milliseconds)"
                 let until = "\(unixMilliseconds() + Int(configuration.leaseDuration.milliseconds))"
+                var renewed: [String] = []
                 for (streamID, log) in streams where log.lease.mayWrite {
                     let key = RedisKeys.lease(streamID)
                     sendFenced(log, streamID, key: key, ["SET", key, configuration.replicaID, "PX", lease].map { Array($0.utf8) })
                     if let caller = log.callerSlot { send(["ZADD", RedisKeys.callerSlots(caller), "XX", until, streamID], streamID) }
-                    send(["ZADD", RedisKeys.running, "XX", until, streamID], streamID)
+                    renewed.append(streamID)
                 }
+                renewRunning(renewed, until: until)
             }
             scheduleLeaseRenewal()
+        }
+    }
+
+    /// Moves `streamIDs`' ends in the sweepers' index to `until`: one ZADD per 256 streams rather than one per stream
+    /// each renewal period. Not tied to a stream: a dropped one
+    /// leaves old scores, and a sweeper finds their leases still held (the claim script checks the lease itself).
+    private func renewRunning(_ streamIDs: [String], until: String) {
+        for start in stride(from: 0, to: streamIDs.count, by: 256) {
+            let chunk = streamIDs[start..<min(start + 256, streamIDs.count)]
+            var command = RedisConnection.Command(
+                count: 3 + 2 * chunk.count, capacity: 32 + chunk.reduce(0) { $0 + until.utf8.count + $1.utf8.count })
+            command.append("ZADD")
+            command.append(RedisKeys.running)
+            command.append("XX")
+            for streamID in chunk {
+                command.append(until)
+                command.append(streamID)
+            }
+            connection.send(command)
         }
     }
 
@@ -480,12 +504,12 @@ final class RedisLogShard: @unchecked Sendable {
         connection.send(command)
     }
 
-    private func replied(_ command: RedisConnection.Command, _ reply: RedisReply) {
+    private func replied(_ command: RedisConnection.Command, _ reply: RedisReplyView) {
         if command.tag != 0 {
-            readers.removeValue(forKey: command.tag)?(reply)
+            readers.removeValue(forKey: command.tag)?(reply.copy())
             return
         }
-        guard case .error(let message) = reply else {
+        guard let message = reply.errorMessage else {
             if command.logSeq > 0, let streamID = command.streamID { acknowledge(streamID, through: command.logSeq) }
             return
         }

@@ -34,3 +34,23 @@ public enum RedisReply: Sendable, Equatable {
         return false
     }
 }
+
+/// A reply as hiredis holds it, valid only during the callback it is given to: a write's acknowledgement asks only
+/// whether it is an error, so nothing is copied for it; a read copies the reply (`copy`).
+public struct RedisReplyView {
+    private let reply: UnsafeMutablePointer<redisReply>
+
+    init(_ reply: UnsafeMutablePointer<redisReply>) {
+        self.reply = reply
+    }
+
+    /// The error's text, when Redis refused the command.
+    public var errorMessage: String? {
+        guard reply.pointee.type == REDIS_REPLY_ERROR else { return nil }
+        guard case .error(let message) = copy() else { return nil }
+        return message
+    }
+
+    /// The whole reply, copied out of hiredis's.
+    public func copy() -> RedisReply { RedisReply(reply) }
+}

@@ -304,7 +304,11 @@ final class RedisStreamLogWriter: StreamLogWriter, @unchecked Sendable {
     }
 
     func append(seq: Int, type: String, frame: [UInt8]) {
-        run { [self] in $0.append(self, seq: seq, type: type, frame: frame) }
+        // On the shard's loop (the usual case) without the closure `run` would allocate per event.
+        guard shard.loop.inEventLoop else {
+            return run { [self] in $0.append(self, seq: seq, type: type, frame: frame) }
+        }
+        shard.append(self, seq: seq, type: type, frame: frame)
     }
 
     var mayEmit: Bool { shard.leaseClock.isFresh(within: shard.leaseDuration) }

@@ -9,8 +9,8 @@ import Testing
     @Test func queuedWhileConnectingThenSentInOrderOnceUp() {
         var machine = Machine(maxQueuedBytes: 1000)
         #expect(machine.start() == [.connect])
-        #expect(machine.enqueue(xadd) == [])
-        #expect(machine.enqueue(hset) == [])
+        #expect(machine.enqueue(xadd) == .queued)
+        #expect(machine.enqueue(hset) == .queued)
         #expect(machine.connected() == [.reportUp(true), .send([xadd, hset])])
         #expect(machine.replied() == xadd)
         #expect(machine.replied() == hset)
@@ -22,7 +22,7 @@ import Testing
         var machine = Machine(maxQueuedBytes: 1000)
         _ = machine.start()
         #expect(machine.connected() == [.reportUp(true)])
-        #expect(machine.enqueue(xadd) == [.send([xadd])])
+        #expect(machine.enqueue(xadd) == .send(xadd))
         #expect(machine.queuedCount == 1)
     }
 
@@ -69,14 +69,14 @@ import Testing
         var machine = Machine(maxQueuedBytes: xadd.bytes + 5)
         _ = machine.start()
         _ = machine.connectionLost()
-        #expect(machine.enqueue(xadd) == [])
-        #expect(machine.enqueue(hset) == [.dropped([hset])])
+        #expect(machine.enqueue(xadd) == .queued)
+        #expect(machine.enqueue(hset) == .dropped(hset))
         #expect(machine.queuedCount == 1)
         // Room again once Redis acknowledges.
         _ = machine.backoffElapsed()
         #expect(machine.connected() == [.reportUp(true), .send([xadd])])
         #expect(machine.replied() == xadd)
-        #expect(machine.enqueue(hset) == [.send([hset])])
+        #expect(machine.enqueue(hset) == .send(hset))
     }
 
     @Test func closingDropsWhatIsQueuedAndIgnoresLaterEvents() {
@@ -86,7 +86,7 @@ import Testing
         #expect(machine.close() == [.disconnect, .dropped([xadd])])
         #expect(machine.connectionLost() == [])
         #expect(machine.backoffElapsed() == [])
-        #expect(machine.enqueue(hset) == [.dropped([hset])])
+        #expect(machine.enqueue(hset) == .dropped(hset))
         #expect(machine.state == .closed)
     }
 

@@ -27,7 +27,7 @@ import Testing
             connection = RedisConnection(
                 loop: loop, endpoint: endpoint, maxQueuedBytes: maxQueuedBytes,
                 backoff: .init(initial: .milliseconds(20), maximum: .milliseconds(200)), logger: Logger(label: "test"),
-                onReply: { continuation.yield(.reply(text($0), $1)) }, onDropped: { continuation.yield(.dropped($0.flatMap(text))) },
+                onReply: { continuation.yield(.reply(text($0), $1.copy())) }, onDropped: { continuation.yield(.dropped($0.flatMap(text))) },
                 onUpChanged: { continuation.yield(.up($0)) })
             loop.start()
             loop.execute { self.connection.start() }
@@ -64,6 +64,25 @@ import Testing
             return
         }
         #expect(message.contains("equal or smaller"))
+    }
+
+    @Test func aPipelineLargerThanTheSocketTakesAtOnceGoesOutWhole() async throws {
+        let redis = try RedisTestServer()
+        let harness = try Harness(url: redis.url, maxQueuedBytes: 64 << 20)
+        defer { harness.stop() }
+        var events = harness.events.makeAsyncIterator()
+        #expect(await events.next() == .up(true))
+        let value = String(repeating: "v", count: 8 << 20)
+        // Issued in one task, written as one pipeline of 32 MiB: the socket takes it in parts, on write readiness.
+        harness.loop.execute {
+            for index in 0..<4 { harness.connection.send(.init(["SET", "k\(index)", value])) }
+            harness.connection.send(.init(["STRLEN", "k3"]))
+        }
+        for index in 0..<4 { #expect(await events.next() == .reply(["SET", "k\(index)", value], .status("OK"))) }
+        #expect(await events.next() == .reply(["STRLEN", "k3"], .integer(8 << 20)))
+        // And the connection goes on as usual once the socket took everything.
+        harness.send("GET", "k0")
+        #expect(await events.next() == .reply(["GET", "k0"], .string(Array(value.utf8))))
     }
 
     @Test func commandsQueuedWhileRedisIsDownGoOutWhenItIsBack() async throws {
