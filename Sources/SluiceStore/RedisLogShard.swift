@@ -14,8 +14,8 @@ import Synchronization
 ///   fencing), and a write sent again after a reconnect cannot duplicate an entry. `<n>` maps
 ///   `--replay-buffer-bytes` to entries: the buffer's bytes over the stream's mean frame size so far (at least 16),
 ///   trimmed approximately (`~`, whole radix-tree nodes) so trimming costs Redis almost nothing.
-/// - `HSET sluice:{id}:meta …` on start and finish; `SET sluice:{id}:lease <replica> PX <lease>` renewed every third
-///   of the lease while it runs, deleted when it ends.
+/// - `HSET sluice:{id}:meta …` on start and finish; `SET sluice:{id}:lease <replica> PX <lease>` renewed every
+///   `--lease-renew` after the stream's start while it runs (so renewals spread over the period), deleted when it ends.
 /// - Expiry: on start every key expires after `--max-stream-duration` plus `--retention` (a replica that dies leaves
 ///   nothing behind for longer); on finish after `--retention`.
 /// - `PUBLISH sluice:{id}:appended <last seq>` (`end <last seq>` once it ended) once per stream per pipeline
@@ -102,6 +102,10 @@ final class RedisLogShard: @unchecked Sendable {
         var lease: OwnerLease
         /// `handOff` arrived before every seq up to its last had.
         var pendingHandOff: (lastSeq: Int, completion: (Bool) -> Void)?
+        /// When its lease is next renewed: each stream one renewal period after its last, so the renewals of a
+        /// shard's streams spread over the period instead of reaching Redis as one burst (a burst of fenced scripts
+        /// holds up every acknowledgement queued behind it, and delivery waits for those).
+        var renewalDue: ContinuousClock.Instant
     }
 
     /// Runs a stream's write only while `epoch` is still the stream's (`HGET meta epoch`), in one atomic step: a
@@ -179,7 +183,7 @@ final class RedisLogShard: @unchecked Sendable {
         streams[id] = StreamLog(
             logKey: RedisKeys.log(id), metaKey: RedisKeys.meta(id), nextSeq: stream.firstSeq, expiry: expiry,
             callerSlot: stream.holdsCallerSlot ? stream.caller : nil,
-            lease: OwnerLease(epoch: stream.epoch))
+            lease: OwnerLease(epoch: stream.epoch), renewalDue: .now + configuration.leaseRenewal)
         acks[id] = LogAcks(writer: writer, acknowledged: stream.firstSeq - 1, sent: stream.firstSeq - 1)
         // Every replica's sweeper finds the stream here if its lease lapses.
         let leaseEnd = unixMilliseconds() + Int(configuration.leaseDuration.milliseconds)
@@ -420,8 +424,12 @@ final class RedisLogShard: @unchecked Sendable {
         }
     }
 
+    /// How often the shard looks for leases due: a tenth of the renewal period, so a lease is renewed at most that
+    /// much late.
+    private var renewalTick: Duration { configuration.leaseRenewal / 10 }
+
     private func scheduleLeaseRenewal() {
-        leaseTimer = loop.scheduleTimer(after: configuration.leaseRenewal) { [weak self] in
+        leaseTimer = loop.scheduleTimer(after: renewalTick) { [weak self] in
             guard let self else { return }
             abortIfStalledPastLease()
             // A store that stopped answering (connected, but hung or overloaded) must not hold a stream's client longer.
@@ -439,12 +447,13 @@ final class RedisLogShard: @unchecked Sendable {
                 let lease = "\(configuration.leaseDuration.milliseconds)"
                 let until = "\(unixMilliseconds() + Int(configuration.leaseDuration.milliseconds))"
                 var renewed: [String] = []
-                for (streamID, log) in streams where log.lease.mayWrite {
+                for (streamID, log) in streams where log.lease.mayWrite && log.renewalDue <= now {
                     let key = RedisKeys.lease(streamID)
                     sendFenced(log, streamID, key: key, ["SET", key, configuration.replicaID, "PX", lease].map { Array($0.utf8) })
                     if let caller = log.callerSlot { send(["ZADD", RedisKeys.callerSlots(caller), "XX", until, streamID], streamID) }
                     renewed.append(streamID)
                 }
+                for streamID in renewed { streams[streamID]?.renewalDue = now + configuration.leaseRenewal }
                 renewRunning(renewed, until: until)
             }
             scheduleLeaseRenewal()

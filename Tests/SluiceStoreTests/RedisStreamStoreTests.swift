@@ -15,10 +15,14 @@ import Testing
     }
 
     /// A store on `redis`, once it is up.
-    func startedStore(_ redis: RedisTestServer, maxQueuedBytes: Int = 1 << 20) async throws -> RedisStreamStore {
+    func startedStore(
+        _ redis: RedisTestServer, maxQueuedBytes: Int = 1 << 20, lease: Duration = .seconds(5), renewal: Duration = .seconds(1)
+    ) async throws -> RedisStreamStore {
         var configuration = RedisStreamStore.Configuration(
             endpoint: try RedisEndpoint(url: redis.url), replicaID: "replica-1", retention: .seconds(60), replayBufferBytes: 1 << 20)
         configuration.maxQueuedBytes = maxQueuedBytes
+        configuration.leaseDuration = lease
+        configuration.leaseRenewal = renewal
         configuration.backoff = .init(initial: .milliseconds(20), maximum: .milliseconds(100))
         let store = RedisStreamStore(configuration: configuration, loops: [loop], logger: Logger(label: "test"))
         store.start()
@@ -59,6 +63,26 @@ import Testing
         #expect(
             metadata == StoredStreamMetadata(owner: "replica-1", caller: "key-1", status: "OK", message: nil, lastSeq: 4, resumable: true))
         #expect(try await store.metadata("st_unknown") == nil)
+    }
+
+    @Test func eachRunningStreamsLeaseIsRenewedPastSeveralLeaseDurations() async throws {
+        let redis = try RedisTestServer()
+        let store = try await startedStore(redis, lease: .seconds(1), renewal: .milliseconds(100))
+        defer { stop(store) }
+        let streams = ["st_a", "st_b"]
+        for streamID in streams {
+            _ = try #require(
+                store.open(StoredStream(streamID: streamID, caller: "key-1", request: Array("{}".utf8), maxDuration: .seconds(60))))
+            try await until { try redis.cli("GET", "sluice:{\(streamID)}:lease") == "replica-1" }
+            // The second stream starts part-way through the first one's renewal period: each is renewed on its own phase.
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        // Three lease durations: a lease that were not renewed would lapse within the first.
+        let end = ContinuousClock.now + .seconds(3)
+        while ContinuousClock.now < end {
+            for streamID in streams { #expect(try redis.cli("GET", "sluice:{\(streamID)}:lease") == "replica-1") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
     }
 
     @Test func writesDroppedWhileRedisIsDownMarkTheStreamNotResumable() async throws {
